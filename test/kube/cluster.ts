@@ -1,0 +1,395 @@
+// Real Kubernetes clusters for tests: kube-apiserver (RBAC on, own CA, own
+// service-account keys) over one shared etcd with a prefix per cluster, plus
+// a kubelet stand-in registered as a Node so exec, attach, port-forward and
+// logs go through the apiserver's real proxy and upgrade path.
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { stringify as toYaml } from "yaml";
+import { type Binaries, ensureBinaries } from "./binaries.js";
+import { createClusterPki } from "./pki.js";
+import { ManagedProcess } from "./processes.js";
+
+export const NODE_NAME = "standin";
+const READY_TIMEOUT_MS = 90_000;
+
+export interface Cluster {
+  readonly name: string;
+  /** https://127.0.0.1:<port> */
+  readonly server: string;
+  readonly caPem: string;
+  /** A system:masters identity: client certificate and a static bearer token. */
+  readonly admin: { certPem: string; keyPem: string; token: string };
+  /** Absolute path of a kubeconfig using the admin client certificate. */
+  readonly kubeconfig: string;
+  readonly dir: string;
+  /** The stand-in kubelet's container log file for a pod's container (append to it to emit log lines). */
+  logFile(namespace: string, pod: string, container: string): string;
+  /** Runs the harness kubectl against this cluster (admin kubeconfig unless one is given). */
+  kubectl(args: string[], options?: KubectlOptions): Promise<KubectlResult>;
+  /** A JSON request to the apiserver as admin; throws on non-2xx unless `allowStatus` lists it. */
+  api<T = unknown>(method: string, path: string, body?: unknown, allowStatus?: number[]): Promise<ApiResult<T>>;
+  /** Creates a pod bound to the stand-in node and marks it Running. */
+  createPod(namespace: string, name: string, containers?: string[]): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface KubectlOptions {
+  kubeconfig?: string;
+  input?: string;
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface KubectlResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ApiResult<T> {
+  status: number;
+  body: T;
+}
+
+export interface ClusterSet {
+  readonly clusters: Cluster[];
+  readonly binaries: Binaries;
+  readonly dir: string;
+  /** PIDs of every process the set started (for leak checks). */
+  readonly pids: number[];
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Cluster names; default `member1 … memberN`. */
+  names?: string[];
+  log?: (line: string) => void;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what: string, proc: ManagedProcess, probe: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    proc.assertRunning();
+    if (await probe().catch(() => false)) return;
+    await sleep(150);
+  }
+  throw new Error(`${what} not ready after ${READY_TIMEOUT_MS / 1000}s; last lines of ${proc.logFile}:\n${proc.logTail()}`);
+}
+
+async function startEtcd(bins: Binaries, dir: string): Promise<{ proc: ManagedProcess; url: string }> {
+  const [clientPort, peerPort] = [await freePort(), await freePort()];
+  const url = `http://127.0.0.1:${clientPort}`;
+  const peer = `http://127.0.0.1:${peerPort}`;
+  await mkdir(join(dir, "etcd"), { recursive: true });
+  const proc = new ManagedProcess(
+    "etcd",
+    bins.etcd,
+    [
+      "--name=harness",
+      `--data-dir=${join(dir, "etcd")}`,
+      `--listen-client-urls=${url}`,
+      `--advertise-client-urls=${url}`,
+      `--listen-peer-urls=${peer}`,
+      `--initial-advertise-peer-urls=${peer}`,
+      `--initial-cluster=harness=${peer}`,
+      // Test data only: skipping fsync makes start-up and writes much faster.
+      "--unsafe-no-fsync",
+      "--log-level=warn",
+    ],
+    join(dir, "etcd.log"),
+  );
+  await waitFor("etcd", proc, async () => {
+    const body = await plainGet(`${url}/health`);
+    return body.includes('"health":"true"');
+  });
+  return { proc, url };
+}
+
+function plainGet(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { timeout: 2_000 }, (res) => {
+      let data = "";
+      res.setEncoding("utf8");
+      res.on("data", (c) => (data += c));
+      res.on("end", () => resolve(data));
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+function apiCall<T>(
+  server: string,
+  tls: { ca: string; cert: string; key: string },
+  method: string,
+  path: string,
+  body?: unknown,
+  contentType = "application/json",
+): Promise<ApiResult<T>> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const req = httpsRequest(
+      new URL(path, server),
+      {
+        method,
+        ...tls,
+        timeout: 30_000,
+        headers: {
+          accept: "application/json",
+          ...(payload ? { "content-type": contentType, "content-length": payload.length } : {}),
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let parsed: unknown = text;
+          try {
+            parsed = JSON.parse(text);
+          } catch {}
+          resolve({ status: res.statusCode ?? 0, body: parsed as T });
+        });
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error(`${method} ${path}: timeout`)));
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+function kubeconfigYaml(name: string, server: string, caPem: string, certPem: string, keyPem: string): string {
+  const b64 = (s: string) => Buffer.from(s).toString("base64");
+  return toYaml({
+    apiVersion: "v1",
+    kind: "Config",
+    clusters: [{ name, cluster: { server, "certificate-authority-data": b64(caPem) } }],
+    users: [{ name: `${name}-admin`, user: { "client-certificate-data": b64(certPem), "client-key-data": b64(keyPem) } }],
+    contexts: [{ name, context: { cluster: name, user: `${name}-admin` } }],
+    "current-context": name,
+  });
+}
+
+async function startCluster(
+  bins: Binaries,
+  root: string,
+  name: string,
+  etcdUrl: string,
+  track: (p: ManagedProcess) => ManagedProcess,
+): Promise<Cluster> {
+  const dir = join(root, name);
+  const logsRoot = join(dir, "container-logs");
+  await mkdir(logsRoot, { recursive: true });
+  const pki = await createClusterPki(name);
+  const file = async (base: string, content: string, mode = 0o600) => {
+    const path = join(dir, base);
+    await writeFile(path, content, { mode });
+    return path;
+  };
+  const caFile = await file("ca.crt", pki.ca.certPem, 0o644);
+  const adminToken = randomBytes(24).toString("hex");
+  const tokenFile = await file("tokens.csv", `${adminToken},tether-harness-admin-token,admin-token,"system:masters"\n`);
+
+  // The stand-in kubelet comes first: its port goes into the Node object.
+  const kubeletPortFile = join(dir, "kubelet.port");
+  const kubelet = track(
+    new ManagedProcess(
+    `${name}/kubelet-standin`,
+    bins.kubeletStandin,
+    [
+      "--listen=127.0.0.1:0",
+      `--tls-cert-file=${await file("kubelet.crt", pki.kubeletServing.certPem, 0o644)}`,
+      `--tls-private-key-file=${await file("kubelet.key", pki.kubeletServing.keyPem)}`,
+      `--client-ca-file=${caFile}`,
+      `--log-root=${logsRoot}`,
+      `--port-file=${kubeletPortFile}`,
+    ],
+    join(dir, "kubelet-standin.log"),
+    ),
+  );
+  let kubeletPort = 0;
+  await waitFor(`${name} kubelet stand-in`, kubelet, async () => {
+    kubeletPort = Number(await readFile(kubeletPortFile, "utf8"));
+    return kubeletPort > 0;
+  });
+
+  const port = await freePort();
+  const server = `https://127.0.0.1:${port}`;
+  const apiserver = track(
+    new ManagedProcess(
+    `${name}/kube-apiserver`,
+    bins.kubeApiserver,
+    [
+      `--etcd-servers=${etcdUrl}`,
+      `--etcd-prefix=/registry-${name}`,
+      "--bind-address=127.0.0.1",
+      "--advertise-address=127.0.0.1",
+      `--secure-port=${port}`,
+      `--cert-dir=${join(dir, "apiserver-certs")}`,
+      `--tls-cert-file=${await file("apiserver.crt", pki.apiserver.certPem, 0o644)}`,
+      `--tls-private-key-file=${await file("apiserver.key", pki.apiserver.keyPem)}`,
+      `--client-ca-file=${caFile}`,
+      `--token-auth-file=${tokenFile}`,
+      "--authorization-mode=RBAC",
+      "--service-cluster-ip-range=10.0.0.0/24",
+      "--service-account-issuer=https://kubernetes.default.svc",
+      `--service-account-key-file=${await file("sa.pub", pki.serviceAccount.publicPem, 0o644)}`,
+      `--service-account-signing-key-file=${await file("sa.key", pki.serviceAccount.privatePem)}`,
+      `--kubelet-client-certificate=${await file("kubelet-client.crt", pki.kubeletClient.certPem, 0o644)}`,
+      `--kubelet-client-key=${await file("kubelet-client.key", pki.kubeletClient.keyPem)}`,
+      `--kubelet-certificate-authority=${caFile}`,
+      "--kubelet-preferred-address-types=InternalIP",
+      // No kube-controller-manager runs, so no namespace gets a `default`
+      // service account; the admission plugin would refuse every pod.
+      "--disable-admission-plugins=ServiceAccount",
+      "--profiling=false",
+      "--endpoint-reconciler-type=none",
+    ],
+    join(dir, "kube-apiserver.log"),
+    ),
+  );
+
+  const tls = { ca: pki.ca.certPem, cert: pki.admin.certPem, key: pki.admin.keyPem };
+  await waitFor(`${name} kube-apiserver`, apiserver, async () => {
+    const res = await apiCall<string>(server, tls, "GET", "/readyz");
+    return res.status === 200;
+  });
+
+  const api = async <T>(method: string, path: string, body?: unknown, allowStatus: number[] = []) => {
+    const contentType = method === "PATCH" ? "application/merge-patch+json" : "application/json";
+    const res = await apiCall<T>(server, tls, method, path, body, contentType);
+    if ((res.status < 200 || res.status > 299) && !allowStatus.includes(res.status)) {
+      throw new Error(`${name}: ${method} ${path} → ${res.status}: ${JSON.stringify(res.body)}`);
+    }
+    return res;
+  };
+
+  await api("POST", "/api/v1/nodes", {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: { name: NODE_NAME, labels: { "kubernetes.io/hostname": NODE_NAME } },
+    status: {
+      addresses: [{ type: "InternalIP", address: "127.0.0.1" }],
+      daemonEndpoints: { kubeletEndpoint: { Port: kubeletPort } },
+      conditions: [{ type: "Ready", status: "True", reason: "KubeletReady", message: "kubelet stand-in" }],
+    },
+  });
+
+  const kubeconfig = await file(
+    "kubeconfig",
+    kubeconfigYaml(name, server, pki.ca.certPem, pki.admin.certPem, pki.admin.keyPem),
+  );
+
+  const cluster: Cluster = {
+    name,
+    server,
+    caPem: pki.ca.certPem,
+    admin: { certPem: pki.admin.certPem, keyPem: pki.admin.keyPem, token: adminToken },
+    kubeconfig,
+    dir,
+    logFile: (namespace, pod, container) => join(logsRoot, namespace, pod, `${container}.log`),
+    kubectl: (args, options = {}) =>
+      new Promise((resolve) => {
+        const child = execFile(
+          bins.kubectl,
+          ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args],
+          { timeout: options.timeoutMs ?? 60_000, maxBuffer: 256 * 1024 * 1024, env: options.env ?? process.env },
+          (err, stdout, stderr) => {
+            const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+            resolve({ code, stdout, stderr });
+          },
+        );
+        child.stdin?.end(options.input ?? "");
+      }),
+    api,
+    async createPod(namespace, podName, containers = ["main"]) {
+      await api("POST", `/api/v1/namespaces/${namespace}/pods`, {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name: podName, namespace },
+        spec: {
+          nodeName: NODE_NAME,
+          automountServiceAccountToken: false,
+          containers: containers.map((c) => ({ name: c, image: "tether.dev/standin:latest" })),
+        },
+      });
+      const now = new Date().toISOString();
+      await mkdir(join(logsRoot, namespace, podName), { recursive: true });
+      await api("PATCH", `/api/v1/namespaces/${namespace}/pods/${podName}/status`, {
+        status: {
+          phase: "Running",
+          hostIP: "127.0.0.1",
+          podIP: "127.0.0.1",
+          startTime: now,
+          conditions: [{ type: "Ready", status: "True", lastTransitionTime: now }],
+          containerStatuses: containers.map((c) => ({
+            name: c,
+            ready: true,
+            started: true,
+            restartCount: 0,
+            image: "tether.dev/standin:latest",
+            imageID: "",
+            state: { running: { startedAt: now } },
+          })),
+        },
+      });
+    },
+    async stop() {
+      await apiserver.stop();
+      await kubelet.stop();
+    },
+  };
+  return cluster;
+}
+
+/** Starts `count` independent clusters in parallel. Always call `stop()` (e.g. in t.teardown). */
+export async function startClusters(count: number, options: StartOptions = {}): Promise<ClusterSet> {
+  const log = options.log ?? (() => {});
+  const names = options.names ?? Array.from({ length: count }, (_, i) => `member${i + 1}`);
+  const binaries = await ensureBinaries(log);
+  const dir = await mkdtemp(join(tmpdir(), "tether-kube-"));
+  const started: Cluster[] = [];
+  const processes: ManagedProcess[] = [];
+  const track = (p: ManagedProcess) => (processes.push(p), p);
+  let etcd: { proc: ManagedProcess; url: string } | undefined;
+  const stop = async () => {
+    await Promise.all(started.map((c) => c.stop()));
+    // Also those of clusters that failed half-way through start-up.
+    await Promise.all(processes.map((p) => p.stop()));
+    await etcd?.proc.stop();
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    etcd = await startEtcd(binaries, dir);
+    const results = await Promise.allSettled(names.map((n) => startCluster(binaries, dir, n, etcd!.url, track)));
+    for (const r of results) if (r.status === "fulfilled") started.push(r.value);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+  } catch (err) {
+    // Partially started clusters' processes are tracked by their ManagedProcess.
+    await stop();
+    throw err;
+  }
+  const pids = [etcd.proc, ...processes].map((p) => p.pid).filter((p): p is number => p !== undefined);
+  return { clusters: started, binaries, dir, pids, stop };
+}
