@@ -47,7 +47,11 @@ async function goSources(dir: string): Promise<string[]> {
 async function sourceHash(): Promise<string> {
   const hash = createHash("sha256");
   for (const file of await goSources(GO_ROOT)) {
-    hash.update(relative(GO_ROOT, file)).update("\0").update(await readFile(file)).update("\0");
+    hash
+      .update(relative(GO_ROOT, file))
+      .update("\0")
+      .update(await readFile(file))
+      .update("\0");
   }
   return hash.digest("hex").slice(0, 12);
 }
@@ -115,7 +119,10 @@ async function goBuild(moduleDir: string, args: string[], log: (line: string) =>
     await run("go", ["build", ...args], { cwd: moduleDir, maxBuffer: 64 * 1024 * 1024 });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new HarnessBuildError("ERR_HARNESS_BUILD", `go build failed in ${moduleDir}:\n${e.stderr || e.message}`);
+    throw new HarnessBuildError(
+      "ERR_HARNESS_BUILD",
+      `go build failed in ${moduleDir}:\n${e.stderr || e.message}`,
+    );
   }
 }
 

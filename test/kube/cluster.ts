@@ -4,7 +4,7 @@
 // logs go through the apiserver's real proxy and upgrade path.
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { createServer } from "node:net";
@@ -12,10 +12,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { type Binaries, ensureBinaries } from "./binaries.js";
+import { KubectlProcess } from "./kubectl-process.js";
 import { createClusterPki } from "./pki.js";
 import { ManagedProcess } from "./processes.js";
 
 export const NODE_NAME = "standin";
+const DIR_PREFIX = "tether-kube-";
 const READY_TIMEOUT_MS = 90_000;
 
 export interface Cluster {
@@ -32,8 +34,15 @@ export interface Cluster {
   logFile(namespace: string, pod: string, container: string): string;
   /** Runs the harness kubectl against this cluster (admin kubeconfig unless one is given). */
   kubectl(args: string[], options?: KubectlOptions): Promise<KubectlResult>;
+  /** Starts a long-running kubectl (logs -f, get -w, port-forward); stop() it when done. */
+  spawnKubectl(args: string[], options?: { kubeconfig?: string }): KubectlProcess;
   /** A JSON request to the apiserver as admin; throws on non-2xx unless `allowStatus` lists it. */
-  api<T = unknown>(method: string, path: string, body?: unknown, allowStatus?: number[]): Promise<ApiResult<T>>;
+  api<T = unknown>(
+    method: string,
+    path: string,
+    body?: unknown,
+    allowStatus?: number[],
+  ): Promise<ApiResult<T>>;
   /** Creates a pod bound to the stand-in node and marks it Running. */
   createPod(namespace: string, name: string, containers?: string[]): Promise<void>;
   stop(): Promise<void>;
@@ -92,7 +101,9 @@ async function waitFor(what: string, proc: ManagedProcess, probe: () => Promise<
     if (await probe().catch(() => false)) return;
     await sleep(150);
   }
-  throw new Error(`${what} not ready after ${READY_TIMEOUT_MS / 1000}s; last lines of ${proc.logFile}:\n${proc.logTail()}`);
+  throw new Error(
+    `${what} not ready after ${READY_TIMEOUT_MS / 1000}s; last lines of ${proc.logFile}:\n${proc.logTail()}`,
+  );
 }
 
 async function startEtcd(bins: Binaries, dir: string): Promise<{ proc: ManagedProcess; url: string }> {
@@ -178,16 +189,40 @@ function apiCall<T>(
   });
 }
 
-function kubeconfigYaml(name: string, server: string, caPem: string, certPem: string, keyPem: string): string {
+export interface KubeconfigSpec {
+  name: string;
+  server: string;
+  caPem: string;
+  /** A bearer token, or a client certificate and key, or neither (anonymous). */
+  token?: string;
+  certPem?: string;
+  keyPem?: string;
+}
+
+export function kubeconfigYaml(spec: KubeconfigSpec): string {
   const b64 = (s: string) => Buffer.from(s).toString("base64");
+  const user: Record<string, string> = {};
+  if (spec.token) user.token = spec.token;
+  if (spec.certPem && spec.keyPem) {
+    user["client-certificate-data"] = b64(spec.certPem);
+    user["client-key-data"] = b64(spec.keyPem);
+  }
   return toYaml({
     apiVersion: "v1",
     kind: "Config",
-    clusters: [{ name, cluster: { server, "certificate-authority-data": b64(caPem) } }],
-    users: [{ name: `${name}-admin`, user: { "client-certificate-data": b64(certPem), "client-key-data": b64(keyPem) } }],
-    contexts: [{ name, context: { cluster: name, user: `${name}-admin` } }],
-    "current-context": name,
+    clusters: [
+      { name: spec.name, cluster: { server: spec.server, "certificate-authority-data": b64(spec.caPem) } },
+    ],
+    users: [{ name: spec.name, user }],
+    contexts: [{ name: spec.name, context: { cluster: spec.name, user: spec.name } }],
+    "current-context": spec.name,
   });
+}
+
+/** Writes a kubeconfig (mode 0600) and returns its path. */
+export async function writeKubeconfig(path: string, spec: KubeconfigSpec): Promise<string> {
+  await writeFile(path, kubeconfigYaml(spec), { mode: 0o600 });
+  return path;
 }
 
 async function startCluster(
@@ -208,23 +243,26 @@ async function startCluster(
   };
   const caFile = await file("ca.crt", pki.ca.certPem, 0o644);
   const adminToken = randomBytes(24).toString("hex");
-  const tokenFile = await file("tokens.csv", `${adminToken},tether-harness-admin-token,admin-token,"system:masters"\n`);
+  const tokenFile = await file(
+    "tokens.csv",
+    `${adminToken},tether-harness-admin-token,admin-token,"system:masters"\n`,
+  );
 
   // The stand-in kubelet comes first: its port goes into the Node object.
   const kubeletPortFile = join(dir, "kubelet.port");
   const kubelet = track(
     new ManagedProcess(
-    `${name}/kubelet-standin`,
-    bins.kubeletStandin,
-    [
-      "--listen=127.0.0.1:0",
-      `--tls-cert-file=${await file("kubelet.crt", pki.kubeletServing.certPem, 0o644)}`,
-      `--tls-private-key-file=${await file("kubelet.key", pki.kubeletServing.keyPem)}`,
-      `--client-ca-file=${caFile}`,
-      `--log-root=${logsRoot}`,
-      `--port-file=${kubeletPortFile}`,
-    ],
-    join(dir, "kubelet-standin.log"),
+      `${name}/kubelet-standin`,
+      bins.kubeletStandin,
+      [
+        "--listen=127.0.0.1:0",
+        `--tls-cert-file=${await file("kubelet.crt", pki.kubeletServing.certPem, 0o644)}`,
+        `--tls-private-key-file=${await file("kubelet.key", pki.kubeletServing.keyPem)}`,
+        `--client-ca-file=${caFile}`,
+        `--log-root=${logsRoot}`,
+        `--port-file=${kubeletPortFile}`,
+      ],
+      join(dir, "kubelet-standin.log"),
     ),
   );
   let kubeletPort = 0;
@@ -237,35 +275,35 @@ async function startCluster(
   const server = `https://127.0.0.1:${port}`;
   const apiserver = track(
     new ManagedProcess(
-    `${name}/kube-apiserver`,
-    bins.kubeApiserver,
-    [
-      `--etcd-servers=${etcdUrl}`,
-      `--etcd-prefix=/registry-${name}`,
-      "--bind-address=127.0.0.1",
-      "--advertise-address=127.0.0.1",
-      `--secure-port=${port}`,
-      `--cert-dir=${join(dir, "apiserver-certs")}`,
-      `--tls-cert-file=${await file("apiserver.crt", pki.apiserver.certPem, 0o644)}`,
-      `--tls-private-key-file=${await file("apiserver.key", pki.apiserver.keyPem)}`,
-      `--client-ca-file=${caFile}`,
-      `--token-auth-file=${tokenFile}`,
-      "--authorization-mode=RBAC",
-      "--service-cluster-ip-range=10.0.0.0/24",
-      "--service-account-issuer=https://kubernetes.default.svc",
-      `--service-account-key-file=${await file("sa.pub", pki.serviceAccount.publicPem, 0o644)}`,
-      `--service-account-signing-key-file=${await file("sa.key", pki.serviceAccount.privatePem)}`,
-      `--kubelet-client-certificate=${await file("kubelet-client.crt", pki.kubeletClient.certPem, 0o644)}`,
-      `--kubelet-client-key=${await file("kubelet-client.key", pki.kubeletClient.keyPem)}`,
-      `--kubelet-certificate-authority=${caFile}`,
-      "--kubelet-preferred-address-types=InternalIP",
-      // No kube-controller-manager runs, so no namespace gets a `default`
-      // service account; the admission plugin would refuse every pod.
-      "--disable-admission-plugins=ServiceAccount",
-      "--profiling=false",
-      "--endpoint-reconciler-type=none",
-    ],
-    join(dir, "kube-apiserver.log"),
+      `${name}/kube-apiserver`,
+      bins.kubeApiserver,
+      [
+        `--etcd-servers=${etcdUrl}`,
+        `--etcd-prefix=/registry-${name}`,
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        `--secure-port=${port}`,
+        `--cert-dir=${join(dir, "apiserver-certs")}`,
+        `--tls-cert-file=${await file("apiserver.crt", pki.apiserver.certPem, 0o644)}`,
+        `--tls-private-key-file=${await file("apiserver.key", pki.apiserver.keyPem)}`,
+        `--client-ca-file=${caFile}`,
+        `--token-auth-file=${tokenFile}`,
+        "--authorization-mode=RBAC",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        `--service-account-key-file=${await file("sa.pub", pki.serviceAccount.publicPem, 0o644)}`,
+        `--service-account-signing-key-file=${await file("sa.key", pki.serviceAccount.privatePem)}`,
+        `--kubelet-client-certificate=${await file("kubelet-client.crt", pki.kubeletClient.certPem, 0o644)}`,
+        `--kubelet-client-key=${await file("kubelet-client.key", pki.kubeletClient.keyPem)}`,
+        `--kubelet-certificate-authority=${caFile}`,
+        "--kubelet-preferred-address-types=InternalIP",
+        // No kube-controller-manager runs, so no namespace gets a `default`
+        // service account; the admission plugin would refuse every pod.
+        "--disable-admission-plugins=ServiceAccount",
+        "--profiling=false",
+        "--endpoint-reconciler-type=none",
+      ],
+      join(dir, "kube-apiserver.log"),
     ),
   );
 
@@ -295,10 +333,13 @@ async function startCluster(
     },
   });
 
-  const kubeconfig = await file(
-    "kubeconfig",
-    kubeconfigYaml(name, server, pki.ca.certPem, pki.admin.certPem, pki.admin.keyPem),
-  );
+  const kubeconfig = await writeKubeconfig(join(dir, "kubeconfig"), {
+    name,
+    server,
+    caPem: pki.ca.certPem,
+    certPem: pki.admin.certPem,
+    keyPem: pki.admin.keyPem,
+  });
 
   const cluster: Cluster = {
     name,
@@ -313,7 +354,11 @@ async function startCluster(
         const child = execFile(
           bins.kubectl,
           ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args],
-          { timeout: options.timeoutMs ?? 60_000, maxBuffer: 256 * 1024 * 1024, env: options.env ?? process.env },
+          {
+            timeout: options.timeoutMs ?? 60_000,
+            maxBuffer: 256 * 1024 * 1024,
+            env: options.env ?? process.env,
+          },
           (err, stdout, stderr) => {
             const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
             resolve({ code, stdout, stderr });
@@ -321,6 +366,8 @@ async function startCluster(
         );
         child.stdin?.end(options.input ?? "");
       }),
+    spawnKubectl: (args, options = {}) =>
+      new KubectlProcess(bins.kubectl, ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args]),
     api,
     async createPod(namespace, podName, containers = ["main"]) {
       await api("POST", `/api/v1/namespaces/${namespace}/pods`, {
@@ -362,15 +409,38 @@ async function startCluster(
   return cluster;
 }
 
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes the temp dirs of harness runs whose process was killed before it could clean up. */
+export async function sweepAbandoned(): Promise<void> {
+  for (const entry of await readdir(tmpdir()).catch(() => [])) {
+    if (!entry.startsWith(DIR_PREFIX)) continue;
+    const owner = Number(await readFile(join(tmpdir(), entry, "owner.pid"), "utf8").catch(() => "0"));
+    if (owner > 0 && !isAlive(owner)) await rm(join(tmpdir(), entry), { recursive: true, force: true });
+  }
+}
+
 /** Starts `count` independent clusters in parallel. Always call `stop()` (e.g. in t.teardown). */
 export async function startClusters(count: number, options: StartOptions = {}): Promise<ClusterSet> {
   const log = options.log ?? (() => {});
   const names = options.names ?? Array.from({ length: count }, (_, i) => `member${i + 1}`);
   const binaries = await ensureBinaries(log);
-  const dir = await mkdtemp(join(tmpdir(), "tether-kube-"));
+  await sweepAbandoned();
+  const dir = await mkdtemp(join(tmpdir(), DIR_PREFIX));
+  await writeFile(join(dir, "owner.pid"), String(process.pid));
   const started: Cluster[] = [];
   const processes: ManagedProcess[] = [];
-  const track = (p: ManagedProcess) => (processes.push(p), p);
+  const track = (p: ManagedProcess) => {
+    processes.push(p);
+    return p;
+  };
   let etcd: { proc: ManagedProcess; url: string } | undefined;
   const stop = async () => {
     await Promise.all(started.map((c) => c.stop()));
@@ -381,7 +451,9 @@ export async function startClusters(count: number, options: StartOptions = {}): 
   };
   try {
     etcd = await startEtcd(binaries, dir);
-    const results = await Promise.allSettled(names.map((n) => startCluster(binaries, dir, n, etcd!.url, track)));
+    const results = await Promise.allSettled(
+      names.map((n) => startCluster(binaries, dir, n, etcd!.url, track)),
+    );
     for (const r of results) if (r.status === "fulfilled") started.push(r.value);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;

@@ -59,7 +59,10 @@ interface LeafSpec {
   usage: "server" | "client";
 }
 
-async function leaf(ca: { cert: x509.X509Certificate; keys: CryptoKeyPair }, spec: LeafSpec): Promise<KeyPairPem> {
+async function leaf(
+  ca: { cert: x509.X509Certificate; keys: CryptoKeyPair },
+  spec: LeafSpec,
+): Promise<KeyPairPem> {
   const keys = await keyPair();
   const now = Date.now();
   const subject = [`CN=${escapeDn(spec.cn)}`, ...(spec.orgs ?? []).map((o) => `O=${escapeDn(o)}`)].join(", ");
@@ -69,7 +72,10 @@ async function leaf(ca: { cert: x509.X509Certificate; keys: CryptoKeyPair }, spe
   ];
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
-    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true),
+    new x509.KeyUsagesExtension(
+      x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment,
+      true,
+    ),
     new x509.ExtendedKeyUsageExtension(
       [spec.usage === "server" ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth],
       false,
@@ -124,7 +130,15 @@ export async function createClusterPki(name: string): Promise<ClusterPki> {
       orgs: ["system:masters"],
       usage: "client",
     }),
-    kubeletServing: await leaf(ca, { cn: "kubelet-standin", dns: ["localhost"], ips: ["127.0.0.1"], usage: "server" }),
-    serviceAccount: { publicPem: await publicPem(saKeys.publicKey), privatePem: await privatePem(saKeys.privateKey) },
+    kubeletServing: await leaf(ca, {
+      cn: "kubelet-standin",
+      dns: ["localhost"],
+      ips: ["127.0.0.1"],
+      usage: "server",
+    }),
+    serviceAccount: {
+      publicPem: await publicPem(saKeys.publicKey),
+      privatePem: await privatePem(saKeys.privateKey),
+    },
   };
 }

@@ -2,7 +2,12 @@
 // its parent — on a normal exit, an uncaught error or a signal — and a test
 // that fails half-way leaves no process behind.
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+
+// setpriv (util-linux) makes the kernel kill the child when its parent dies,
+// even by SIGKILL, where no exit hook of ours can run.
+const SETPRIV = "/usr/bin/setpriv";
+const withParentDeathSignal = process.platform === "linux" && existsSync(SETPRIV);
 
 const live = new Set<ChildProcess>();
 let hooksInstalled = false;
@@ -38,7 +43,10 @@ export class ManagedProcess {
     this.logFile = logFile;
     const fd = openSync(logFile, "a");
     try {
-      this.child = spawn(bin, args, { stdio: ["ignore", fd, fd], env: env ?? process.env });
+      const [file, argv] = withParentDeathSignal
+        ? [SETPRIV, ["--pdeathsig", "KILL", "--", bin, ...args]]
+        : [bin, args];
+      this.child = spawn(file, argv, { stdio: ["ignore", fd, fd], env: env ?? process.env });
     } finally {
       closeSync(fd);
     }

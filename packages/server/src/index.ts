@@ -1,1 +1,1 @@
-export {};
+export { buildProgram, main, VERSION } from "./cli.js";

@@ -1,0 +1,29 @@
+// The tether-server bin as installed: --version and --help work, and a bad flag
+// gets a clear error and a non-zero exit, not a stack trace.
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import t from "tap";
+
+const bin = new URL("../bin/tether-server.js", import.meta.url).pathname;
+const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: "utf8" });
+
+t.test("--version prints the package version", async (t) => {
+  const r = run("--version");
+  t.equal(r.status, 0, r.stderr);
+  t.equal(r.stdout.trim(), pkg.version);
+});
+
+t.test("--help describes the command", async (t) => {
+  const r = run("--help");
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /Usage: tether-server/);
+  t.match(r.stdout, /--version/);
+});
+
+t.test("an unknown flag is refused with a usable message", async (t) => {
+  const r = run("--no-such-flag");
+  t.not(r.status, 0);
+  t.match(r.stderr, /unknown option '--no-such-flag'/);
+  t.notMatch(r.stderr, /    at /, "no stack trace");
+});
