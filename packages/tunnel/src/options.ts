@@ -1,0 +1,88 @@
+/**
+ * Every tunable of a session, with its default. This is the one place options
+ * are documented; README.md repeats the table.
+ */
+
+import { MAX_FRAME_PAYLOAD } from "./frame.js";
+import type { OpenRequest } from "./open-header.js";
+
+/**
+ * What the accept hook may answer: `true` or `undefined` accepts, `false`
+ * refuses with ResetCode.REFUSED, a positive number refuses with that reset code.
+ */
+export type AcceptDecision = boolean | number | undefined;
+
+export interface SessionOptions {
+  /**
+   * Which end of the WebSocket this is. The client (the agent, which dials)
+   * opens odd stream ids, the server even ones. Required.
+   */
+  role: "client" | "server";
+  /**
+   * Decides, synchronously, whether to take a stream the peer opens. Called
+   * before the 'stream' event; refusing sends a reset with the returned code.
+   * Without a hook every open is accepted if someone listens to 'stream', and
+   * refused otherwise. A hook that throws refuses with INTERNAL_ERROR.
+   */
+  accept?: (request: OpenRequest) => AcceptDecision;
+  /** Most streams open at once, both directions together. Default 1024. */
+  maxStreams?: number;
+  /**
+   * Largest receive window one stream may grow to. Windows start at 256 KiB
+   * and double while the reader keeps up with the link. Default 16 MiB.
+   */
+  maxWindow?: number;
+  /**
+   * Largest Data payload this end sends (the scheduler's round-robin quantum).
+   * At most 65536, which is also what every peer accepts. Default 65536.
+   */
+  maxFrameSize?: number;
+  /** Milliseconds between keepalive pings; 0 disables them. Default 10000. */
+  keepAliveInterval?: number;
+  /**
+   * Milliseconds without any inbound traffic (data, control, pongs all count)
+   * after which the peer is declared dead and the session fails. 0 disables.
+   * Default 30000, below common load-balancer idle timeouts.
+   */
+  deadPeerTimeout?: number;
+  /**
+   * Bytes the session lets sit in the transport (sent, not yet flushed to the
+   * socket) before it stops writing and waits. Default 1 MiB.
+   */
+  transportHighWaterMark?: number;
+}
+
+export type ResolvedOptions = Required<Omit<SessionOptions, "accept">> & Pick<SessionOptions, "accept">;
+
+export const DEFAULT_OPTIONS = {
+  maxStreams: 1024,
+  maxWindow: 16 * 1024 * 1024,
+  maxFrameSize: MAX_FRAME_PAYLOAD,
+  keepAliveInterval: 10_000,
+  deadPeerTimeout: 30_000,
+  transportHighWaterMark: 1024 * 1024,
+} as const;
+
+export function resolveOptions(options: SessionOptions): ResolvedOptions {
+  if (options.role !== "client" && options.role !== "server") {
+    throw new TypeError(`options.role must be "client" or "server", got ${String(options.role)}`);
+  }
+  const resolved: ResolvedOptions = { ...DEFAULT_OPTIONS, ...stripUndefined(options), role: options.role };
+  const positive = (name: keyof typeof DEFAULT_OPTIONS, min: number, max = Number.MAX_SAFE_INTEGER) => {
+    const v = resolved[name];
+    if (!Number.isInteger(v) || v < min || v > max) {
+      throw new RangeError(`options.${name} must be an integer in [${min}, ${max}], got ${v}`);
+    }
+  };
+  positive("maxStreams", 1, 2 ** 30);
+  positive("maxWindow", 256 * 1024, 2 ** 31 - 1);
+  positive("maxFrameSize", 1024, MAX_FRAME_PAYLOAD);
+  positive("keepAliveInterval", 0);
+  positive("deadPeerTimeout", 0);
+  positive("transportHighWaterMark", 1);
+  return resolved;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

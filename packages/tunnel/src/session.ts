@@ -1,0 +1,565 @@
+/**
+ * A session multiplexes streams over one message transport (a WebSocket in
+ * practice). It owns the stream table, decides what goes on the wire next,
+ * keeps the peer honest and keeps the link alive.
+ *
+ * Outbound order: control frames (SYN, ACK, window updates, resets, pings)
+ * always go before data, so credit and resets are never stuck behind bulk
+ * transfers in our own queue; data frames are taken round-robin across streams.
+ * Everything stops while the transport holds `transportHighWaterMark` bytes.
+ */
+
+import { EventEmitter } from "node:events";
+import { GoAwayCode, goAwayCodeName, ResetCode } from "./codes.js";
+import { ErrorCode, type TetherError, tetherError } from "./errors.js";
+import {
+  encodeControl,
+  encodeData,
+  Flag,
+  type Frame,
+  FrameType,
+  HEADER_SIZE,
+  MAX_MESSAGE_SIZE,
+  MAX_WINDOW,
+  parseFrames,
+} from "./frame.js";
+import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
+import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
+import { RoundRobin } from "./scheduler.js";
+import { type StreamHost, TunnelStream } from "./stream.js";
+
+/** Where frames go. `websocket.ts` adapts a ws WebSocket; tests use in-memory pairs. */
+export interface Transport {
+  /** Sends one message; `done` runs once it has left user space, or failed. */
+  send(message: Buffer, done: (err?: Error | null) => void): void;
+  /** Closes the transport. Graceful lets what was sent reach the peer first. */
+  close(graceful: boolean): void;
+}
+
+/** Outbound control frames allowed to pile up while the peer does not read. */
+const CONTROL_QUEUE_LIMIT = 1024 * 1024;
+const LARGEST_ID = 0xffffffff;
+
+export interface SessionEvents {
+  stream: [stream: TunnelStream];
+  goaway: [code: number, lastStreamId: number];
+  error: [err: TetherError];
+  close: [err: TetherError | undefined];
+}
+
+export class Session extends EventEmitter<SessionEvents> implements StreamHost {
+  readonly role: "client" | "server";
+  readonly maxWindow: number;
+
+  private readonly transport: Transport;
+  private readonly options: ResolvedOptions;
+  private readonly streams = new Map<number, TunnelStream>();
+  private readonly scheduler = new RoundRobin<TunnelStream>();
+  private control: Buffer[] = [];
+  private controlBytes = 0;
+  private pongValue: number | undefined;
+  private inFlight = 0;
+  private pumpQueued = false;
+  private pumping = false;
+
+  private nextLocalId: number;
+  private highestRemoteId = 0;
+  private goAwaySent = false;
+  private goAwayReceived = false;
+  private closing = false;
+  private ended = false;
+  private endError: TetherError | undefined;
+
+  private smoothedRtt: number | undefined;
+  private pingValue = 0;
+  private pingSentAt: number | undefined;
+  private pingWaiters: Array<{ resolve: (rtt: number) => void; reject: (err: Error) => void }> = [];
+  private lastInbound = performance.now();
+  private keepAliveTimer: NodeJS.Timeout | undefined;
+  private deadPeerTimer: NodeJS.Timeout | undefined;
+
+  constructor(transport: Transport, options: SessionOptions) {
+    super();
+    this.options = resolveOptions(options);
+    this.transport = transport;
+    this.role = this.options.role;
+    this.maxWindow = this.options.maxWindow;
+    this.nextLocalId = this.role === "client" ? 1 : 2;
+    const { keepAliveInterval, deadPeerTimeout } = this.options;
+    if (keepAliveInterval > 0) {
+      this.keepAliveTimer = setInterval(() => this.sendPing(), keepAliveInterval);
+      this.keepAliveTimer.unref();
+      // An early sample lets receive windows start growing before the first interval.
+      this.sendPing();
+    }
+    if (deadPeerTimeout > 0) {
+      this.deadPeerTimer = setTimeout(() => this.checkLiveness(), deadPeerTimeout);
+      this.deadPeerTimer.unref();
+    }
+  }
+
+  /** Streams currently open in either direction. */
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /** Smoothed round-trip time of pings in milliseconds; undefined before the first pong. */
+  get rtt(): number | undefined {
+    return this.smoothedRtt;
+  }
+
+  /** True once goAway() was called or the peer sent a go-away: open() will fail. */
+  get goingAway(): boolean {
+    return this.goAwaySent || this.goAwayReceived;
+  }
+
+  /** True once the session has ended; it emitted 'close'. */
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  /** @internal StreamHost: the RTT that drives window growth. */
+  get rttForWindow(): number {
+    return this.smoothedRtt ?? 0;
+  }
+
+  /**
+   * Opens a stream to `service` on the peer. Data may be written at once. If
+   * the session cannot take the stream (going away, closed, at its stream
+   * limit) the stream is returned already failing: it emits 'error' on the
+   * next tick, as a socket that could not connect would. Invalid service names
+   * or metadata throw ERR_TETHER_INVALID_ARGUMENT.
+   */
+  open(service: string, metadata: Metadata = {}): TunnelStream {
+    const header = encodeOpenHeader(service, metadata);
+    const failure = this.openFailure();
+    const id = failure === undefined ? this.nextLocalId : 0;
+    const stream = new TunnelStream(this, id, service, { ...metadata }, "local", performance.now());
+    if (failure !== undefined) {
+      stream.detach();
+      process.nextTick(() => stream.destroy(failure));
+      return stream;
+    }
+    this.nextLocalId += 2;
+    this.streams.set(id, stream);
+    this.queueControl(encodeData(Flag.SYN, id, header));
+    return stream;
+  }
+
+  /**
+   * Starts an orderly shutdown: the peer is told which of its streams were
+   * taken (go-away carries the last accepted id), no new streams are opened or
+   * accepted, and the session closes when the last open stream ends.
+   */
+  goAway(): void {
+    if (this.ended || this.goAwaySent) return;
+    this.goAwaySent = true;
+    this.queueControl(encodeControl(FrameType.GO_AWAY, 0, this.highestRemoteId, GoAwayCode.NORMAL));
+    this.closeIfIdle();
+  }
+
+  /** Closes now: open streams fail with ERR_TETHER_SESSION_CLOSED. */
+  close(): void {
+    if (this.ended) return;
+    this.end(undefined, GoAwayCode.NORMAL, true);
+  }
+
+  /** Fails the session with `err` (emitted as 'error' if anyone listens). */
+  destroy(err?: Error): void {
+    if (this.ended) return;
+    const cause = err === undefined ? undefined : toTetherError(err);
+    this.end(cause, GoAwayCode.INTERNAL_ERROR, true);
+  }
+
+  /** Measures one round trip with a ping. Rejects if the session ends first. */
+  ping(): Promise<number> {
+    if (this.ended) {
+      return Promise.reject(this.endError ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed"));
+    }
+    return new Promise((resolve, reject) => {
+      this.pingWaiters.push({ resolve, reject });
+      this.sendPing();
+    });
+  }
+
+  /**
+   * The frame input: hand every message received from the transport here.
+   * Malformed input closes the session with a protocol-error go-away; it never
+   * throws.
+   */
+  receive(message: Buffer): void {
+    if (this.ended) return;
+    this.lastInbound = performance.now();
+    const problem = parseFrames(message, this.handleFrame);
+    if (problem !== undefined && !this.ended) this.protocolError(problem);
+  }
+
+  /** Tell the session its transport is gone (closed by the peer or failed). */
+  transportClosed(err?: Error): void {
+    if (this.ended) return;
+    if (err === undefined && this.goingAway && this.streams.size === 0) {
+      this.end(undefined, undefined, false);
+      return;
+    }
+    const reason = tetherError(
+      ErrorCode.TRANSPORT_CLOSED,
+      err === undefined ? "transport closed" : `transport failed: ${err.message}`,
+      { cause: err },
+    );
+    this.end(reason, undefined, false);
+  }
+
+  // ---- StreamHost ----
+
+  /** @internal */
+  schedule(stream: TunnelStream): void {
+    if (this.ended || !this.streams.has(stream.id)) return;
+    this.scheduler.add(stream);
+    this.requestPump();
+  }
+
+  /** @internal */
+  sendWindowUpdate(stream: TunnelStream, delta: number): void {
+    this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, stream.id, delta));
+  }
+
+  /** @internal */
+  sendReset(stream: TunnelStream, code: number): void {
+    this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.RST, stream.id, code));
+  }
+
+  /** @internal */
+  streamDestroyed(stream: TunnelStream): void {
+    this.forget(stream);
+  }
+
+  // ---- inbound ----
+
+  private readonly handleFrame = (frame: Frame): boolean => {
+    switch (frame.type) {
+      case FrameType.PING:
+        this.onPing(frame);
+        break;
+      case FrameType.GO_AWAY:
+        this.onGoAway(frame.length, frame.streamId);
+        break;
+      default:
+        if ((frame.flags & Flag.SYN) !== 0) this.onOpen(frame);
+        else this.onStreamFrame(frame);
+    }
+    return !this.ended;
+  };
+
+  private onPing(frame: Frame): void {
+    if (frame.flags === Flag.SYN) {
+      // Only the latest ping needs an answer; a ping flood cannot grow the queue.
+      if (this.pongValue === undefined) this.requestPump();
+      this.pongValue = frame.length;
+      return;
+    }
+    if (this.pingSentAt === undefined || frame.length !== this.pingValue) return;
+    const sample = performance.now() - this.pingSentAt;
+    this.pingSentAt = undefined;
+    this.smoothedRtt = this.smoothedRtt === undefined ? sample : this.smoothedRtt * 0.875 + sample * 0.125;
+    const waiters = this.pingWaiters;
+    this.pingWaiters = [];
+    for (const w of waiters) w.resolve(sample);
+  }
+
+  private onGoAway(code: number, lastStreamId: number): void {
+    if (code !== GoAwayCode.NORMAL) {
+      this.end(
+        tetherError(ErrorCode.PEER_GOAWAY, `peer went away: ${goAwayCodeName(code)}`, { goAwayCode: code }),
+        undefined,
+        false,
+      );
+      return;
+    }
+    if (this.goAwayReceived) return;
+    this.goAwayReceived = true;
+    this.emit("goaway", code, lastStreamId);
+    // Our opens the peer never took will be refused; fail them now so callers can retry elsewhere.
+    for (const stream of [...this.streams.values()]) {
+      if (stream.initiator === "local" && stream.id > lastStreamId && !stream.acked) {
+        stream.terminate(tetherError(ErrorCode.GOING_AWAY, `stream ${stream.id} not accepted: peer going away`));
+        this.forget(stream);
+      }
+    }
+    this.closeIfIdle();
+  }
+
+  private onOpen(frame: Frame): void {
+    const id = frame.streamId;
+    if (!this.isRemoteId(id)) return this.protocolError(`peer opened stream ${id} with our parity`);
+    if (id <= this.highestRemoteId) return this.protocolError(`peer reopened or reused stream id ${id}`);
+    if (frame.length > MAX_OPEN_HEADER) return this.protocolError(`open header of ${frame.length} bytes`);
+    this.highestRemoteId = id;
+    const refuse = (code: number) => {
+      this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.RST, id, code));
+    };
+    const header = decodeOpenHeader(frame.payload!);
+    if (typeof header === "string") return refuse(ResetCode.PROTOCOL_ERROR);
+    if (this.goingAway) return refuse(ResetCode.GOING_AWAY);
+    if (this.streams.size >= this.options.maxStreams) return refuse(ResetCode.STREAM_LIMIT);
+    const decision = this.decide({ id, service: header.service, metadata: header.metadata });
+    if (decision !== 0) return refuse(decision);
+    const stream = new TunnelStream(this, id, header.service, header.metadata, "remote", performance.now());
+    this.streams.set(id, stream);
+    this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, id, 0));
+    if ((frame.flags & Flag.FIN) !== 0) stream.onRemoteFin();
+    this.emit("stream", stream);
+  }
+
+  /** 0 to accept, otherwise the reset code to refuse with. */
+  private decide(request: { id: number; service: string; metadata: Metadata }): number {
+    const hook = this.options.accept;
+    if (hook === undefined) return this.listenerCount("stream") > 0 ? 0 : ResetCode.REFUSED;
+    let decision: unknown;
+    try {
+      decision = hook(request);
+    } catch {
+      return ResetCode.INTERNAL_ERROR;
+    }
+    if (decision === true || decision === undefined) return 0;
+    if (typeof decision === "number" && Number.isInteger(decision) && decision > 0 && decision <= LARGEST_ID) {
+      return decision;
+    }
+    return ResetCode.REFUSED;
+  }
+
+  private onStreamFrame(frame: Frame): void {
+    const id = frame.streamId;
+    const stream = this.streams.get(id);
+    if (stream === undefined) {
+      const neverOpened = this.isRemoteId(id) ? id > this.highestRemoteId : id >= this.nextLocalId;
+      if (neverOpened) this.protocolError(`frame for stream ${id}, which was never opened`);
+      // Otherwise the stream is closed here and this frame crossed our reset or FIN on the wire.
+      return;
+    }
+    if (frame.type === FrameType.DATA) {
+      if (stream.remoteFin) return this.protocolError(`data on stream ${id} after FIN`);
+      if (!stream.recvWindow.receive(frame.length)) {
+        return this.protocolError(`stream ${id} overran its window by ${frame.length - stream.recvWindow.credit}`);
+      }
+      if (frame.length > 0) stream.onData(frame.payload!);
+      if ((frame.flags & Flag.FIN) !== 0) {
+        stream.onRemoteFin();
+        if (stream.finished) this.retire(stream);
+      }
+      return;
+    }
+    if (frame.flags === Flag.RST) {
+      this.forget(stream);
+      stream.onRemoteReset(frame.length);
+      return;
+    }
+    if (frame.flags === Flag.ACK) {
+      if (stream.acked) return this.protocolError(`unexpected ACK for stream ${id}`);
+      stream.acked = true;
+    }
+    if (stream.sendWindow + frame.length > MAX_WINDOW) {
+      return this.protocolError(`window of stream ${id} grew past ${MAX_WINDOW}`);
+    }
+    stream.sendWindow += frame.length;
+    if (frame.length > 0 && stream.sendable) this.schedule(stream);
+  }
+
+  private isRemoteId(id: number): boolean {
+    return (id % 2 === 1) === (this.role === "server");
+  }
+
+  // ---- outbound ----
+
+  private queueControl(frame: Buffer): void {
+    if (this.ended) return;
+    this.control.push(frame);
+    this.controlBytes += frame.length;
+    if (this.controlBytes > CONTROL_QUEUE_LIMIT) {
+      this.end(
+        tetherError(ErrorCode.CONTROL_OVERFLOW, "peer is not reading: control frames piled up"),
+        GoAwayCode.INTERNAL_ERROR,
+        false,
+      );
+      return;
+    }
+    this.requestPump();
+  }
+
+  private requestPump(): void {
+    if (this.pumpQueued || this.pumping) return;
+    this.pumpQueued = true;
+    process.nextTick(this.pump);
+  }
+
+  private readonly pump = (): void => {
+    this.pumpQueued = false;
+    if (this.ended || this.pumping) return;
+    this.pumping = true;
+    try {
+      const limit = this.options.transportHighWaterMark;
+      const frameSize = this.options.maxFrameSize;
+      while (this.inFlight < limit && !this.ended) {
+        if (this.control.length > 0 || this.pongValue !== undefined) {
+          this.write(this.takeControlBatch());
+          continue;
+        }
+        const stream = this.scheduler.next();
+        if (stream === undefined) break;
+        const frame = stream.takeFrame(frameSize);
+        if (stream.sendable) this.scheduler.add(stream);
+        if (frame !== undefined) this.write(frame);
+        if (stream.finished) this.retire(stream);
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.ended) return;
+    if (this.closing && this.control.length === 0 && this.pongValue === undefined) {
+      this.end(undefined, undefined, true);
+    } else if (this.inFlight < this.options.transportHighWaterMark && this.control.length > 0) {
+      this.requestPump();
+    }
+  };
+
+  /** Packs queued control frames into one message, up to the message size limit. */
+  private takeControlBatch(): Buffer {
+    const parts: Buffer[] = [];
+    let size = 0;
+    if (this.pongValue !== undefined) {
+      parts.push(encodeControl(FrameType.PING, Flag.ACK, 0, this.pongValue));
+      size += HEADER_SIZE;
+      this.pongValue = undefined;
+    }
+    let taken = 0;
+    let takenBytes = 0;
+    while (taken < this.control.length) {
+      const next = this.control[taken]!;
+      if (size + next.length > MAX_MESSAGE_SIZE) break;
+      parts.push(next);
+      size += next.length;
+      takenBytes += next.length;
+      taken++;
+    }
+    this.control = taken === this.control.length ? [] : this.control.slice(taken);
+    this.controlBytes -= takenBytes;
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+  }
+
+  private write(message: Buffer): void {
+    this.inFlight += message.length;
+    this.transport.send(message, this.onSent.bind(this, message.length));
+  }
+
+  private onSent(size: number, err?: Error | null): void {
+    this.inFlight -= size;
+    if (err) {
+      this.transportClosed(err);
+      return;
+    }
+    if (!this.ended && this.inFlight < this.options.transportHighWaterMark) this.requestPump();
+  }
+
+  private sendPing(): void {
+    if (this.ended) return;
+    // One ping in flight at a time; a reply that never comes is the dead-peer timer's business.
+    if (this.pingSentAt !== undefined && performance.now() - this.pingSentAt < this.options.deadPeerTimeout) {
+      return;
+    }
+    this.pingValue = (this.pingValue + 1) >>> 0;
+    this.pingSentAt = performance.now();
+    this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, this.pingValue));
+  }
+
+  private checkLiveness(): void {
+    if (this.ended) return;
+    const timeout = this.options.deadPeerTimeout;
+    const idle = performance.now() - this.lastInbound;
+    if (idle >= timeout) {
+      this.end(
+        tetherError(ErrorCode.KEEPALIVE_TIMEOUT, `nothing heard from peer for ${Math.round(idle)} ms`),
+        GoAwayCode.KEEPALIVE_TIMEOUT,
+        false,
+      );
+      return;
+    }
+    this.deadPeerTimer = setTimeout(() => this.checkLiveness(), timeout - idle);
+    this.deadPeerTimer.unref();
+  }
+
+  // ---- lifecycle ----
+
+  private openFailure(): TetherError | undefined {
+    if (this.ended) return this.endError ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed");
+    if (this.goingAway) return tetherError(ErrorCode.GOING_AWAY, "session is going away");
+    if (this.streams.size >= this.options.maxStreams) {
+      return tetherError(ErrorCode.STREAM_LIMIT, `session already has ${this.options.maxStreams} streams`);
+    }
+    if (this.nextLocalId > LARGEST_ID) return tetherError(ErrorCode.GOING_AWAY, "stream ids exhausted");
+    return undefined;
+  }
+
+  /** A stream both sides finished: drop it from the table, keep it readable for the app. */
+  private retire(stream: TunnelStream): void {
+    stream.detach();
+    this.forget(stream);
+  }
+
+  private forget(stream: TunnelStream): void {
+    if (this.streams.get(stream.id) !== stream) return;
+    this.streams.delete(stream.id);
+    this.scheduler.delete(stream);
+    this.closeIfIdle();
+  }
+
+  private closeIfIdle(): void {
+    if (this.ended || this.closing || !this.goingAway || this.streams.size > 0) return;
+    // Flush what is queued (the last FINs, the go-away) before closing the transport.
+    this.closing = true;
+    this.requestPump();
+  }
+
+  /** @internal Closes the session with a protocol-error go-away. */
+  protocolError(reason: string): void {
+    this.end(tetherError(ErrorCode.PROTOCOL, `protocol error: ${reason}`), GoAwayCode.PROTOCOL_ERROR, true);
+  }
+
+  /**
+   * Ends the session once. `goAwayCode` says what to tell the peer (undefined:
+   * nothing, it already knows or cannot hear); `graceful` lets the transport
+   * deliver what was already sent.
+   */
+  private end(err: TetherError | undefined, goAwayCode: number | undefined, graceful: boolean): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.endError = err;
+    if (this.keepAliveTimer !== undefined) clearInterval(this.keepAliveTimer);
+    if (this.deadPeerTimer !== undefined) clearTimeout(this.deadPeerTimer);
+    if (goAwayCode !== undefined && !(this.goAwaySent && goAwayCode === GoAwayCode.NORMAL)) {
+      // Bypasses the queue: the peer should learn why even if our queue is backed up.
+      this.transport.send(encodeControl(FrameType.GO_AWAY, 0, this.highestRemoteId, goAwayCode), noop);
+    }
+    this.goAwaySent = true;
+    this.control = [];
+    this.controlBytes = 0;
+    this.scheduler.clear();
+    const streamError = err ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed");
+    const streams = [...this.streams.values()];
+    this.streams.clear();
+    for (const stream of streams) stream.terminate(streamError);
+    const waiters = this.pingWaiters;
+    this.pingWaiters = [];
+    for (const w of waiters) w.reject(streamError);
+    this.transport.close(graceful);
+    if (err !== undefined && this.listenerCount("error") > 0) this.emit("error", err);
+    this.emit("close", err);
+  }
+}
+
+function noop(): void {}
+
+function toTetherError(err: Error): TetherError {
+  if (typeof (err as TetherError).code === "string" && (err as TetherError).code.startsWith("ERR_TETHER_")) {
+    return err as TetherError;
+  }
+  return tetherError(ErrorCode.SESSION_CLOSED, `session destroyed: ${err.message}`, { cause: err });
+}

@@ -1,0 +1,281 @@
+/**
+ * One multiplexed stream, as a Node Duplex that also answers the handful of
+ * net.Socket calls http, tls and pipeline make, so it can stand in for a
+ * socket (http.Agent's createConnection, server.emit("connection"), TLS).
+ *
+ * Inbound bytes wait in `inbox` until the Readable asks for them (_read);
+ * only then do they count as consumed and earn the peer new credit, so a
+ * reader that stops reading stops the sender after one window.
+ */
+
+import { Duplex } from "node:stream";
+import { ResetCode, resetCodeName } from "./codes.js";
+import { ErrorCode, type TetherError, tetherError } from "./errors.js";
+import { encodeData, Flag, INITIAL_WINDOW } from "./frame.js";
+import type { Metadata } from "./open-header.js";
+import { ReceiveWindow } from "./window.js";
+
+/** What a stream needs from its session; the session is the only implementation. */
+export interface StreamHost {
+  readonly maxWindow: number;
+  /** Smoothed round-trip time in ms, or 0 before the first measurement. */
+  readonly rttForWindow: number;
+  schedule(stream: TunnelStream): void;
+  sendWindowUpdate(stream: TunnelStream, delta: number): void;
+  sendReset(stream: TunnelStream, code: number): void;
+  streamDestroyed(stream: TunnelStream): void;
+}
+
+interface Outgoing {
+  chunk: Buffer;
+  offset: number;
+  done: (err?: Error | null) => void;
+}
+
+export class TunnelStream extends Duplex {
+  readonly id: number;
+  readonly service: string;
+  readonly metadata: Metadata;
+  /** "local" when this end called open(), "remote" when the peer did. */
+  readonly initiator: "local" | "remote";
+  /** Mirrors net.Socket: a stream is usable at once (data may precede the ACK). */
+  readonly connecting = false;
+  readonly pending = false;
+
+  /** @internal */ readonly recvWindow: ReceiveWindow;
+  /** @internal */ sendWindow = INITIAL_WINDOW;
+  /** @internal */ localFin = false;
+  /** @internal */ remoteFin = false;
+  /** @internal */ acked: boolean;
+
+  private host: StreamHost | undefined;
+  private readonly outbox: Outgoing[] = [];
+  private finalDone: ((err?: Error | null) => void) | undefined;
+  private readonly inbox: Buffer[] = [];
+  private wantsData = false;
+  private endAfterInbox = false;
+  private resetCode: number | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  /** @internal — streams are made by Session.open() and the 'stream' event. */
+  constructor(
+    host: StreamHost,
+    id: number,
+    service: string,
+    metadata: Metadata,
+    initiator: "local" | "remote",
+    now: number,
+  ) {
+    super({ allowHalfOpen: true, writableHighWaterMark: 64 * 1024 });
+    this.host = host;
+    this.id = id;
+    this.service = service;
+    this.metadata = metadata;
+    this.initiator = initiator;
+    this.acked = initiator === "remote";
+    this.recvWindow = new ReceiveWindow(host.maxWindow, now);
+  }
+
+  /** Bytes received and not yet handed to the reader. */
+  get bufferedInbound(): number {
+    return this.recvWindow.buffered;
+  }
+
+  /**
+   * Resets the stream with a wire code the peer sees (ResetCode or an
+   * application code >= 0x100), then destroys it locally without an error.
+   */
+  reset(code: number = ResetCode.CANCEL): this {
+    if (!Number.isInteger(code) || code <= 0 || code > 0xffffffff) {
+      throw new RangeError(`reset code must be an integer in [1, 2^32-1], got ${code}`);
+    }
+    this.resetCode = code;
+    return this.destroy();
+  }
+
+  // ---- net.Socket compatibility: what http, tls and agents call on sockets ----
+
+  setNoDelay(_noDelay?: boolean): this {
+    return this;
+  }
+
+  setKeepAlive(_enable?: boolean, _initialDelay?: number): this {
+    return this;
+  }
+
+  ref(): this {
+    return this;
+  }
+
+  unref(): this {
+    return this;
+  }
+
+  address(): Record<string, never> {
+    return {};
+  }
+
+  /** Emits 'timeout' after `ms` without reads or writes, like net.Socket; 0 turns it off. */
+  setTimeout(ms: number, callback?: () => void): this {
+    if (this.idleTimer !== undefined) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+    }
+    if (ms > 0 && !this.destroyed) {
+      this.idleTimer = setTimeout(() => this.emit("timeout"), ms);
+      this.idleTimer.unref();
+      if (callback) this.once("timeout", callback);
+    } else if (callback) {
+      this.removeListener("timeout", callback);
+    }
+    return this;
+  }
+
+  /** Ends the writable side, then destroys once it has flushed. */
+  destroySoon(): void {
+    if (this.writable) this.end();
+    if (this.writableFinished) this.destroy();
+    else this.once("finish", () => this.destroy());
+  }
+
+  // ---- Duplex internals ----
+
+  override _read(): void {
+    this.wantsData = true;
+    this.drainInbox();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (err?: Error | null) => void): void {
+    this.touch();
+    if (chunk.length === 0 || this.host === undefined) {
+      done(this.host === undefined ? tetherError(ErrorCode.SESSION_CLOSED, "stream is detached") : null);
+      return;
+    }
+    this.outbox.push({ chunk, offset: 0, done });
+    this.host.schedule(this);
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    if (this.host === undefined) {
+      done(tetherError(ErrorCode.SESSION_CLOSED, "stream is detached"));
+      return;
+    }
+    this.finalDone = done;
+    this.host.schedule(this);
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    const host = this.host;
+    this.host = undefined;
+    if (host !== undefined) {
+      if (!(this.localFin && this.remoteFin)) {
+        const fromError = (err as TetherError | null)?.resetCode;
+        host.sendReset(
+          this,
+          this.resetCode ??
+            (err === null ? ResetCode.CANCEL : typeof fromError === "number" ? fromError : ResetCode.INTERNAL_ERROR),
+        );
+      }
+      host.streamDestroyed(this);
+    }
+    this.outbox.length = 0;
+    this.inbox.length = 0;
+    done(err);
+  }
+
+  // ---- called by the session ----
+
+  /** @internal Payload already passed the window check. */
+  onData(payload: Buffer): void {
+    this.touch();
+    if (this.wantsData && this.inbox.length === 0) this.deliver(payload);
+    else this.inbox.push(payload);
+  }
+
+  /** @internal */
+  onRemoteFin(): void {
+    this.remoteFin = true;
+    if (this.inbox.length === 0) this.push(null);
+    else this.endAfterInbox = true;
+  }
+
+  /** @internal The peer reset the stream: no reset goes back. */
+  onRemoteReset(code: number): void {
+    this.detach();
+    this.destroy(
+      tetherError(ErrorCode.STREAM_RESET, `stream ${this.id} reset by peer: ${resetCodeName(code)}`, {
+        resetCode: code,
+      }),
+    );
+  }
+
+  /** @internal The session is gone or finished with this stream: nothing more goes on the wire. */
+  detach(): void {
+    this.host = undefined;
+  }
+
+  /** @internal Ends the stream because the session ended. */
+  terminate(err: Error): void {
+    this.detach();
+    this.destroy(err);
+  }
+
+  /** @internal Both directions have seen FIN: the stream needs no more frames. */
+  get finished(): boolean {
+    return this.localFin && this.remoteFin;
+  }
+
+  /** @internal Whether the scheduler can take a frame from this stream now. */
+  get sendable(): boolean {
+    if (this.outbox.length > 0) return this.sendWindow > 0;
+    return this.finalDone !== undefined;
+  }
+
+  /** @internal The next frame to send, at most `max` payload bytes. */
+  takeFrame(max: number): Buffer | undefined {
+    const head = this.outbox[0];
+    if (head !== undefined) {
+      if (this.sendWindow === 0) return undefined;
+      const n = Math.min(max, this.sendWindow, head.chunk.length - head.offset);
+      const frame = encodeData(0, this.id, head.chunk.subarray(head.offset, head.offset + n));
+      head.offset += n;
+      this.sendWindow -= n;
+      if (head.offset === head.chunk.length) {
+        this.outbox.shift();
+        head.done();
+      }
+      return frame;
+    }
+    const finalDone = this.finalDone;
+    if (finalDone === undefined) return undefined;
+    this.finalDone = undefined;
+    this.localFin = true;
+    const frame = encodeData(Flag.FIN, this.id, undefined);
+    finalDone();
+    return frame;
+  }
+
+  private deliver(chunk: Buffer): void {
+    const host = this.host;
+    if (host !== undefined) {
+      const delta = this.recvWindow.consume(chunk.length, performance.now(), host.rttForWindow);
+      if (delta > 0) host.sendWindowUpdate(this, delta);
+    } else {
+      this.recvWindow.buffered -= chunk.length;
+    }
+    if (!this.push(chunk)) this.wantsData = false;
+  }
+
+  private drainInbox(): void {
+    while (this.wantsData && this.inbox.length > 0) this.deliver(this.inbox.shift()!);
+    if (this.endAfterInbox && this.inbox.length === 0) {
+      this.endAfterInbox = false;
+      this.push(null);
+    }
+  }
+
+  private touch(): void {
+    this.idleTimer?.refresh();
+  }
+}
