@@ -158,7 +158,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.closeIfIdle();
   }
 
-  /** Closes now: open streams fail with ERR_TETHER_SESSION_CLOSED. */
+  /**
+   * Closes now. Open streams are destroyed without an error (check
+   * `readableEnded` to tell a finished stream from an aborted one); the peer
+   * sees its streams fail with ERR_TETHER_TRANSPORT_CLOSED.
+   */
   close(): void {
     if (this.ended) return;
     this.end(undefined, GoAwayCode.NORMAL, true);
@@ -542,13 +546,14 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.control = [];
     this.controlBytes = 0;
     this.scheduler.clear();
-    const streamError = err ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed");
     const streams = [...this.streams.values()];
     this.streams.clear();
-    for (const stream of streams) stream.terminate(streamError);
+    // Like http2: a local close() aborts streams quietly, a failure errors them.
+    for (const stream of streams) stream.terminate(err);
     const waiters = this.pingWaiters;
     this.pingWaiters = [];
-    for (const w of waiters) w.reject(streamError);
+    const pingError = err ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed");
+    for (const w of waiters) w.reject(pingError);
     this.transport.close(graceful);
     if (err !== undefined && this.listenerCount("error") > 0) this.emit("error", err);
     this.emit("close", err);

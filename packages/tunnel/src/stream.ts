@@ -216,7 +216,7 @@ export class TunnelStream extends Duplex {
   }
 
   /** @internal Ends the stream because the session ended. */
-  terminate(err: Error): void {
+  terminate(err: Error | undefined): void {
     this.detach();
     this.destroy(err);
   }
