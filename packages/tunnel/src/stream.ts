@@ -200,9 +200,19 @@ export class TunnelStream extends Duplex {
     else this.endAfterInbox = true;
   }
 
-  /** @internal The peer reset the stream: no reset goes back. */
+  /**
+   * @internal The peer reset the stream: no reset goes back. A CANCEL after the
+   * peer's FIN only says it stopped reading, as a closed socket would after
+   * shutdown: what it sent is complete, so the reader still gets all of it and
+   * no error is raised (a later write fails, as on a socket).
+   */
   onRemoteReset(code: number): void {
     this.detach();
+    if (code === ResetCode.CANCEL && this.remoteFin) {
+      if (this.readableEnded) this.destroy();
+      else this.once("end", () => this.destroy());
+      return;
+    }
     this.destroy(
       tetherError(ErrorCode.STREAM_RESET, `stream ${this.id} reset by peer: ${resetCodeName(code)}`, {
         resetCode: code,

@@ -1,0 +1,19 @@
+import t from "tap";
+import { DEFAULT_OPTIONS, resolveOptions } from "../src/options.js";
+
+t.test("defaults fill in, explicit undefined does not override them", async (t) => {
+  const o = resolveOptions({ role: "client", maxStreams: undefined, keepAliveInterval: 500 });
+  t.equal(o.maxStreams, DEFAULT_OPTIONS.maxStreams);
+  t.equal(o.keepAliveInterval, 500);
+  t.ok(DEFAULT_OPTIONS.deadPeerTimeout <= 30_000, "dead-peer timeout below common LB idle timeouts");
+  t.ok(DEFAULT_OPTIONS.keepAliveInterval < DEFAULT_OPTIONS.deadPeerTimeout);
+});
+
+t.test("bad options are refused", async (t) => {
+  t.throws(() => resolveOptions({ role: "agent" as "client" }), TypeError);
+  t.throws(() => resolveOptions({ role: "client", maxStreams: 0 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", maxFrameSize: 70_000 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", maxWindow: 1000 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", deadPeerTimeout: -1 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", transportHighWaterMark: 1.5 }), RangeError);
+});
