@@ -50,7 +50,9 @@ const stats = await fuzz({
   progressEvery: Math.max(10_000, Math.floor(count / 10)),
   onProgress: (frames, s) => {
     const rate = Math.round(frames / ((performance.now() - started) / 1000));
-    console.log(`  ${frames} frames, ${s.sessions} sessions, ${rate} frames/s, memory ${mib(memory() - baseline)} over start`);
+    console.log(
+      `  ${frames} frames, ${s.sessions} sessions, ${rate} frames/s, memory ${mib(memory() - baseline)} over start`,
+    );
   },
 });
 const seconds = (performance.now() - started) / 1000;
@@ -63,7 +65,9 @@ console.log(
     `${stats.bytesDelivered} bytes delivered`,
 );
 console.log("session endings:", stats.endings);
-console.log(`memory: peak ${mib(peak)} over start (cap ${mib(MEMORY_CAP)}), retained after GC ${mib(retained)} (cap ${mib(RETAINED_CAP)})`);
+console.log(
+  `memory: peak ${mib(peak)} over start (cap ${mib(MEMORY_CAP)}), retained after GC ${mib(retained)} (cap ${mib(RETAINED_CAP)})`,
+);
 if (peak > MEMORY_CAP || retained > RETAINED_CAP) {
   console.error("FAIL: memory not bounded");
   failures++;

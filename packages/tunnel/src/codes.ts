@@ -45,7 +45,9 @@ const resetNames = new Map<number, string>(
 const goAwayNames = new Map<number, string>(Object.entries(GoAwayCode).map(([name, code]) => [code, name]));
 
 export function resetCodeName(code: number): string {
-  return resetNames.get(code) ?? (code >= ResetCode.APPLICATION_MIN ? `APPLICATION(${code})` : `UNKNOWN(${code})`);
+  return (
+    resetNames.get(code) ?? (code >= ResetCode.APPLICATION_MIN ? `APPLICATION(${code})` : `UNKNOWN(${code})`)
+  );
 }
 
 export function goAwayCodeName(code: number): string {

@@ -44,7 +44,10 @@ export function tetherError(
   message: string,
   extra?: { resetCode?: number; goAwayCode?: number; cause?: unknown },
 ): TetherError {
-  const err = new Error(message, extra?.cause === undefined ? undefined : { cause: extra.cause }) as TetherError;
+  const err = new Error(
+    message,
+    extra?.cause === undefined ? undefined : { cause: extra.cause },
+  ) as TetherError;
   err.code = code;
   if (extra?.resetCode !== undefined) err.resetCode = extra.resetCode;
   if (extra?.goAwayCode !== undefined) err.goAwayCode = extra.goAwayCode;

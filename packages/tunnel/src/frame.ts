@@ -124,7 +124,8 @@ export function checkHeader(
  */
 export function parseFrames(message: Buffer, visit: (frame: Frame) => boolean): string | undefined {
   if (message.length === 0) return "empty message";
-  if (message.length > MAX_MESSAGE_SIZE) return `message of ${message.length} bytes exceeds ${MAX_MESSAGE_SIZE}`;
+  if (message.length > MAX_MESSAGE_SIZE)
+    return `message of ${message.length} bytes exceeds ${MAX_MESSAGE_SIZE}`;
   let offset = 0;
   while (offset < message.length) {
     if (message.length - offset < HEADER_SIZE) return "truncated frame header";

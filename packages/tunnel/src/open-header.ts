@@ -39,7 +39,11 @@ export function encodeOpenHeader(service: string, metadata: Metadata = {}): Buff
   if (entries.length > MAX_METADATA_ENTRIES) {
     throw invalid(`metadata has ${entries.length} entries, at most ${MAX_METADATA_ENTRIES} allowed`);
   }
-  const parts: Buffer[] = [Buffer.from([service.length]), Buffer.from(service, "ascii"), Buffer.from([entries.length])];
+  const parts: Buffer[] = [
+    Buffer.from([service.length]),
+    Buffer.from(service, "ascii"),
+    Buffer.from([entries.length]),
+  ];
   for (const [key, value] of entries) {
     if (!KEY_RE.test(key)) throw invalid(`invalid metadata key ${JSON.stringify(key)}`);
     if (typeof value !== "string") throw invalid(`metadata value for ${key} is not a string`);

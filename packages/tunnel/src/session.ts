@@ -19,6 +19,7 @@ import {
   type Frame,
   FrameType,
   HEADER_SIZE,
+  INITIAL_WINDOW,
   MAX_MESSAGE_SIZE,
   MAX_WINDOW,
   parseFrames,
@@ -50,6 +51,8 @@ export interface SessionEvents {
 export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly role: "client" | "server";
   readonly maxWindow: number;
+  /** @internal The largest receive window a stream reached; new streams start there. */
+  learnedWindow = INITIAL_WINDOW;
 
   private readonly transport: Transport;
   private readonly options: ResolvedOptions;
@@ -143,6 +146,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.nextLocalId += 2;
     this.streams.set(id, stream);
     this.queueControl(encodeData(Flag.SYN, id, header));
+    // A session that learned its link's window grants it to new streams at once instead of ramping up again.
+    const extra = stream.recvWindow.size - INITIAL_WINDOW;
+    if (extra > 0) this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, id, extra));
     return stream;
   }
 
@@ -224,6 +230,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal */
   sendWindowUpdate(stream: TunnelStream, delta: number): void {
+    if (stream.recvWindow.size > this.learnedWindow) this.learnedWindow = stream.recvWindow.size;
     this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, stream.id, delta));
   }
 
@@ -285,7 +292,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     // Our opens the peer never took will be refused; fail them now so callers can retry elsewhere.
     for (const stream of [...this.streams.values()]) {
       if (stream.initiator === "local" && stream.id > lastStreamId && !stream.acked) {
-        stream.terminate(tetherError(ErrorCode.GOING_AWAY, `stream ${stream.id} not accepted: peer going away`));
+        stream.terminate(
+          tetherError(ErrorCode.GOING_AWAY, `stream ${stream.id} not accepted: peer going away`),
+        );
         this.forget(stream);
       }
     }
@@ -294,22 +303,45 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private onOpen(frame: Frame): void {
     const id = frame.streamId;
-    if (!this.isRemoteId(id)) return this.protocolError(`peer opened stream ${id} with our parity`);
-    if (id <= this.highestRemoteId) return this.protocolError(`peer reopened or reused stream id ${id}`);
-    if (frame.length > MAX_OPEN_HEADER) return this.protocolError(`open header of ${frame.length} bytes`);
+    if (!this.isRemoteId(id)) {
+      this.protocolError(`peer opened stream ${id} with our parity`);
+      return;
+    }
+    if (id <= this.highestRemoteId) {
+      this.protocolError(`peer reopened or reused stream id ${id}`);
+      return;
+    }
+    if (frame.length > MAX_OPEN_HEADER) {
+      this.protocolError(`open header of ${frame.length} bytes`);
+      return;
+    }
     this.highestRemoteId = id;
     const refuse = (code: number) => {
       this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.RST, id, code));
     };
     const header = decodeOpenHeader(frame.payload!);
-    if (typeof header === "string") return refuse(ResetCode.PROTOCOL_ERROR);
-    if (this.goingAway) return refuse(ResetCode.GOING_AWAY);
-    if (this.streams.size >= this.options.maxStreams) return refuse(ResetCode.STREAM_LIMIT);
+    if (typeof header === "string") {
+      refuse(ResetCode.PROTOCOL_ERROR);
+      return;
+    }
+    if (this.goingAway) {
+      refuse(ResetCode.GOING_AWAY);
+      return;
+    }
+    if (this.streams.size >= this.options.maxStreams) {
+      refuse(ResetCode.STREAM_LIMIT);
+      return;
+    }
     const decision = this.decide({ id, service: header.service, metadata: header.metadata });
-    if (decision !== 0) return refuse(decision);
+    if (decision !== 0) {
+      refuse(decision);
+      return;
+    }
     const stream = new TunnelStream(this, id, header.service, header.metadata, "remote", performance.now());
     this.streams.set(id, stream);
-    this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, id, 0));
+    this.queueControl(
+      encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, id, stream.recvWindow.size - INITIAL_WINDOW),
+    );
     if ((frame.flags & Flag.FIN) !== 0) stream.onRemoteFin();
     this.emit("stream", stream);
   }
@@ -325,7 +357,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       return ResetCode.INTERNAL_ERROR;
     }
     if (decision === true || decision === undefined) return 0;
-    if (typeof decision === "number" && Number.isInteger(decision) && decision > 0 && decision <= LARGEST_ID) {
+    if (
+      typeof decision === "number" &&
+      Number.isInteger(decision) &&
+      decision > 0 &&
+      decision <= LARGEST_ID
+    ) {
       return decision;
     }
     return ResetCode.REFUSED;
@@ -341,9 +378,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       return;
     }
     if (frame.type === FrameType.DATA) {
-      if (stream.remoteFin) return this.protocolError(`data on stream ${id} after FIN`);
+      if (stream.remoteFin) {
+        this.protocolError(`data on stream ${id} after FIN`);
+        return;
+      }
       if (!stream.recvWindow.receive(frame.length)) {
-        return this.protocolError(`stream ${id} overran its window by ${frame.length - stream.recvWindow.credit}`);
+        this.protocolError(`stream ${id} overran its window by ${frame.length - stream.recvWindow.credit}`);
+        return;
       }
       if (frame.length > 0) stream.onData(frame.payload!);
       if ((frame.flags & Flag.FIN) !== 0) {
@@ -358,11 +399,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       return;
     }
     if (frame.flags === Flag.ACK) {
-      if (stream.acked) return this.protocolError(`unexpected ACK for stream ${id}`);
+      if (stream.acked) {
+        this.protocolError(`unexpected ACK for stream ${id}`);
+        return;
+      }
       stream.acked = true;
     }
     if (stream.sendWindow + frame.length > MAX_WINDOW) {
-      return this.protocolError(`window of stream ${id} grew past ${MAX_WINDOW}`);
+      this.protocolError(`window of stream ${id} grew past ${MAX_WINDOW}`);
+      return;
     }
     stream.sendWindow += frame.length;
     if (frame.length > 0 && stream.sendable) this.schedule(stream);

@@ -18,6 +18,8 @@ import { ReceiveWindow } from "./window.js";
 /** What a stream needs from its session; the session is the only implementation. */
 export interface StreamHost {
   readonly maxWindow: number;
+  /** Receive window new streams start with (the largest any stream of the session reached). */
+  readonly learnedWindow: number;
   /** Smoothed round-trip time in ms, or 0 before the first measurement. */
   readonly rttForWindow: number;
   schedule(stream: TunnelStream): void;
@@ -73,7 +75,7 @@ export class TunnelStream extends Duplex {
     this.metadata = metadata;
     this.initiator = initiator;
     this.acked = initiator === "remote";
-    this.recvWindow = new ReceiveWindow(host.maxWindow, now);
+    this.recvWindow = new ReceiveWindow(host.maxWindow, now, host.learnedWindow);
   }
 
   /** Bytes received and not yet handed to the reader. */
@@ -157,7 +159,9 @@ export class TunnelStream extends Duplex {
 
   override _final(done: (err?: Error | null) => void): void {
     if (this.host === undefined) {
-      done(tetherError(ErrorCode.SESSION_CLOSED, "stream is detached"));
+      // After the peer's FIN and CANCEL (a socket closed after shutdown) there
+      // is nobody to tell: ending is no error, as end() on such a socket isn't.
+      done(this.remoteFin ? null : tetherError(ErrorCode.SESSION_CLOSED, "stream is detached"));
       return;
     }
     this.finalDone = done;
@@ -174,7 +178,11 @@ export class TunnelStream extends Duplex {
         host.sendReset(
           this,
           this.resetCode ??
-            (err === null ? ResetCode.CANCEL : typeof fromError === "number" ? fromError : ResetCode.INTERNAL_ERROR),
+            (err === null
+              ? ResetCode.CANCEL
+              : typeof fromError === "number"
+                ? fromError
+                : ResetCode.INTERNAL_ERROR),
         );
       }
       host.streamDestroyed(this);

@@ -21,12 +21,14 @@ const streamId = fc.integer({ min: 1, max: 0xffffffff });
 
 /** Frames that checkHeader accepts, of every type. */
 const validFrame: fc.Arbitrary<Frame> = fc.oneof(
-  fc.record({
-    type: fc.constant(FrameType.DATA),
-    flags: fc.constantFrom(0, Flag.SYN, Flag.FIN, Flag.SYN | Flag.FIN),
-    streamId,
-    payload: fc.uint8Array({ maxLength: 2048 }).map((a) => Buffer.from(a)),
-  }).map((f) => ({ ...f, length: f.payload.length })),
+  fc
+    .record({
+      type: fc.constant(FrameType.DATA),
+      flags: fc.constantFrom(0, Flag.SYN, Flag.FIN, Flag.SYN | Flag.FIN),
+      streamId,
+      payload: fc.uint8Array({ maxLength: 2048 }).map((a) => Buffer.from(a)),
+    })
+    .map((f) => ({ ...f, length: f.payload.length })),
   fc.record({
     type: fc.constant(FrameType.WINDOW_UPDATE),
     flags: fc.constantFrom(0, Flag.ACK),
@@ -39,7 +41,12 @@ const validFrame: fc.Arbitrary<Frame> = fc.oneof(
     streamId,
     length: fc.integer({ min: 1, max: 0xffffffff }),
   }),
-  fc.record({ type: fc.constant(FrameType.PING), flags: fc.constantFrom(Flag.SYN, Flag.ACK), streamId: fc.constant(0), length: u32 }),
+  fc.record({
+    type: fc.constant(FrameType.PING),
+    flags: fc.constantFrom(Flag.SYN, Flag.ACK),
+    streamId: fc.constant(0),
+    length: u32,
+  }),
   fc.record({ type: fc.constant(FrameType.GO_AWAY), flags: fc.constant(0), streamId: fc.nat(), length: u32 }),
 );
 
@@ -53,7 +60,13 @@ t.test("frames round-trip through encode and parse, several to a message", async
         return true;
       });
       if (problem !== undefined) throw new Error(problem);
-      if (!isDeepStrictEqual(parsed, frames.map((f) => ({ ...f })))) throw new Error("frames differ after a round trip");
+      if (
+        !isDeepStrictEqual(
+          parsed,
+          frames.map((f) => ({ ...f })),
+        )
+      )
+        throw new Error("frames differ after a round trip");
     }),
     { numRuns: 300 },
   );
@@ -88,7 +101,11 @@ t.test("headers that can never be valid are rejected with a reason", async (t) =
     [1, 3, Flag.FIN, 0, 0, /flags/],
   ];
   for (const [version, type, flags, id, length, reason] of bad) {
-    t.match(checkHeader(version, type, flags, id, length), reason, `${version}/${type}/${flags}/${id}/${length}`);
+    t.match(
+      checkHeader(version, type, flags, id, length),
+      reason,
+      `${version}/${type}/${flags}/${id}/${length}`,
+    );
   }
 });
 
@@ -96,9 +113,15 @@ t.test("messages that are empty, truncated or too large are rejected", async (t)
   const visit = () => true;
   t.match(parseFrames(Buffer.alloc(0), visit), /empty/);
   t.match(parseFrames(Buffer.alloc(MAX_MESSAGE_SIZE + 1), visit), /exceeds/);
-  t.match(parseFrames(encodeControl(FrameType.PING, Flag.SYN, 0, 1).subarray(0, 11), visit), /truncated frame header/);
+  t.match(
+    parseFrames(encodeControl(FrameType.PING, Flag.SYN, 0, 1).subarray(0, 11), visit),
+    /truncated frame header/,
+  );
   t.match(parseFrames(encodeData(0, 1, Buffer.alloc(10)).subarray(0, 20), visit), /truncated data payload/);
-  const two = Buffer.concat([encodeControl(FrameType.PING, Flag.SYN, 0, 1), encodeControl(FrameType.PING, Flag.SYN, 0, 2)]);
+  const two = Buffer.concat([
+    encodeControl(FrameType.PING, Flag.SYN, 0, 1),
+    encodeControl(FrameType.PING, Flag.SYN, 0, 2),
+  ]);
   let seen = 0;
   t.equal(
     parseFrames(two, () => {

@@ -11,5 +11,8 @@ t.test("100,000 random and mutated frames: no crash, bounded memory", async (t) 
   t.ok(stats.streamsAccepted > 0, `${stats.streamsAccepted} streams got through to the application`);
   t.ok((stats.endings.ERR_TETHER_PROTOCOL ?? 0) > 0, "malformed input was caught as protocol errors");
   const growth = stats.peakMemory - (before.heapUsed + before.external);
-  t.ok(growth < 512 * 1024 * 1024, `peak memory growth ${Math.round(growth / 1024 / 1024)} MiB stays under 512 MiB`);
+  t.ok(
+    growth < 512 * 1024 * 1024,
+    `peak memory growth ${Math.round(growth / 1024 / 1024)} MiB stays under 512 MiB`,
+  );
 });

@@ -42,7 +42,9 @@ t.test("encoding refuses what a peer would refuse", async (t) => {
   t.throws(() => encodeOpenHeader("svc", { k: "x".repeat(MAX_METADATA_VALUE + 1) }), invalid);
   const many = Object.fromEntries(Array.from({ length: MAX_METADATA_ENTRIES + 1 }, (_, i) => [`k${i}`, ""]));
   t.throws(() => encodeOpenHeader("svc", many), invalid);
-  const big = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`k${i}`, "x".repeat(MAX_METADATA_VALUE)]));
+  const big = Object.fromEntries(
+    Array.from({ length: 8 }, (_, i) => [`k${i}`, "x".repeat(MAX_METADATA_VALUE)]),
+  );
   t.throws(() => encodeOpenHeader("svc", big), invalid, `over ${MAX_OPEN_HEADER} bytes in total`);
 });
 

@@ -36,7 +36,9 @@ function checkWindows(link: Link): void {
     for (const stream of streamsOf(session).values()) {
       const w = stream.recvWindow;
       if (w.credit < 0 || w.buffered < 0 || w.pending < 0 || stream.sendWindow < 0) {
-        throw new Error(`negative window on stream ${stream.id}: ${JSON.stringify(w)} send=${stream.sendWindow}`);
+        throw new Error(
+          `negative window on stream ${stream.id}: ${JSON.stringify(w)} send=${stream.sendWindow}`,
+        );
       }
       if (w.credit + w.buffered + w.pending !== w.size) throw new Error(`window leak on stream ${stream.id}`);
     }
@@ -148,7 +150,8 @@ t.test("random interleavings deliver every byte in order exactly once", async (t
             const victim = plan.reset.by === "opener" ? atAcceptor : atOpener;
             if (victim.error !== undefined) {
               if (victim.error.code !== ErrorCode.STREAM_RESET) throw victim.error;
-              if (victim.error.resetCode !== ResetCode.APPLICATION_MIN + 1) throw new Error("wrong reset code");
+              if (victim.error.resetCode !== ResetCode.APPLICATION_MIN + 1)
+                throw new Error("wrong reset code");
             }
           }
         });
@@ -373,8 +376,11 @@ t.test("the scheduler is fair: a bulk stream does not starve a small one", async
 });
 
 t.test("a silent peer is declared dead; traffic of any kind keeps it alive", async (t) => {
-  const link = pair({ keepAliveInterval: 5, deadPeerTimeout: 40 }, { keepAliveInterval: 5, deadPeerTimeout: 40 });
-  t.ok(await link.client.ping() >= 0, "ping measures a round trip");
+  const link = pair(
+    { keepAliveInterval: 5, deadPeerTimeout: 40 },
+    { keepAliveInterval: 5, deadPeerTimeout: 40 },
+  );
+  t.ok((await link.client.ping()) >= 0, "ping measures a round trip");
   t.type(link.client.rtt, "number");
   link.server.on("stream", (s) => s.on("error", () => {}));
   const s = link.client.open("svc");
@@ -410,7 +416,8 @@ function bare(role: "client" | "server", options: object = {}) {
     session,
     out,
     closeError: () => closeErr,
-    syn: (id: number, service = "svc") => session.receive(encodeData(Flag.SYN, id, encodeOpenHeader(service))),
+    syn: (id: number, service = "svc") =>
+      session.receive(encodeData(Flag.SYN, id, encodeOpenHeader(service))),
   };
 }
 
@@ -420,8 +427,20 @@ const violations: Array<[string, (b: ReturnType<typeof bare>) => void]> = [
   ["truncated", (b) => b.session.receive(Buffer.from([1, 0, 0]))],
   ["data for an unopened stream", (b) => b.session.receive(encodeData(0, 7, Buffer.from("x")))],
   ["our parity", (b) => b.syn(2)],
-  ["duplicate SYN", (b) => (b.syn(1), b.syn(1))],
-  ["decreasing ids", (b) => (b.syn(5), b.syn(3))],
+  [
+    "duplicate SYN",
+    (b) => {
+      b.syn(1);
+      b.syn(1);
+    },
+  ],
+  [
+    "decreasing ids",
+    (b) => {
+      b.syn(5);
+      b.syn(3);
+    },
+  ],
   [
     "past the window",
     (b) => {
@@ -429,14 +448,34 @@ const violations: Array<[string, (b: ReturnType<typeof bare>) => void]> = [
       for (const f of huge(1)) b.session.receive(f);
     },
   ],
-  ["data after FIN", (b) => (b.syn(1), b.session.receive(encodeData(Flag.FIN, 1, undefined)), b.session.receive(encodeData(0, 1, Buffer.from("x"))))],
-  ["window overflow", (b) => (b.syn(1), b.session.receive(encodeControl(FrameType.WINDOW_UPDATE, 0, 1, 2 ** 31)))],
-  ["ACK on an accepted stream", (b) => (b.syn(1), b.session.receive(encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, 1, 0)))],
+  [
+    "data after FIN",
+    (b) => {
+      b.syn(1);
+      b.session.receive(encodeData(Flag.FIN, 1, undefined));
+      b.session.receive(encodeData(0, 1, Buffer.from("x")));
+    },
+  ],
+  [
+    "window overflow",
+    (b) => {
+      b.syn(1);
+      b.session.receive(encodeControl(FrameType.WINDOW_UPDATE, 0, 1, 2 ** 31));
+    },
+  ],
+  [
+    "ACK on an accepted stream",
+    (b) => {
+      b.syn(1);
+      b.session.receive(encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, 1, 0));
+    },
+  ],
 ];
 
 function huge(id: number): Buffer[] {
   const frames: Buffer[] = [];
-  for (let sent = 0; sent <= INITIAL_WINDOW; sent += 65536) frames.push(encodeData(0, id, Buffer.alloc(65536)));
+  for (let sent = 0; sent <= INITIAL_WINDOW; sent += 65536)
+    frames.push(encodeData(0, id, Buffer.alloc(65536)));
   return frames;
 }
 

@@ -131,30 +131,36 @@ t.test("end() half-closes: the other direction keeps flowing", async (t) => {
   link.client.close();
 });
 
-t.test("destroy() resets the peer with CANCEL, destroy(err) with the error's code, reset(code) with code", async (t) => {
-  const link = pair();
-  const remotes: TunnelStream[] = [];
-  link.server.on("stream", (s) => remotes.push(s));
-  const cases: Array<[(s: TunnelStream) => void, number]> = [
-    [(s) => s.destroy(), ResetCode.CANCEL],
-    [(s) => s.destroy(new Error("boom")), ResetCode.INTERNAL_ERROR],
-    [(s) => s.destroy(Object.assign(new Error("refused"), { resetCode: ResetCode.CONNECT_FAILED })), ResetCode.CONNECT_FAILED],
-    [(s) => s.reset(0x1234), 0x1234],
-  ];
-  for (const [act, code] of cases) {
-    const s = link.client.open("svc");
-    s.on("error", () => {});
-    s.write("x");
-    while (remotes.length === 0) await new Promise((r) => setImmediate(r));
-    const remote = remotes.pop()!;
-    act(s);
-    const [err] = await once(remote, "error");
-    t.equal(err.code, ErrorCode.STREAM_RESET);
-    t.equal(err.resetCode, code);
-  }
-  t.throws(() => link.client.open("svc").reset(0), RangeError);
-  link.client.close();
-});
+t.test(
+  "destroy() resets the peer with CANCEL, destroy(err) with the error's code, reset(code) with code",
+  async (t) => {
+    const link = pair();
+    const remotes: TunnelStream[] = [];
+    link.server.on("stream", (s) => remotes.push(s));
+    const cases: Array<[(s: TunnelStream) => void, number]> = [
+      [(s) => s.destroy(), ResetCode.CANCEL],
+      [(s) => s.destroy(new Error("boom")), ResetCode.INTERNAL_ERROR],
+      [
+        (s) => s.destroy(Object.assign(new Error("refused"), { resetCode: ResetCode.CONNECT_FAILED })),
+        ResetCode.CONNECT_FAILED,
+      ],
+      [(s) => s.reset(0x1234), 0x1234],
+    ];
+    for (const [act, code] of cases) {
+      const s = link.client.open("svc");
+      s.on("error", () => {});
+      s.write("x");
+      while (remotes.length === 0) await new Promise((r) => setImmediate(r));
+      const remote = remotes.pop()!;
+      act(s);
+      const [err] = await once(remote, "error");
+      t.equal(err.code, ErrorCode.STREAM_RESET);
+      t.equal(err.resetCode, code);
+    }
+    t.throws(() => link.client.open("svc").reset(0), RangeError);
+    link.client.close();
+  },
+);
 
 t.test("setTimeout emits 'timeout' after idleness like a socket, and 0 turns it off", async (t) => {
   const link = pair();

@@ -1,11 +1,17 @@
 import { once } from "node:events";
 import type { AddressInfo } from "node:net";
-import t from "tap";
+import t, { type Test } from "tap";
 import { WebSocket, WebSocketServer } from "ws";
-import { ErrorCode, type Session, sessionFromWebSocket, type TetherError, WEBSOCKET_OPTIONS } from "../src/index.js";
+import {
+  ErrorCode,
+  type Session,
+  sessionFromWebSocket,
+  type TetherError,
+  WEBSOCKET_OPTIONS,
+} from "../src/index.js";
 import { readAll } from "./lib/pair.js";
 
-async function sockets(t: Tap.Test) {
+async function sockets(t: Test) {
   const wss = new WebSocketServer({ port: 0, host: "127.0.0.1", ...WEBSOCKET_OPTIONS });
   await once(wss, "listening");
   const { port } = wss.address() as AddressInfo;

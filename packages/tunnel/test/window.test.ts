@@ -8,7 +8,10 @@ const MAX = 16 * 1024 * 1024;
 t.test("accounting never goes negative and a stalled reader pins at most the window", async (t) => {
   const op = fc.oneof(
     fc.record({ kind: fc.constant("receive" as const), n: fc.integer({ min: 0, max: 300_000 }) }),
-    fc.record({ kind: fc.constant("consume" as const), fraction: fc.double({ min: 0, max: 1, noNaN: true }) }),
+    fc.record({
+      kind: fc.constant("consume" as const),
+      fraction: fc.double({ min: 0, max: 1, noNaN: true }),
+    }),
     fc.record({ kind: fc.constant("wait" as const), ms: fc.integer({ min: 0, max: 100 }) }),
   );
   fc.assert(
@@ -38,13 +41,13 @@ t.test("accounting never goes negative and a stalled reader pins at most the win
   t.pass();
 });
 
-t.test("credit goes back once half the window is consumed", async (t) => {
+t.test("credit goes back once a quarter of the window is consumed", async (t) => {
   const w = new ReceiveWindow(MAX, 0);
   t.ok(w.receive(INITIAL_WINDOW));
   t.notOk(w.receive(1), "no credit left");
-  t.equal(w.consume(INITIAL_WINDOW / 2 - 1, 1000, 10), 0, "not worth a frame yet");
-  t.equal(w.consume(1, 1000, 10), INITIAL_WINDOW / 2, "half a window returned");
-  t.equal(w.size, INITIAL_WINDOW, "slow reader (slower than one RTT per half window): no growth");
+  t.equal(w.consume(INITIAL_WINDOW / 4 - 1, 1000, 10), 0, "not worth a frame yet");
+  t.equal(w.consume(1, 1000, 10), INITIAL_WINDOW / 4, "a quarter window returned");
+  t.equal(w.size, INITIAL_WINDOW, "a reader slower than a window per 4 RTTs: no growth");
 });
 
 t.test("the window doubles while a fast reader drains it within an RTT, up to the cap", async (t) => {
@@ -57,4 +60,10 @@ t.test("the window doubles while a fast reader drains it within an RTT, up to th
   }
   t.same(sizes, [512 * 1024, 1024 * 1024, 1024 * 1024, 1024 * 1024, 1024 * 1024, 1024 * 1024]);
   t.equal(w.credit, w.size, "all credit handed back");
+});
+
+t.test("a window can start at what the session learned, within the cap", async (t) => {
+  t.equal(new ReceiveWindow(MAX, 0, 4 * 1024 * 1024).size, 4 * 1024 * 1024);
+  t.equal(new ReceiveWindow(MAX, 0, 64 * 1024 * 1024).size, MAX);
+  t.equal(new ReceiveWindow(MAX, 0, 1).size, INITIAL_WINDOW);
 });

@@ -65,11 +65,21 @@ export function pair(
   const sent = { toServer: 0, toClient: 0 };
   const defaults = { keepAliveInterval: 0, deadPeerTimeout: 0 };
   const client = new Session(
-    transport(c, s, (n) => (sent.toServer += n), () => cut),
+    transport(
+      c,
+      s,
+      (n) => (sent.toServer += n),
+      () => cut,
+    ),
     { ...defaults, ...clientOptions, role: "client" },
   );
   const server = new Session(
-    transport(s, c, (n) => (sent.toClient += n), () => cut),
+    transport(
+      s,
+      c,
+      (n) => (sent.toClient += n),
+      () => cut,
+    ),
     { ...defaults, ...serverOptions, role: "server" },
   );
   c.session = client;

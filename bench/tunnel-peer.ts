@@ -1,0 +1,272 @@
+/**
+ * One end of the tunnel benchmark, run as a child process (`server` or
+ * `agent`) so each end has its own event loop, as in production. The parent
+ * drives it over IPC: { id, cmd, ...args } in, { id, result } or { id, error } out.
+ *
+ * Both the direct TLS baseline and the tunnel speak the same tiny protocol on
+ * a connection or stream: "S" + u64 size then that many bytes, answered by one
+ * byte once all arrived (sink); or "E" then echo everything (echo); or "P" and
+ * the reader never reads (stall).
+ */
+
+import { once } from "node:events";
+import fs from "node:fs";
+import https from "node:https";
+import type { AddressInfo } from "node:net";
+import path from "node:path";
+import tls from "node:tls";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import type { Duplex } from "node:stream";
+import { WebSocket, WebSocketServer } from "ws";
+import {
+  type Session,
+  sessionFromWebSocket,
+  type TunnelStream,
+  WEBSOCKET_OPTIONS,
+} from "../packages/tunnel/src/index.js";
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
+
+const role = process.argv[2] as "server" | "agent";
+const certDir = process.argv[3]!;
+const key = fs.readFileSync(path.join(certDir, "key.pem"));
+const cert = fs.readFileSync(path.join(certDir, "cert.pem"));
+const SESSION_OPTIONS = { maxStreams: 50_000 };
+const CHUNK = Buffer.alloc(64 * 1024, 0x5a);
+
+/** Serves one connection or stream according to its first byte. */
+function serve(conn: Duplex): void {
+  conn.on("error", () => {});
+  let mode: string | undefined;
+  let want = -1;
+  let got = 0;
+  let header = Buffer.alloc(0);
+  const onData = (chunk: Buffer) => {
+    if (mode === undefined) {
+      mode = String.fromCharCode(chunk[0]!);
+      chunk = chunk.subarray(1);
+      if (mode === "E") {
+        conn.removeListener("data", onData);
+        conn.pipe(conn);
+        if (chunk.length > 0) conn.write(chunk);
+        return;
+      }
+      if (mode === "P") {
+        conn.removeListener("data", onData);
+        conn.pause();
+        return;
+      }
+    }
+    if (want < 0) {
+      header = Buffer.concat([header, chunk]);
+      if (header.length < 8) return;
+      want = Number(header.readBigUInt64BE(0));
+      chunk = header.subarray(8);
+    }
+    got += chunk.length;
+    if (got >= want) conn.write(Buffer.from([1]));
+  };
+  conn.on("data", onData);
+}
+
+const memory = () => {
+  gc();
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.external;
+};
+
+// ---------------- server ----------------
+
+const sessions: Session[] = [];
+const handlers: Record<string, (args: Record<string, unknown>) => Promise<unknown>> = {};
+
+if (role === "server") {
+  const direct = tls.createServer({ key, cert }, serve);
+  direct.listen(0, "127.0.0.1");
+  const web = https.createServer({ key, cert });
+  const wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
+  web.on("upgrade", (req, socket, head) => {
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const session = sessionFromWebSocket(ws, { role: "server", ...SESSION_OPTIONS });
+      session.on("stream", serve);
+      session.on("error", () => {});
+      sessions.push(session);
+      session.on("close", () => sessions.splice(sessions.indexOf(session), 1));
+    });
+  });
+  web.listen(0, "127.0.0.1");
+  await Promise.all([once(direct, "listening"), once(web, "listening")]);
+
+  handlers.ports = async () => ({
+    direct: (direct.address() as AddressInfo).port,
+    tunnel: (web.address() as AddressInfo).port,
+  });
+  handlers.memoryNow = async () => memory();
+  handlers.sessionCount = async () => sessions.length;
+  /** Opens `count` idle streams on the first session and reports the heap they cost here. */
+  handlers.idleStreams = async ({ count }) => {
+    const session = sessions[0]!;
+    const before = memory();
+    const streams: TunnelStream[] = [];
+    let answered = 0;
+    await new Promise<void>((resolve) => {
+      for (let i = 0; i < (count as number); i++) {
+        const s = session.open("idle");
+        s.on("error", () => {});
+        s.once("data", () => {
+          if (++answered === count) resolve();
+        });
+        s.write("x");
+        streams.push(s);
+      }
+    });
+    const after = memory();
+    for (const s of streams) s.destroy();
+    // Let the resets go out and the peer's table drain before anyone measures again.
+    while (session.streamCount > 0) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 200));
+    return { before, after };
+  };
+}
+
+// ---------------- agent ----------------
+
+let agentSession: Session | undefined;
+
+/**
+ * `zeroMask` opts into an all-zero masking key, which lets ws skip the XOR on
+ * every byte the agent sends. RFC 6455 asks clients for unpredictable keys (it
+ * protects intermediaries that parse WebSocket traffic); over mutual TLS no
+ * intermediary sees the frames, but it is a trade-off, measured here, never a default.
+ */
+function connectTunnel(port: number, zeroMask = false): Promise<Session> {
+  const ws = new WebSocket(`wss://localhost:${port}/`, {
+    ...WEBSOCKET_OPTIONS,
+    ca: cert,
+    ...(zeroMask ? { generateMask: (mask: Buffer) => void mask.fill(0) } : {}),
+  });
+  return new Promise((resolve, reject) => {
+    ws.once("error", reject);
+    ws.once("open", () => {
+      const session = sessionFromWebSocket(ws, { role: "client", ...SESSION_OPTIONS });
+      session.on("error", () => {});
+      session.on("stream", (s) => {
+        s.on("error", () => {});
+        s.once("data", () => s.write("y")); // idle streams: answer once, then sit
+      });
+      resolve(session);
+    });
+  });
+}
+
+function connectDirect(port: number): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ port, host: "127.0.0.1", servername: "localhost", ca: cert }, () =>
+      resolve(socket),
+    );
+    socket.once("error", reject);
+  });
+}
+
+async function writeAll(conn: Duplex, size: number): Promise<void> {
+  let left = size;
+  while (left > 0) {
+    const chunk = left >= CHUNK.length ? CHUNK : CHUNK.subarray(0, left);
+    left -= chunk.length;
+    if (!conn.write(chunk)) await once(conn, "drain");
+  }
+}
+
+/** Seconds from the first byte written to the sink's acknowledgement. */
+async function sink(conn: Duplex, size: number): Promise<number> {
+  const header = Buffer.alloc(9);
+  header[0] = "S".charCodeAt(0);
+  header.writeBigUInt64BE(BigInt(size), 1);
+  const ack = once(conn, "data");
+  const started = performance.now();
+  conn.write(header);
+  await writeAll(conn, size);
+  await ack;
+  return (performance.now() - started) / 1000;
+}
+
+if (role === "agent") {
+  handlers.connect = async ({ port, zeroMask }) => {
+    agentSession?.close();
+    agentSession = await connectTunnel(port as number, zeroMask === true);
+    return true;
+  };
+  handlers.throughput = async ({ mode, port, size }) => {
+    const conn = mode === "direct" ? await connectDirect(port as number) : agentSession!.open("bench");
+    const seconds = await sink(conn, size as number);
+    conn.destroy();
+    return seconds;
+  };
+  /** Stream B's transfer time while stream A's reader never reads. */
+  handlers.headOfLine = async ({ size }) => {
+    const stalled = agentSession!.open("bench");
+    stalled.on("error", () => {});
+    stalled.write("P");
+    // Fill A until it has no credit left; its writes then wait forever.
+    for (let i = 0; i < 200; i++) stalled.write(CHUNK);
+    await new Promise((r) => setTimeout(r, 200));
+    const b = agentSession!.open("bench");
+    const seconds = await sink(b, size as number);
+    b.destroy();
+    const held = stalled.sendWindow;
+    stalled.destroy();
+    return { seconds, stalledCredit: held };
+  };
+  handlers.roundTrips = async ({ mode, port, count }) => {
+    const conn = mode === "direct" ? await connectDirect(port as number) : agentSession!.open("bench");
+    conn.write("E");
+    const message = Buffer.alloc(64, 0x61);
+    const samples: number[] = [];
+    for (let i = 0; i < (count as number); i++) {
+      let got = 0;
+      const done = new Promise<void>((resolve) => {
+        const onData = (d: Buffer) => {
+          got += d.length;
+          if (got >= message.length) {
+            conn.removeListener("data", onData);
+            resolve();
+          }
+        };
+        conn.on("data", onData);
+      });
+      const started = performance.now();
+      conn.write(message);
+      await done;
+      samples.push(performance.now() - started);
+    }
+    conn.destroy();
+    return samples;
+  };
+  /** Opens `count` more sessions, each its own wss connection, and keeps them idle. */
+  const extra: Session[] = [];
+  handlers.sessions = async ({ count, port }) => {
+    for (let i = 0; i < (count as number); i += 50) {
+      const batch = Math.min(50, (count as number) - i);
+      extra.push(...(await Promise.all(Array.from({ length: batch }, () => connectTunnel(port as number)))));
+    }
+    return extra.length;
+  };
+  handlers.closeSessions = async () => {
+    for (const s of extra.splice(0)) s.close();
+    return true;
+  };
+}
+
+process.on("message", async (msg: { id: number; cmd: string } & Record<string, unknown>) => {
+  try {
+    const handler = handlers[msg.cmd];
+    if (handler === undefined) throw new Error(`unknown command ${msg.cmd}`);
+    process.send!({ id: msg.id, result: await handler(msg) });
+  } catch (err) {
+    process.send!({ id: msg.id, error: String((err as Error).stack ?? err) });
+  }
+});
+process.send!({ id: 0, result: "ready" });

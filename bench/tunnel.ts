@@ -1,0 +1,283 @@
+/**
+ * The tunnel suite: the tunnel (wss, mutual processes) against a direct TLS
+ * connection between the same two processes, on loopback and through a
+ * 50 ms-RTT delay proxy. The server end and the agent end each run in their
+ * own child process (tunnel-peer.ts), the delay proxy in a third, so no two
+ * parties share an event loop. Data flows agent → server, the WebSocket's
+ * masked client→server direction, which is what response bodies take.
+ */
+
+import { execFileSync, type ChildProcess, fork, spawn } from "node:child_process";
+import { once } from "node:events";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { SuiteOptions, SuiteResult } from "./run.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const MiB = 1024 * 1024;
+
+class Peer {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  readonly ready: Promise<unknown>;
+
+  constructor(readonly child: ChildProcess) {
+    let ready!: (v: unknown) => void;
+    this.ready = new Promise((r) => (ready = r));
+    child.on("message", (msg: { id: number; result?: unknown; error?: string }) => {
+      if (msg.id === 0) return ready(msg.result);
+      const w = this.waiting.get(msg.id);
+      this.waiting.delete(msg.id);
+      if (msg.error !== undefined) w?.reject(new Error(msg.error));
+      else w?.resolve(msg.result);
+    });
+  }
+
+  call<T>(cmd: string, args: Record<string, unknown> = {}): Promise<T> {
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.child.send({ id, cmd, ...args });
+    });
+  }
+}
+
+function startPeer(role: "server" | "agent", certDir: string): Peer {
+  const child = fork(path.join(here, "tunnel-peer.ts"), [role, certDir], {
+    execArgv: ["--import", "tsx"],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  return new Peer(child);
+}
+
+async function startProxy(
+  delayMs: number,
+  targets: number[],
+): Promise<{ ports: number[]; child: ChildProcess }> {
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", path.join(here, "delay-proxy.ts"), String(delayMs), ...targets.map((t) => `0:${t}`)],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  const [line] = (await once(child.stdout!, "data")) as [Buffer];
+  const ports = line.toString().trim().split(" ").slice(1).map(Number);
+  return { ports, child };
+}
+
+function makeCert(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tether-bench-"));
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=localhost",
+      "-addext",
+      "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      "-keyout",
+      path.join(dir, "key.pem"),
+      "-out",
+      path.join(dir, "cert.pem"),
+    ],
+    { stdio: "ignore" },
+  );
+  return dir;
+}
+
+const median = (xs: number[]) => quantile(xs, 0.5);
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+}
+const fmt = (n: number, digits = 2) => n.toFixed(digits);
+const step = (what: string) => process.stderr.write(`  .. ${what}\n`);
+
+export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
+  const size = (quick ? 16 : 64) * MiB;
+  const repeats = quick ? 1 : 3;
+  const rttCount = quick ? 300 : 2000;
+  const certDir = makeCert();
+  const server = startPeer("server", certDir);
+  const agent = startPeer("agent", certDir);
+  const children: ChildProcess[] = [server.child, agent.child];
+  try {
+    await Promise.all([server.ready, agent.ready]);
+    step("peers up");
+    const ports = await server.call<{ direct: number; tunnel: number }>("ports");
+    const proxy = await startProxy(25, [ports.direct, ports.tunnel]);
+    children.push(proxy.child);
+    const [slowDirect, slowTunnel] = proxy.ports as [number, number];
+
+    step("proxy up");
+    // Warm up both paths (JIT, TLS session state), then interleave the runs so drift hits both alike.
+    await agent.call("connect", { port: ports.tunnel });
+    await agent.call("throughput", { mode: "direct", port: ports.direct, size: 8 * MiB });
+    await agent.call("throughput", { mode: "tunnel", size: 8 * MiB });
+    const mbps = (seconds: number, bytes = size) => bytes / MiB / seconds;
+    step("warmed up");
+    const direct: number[] = [];
+    const tunnel: number[] = [];
+    for (let i = 0; i < repeats; i++) {
+      direct.push(mbps(await agent.call<number>("throughput", { mode: "direct", port: ports.direct, size })));
+      tunnel.push(mbps(await agent.call<number>("throughput", { mode: "tunnel", size })));
+    }
+
+    step("throughput done");
+    // Head-of-line: B alone vs B while A's reader is stalled, same session, same size.
+    const holSize = (quick ? 8 : 32) * MiB;
+    const alone: number[] = [];
+    const blocked: number[] = [];
+    let stalledCredit = 0;
+    for (let i = 0; i < repeats; i++) {
+      alone.push(mbps(await agent.call<number>("throughput", { mode: "tunnel", size: holSize }), holSize));
+      const hol = await agent.call<{ seconds: number; stalledCredit: number }>("headOfLine", {
+        size: holSize,
+      });
+      blocked.push(mbps(hol.seconds, holSize));
+      stalledCredit = hol.stalledCredit;
+    }
+
+    step("head-of-line done");
+    // Small round trips.
+    const rttDirect = await agent.call<number[]>("roundTrips", {
+      mode: "direct",
+      port: ports.direct,
+      count: rttCount,
+    });
+    const rttTunnel = await agent.call<number[]>("roundTrips", { mode: "tunnel", count: rttCount });
+
+    step("round trips done");
+    // The same with an all-zero masking key (opt-in trade-off, see tunnel-peer.ts).
+    await agent.call("connect", { port: ports.tunnel, zeroMask: true });
+    await agent.call("throughput", { mode: "tunnel", size: 8 * MiB });
+    const zeroMask: number[] = [];
+    for (let i = 0; i < repeats; i++) {
+      zeroMask.push(mbps(await agent.call<number>("throughput", { mode: "tunnel", size })));
+    }
+
+    // The 50 ms link: a new tunnel session through the proxy. The first stream on a
+    // fresh session ramps its window up from 256 KiB (reported as "cold"); then both
+    // paths are warmed like the loopback ones and measured with the learned window.
+    await agent.call("connect", { port: slowTunnel });
+    const slowSize = (quick ? 16 : 64) * MiB;
+    const cold = mbps(await agent.call<number>("throughput", { mode: "tunnel", size: slowSize }), slowSize);
+    await agent.call("throughput", { mode: "direct", port: slowDirect, size: 8 * MiB });
+    const directSlow: number[] = [];
+    const tunnelSlow: number[] = [];
+    for (let i = 0; i < (quick ? 1 : 2); i++) {
+      directSlow.push(
+        mbps(
+          await agent.call<number>("throughput", { mode: "direct", port: slowDirect, size: slowSize }),
+          slowSize,
+        ),
+      );
+      tunnelSlow.push(
+        mbps(await agent.call<number>("throughput", { mode: "tunnel", size: slowSize }), slowSize),
+      );
+    }
+    step("50 ms link done");
+    // Back to loopback for the memory measurements.
+    await agent.call("connect", { port: ports.tunnel });
+    while ((await server.call<number>("sessionCount")) > 1) await new Promise((r) => setTimeout(r, 50));
+
+    // Memory: idle streams on one session, then idle sessions (each its own wss connection), server side.
+    const streamCount = quick ? 2000 : 10_000;
+    const idle = await server.call<{ before: number; after: number }>("idleStreams", { count: streamCount });
+    const perStream = (idle.after - idle.before) / streamCount;
+    step("idle streams done");
+    const sessionCount = quick ? 200 : 1000;
+    const before = await server.call<number>("memoryNow");
+    await agent.call("sessions", { count: sessionCount, port: ports.tunnel });
+    while ((await server.call<number>("sessionCount")) < sessionCount + 1)
+      await new Promise((r) => setTimeout(r, 50));
+    const after = await server.call<number>("memoryNow");
+    const perSession = (after - before) / sessionCount;
+    await agent.call("closeSessions");
+
+    const m = {
+      throughput_direct_mib_s: median(direct),
+      throughput_tunnel_mib_s: median(tunnel),
+      throughput_ratio: median(tunnel) / median(direct),
+      throughput_rtt50_direct_mib_s: median(directSlow),
+      throughput_rtt50_tunnel_mib_s: median(tunnelSlow),
+      throughput_ratio_rtt50: median(tunnelSlow) / median(directSlow),
+      throughput_rtt50_cold_tunnel_mib_s: cold,
+      throughput_ratio_rtt50_cold: cold / median(directSlow),
+      throughput_zero_mask_tunnel_mib_s: median(zeroMask),
+      throughput_ratio_zero_mask: median(zeroMask) / median(direct),
+      hol_alone_mib_s: median(alone),
+      hol_blocked_mib_s: median(blocked),
+      hol_ratio: median(blocked) / median(alone),
+      hol_stalled_stream_credit_left: stalledCredit,
+      rtt_direct_p50_ms: quantile(rttDirect, 0.5),
+      rtt_direct_p99_ms: quantile(rttDirect, 0.99),
+      rtt_tunnel_p50_ms: quantile(rttTunnel, 0.5),
+      rtt_tunnel_p99_ms: quantile(rttTunnel, 0.99),
+      rtt_p50_ratio: quantile(rttTunnel, 0.5) / quantile(rttDirect, 0.5),
+      rtt_p99_ratio: quantile(rttTunnel, 0.99) / quantile(rttDirect, 0.99),
+      bytes_per_idle_stream: Math.round(perStream),
+      bytes_per_idle_session: Math.round(perSession),
+    };
+    const rows: Array<[string, string, string]> = [
+      [
+        "throughput_ratio",
+        fmt(m.throughput_ratio),
+        `tunnel ${fmt(m.throughput_tunnel_mib_s, 0)} / direct TLS ${fmt(m.throughput_direct_mib_s, 0)} MiB/s, ${size / MiB} MiB, median of ${repeats} (target >= 0.85)`,
+      ],
+      [
+        "throughput_ratio_rtt50",
+        fmt(m.throughput_ratio_rtt50),
+        `tunnel ${fmt(m.throughput_rtt50_tunnel_mib_s, 0)} / direct TLS ${fmt(m.throughput_rtt50_direct_mib_s, 0)} MiB/s through a 50 ms RTT proxy (target >= 0.8)`,
+      ],
+      [
+        "throughput_ratio_rtt50_cold",
+        fmt(m.throughput_ratio_rtt50_cold),
+        `first stream of a fresh session, window ramping from 256 KiB: ${fmt(cold, 0)} MiB/s`,
+      ],
+      [
+        "throughput_ratio_zero_mask",
+        fmt(m.throughput_ratio_zero_mask),
+        `opt-in all-zero WebSocket mask: tunnel ${fmt(m.throughput_zero_mask_tunnel_mib_s, 0)} MiB/s (not the default)`,
+      ],
+      [
+        "hol_ratio",
+        fmt(m.hol_ratio),
+        `stream B ${fmt(m.hol_blocked_mib_s, 0)} MiB/s with A's reader stalled / ${fmt(m.hol_alone_mib_s, 0)} alone (target >= 0.9)`,
+      ],
+      [
+        "rtt_p50_ratio",
+        fmt(m.rtt_p50_ratio),
+        `tunnel ${fmt(m.rtt_tunnel_p50_ms, 3)} ms / direct ${fmt(m.rtt_direct_p50_ms, 3)} ms, 64-byte echo x${rttCount}`,
+      ],
+      [
+        "rtt_p99_ratio",
+        fmt(m.rtt_p99_ratio),
+        `tunnel ${fmt(m.rtt_tunnel_p99_ms, 3)} ms / direct ${fmt(m.rtt_direct_p99_ms, 3)} ms`,
+      ],
+      [
+        "bytes_per_idle_stream",
+        String(m.bytes_per_idle_stream),
+        `server side, heap+external after GC, ${streamCount} streams on one session`,
+      ],
+      [
+        "bytes_per_idle_session",
+        String(m.bytes_per_idle_session),
+        `server side, incl. its wss connection (TLS + ws), ${sessionCount} sessions`,
+      ],
+    ];
+    return { rows, metrics: m };
+  } finally {
+    for (const c of children) c.kill();
+    fs.rmSync(certDir, { recursive: true, force: true });
+  }
+}
