@@ -1,0 +1,40 @@
+// Bearer tokens issued by Tether (join tokens for agents, user tokens for
+// host-side clients). A token is `tether_` + 32 random bytes in base64url
+// (256 bits from the OS CSPRNG). Only its SHA-256 is ever stored; a high-
+// entropy token needs no slow KDF. Comparisons are constant-time.
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+
+export const TOKEN_PREFIX = "tether_";
+const TOKEN_BYTES = 32;
+const TOKEN_RE = /^tether_[A-Za-z0-9_-]{43}$/;
+
+/** "sha256:<hex>" of the token's UTF-8 bytes: what the store keeps. */
+export function hashToken(token: string): string {
+  return "sha256:" + createHash("sha256").update(token, "utf8").digest("hex");
+}
+
+/** A new token and its hash. Hand the token out once; store only the hash. */
+export function issueToken(): { token: string; hash: string } {
+  const token = TOKEN_PREFIX + randomBytes(TOKEN_BYTES).toString("base64url");
+  return { token, hash: hashToken(token) };
+}
+
+/** Whether `token` has the shape of a token issueToken() makes (a cheap pre-check, not a secret check). */
+export function looksLikeToken(token: unknown): token is string {
+  return typeof token === "string" && TOKEN_RE.test(token);
+}
+
+/** Whether `hash` has the shape hashToken() produces. */
+export function isTokenHash(hash: unknown): hash is string {
+  return typeof hash === "string" && /^sha256:[0-9a-f]{64}$/.test(hash);
+}
+
+/**
+ * Constant-time equality of two secrets: both are hashed first, so neither
+ * their content nor their length leaks through timing.
+ */
+export function tokensEqual(a: string, b: string): boolean {
+  const ha = createHash("sha256").update(a, "utf8").digest();
+  const hb = createHash("sha256").update(b, "utf8").digest();
+  return timingSafeEqual(ha, hb);
+}
