@@ -35,7 +35,7 @@ export interface Cluster {
   /** Runs the harness kubectl against this cluster (admin kubeconfig unless one is given). */
   kubectl(args: string[], options?: KubectlOptions): Promise<KubectlResult>;
   /** Starts a long-running kubectl (logs -f, get -w, port-forward); stop() it when done. */
-  spawnKubectl(args: string[], options?: { kubeconfig?: string }): KubectlProcess;
+  spawnKubectl(args: string[], options?: { kubeconfig?: string; env?: NodeJS.ProcessEnv }): KubectlProcess;
   /** A JSON request to the apiserver as admin; throws on non-2xx unless `allowStatus` lists it. */
   api<T = unknown>(
     method: string,
@@ -367,7 +367,7 @@ async function startCluster(
         child.stdin?.end(options.input ?? "");
       }),
     spawnKubectl: (args, options = {}) =>
-      new KubectlProcess(bins.kubectl, ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args]),
+      new KubectlProcess(bins.kubectl, ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args], options.env),
     api,
     async createPod(namespace, podName, containers = ["main"]) {
       await api("POST", `/api/v1/namespaces/${namespace}/pods`, {

@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
-import { inClusterTarget, type KubeTarget, kubeconfigTarget } from "./kube-target.js";
+import { inClusterTarget, type KubeTarget, kubeconfigTarget, SERVICE_ACCOUNT_DIR } from "./kube-target.js";
 
 export const VERSION: string = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version;
 
@@ -14,6 +14,7 @@ interface RunOptions {
   keyFile: string;
   kubeconfig?: string;
   context?: string;
+  serviceAccountDir: string;
   keepalive: number;
   deadPeerTimeout: number;
 }
@@ -46,6 +47,11 @@ export function buildProgram(): Command {
     .requiredOption("--key-file <path>", "its private key (PEM)")
     .option("--kubeconfig <path>", "reach the apiserver named by this kubeconfig instead of the in-cluster one")
     .option("--context <name>", "kubeconfig context to use (default: its current context)")
+    .option(
+      "--service-account-dir <dir>",
+      "where the pod's service-account token and ca.crt are mounted (in-cluster mode)",
+      SERVICE_ACCOUNT_DIR,
+    )
     .addOption(new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds))
     .addOption(
       new Option("--dead-peer-timeout <seconds>", "seconds of silence before the server is taken for dead")
@@ -61,7 +67,7 @@ export async function main(argv: string[]): Promise<void> {
     const caPem = readFlagFile(opts.caFile, "--ca-file");
     const certPem = readFlagFile(opts.certFile, "--cert-file");
     const keyPem = readFlagFile(opts.keyFile, "--key-file");
-    const target: KubeTarget = opts.kubeconfig ? kubeconfigTarget(opts.kubeconfig, opts.context) : inClusterTarget();
+    const target: KubeTarget = opts.kubeconfig ? kubeconfigTarget(opts.kubeconfig, opts.context) : inClusterTarget(process.env, opts.serviceAccountDir);
     const agent = new TetherAgent({
       server: opts.server,
       caPem,

@@ -1,7 +1,2 @@
 #!/usr/bin/env node
-import { main } from "../dist/cli.js";
-
-main(process.argv).catch((err) => {
-  console.error(`tether-server: ${err.message}`);
-  process.exitCode = 1;
-});
+import "../dist/main.js";

@@ -1,0 +1,174 @@
+// tether-server: one HTTPS listener for agents' tunnels (mutual TLS,
+// WebSocket at AGENT_PATH), host callers under /clusters/<name>/, and the
+// health endpoints.
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
+import { sessionFromWebSocket, type SessionOptions, WEBSOCKET_OPTIONS } from "@tether/tunnel";
+import { WebSocketServer } from "ws";
+import { AgentSessions } from "./agent-sessions.js";
+import { ClusterProxy } from "./cluster-proxy.js";
+import { identityFromPeerCertificate } from "./identity.js";
+import { sendStatus, statusResponseHead } from "./k8s-status.js";
+import { createLogger, type Logger } from "./logger.js";
+import type { CertificateAuthority } from "./pki.js";
+import type { Store } from "./state-store.js";
+
+/** Where agents open their tunnel. */
+export const AGENT_PATH = "/agent/v1/connect";
+
+export interface ServerOptions {
+  store: Store;
+  /** Default 0.0.0.0. */
+  host?: string;
+  /** Default 8443; 0 picks a free port. */
+  port?: number;
+  /** The URL agents and callers use (its host goes into the serving certificate). */
+  externalUrl?: string;
+  log?: Logger;
+  /** Tunnel session tunables (keepalive, dead-peer timeout, windows); see @tether/tunnel. */
+  tunnel?: Omit<SessionOptions, "role" | "accept">;
+}
+
+export class TetherServer {
+  readonly sessions = new AgentSessions();
+  private readonly https: Server;
+  private readonly wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
+  private readonly proxy: ClusterProxy;
+  private readonly log: Logger;
+  private readonly store: Store;
+  private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
+
+  private constructor(
+    options: ServerOptions,
+    readonly ca: CertificateAuthority,
+    serving: { certPem: string; keyPem: string },
+  ) {
+    this.store = options.store;
+    this.log = options.log ?? createLogger();
+    this.tunnel = options.tunnel ?? {};
+    this.proxy = new ClusterProxy({ store: this.store, sessions: this.sessions, log: this.log });
+    this.https = createServer(
+      {
+        cert: serving.certPem,
+        key: serving.keyPem,
+        ca: ca.certPem,
+        // Agents must present a certificate; host callers may use a token instead.
+        requestCert: true,
+        rejectUnauthorized: false,
+        // Watches and logs -f run for as long as the caller wants.
+        requestTimeout: 0,
+      },
+      (req, res) => void this.handleRequest(req, res),
+    );
+    this.https.on("upgrade", (req, socket, head) => void this.handleUpgrade(req, socket, head));
+    this.https.on("tlsClientError", (err) => this.log.debug({ err: err.message }, "TLS handshake failed"));
+  }
+
+  static async start(options: ServerOptions): Promise<TetherServer> {
+    const ca = await options.store.loadOrCreateCa();
+    const external = options.externalUrl ? new URL(options.externalUrl).hostname : undefined;
+    const isIp = (h: string) => /^[\d.]+$|:/.test(h);
+    const dnsNames = ["localhost", ...(external && !isIp(external) ? [external] : [])];
+    const ips = ["127.0.0.1", "::1", ...(external && isIp(external) ? [external.replace(/^\[|\]$/g, "")] : [])];
+    const serving = await options.store.loadOrCreateServingCertificate({ dnsNames, ips });
+    const server = new TetherServer(options, ca, serving);
+    await new Promise<void>((resolve, reject) => {
+      server.https.once("error", reject);
+      server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
+    });
+    server.log.info({ url: server.url }, "tether-server listening");
+    return server;
+  }
+
+  get port(): number {
+    return (this.https.address() as AddressInfo).port;
+  }
+
+  /** https://127.0.0.1:<port> — for local use and tests. */
+  get url(): string {
+    return `https://127.0.0.1:${this.port}`;
+  }
+
+  private async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    try {
+      const path = (req.url ?? "/").split("?")[0];
+      if (path === "/healthz" || path === "/livez") {
+        res.writeHead(200, { "content-type": "text/plain" }).end("ok");
+      } else if (path === "/readyz") {
+        await this.store.listClusters();
+        res.writeHead(200, { "content-type": "text/plain" }).end("ok");
+      } else if (path?.startsWith("/clusters/")) {
+        await this.proxy.handleRequest(req, res);
+      } else {
+        sendStatus(res, "NotFound", `no such path on tether-server: member clusters are under /clusters/<name>/`);
+      }
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, url: req.url }, "request failed");
+      sendStatus(res, "InternalError", "tether-server failed to handle the request; see its log");
+    }
+  }
+
+  private async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => socket.destroy());
+    try {
+      const path = (req.url ?? "/").split("?")[0];
+      if (path === AGENT_PATH) await this.acceptAgent(req, socket, head);
+      else if (path?.startsWith("/clusters/")) await this.proxy.handleUpgrade(req, socket, head);
+      else socket.end(statusResponseHead("NotFound", "no such upgrade path on tether-server"));
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, url: req.url }, "upgrade failed");
+      socket.end(statusResponseHead("InternalError", "tether-server failed to handle the upgrade; see its log"));
+    }
+  }
+
+  private async acceptAgent(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const tls = req.socket as TLSSocket;
+    const remoteAddress = tls.remoteAddress ?? "unknown";
+    const refuse = (reason: "Unauthorized" | "Forbidden", message: string) => {
+      this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
+      socket.end(statusResponseHead(reason, message));
+    };
+    if (!tls.authorized) {
+      refuse("Unauthorized", "the agent endpoint needs a client certificate issued by this server's CA");
+      return;
+    }
+    // The cluster is whatever the certificate says — never what the agent claims.
+    const identity = identityFromPeerCertificate(tls.getPeerCertificate(true));
+    if (identity?.kind !== "cluster") {
+      refuse("Forbidden", "this certificate does not identify a cluster");
+      return;
+    }
+    if (await this.store.isRevoked(identity.serial)) {
+      refuse("Forbidden", `the certificate of cluster "${identity.cluster}" has been revoked`);
+      return;
+    }
+    if (!(await this.store.getCluster(identity.cluster))) {
+      refuse("Forbidden", `cluster "${identity.cluster}" is not registered`);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const session = sessionFromWebSocket(ws, {
+        ...this.tunnel,
+        role: "server",
+        // Agents never open streams toward the host: nothing there for them to reach.
+        accept: () => false,
+      });
+      const cluster = identity.cluster;
+      session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
+      session.once("close", () => this.log.info({ cluster, remoteAddress }, "agent disconnected"));
+      this.sessions.attach(cluster, session, { remoteAddress, serial: identity.serial });
+      this.log.info({ cluster, remoteAddress }, "agent connected");
+    });
+  }
+
+  /** Stops accepting, closes every agent session and waits for the listener to close. */
+  async close(): Promise<void> {
+    this.sessions.closeAll();
+    for (const ws of this.wss.clients) ws.terminate();
+    this.https.closeAllConnections();
+    await new Promise<void>((resolve) => this.https.close(() => resolve()));
+  }
+}

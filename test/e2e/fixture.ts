@@ -1,0 +1,144 @@
+// A Tether server with agents in front of harness clusters, wired the way a
+// member cluster runs the agent: a service account allowed only to
+// impersonate, its token from a real TokenRequest in a file, the apiserver
+// found through KUBERNETES_SERVICE_HOST/PORT.
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { TetherAgent, inClusterTarget } from "@tether/agent";
+import {
+  type AuthMode,
+  type CertificateAuthority,
+  createLogger,
+  FileStore,
+  issueToken,
+  TetherServer,
+} from "@tether/server";
+import type { Cluster } from "../kube/index.js";
+import { writeKubeconfig } from "../kube/index.js";
+
+/** Short keepalive so tests see a dead agent quickly (liveness, not a timing assertion). */
+export const TEST_TUNNEL = { keepAliveInterval: 500, deadPeerTimeout: 2_000 };
+
+export interface Fixture {
+  server: TetherServer;
+  store: FileStore;
+  ca: CertificateAuthority;
+  dir: string;
+  registerCluster(name: string, auth?: AuthMode, allowed?: { users?: string[]; groups?: string[] }): Promise<void>;
+  /** Prepares the member side (namespace, SA that may impersonate, token file) and starts an agent. */
+  startAgent(name: string, member: Cluster): Promise<TetherAgent>;
+  /** A kubeconfig for /clusters/<cluster> with a Tether token for user (scoped to `scope`, default that cluster). */
+  userKubeconfig(cluster: string, user: string, groups?: string[], scope?: string[]): Promise<string>;
+  /** A kubeconfig for /clusters/<cluster> carrying a raw bearer token (passthrough) or none. */
+  rawKubeconfig(cluster: string, token?: string): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export async function tokenFor(member: Cluster, namespace: string, sa: string): Promise<string> {
+  const res = await member.api<{ status: { token: string } }>(
+    "POST",
+    `/api/v1/namespaces/${namespace}/serviceaccounts/${sa}/token`,
+    { apiVersion: "authentication.k8s.io/v1", kind: "TokenRequest", spec: { expirationSeconds: 3600 } },
+  );
+  return res.body.status.token;
+}
+
+async function ensure(member: Cluster, path: string, body: { metadata: { name: string } }): Promise<void> {
+  await member.api("POST", path, body, [409]);
+}
+
+export async function prepareMember(member: Cluster, saDir: string): Promise<NodeJS.ProcessEnv> {
+  await ensure(member, "/api/v1/namespaces", { metadata: { name: "tether-system" } });
+  await ensure(member, "/api/v1/namespaces/tether-system/serviceaccounts", { metadata: { name: "tether-agent" } });
+  await ensure(member, "/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+    metadata: { name: "tether-agent-impersonate" },
+    rules: [{ apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"] }],
+  } as { metadata: { name: string } });
+  await ensure(member, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+    metadata: { name: "tether-agent-impersonate" },
+    roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "tether-agent-impersonate" },
+    subjects: [{ kind: "ServiceAccount", name: "tether-agent", namespace: "tether-system" }],
+  } as { metadata: { name: string } });
+  await mkdir(saDir, { recursive: true });
+  await writeFile(join(saDir, "ca.crt"), member.caPem);
+  await writeFile(join(saDir, "token"), await tokenFor(member, "tether-system", "tether-agent"), { mode: 0o600 });
+  const url = new URL(member.server);
+  return { KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
+}
+
+export async function startTether(): Promise<Fixture> {
+  const dir = await mkdtemp(join(tmpdir(), "tether-e2e-"));
+  const store = await FileStore.open(join(dir, "state"));
+  const log = createLogger({ level: process.env.TETHER_TEST_LOG ?? "silent" });
+  const server = await TetherServer.start({ store, host: "127.0.0.1", port: 0, log, tunnel: TEST_TUNNEL });
+  const ca = server.ca;
+  const agents: TetherAgent[] = [];
+
+  const fixture: Fixture = {
+    server,
+    store,
+    ca,
+    dir,
+    async registerCluster(name, auth = "impersonate", allowed = {}) {
+      await store.putCluster({
+        name,
+        auth,
+        labels: {},
+        allowedUsers: allowed.users ?? [],
+        allowedGroups: allowed.groups ?? [],
+        createdAt: new Date().toISOString(),
+      });
+    },
+    async startAgent(name, member) {
+      const saDir = join(dir, `sa-${name}`);
+      const env = await prepareMember(member, saDir);
+      const cert = await ca.issueClusterCertificate(name);
+      await store.recordIssued(cert.serial, name, cert.notAfter.toISOString());
+      const agent = new TetherAgent({
+        server: server.url,
+        caPem: ca.certPem,
+        certPem: cert.certPem,
+        keyPem: cert.keyPem!,
+        target: inClusterTarget(env, saDir),
+        tunnel: TEST_TUNNEL,
+        backoff: { baseMs: 100, capMs: 1_000 },
+      });
+      agents.push(agent);
+      agent.start();
+      await agent.whenConnected();
+      return agent;
+    },
+    async userKubeconfig(cluster, user, groups = [], scope = [cluster]) {
+      const { token, hash } = issueToken();
+      await store.addToken({
+        hash,
+        kind: "user",
+        user,
+        groups,
+        clusters: scope,
+        expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+      });
+      return writeKubeconfig(join(dir, `kc-${cluster}-${user}-${hash.slice(7, 15)}`), {
+        name: cluster,
+        server: `${server.url}/clusters/${cluster}`,
+        caPem: ca.certPem,
+        token,
+      });
+    },
+    async rawKubeconfig(cluster, token) {
+      return writeKubeconfig(join(dir, `kc-raw-${cluster}-${Math.random().toString(36).slice(2)}`), {
+        name: cluster,
+        server: `${server.url}/clusters/${cluster}`,
+        caPem: ca.certPem,
+        ...(token ? { token } : {}),
+      });
+    },
+    async stop() {
+      await Promise.all(agents.map((a) => a.stop()));
+      await server.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return fixture;
+}

@@ -1,0 +1,112 @@
+// tether-server and tether-agent as real processes (the built bins), for
+// tests that kill or freeze one of them and for benchmarks that must not
+// share an event loop with the load they measure.
+import { request } from "node:https";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { freePort } from "../kube/index.js";
+import { ManagedProcess } from "../kube/processes.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const SERVER_BIN = join(root, "packages/server/bin/tether-server.js");
+export const AGENT_BIN = join(root, "packages/agent/bin/tether-agent.js");
+
+export interface TunnelTiming {
+  keepaliveSeconds: number;
+  deadPeerTimeoutSeconds: number;
+}
+
+export const FAST_TIMING: TunnelTiming = { keepaliveSeconds: 0.5, deadPeerTimeoutSeconds: 2 };
+
+function get(url: string, caPem: string): Promise<number> {
+  return new Promise((resolve) => {
+    const req = request(url, { ca: caPem, timeout: 2_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on("error", () => resolve(0));
+    req.on("timeout", () => req.destroy());
+    req.end();
+  });
+}
+
+export async function waitUntil(what: string, proc: ManagedProcess, check: () => Promise<boolean>, limitMs = 30_000) {
+  const end = Date.now() + limitMs;
+  while (Date.now() < end) {
+    proc.assertRunning();
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} not ready within ${limitMs}ms; log:\n${proc.logTail()}`);
+}
+
+export async function spawnServer(
+  stateDir: string,
+  caPem: string,
+  logFile: string,
+  timing: TunnelTiming = FAST_TIMING,
+): Promise<{ proc: ManagedProcess; url: string }> {
+  const port = await freePort();
+  const url = `https://127.0.0.1:${port}`;
+  const proc = new ManagedProcess("tether-server", process.execPath, [
+    SERVER_BIN,
+    "serve",
+    "--state-dir",
+    stateDir,
+    "--listen",
+    `127.0.0.1:${port}`,
+    "--keepalive",
+    String(timing.keepaliveSeconds),
+    "--dead-peer-timeout",
+    String(timing.deadPeerTimeoutSeconds),
+  ], logFile);
+  await waitUntil("tether-server", proc, async () => (await get(`${url}/readyz`, caPem)) === 200);
+  return { proc, url };
+}
+
+export interface AgentProcessOptions {
+  server: string;
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  /** In-cluster mode: KUBERNETES_SERVICE_HOST/PORT and the service-account dir. */
+  env: NodeJS.ProcessEnv;
+  serviceAccountDir: string;
+  logFile: string;
+  timing?: TunnelTiming;
+}
+
+export function spawnAgent(o: AgentProcessOptions): ManagedProcess {
+  const timing = o.timing ?? FAST_TIMING;
+  const env = { ...process.env, ...o.env };
+  return new ManagedProcess(
+    "tether-agent",
+    process.execPath,
+    [
+      AGENT_BIN,
+      "--server",
+      o.server,
+      "--ca-file",
+      o.caFile,
+      "--cert-file",
+      o.certFile,
+      "--key-file",
+      o.keyFile,
+      "--service-account-dir",
+      o.serviceAccountDir,
+      "--keepalive",
+      String(timing.keepaliveSeconds),
+      "--dead-peer-timeout",
+      String(timing.deadPeerTimeoutSeconds),
+    ],
+    o.logFile,
+    env,
+  );
+}
+
+/** Sends a signal to a managed process (SIGSTOP freezes it: a silent network death). */
+export function signal(proc: ManagedProcess, sig: NodeJS.Signals): void {
+  if (proc.pid) process.kill(proc.pid, sig);
+}
+
+export { get as httpsStatus };
