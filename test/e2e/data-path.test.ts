@@ -60,7 +60,8 @@ for (const { name, cluster, kubeconfig } of members) {
       const via = await k(["get", "namespaces", "-o", "json"]);
       t.equal(via.code, 0, via.stderr);
       const direct = await cluster.kubectl(["get", "namespaces", "-o", "json"]);
-      const names = (s: string) => json<{ items: { metadata: { name: string } }[] }>(s).items.map((i) => i.metadata.name);
+      const names = (s: string) =>
+        json<{ items: { metadata: { name: string } }[] }>(s).items.map((i) => i.metadata.name);
       t.same(names(via.stdout), names(direct.stdout));
     });
 
@@ -79,7 +80,9 @@ for (const { name, cluster, kubeconfig } of members) {
 
     await t.test("get -w receives events", async (t) => {
       await cluster.kubectl(["create", "configmap", "before-watch"]);
-      const watch = cluster.spawnKubectl(["get", "configmaps", "-w", "--output-watch-events"], { kubeconfig });
+      const watch = cluster.spawnKubectl(["get", "configmaps", "-w", "--output-watch-events"], {
+        kubeconfig,
+      });
       t.teardown(() => watch.stop());
       // The initial list arrives first: after it the watch is established.
       await watch.waitFor(/ADDED\s+before-watch/);
@@ -92,18 +95,32 @@ for (const { name, cluster, kubeconfig } of members) {
 
     for (const transport of ["websocket", "spdy"] as const) {
       await t.test(`exec over ${transport}`, async (t) => {
-        const env = { ...process.env, KUBECTL_REMOTE_COMMAND_WEBSOCKETS: transport === "websocket" ? "true" : "false" };
-        const r = await cluster.kubectl(["exec", "-i", "box", "-v=6", "--", "sh", "-c", "cat; echo; echo out-$0 >&2"], {
-          kubeconfig,
-          input: `in-${transport}`,
-          env,
-        });
+        const env = {
+          ...process.env,
+          KUBECTL_REMOTE_COMMAND_WEBSOCKETS: transport === "websocket" ? "true" : "false",
+        };
+        const r = await cluster.kubectl(
+          ["exec", "-i", "box", "-v=6", "--", "sh", "-c", "cat; echo; echo out-$0 >&2"],
+          {
+            kubeconfig,
+            input: `in-${transport}`,
+            env,
+          },
+        );
         t.equal(r.code, 0, r.stderr);
         t.equal(r.stdout, `in-${transport}\n`);
         t.match(r.stderr, /out-sh/);
         // kubectl -v=6 logs the upgrade it made: a GET for WebSocket, a POST for SPDY.
-        t.match(r.stderr, new RegExp(`verb="${transport === "websocket" ? "GET" : "POST"}" url="[^"]+/exec\\?[^"]*" status="101`));
-        const failed = await cluster.kubectl(["exec", "box", "--", "sh", "-c", "exit 7"], { kubeconfig, env });
+        t.match(
+          r.stderr,
+          new RegExp(
+            `verb="${transport === "websocket" ? "GET" : "POST"}" url="[^"]+/exec\\?[^"]*" status="101`,
+          ),
+        );
+        const failed = await cluster.kubectl(["exec", "box", "--", "sh", "-c", "exit 7"], {
+          kubeconfig,
+          env,
+        });
         t.equal(failed.code, 7, "exit codes come back");
       });
     }
@@ -114,7 +131,10 @@ for (const { name, cluster, kubeconfig } of members) {
         await new Promise<void>((r) => http.listen(0, "127.0.0.1", r));
         t.teardown(() => new Promise<void>((r) => http.close(() => r())));
         const port = (http.address() as { port: number }).port;
-        const env = { ...process.env, KUBECTL_PORT_FORWARD_WEBSOCKETS: transport === "websocket" ? "true" : "false" };
+        const env = {
+          ...process.env,
+          KUBECTL_PORT_FORWARD_WEBSOCKETS: transport === "websocket" ? "true" : "false",
+        };
         const pf = cluster.spawnKubectl(["port-forward", "-v=6", "pod/box", `:${port}`], { kubeconfig, env });
         t.teardown(() => pf.stop());
         const m = await pf.waitFor(/Forwarding from 127\.0\.0\.1:(\d+) ->/);
@@ -124,7 +144,9 @@ for (const { name, cluster, kubeconfig } of members) {
         }
         // A GET upgrade for WebSocket, a POST for SPDY, as with exec.
         await pf.waitFor(
-          new RegExp(`verb="${transport === "websocket" ? "GET" : "POST"}" url="[^"]+/portforward[^"]*" status="101`),
+          new RegExp(
+            `verb="${transport === "websocket" ? "GET" : "POST"}" url="[^"]+/portforward[^"]*" status="101`,
+          ),
           10_000,
           "stderr",
         );
@@ -163,7 +185,10 @@ t.test("@kubernetes/client-node through Tether: list, watch, informer", { timeou
   config.loadFromFile(kc.member1);
   const core = config.makeApiClient(k8s.CoreV1Api);
   const list = await core.listNamespacedPod({ namespace: "default" });
-  t.ok(list.items.some((p) => p.metadata?.name === "box"), "list sees the pod");
+  t.ok(
+    list.items.some((p) => p.metadata?.name === "box"),
+    "list sees the pod",
+  );
 
   const events: string[] = [];
   const watch = new k8s.Watch(config);
@@ -207,7 +232,11 @@ t.test("@kubernetes/client-node through Tether: list, watch, informer", { timeou
 });
 
 t.test("responses through Tether equal direct ones", async (t) => {
-  const get = async (server: string, path: string, auth: { token?: string; ca: string; cert?: string; key?: string }) => {
+  const get = async (
+    server: string,
+    path: string,
+    auth: { token?: string; ca: string; cert?: string; key?: string },
+  ) => {
     const { request } = await import("node:https");
     return new Promise<{ status: number; body: string; type: string | undefined }>((resolve, reject) => {
       const req = request(
@@ -215,13 +244,18 @@ t.test("responses through Tether equal direct ones", async (t) => {
         {
           ca: auth.ca,
           ...(auth.cert ? { cert: auth.cert, key: auth.key } : {}),
-          headers: { accept: "application/json", ...(auth.token ? { authorization: `Bearer ${auth.token}` } : {}) },
+          headers: {
+            accept: "application/json",
+            ...(auth.token ? { authorization: `Bearer ${auth.token}` } : {}),
+          },
         },
         (res) => {
           let body = "";
           res.setEncoding("utf8");
           res.on("data", (c: string) => (body += c));
-          res.on("end", () => resolve({ status: res.statusCode ?? 0, body, type: res.headers["content-type"] }));
+          res.on("end", () =>
+            resolve({ status: res.statusCode ?? 0, body, type: res.headers["content-type"] }),
+          );
         },
       );
       req.on("error", reject);
@@ -273,14 +307,20 @@ t.test("impersonation: member RBAC decides, and cannot be escalated", async (t) 
 
   const whoami = await m1.kubectl(["auth", "whoami", "-o", "json"], { kubeconfig: bob });
   t.equal(whoami.code, 0, whoami.stderr);
-  const info = json<{ status: { userInfo: { username: string; groups: string[] } } }>(whoami.stdout).status.userInfo;
+  const info = json<{ status: { userInfo: { username: string; groups: string[] } } }>(whoami.stdout).status
+    .userInfo;
   t.equal(info.username, "tether:bob");
   t.ok(info.groups.includes("tether:developers"), `groups are prefixed: ${info.groups}`);
   t.notOk(info.groups.includes("system:masters"));
 });
 
 t.test("passthrough: the caller's member token works, no token is refused", async (t) => {
-  await m2.api("POST", "/api/v1/namespaces/default/serviceaccounts", { metadata: { name: "pt-user" } }, [409]);
+  await m2.api(
+    "POST",
+    "/api/v1/namespaces/default/serviceaccounts",
+    { metadata: { name: "pt-user" } },
+    [409],
+  );
   // (The aggregated "view" role is empty here: no controller-manager aggregates it.)
   await m2.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", {
     metadata: { name: "pod-reader" },
@@ -299,11 +339,17 @@ t.test("passthrough: the caller's member token works, no token is refused", asyn
   const whoami = await m2.kubectl(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"], {
     kubeconfig: withToken,
   });
-  t.equal(whoami.stdout, "system:serviceaccount:default:pt-user", "the member sees the caller's own identity");
+  t.equal(
+    whoami.stdout,
+    "system:serviceaccount:default:pt-user",
+    "the member sees the caller's own identity",
+  );
   const none = await fetchStatus(await tether.rawKubeconfig("member2-direct"));
   t.equal(none.code, 401, "no credential at all is refused by Tether itself");
   t.match(none.message, /passthrough authentication: send the member cluster's own bearer token/);
-  const bogus = await m2.kubectl(["get", "pods"], { kubeconfig: await tether.rawKubeconfig("member2-direct", "not-a-token") });
+  const bogus = await m2.kubectl(["get", "pods"], {
+    kubeconfig: await tether.rawKubeconfig("member2-direct", "not-a-token"),
+  });
   t.not(bogus.code, 0);
   t.match(bogus.stderr, /must be logged in|Unauthorized/, "a bad member token is refused by the member");
   const tetherToken = await tether.userKubeconfig("member2-direct", "alice", ["admins"]);
@@ -322,22 +368,31 @@ t.test("errors a person can act on", async (t) => {
     tether.userKubeconfig("nope", "alice", ["admins"]).then((k) => check(t, k, 404, /not registered/)),
   );
   await t.test("no agent connected → 503", (t) =>
-    tether.userKubeconfig("member3", "alice", ["admins"]).then((k) => check(t, k, 503, /no connected Tether agent/)),
+    tether
+      .userKubeconfig("member3", "alice", ["admins"])
+      .then((k) => check(t, k, 503, /no connected Tether agent/)),
   );
   await t.test("unauthenticated → 401", (t) =>
     tether.rawKubeconfig("member1").then((k) => check(t, k, 401, /could not authenticate/)),
   );
   await t.test("a wrong token → 401", (t) =>
-    tether.rawKubeconfig("member1", "tether_not-a-real-token").then((k) => check(t, k, 401, /could not authenticate/)),
+    tether
+      .rawKubeconfig("member1", "tether_not-a-real-token")
+      .then((k) => check(t, k, 401, /could not authenticate/)),
   );
   await t.test("not allowed on this cluster → 403", (t) =>
-    tether.userKubeconfig("member2", "carol", [], ["member1"]).then((k) => check(t, k, 403, /may not use cluster/)),
+    tether
+      .userKubeconfig("member2", "carol", [], ["member1"])
+      .then((k) => check(t, k, 403, /may not use cluster/)),
   );
   await t.test("kubectl shows it", async (t) => {
     const k = await tether.userKubeconfig("member3", "alice", ["admins"]);
     const raw = await m1.kubectl(["get", "--raw", "/api/v1/pods"], { kubeconfig: k });
     t.not(raw.code, 0);
-    t.match(raw.stderr, /Error from server \(ServiceUnavailable\): cluster "member3" has no connected Tether agent/);
+    t.match(
+      raw.stderr,
+      /Error from server \(ServiceUnavailable\): cluster "member3" has no connected Tether agent/,
+    );
     // Discovery errors are printed generically by kubectl; the Status is still what it received.
     const get = await m1.kubectl(["get", "pods", "-v=8"], { kubeconfig: k });
     t.not(get.code, 0);

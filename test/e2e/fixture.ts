@@ -25,7 +25,11 @@ export interface Fixture {
   store: FileStore;
   ca: CertificateAuthority;
   dir: string;
-  registerCluster(name: string, auth?: AuthMode, allowed?: { users?: string[]; groups?: string[] }): Promise<void>;
+  registerCluster(
+    name: string,
+    auth?: AuthMode,
+    allowed?: { users?: string[]; groups?: string[] },
+  ): Promise<void>;
   /** Prepares the member side (namespace, SA that may impersonate, token file) and starts an agent. */
   startAgent(name: string, member: Cluster): Promise<TetherAgent>;
   /** A kubeconfig for /clusters/<cluster> with a Tether token for user (scoped to `scope`, default that cluster). */
@@ -50,7 +54,9 @@ async function ensure(member: Cluster, path: string, body: { metadata: { name: s
 
 export async function prepareMember(member: Cluster, saDir: string): Promise<NodeJS.ProcessEnv> {
   await ensure(member, "/api/v1/namespaces", { metadata: { name: "tether-system" } });
-  await ensure(member, "/api/v1/namespaces/tether-system/serviceaccounts", { metadata: { name: "tether-agent" } });
+  await ensure(member, "/api/v1/namespaces/tether-system/serviceaccounts", {
+    metadata: { name: "tether-agent" },
+  });
   await ensure(member, "/apis/rbac.authorization.k8s.io/v1/clusterroles", {
     metadata: { name: "tether-agent-impersonate" },
     rules: [{ apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"] }],
@@ -62,7 +68,9 @@ export async function prepareMember(member: Cluster, saDir: string): Promise<Nod
   } as { metadata: { name: string } });
   await mkdir(saDir, { recursive: true });
   await writeFile(join(saDir, "ca.crt"), member.caPem);
-  await writeFile(join(saDir, "token"), await tokenFor(member, "tether-system", "tether-agent"), { mode: 0o600 });
+  await writeFile(join(saDir, "token"), await tokenFor(member, "tether-system", "tether-agent"), {
+    mode: 0o600,
+  });
   const url = new URL(member.server);
   return { KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
 }

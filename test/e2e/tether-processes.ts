@@ -30,7 +30,12 @@ function get(url: string, caPem: string): Promise<number> {
   });
 }
 
-export async function waitUntil(what: string, proc: ManagedProcess, check: () => Promise<boolean>, limitMs = 30_000) {
+export async function waitUntil(
+  what: string,
+  proc: ManagedProcess,
+  check: () => Promise<boolean>,
+  limitMs = 30_000,
+) {
   const end = Date.now() + limitMs;
   while (Date.now() < end) {
     proc.assertRunning();
@@ -48,18 +53,23 @@ export async function spawnServer(
 ): Promise<{ proc: ManagedProcess; url: string }> {
   const port = await freePort();
   const url = `https://127.0.0.1:${port}`;
-  const proc = new ManagedProcess("tether-server", process.execPath, [
-    SERVER_BIN,
-    "serve",
-    "--state-dir",
-    stateDir,
-    "--listen",
-    `127.0.0.1:${port}`,
-    "--keepalive",
-    String(timing.keepaliveSeconds),
-    "--dead-peer-timeout",
-    String(timing.deadPeerTimeoutSeconds),
-  ], logFile);
+  const proc = new ManagedProcess(
+    "tether-server",
+    process.execPath,
+    [
+      SERVER_BIN,
+      "serve",
+      "--state-dir",
+      stateDir,
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--keepalive",
+      String(timing.keepaliveSeconds),
+      "--dead-peer-timeout",
+      String(timing.deadPeerTimeoutSeconds),
+    ],
+    logFile,
+  );
   await waitUntil("tether-server", proc, async () => (await get(`${url}/readyz`, caPem)) === 200);
   return { proc, url };
 }

@@ -367,7 +367,11 @@ async function startCluster(
         child.stdin?.end(options.input ?? "");
       }),
     spawnKubectl: (args, options = {}) =>
-      new KubectlProcess(bins.kubectl, ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args], options.env),
+      new KubectlProcess(
+        bins.kubectl,
+        ["--kubeconfig", options.kubeconfig ?? kubeconfig, ...args],
+        options.env,
+      ),
     api,
     async createPod(namespace, podName, containers = ["main"]) {
       await api("POST", `/api/v1/namespaces/${namespace}/pods`, {

@@ -1,7 +1,13 @@
 // tether-agent's connection: dial the server over wss with this cluster's
 // client certificate, serve the streams it opens, and redial when the
 // session ends — at once after a graceful go-away, otherwise with backoff.
-import { ResetCode, type Session, type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
+import {
+  ResetCode,
+  type Session,
+  type SessionOptions,
+  sessionFromWebSocket,
+  WEBSOCKET_OPTIONS,
+} from "@tether/tunnel";
 import { WebSocket } from "ws";
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { Forwarder } from "./forwarder.js";
@@ -46,7 +52,9 @@ export class TetherAgent {
   constructor(private readonly options: AgentOptions) {
     this.backoff = new Backoff(options.backoff);
     this.log = options.log ?? quiet;
-    this.forwarder = new Forwarder(options.target, (err) => this.log.warn({ err: err.message }, "forwarding error"));
+    this.forwarder = new Forwarder(options.target, (err) =>
+      this.log.warn({ err: err.message }, "forwarding error"),
+    );
   }
 
   get session(): Session | undefined {
@@ -70,7 +78,10 @@ export class TetherAgent {
 
   private dial(): void {
     if (this.stopped) return;
-    const creds = this.options.credentials?.() ?? { certPem: this.options.certPem, keyPem: this.options.keyPem };
+    const creds = this.options.credentials?.() ?? {
+      certPem: this.options.certPem,
+      keyPem: this.options.keyPem,
+    };
     const url = new URL(AGENT_PATH, this.options.server).toString().replace(/^http/, "ws");
     const ws = new WebSocket(url, {
       ...WEBSOCKET_OPTIONS,

@@ -5,7 +5,9 @@ import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
 import { inClusterTarget, type KubeTarget, kubeconfigTarget, SERVICE_ACCOUNT_DIR } from "./kube-target.js";
 
-export const VERSION: string = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version;
+export const VERSION: string = JSON.parse(
+  readFileSync(new URL("../package.json", import.meta.url), "utf8"),
+).version;
 
 interface RunOptions {
   server: string;
@@ -45,14 +47,19 @@ export function buildProgram(): Command {
     .requiredOption("--ca-file <path>", "PEM of the CA that signed the server's certificate")
     .requiredOption("--cert-file <path>", "this cluster's client certificate (PEM)")
     .requiredOption("--key-file <path>", "its private key (PEM)")
-    .option("--kubeconfig <path>", "reach the apiserver named by this kubeconfig instead of the in-cluster one")
+    .option(
+      "--kubeconfig <path>",
+      "reach the apiserver named by this kubeconfig instead of the in-cluster one",
+    )
     .option("--context <name>", "kubeconfig context to use (default: its current context)")
     .option(
       "--service-account-dir <dir>",
       "where the pod's service-account token and ca.crt are mounted (in-cluster mode)",
       SERVICE_ACCOUNT_DIR,
     )
-    .addOption(new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds))
+    .addOption(
+      new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
+    )
     .addOption(
       new Option("--dead-peer-timeout <seconds>", "seconds of silence before the server is taken for dead")
         .default(30)
@@ -67,7 +74,9 @@ export async function main(argv: string[]): Promise<void> {
     const caPem = readFlagFile(opts.caFile, "--ca-file");
     const certPem = readFlagFile(opts.certFile, "--cert-file");
     const keyPem = readFlagFile(opts.keyFile, "--key-file");
-    const target: KubeTarget = opts.kubeconfig ? kubeconfigTarget(opts.kubeconfig, opts.context) : inClusterTarget(process.env, opts.serviceAccountDir);
+    const target: KubeTarget = opts.kubeconfig
+      ? kubeconfigTarget(opts.kubeconfig, opts.context)
+      : inClusterTarget(process.env, opts.serviceAccountDir);
     const agent = new TetherAgent({
       server: opts.server,
       caPem,

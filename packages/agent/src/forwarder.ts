@@ -45,7 +45,15 @@ export class ForwardError extends Error {
 }
 
 function statusJson(code: number, reason: string, message: string): string {
-  return JSON.stringify({ kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, code });
+  return JSON.stringify({
+    kind: "Status",
+    apiVersion: "v1",
+    metadata: {},
+    status: "Failure",
+    message,
+    reason,
+    code,
+  });
 }
 
 function modeOf(socket: unknown): AuthMode | undefined {
@@ -76,7 +84,12 @@ export class Forwarder {
     private readonly target: KubeTarget,
     private readonly onError: (err: Error) => void = () => {},
   ) {
-    this.agent = new HttpsAgent({ keepAlive: true, maxSockets: 256, ...target.tls, ALPNProtocols: ["http/1.1"] });
+    this.agent = new HttpsAgent({
+      keepAlive: true,
+      maxSockets: 256,
+      ...target.tls,
+      ALPNProtocols: ["http/1.1"],
+    });
     this.http = createServer(
       // A stream lives as long as the server's pool keeps it; watches as long as they run.
       { keepAliveTimeout: 0, requestTimeout: 0 },
@@ -133,7 +146,8 @@ export class Forwarder {
     });
     upstream.on("error", (err) => {
       this.onError(err);
-      if (!res.headersSent) this.refuse(res, 502, "BadGateway", `the apiserver could not be reached: ${err.message}`);
+      if (!res.headersSent)
+        this.refuse(res, 502, "BadGateway", `the apiserver could not be reached: ${err.message}`);
       else res.destroy();
     });
     // The caller went away (the stream was reset): stop the upstream request too.
@@ -157,7 +171,10 @@ export class Forwarder {
       );
     };
     const mode = modeOf(stream);
-    if (!mode) return fail(400, "BadRequest", "stream opened without an auth mode");
+    if (!mode) {
+      fail(400, "BadRequest", "stream opened without an auth mode");
+      return;
+    }
     const pairs: [string, string][] = [];
     const lower: Record<string, string | string[] | undefined> = {};
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
@@ -170,7 +187,10 @@ export class Forwarder {
     }
     if (mode === "passthrough" && req.headers.authorization) lower.authorization = req.headers.authorization;
     const refusal = credentialHeaders(lower, mode, this.target);
-    if (refusal) return fail(400, "BadRequest", refusal);
+    if (refusal) {
+      fail(400, "BadRequest", refusal);
+      return;
+    }
     pairs.unshift(["Host", this.target.url.host]);
     if (typeof lower.authorization === "string") pairs.push(["Authorization", lower.authorization]);
     let text = `${req.method} ${req.url} HTTP/1.1\r\n`;

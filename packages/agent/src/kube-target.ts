@@ -67,7 +67,10 @@ function readRequired(path: string, what: string): string {
 }
 
 /** The in-cluster apiserver, as a pod sees it. `env` and `saDir` are parameters so tests can use real files elsewhere. */
-export function inClusterTarget(env: NodeJS.ProcessEnv = process.env, saDir = SERVICE_ACCOUNT_DIR): KubeTarget {
+export function inClusterTarget(
+  env: NodeJS.ProcessEnv = process.env,
+  saDir = SERVICE_ACCOUNT_DIR,
+): KubeTarget {
   const host = env.KUBERNETES_SERVICE_HOST;
   const port = env.KUBERNETES_SERVICE_PORT;
   if (!host || !port) {
@@ -91,7 +94,12 @@ interface KubeconfigDoc {
   contexts?: { name: string; context: { cluster: string; user?: string } }[];
   clusters?: {
     name: string;
-    cluster: { server: string; "certificate-authority"?: string; "certificate-authority-data"?: string; "tls-server-name"?: string };
+    cluster: {
+      server: string;
+      "certificate-authority"?: string;
+      "certificate-authority-data"?: string;
+      "tls-server-name"?: string;
+    };
   }[];
   users?: {
     name: string;
@@ -110,16 +118,19 @@ interface KubeconfigDoc {
 export function kubeconfigTarget(path: string, contextName?: string): KubeTarget {
   const doc = parseYaml(readRequired(path, "the kubeconfig")) as KubeconfigDoc;
   const base = dirname(resolve(path));
-  const file = (p: string) => readRequired(isAbsolute(p) ? p : resolve(base, p), "a file named by the kubeconfig");
+  const file = (p: string) =>
+    readRequired(isAbsolute(p) ? p : resolve(base, p), "a file named by the kubeconfig");
   const b64 = (s: string) => Buffer.from(s, "base64").toString("utf8");
   const name = contextName ?? doc["current-context"];
   const context = doc.contexts?.find((c) => c.name === name)?.context;
   if (!context) throw new TargetConfigError(`kubeconfig ${path} has no context "${name}"`);
   const cluster = doc.clusters?.find((c) => c.name === context.cluster)?.cluster;
-  if (!cluster?.server) throw new TargetConfigError(`kubeconfig ${path}: cluster "${context.cluster}" has no server`);
+  if (!cluster?.server)
+    throw new TargetConfigError(`kubeconfig ${path}: cluster "${context.cluster}" has no server`);
   const user = doc.users?.find((u) => u.name === context.user)?.user ?? {};
   const url = new URL(cluster.server);
-  if (url.protocol !== "https:") throw new TargetConfigError(`kubeconfig ${path}: the apiserver must be https`);
+  if (url.protocol !== "https:")
+    throw new TargetConfigError(`kubeconfig ${path}: the apiserver must be https`);
   const tls: KubeTarget["tls"] = {};
   if (cluster["certificate-authority-data"]) tls.ca = b64(cluster["certificate-authority-data"]);
   else if (cluster["certificate-authority"]) tls.ca = file(cluster["certificate-authority"]);
@@ -128,7 +139,9 @@ export function kubeconfigTarget(path: string, contextName?: string): KubeTarget
   else if (user["client-certificate"]) tls.cert = file(user["client-certificate"]);
   if (user["client-key-data"]) tls.key = b64(user["client-key-data"]);
   else if (user["client-key"]) tls.key = file(user["client-key"]);
-  const tokenFile = user.tokenFile ? new TokenFile(isAbsolute(user.tokenFile) ? user.tokenFile : resolve(base, user.tokenFile)) : undefined;
+  const tokenFile = user.tokenFile
+    ? new TokenFile(isAbsolute(user.tokenFile) ? user.tokenFile : resolve(base, user.tokenFile))
+    : undefined;
   const token = user.token;
   return {
     url,

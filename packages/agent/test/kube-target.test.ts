@@ -10,7 +10,10 @@ t.teardown(() => rm(dir, { recursive: true, force: true }));
 t.test("in-cluster: host and port from the environment, CA and token from files", async (t) => {
   await writeFile(join(dir, "ca.crt"), "CA PEM");
   await writeFile(join(dir, "token"), "token-one\n");
-  const target = inClusterTarget({ KUBERNETES_SERVICE_HOST: "10.0.0.1", KUBERNETES_SERVICE_PORT: "443" }, dir);
+  const target = inClusterTarget(
+    { KUBERNETES_SERVICE_HOST: "10.0.0.1", KUBERNETES_SERVICE_PORT: "443" },
+    dir,
+  );
   t.equal(target.url.toString(), "https://10.0.0.1/");
   t.equal(target.tls.ca, "CA PEM");
   t.equal(target.authorization(), "Bearer token-one");
@@ -20,10 +23,13 @@ t.test("in-cluster: host and port from the environment, CA and token from files"
 
 t.test("outside a pod the error says what to do", async (t) => {
   t.throws(() => inClusterTarget({}, dir), { code: "ERR_TETHER_KUBE_TARGET", message: /--kubeconfig/ });
-  t.throws(() => inClusterTarget({ KUBERNETES_SERVICE_HOST: "h", KUBERNETES_SERVICE_PORT: "1" }, "/nonexistent"), {
-    code: "ERR_TETHER_KUBE_TARGET",
-    message: /service-account CA at \/nonexistent\/ca.crt/,
-  });
+  t.throws(
+    () => inClusterTarget({ KUBERNETES_SERVICE_HOST: "h", KUBERNETES_SERVICE_PORT: "1" }, "/nonexistent"),
+    {
+      code: "ERR_TETHER_KUBE_TARGET",
+      message: /service-account CA at \/nonexistent\/ca.crt/,
+    },
+  );
 });
 
 t.test("a rotated token file is picked up", async (t) => {

@@ -16,7 +16,10 @@ export interface AuthenticatedCaller extends Caller {
 
 const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
-export async function authenticate(req: IncomingMessage, store: Store): Promise<AuthenticatedCaller | undefined> {
+export async function authenticate(
+  req: IncomingMessage,
+  store: Store,
+): Promise<AuthenticatedCaller | undefined> {
   const auth = req.headers.authorization;
   if (auth) {
     const token = BEARER.exec(auth)?.[1];

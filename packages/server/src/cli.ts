@@ -5,7 +5,9 @@ import { createLogger } from "./logger.js";
 import { TetherServer } from "./server.js";
 import { defaultStateDir, FileStore } from "./state-store.js";
 
-export const VERSION: string = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version;
+export const VERSION: string = JSON.parse(
+  readFileSync(new URL("../package.json", import.meta.url), "utf8"),
+).version;
 
 export function buildProgram(): Command {
   return new Command("tether-server")
@@ -37,11 +39,22 @@ export async function main(argv: string[]): Promise<void> {
     .command("serve")
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
     .addOption(
-      new Option("--state-dir <dir>", "where the CA, clusters and token hashes live").default(defaultStateDir()),
+      new Option("--state-dir <dir>", "where the CA, clusters and token hashes live").default(
+        defaultStateDir(),
+      ),
     )
-    .addOption(new Option("--listen <host:port>", "address to listen on").default("0.0.0.0:8443").argParser(listenAddress))
-    .option("--external-url <url>", "the URL agents and callers use; its host goes into the serving certificate")
-    .addOption(new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds))
+    .addOption(
+      new Option("--listen <host:port>", "address to listen on")
+        .default("0.0.0.0:8443")
+        .argParser(listenAddress),
+    )
+    .option(
+      "--external-url <url>",
+      "the URL agents and callers use; its host goes into the serving certificate",
+    )
+    .addOption(
+      new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
+    )
     .addOption(
       new Option("--dead-peer-timeout <seconds>", "seconds of silence before an agent is taken for dead")
         .default(30)

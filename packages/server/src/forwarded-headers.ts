@@ -15,7 +15,10 @@ export interface Caller {
 
 const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|impersonate-.*)$/i;
 
-export function impersonationHeaders(caller: Caller): { "impersonate-user": string; "impersonate-group"?: string[] } {
+export function impersonationHeaders(caller: Caller): {
+  "impersonate-user": string;
+  "impersonate-group"?: string[];
+} {
   const groups = caller.groups.map((g) => IDENTITY_PREFIX + g);
   return {
     "impersonate-user": IDENTITY_PREFIX + caller.user,

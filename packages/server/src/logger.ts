@@ -34,7 +34,9 @@ export function createLogger(options: LoggerOptions = {}, destination?: NodeJS.W
 const UNLOGGABLE = /^(authorization|proxy-authorization|cookie|impersonate-.*)$/i;
 
 /** Request headers fit for a log line: credentials and impersonation removed. */
-export function loggableHeaders(headers: Record<string, string | string[] | undefined>): Record<string, unknown> {
+export function loggableHeaders(
+  headers: Record<string, string | string[] | undefined>,
+): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(headers)) if (!UNLOGGABLE.test(k)) out[k] = v;
   return out;

@@ -72,7 +72,11 @@ export class TetherServer {
     const external = options.externalUrl ? new URL(options.externalUrl).hostname : undefined;
     const isIp = (h: string) => /^[\d.]+$|:/.test(h);
     const dnsNames = ["localhost", ...(external && !isIp(external) ? [external] : [])];
-    const ips = ["127.0.0.1", "::1", ...(external && isIp(external) ? [external.replace(/^\[|\]$/g, "")] : [])];
+    const ips = [
+      "127.0.0.1",
+      "::1",
+      ...(external && isIp(external) ? [external.replace(/^\[|\]$/g, "")] : []),
+    ];
     const serving = await options.store.loadOrCreateServingCertificate({ dnsNames, ips });
     const server = new TetherServer(options, ca, serving);
     await new Promise<void>((resolve, reject) => {
@@ -103,7 +107,11 @@ export class TetherServer {
       } else if (path?.startsWith("/clusters/")) {
         await this.proxy.handleRequest(req, res);
       } else {
-        sendStatus(res, "NotFound", `no such path on tether-server: member clusters are under /clusters/<name>/`);
+        sendStatus(
+          res,
+          "NotFound",
+          `no such path on tether-server: member clusters are under /clusters/<name>/`,
+        );
       }
     } catch (err) {
       this.log.error({ err: (err as Error).message, url: req.url }, "request failed");
@@ -120,7 +128,9 @@ export class TetherServer {
       else socket.end(statusResponseHead("NotFound", "no such upgrade path on tether-server"));
     } catch (err) {
       this.log.error({ err: (err as Error).message, url: req.url }, "upgrade failed");
-      socket.end(statusResponseHead("InternalError", "tether-server failed to handle the upgrade; see its log"));
+      socket.end(
+        statusResponseHead("InternalError", "tether-server failed to handle the upgrade; see its log"),
+      );
     }
   }
 

@@ -1,5 +1,10 @@
 import t from "tap";
-import { impersonationHeaders, requestHead, rewriteHeaders, rewriteRawHeaders } from "../src/forwarded-headers.js";
+import {
+  impersonationHeaders,
+  requestHead,
+  rewriteHeaders,
+  rewriteRawHeaders,
+} from "../src/forwarded-headers.js";
 
 const caller = { user: "alice", groups: ["devs", "ops"] };
 
@@ -37,7 +42,16 @@ t.test("impersonate mode without a caller is a programming error, not a silent p
 });
 
 t.test("raw headers: case-insensitive removal, order kept, caller appended", async (t) => {
-  const raw = ["Host", "x", "AUTHORIZATION", "Bearer a", "Upgrade", "SPDY/3.1", "iMpErSoNaTe-GrOuP", "system:masters"];
+  const raw = [
+    "Host",
+    "x",
+    "AUTHORIZATION",
+    "Bearer a",
+    "Upgrade",
+    "SPDY/3.1",
+    "iMpErSoNaTe-GrOuP",
+    "system:masters",
+  ];
   t.same(rewriteRawHeaders(raw, "impersonate", caller), [
     ["Host", "x"],
     ["Upgrade", "SPDY/3.1"],

@@ -25,7 +25,8 @@ t.test("secrets are redacted wherever they sit", async (t) => {
     "hello",
   );
   const out = lines.join("");
-  for (const s of ["secret1", "secret2", "secret3", "secret4", "secret5"]) t.notMatch(out, s, `${s} not logged`);
+  for (const s of ["secret1", "secret2", "secret3", "secret4", "secret5"])
+    t.notMatch(out, s, `${s} not logged`);
   t.match(out, /\[redacted\]/);
 });
 
