@@ -20,6 +20,7 @@ type Suite = (options: SuiteOptions) => Promise<SuiteResult>;
 
 const suites: Record<string, () => Promise<Suite>> = {
   tunnel: async () => (await import("./tunnel.js")).run,
+  e2e: async () => (await import("./e2e.js")).run,
 };
 
 const { values, positionals } = parseArgs({

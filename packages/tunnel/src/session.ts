@@ -51,7 +51,7 @@ export interface SessionEvents {
 export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly role: "client" | "server";
   readonly maxWindow: number;
-  /** @internal The largest receive window a stream reached; new streams start there. */
+  /** @internal Receive window new streams start with: what streams reached, up to maxWindow / 4. */
   learnedWindow = INITIAL_WINDOW;
 
   private readonly transport: Transport;
@@ -230,7 +230,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal */
   sendWindowUpdate(stream: TunnelStream, delta: number): void {
-    if (stream.recvWindow.size > this.learnedWindow) this.learnedWindow = stream.recvWindow.size;
+    // New streams start at up to a quarter of the cap: most of the ramp is skipped, yet a
+    // new stream whose reader stalls at once pins 4 MiB (default), not the full 16.
+    const start = Math.min(stream.recvWindow.size, Math.floor(this.maxWindow / 4));
+    if (start > this.learnedWindow) this.learnedWindow = start;
     this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, stream.id, delta));
   }
 

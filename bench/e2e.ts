@@ -1,0 +1,290 @@
+/**
+ * `npm run bench -- e2e`: the same apiserver reached three ways in one run —
+ * directly, through Tether (server and agent as separate processes, agent in
+ * in-cluster mode, impersonation on), and through an OpenSSH `ssh -R` reverse
+ * tunnel where sshd is installed — measuring small-GET latency (p50/p99) and
+ * the throughput of one large LIST. Requests are interleaved across the paths
+ * round by round so that drift on a shared machine hits all of them alike.
+ */
+
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { Agent as HttpsAgent, request } from "node:https";
+import { createConnection } from "node:net";
+import { tmpdir, userInfo } from "node:os";
+import { join } from "node:path";
+import { FileStore, issueToken } from "@tether/server";
+import { prepareMember } from "../test/e2e/fixture.js";
+import { spawnAgent, spawnServer } from "../test/e2e/tether-processes.js";
+import { type Cluster, freePort, startClusters } from "../test/kube/index.js";
+import { ManagedProcess } from "../test/kube/processes.js";
+import type { SuiteOptions, SuiteResult } from "./run.js";
+
+interface Path {
+  name: "direct" | "tether" | "ssh";
+  base: string;
+  agent: HttpsAgent;
+  token: string;
+}
+
+const SSHD = "/usr/sbin/sshd";
+const LIST_NAMESPACE = "bench-data";
+
+function get(path: Path, url: string): Promise<{ bytes: number; status: number }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${path.base}${url}`,
+      { agent: path.agent, headers: { authorization: `Bearer ${path.token}`, accept: "application/json" } },
+      (res) => {
+        let bytes = 0;
+        res.on("data", (c: Buffer) => {
+          bytes += c.length;
+        });
+        res.on("end", () => resolve({ bytes, status: res.statusCode ?? 0 }));
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function waitForPort(port: number, proc: ManagedProcess, limitMs = 20_000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (Date.now() < end) {
+    proc.assertRunning();
+    const open = await new Promise<boolean>((resolve) => {
+      const s = createConnection({ host: "127.0.0.1", port });
+      s.once("connect", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once("error", () => resolve(false));
+    });
+    if (open) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`port ${port} not open; log:\n${proc.logTail()}`);
+}
+
+/** sshd on loopback plus `ssh -R` from the "member" side to its apiserver; undefined without sshd. */
+async function startSshTunnel(dir: string, apiPort: number): Promise<{ port: number; stop: () => Promise<void> } | undefined> {
+  if (!existsSync(SSHD)) return undefined;
+  const ssh = join(dir, "ssh");
+  await mkdir(ssh, { recursive: true, mode: 0o700 });
+  for (const key of ["host_key", "client_key"]) {
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(ssh, key)]);
+  }
+  execFileSync("cp", [join(ssh, "client_key.pub"), join(ssh, "authorized_keys")]);
+  const sshdPort = await freePort();
+  const config = [
+    `Port ${sshdPort}`,
+    "ListenAddress 127.0.0.1",
+    `HostKey ${join(ssh, "host_key")}`,
+    `AuthorizedKeysFile ${join(ssh, "authorized_keys")}`,
+    `PidFile ${join(ssh, "sshd.pid")}`,
+    "StrictModes no",
+    "UsePAM no",
+    "PasswordAuthentication no",
+    "KbdInteractiveAuthentication no",
+    "PubkeyAuthentication yes",
+    "AllowTcpForwarding yes",
+    "PermitRootLogin prohibit-password",
+  ].join("\n");
+  await writeFile(join(ssh, "sshd_config"), `${config}\n`);
+  await mkdir("/run/sshd", { recursive: true }).catch(() => {});
+  const sshd = new ManagedProcess("sshd", SSHD, ["-D", "-e", "-f", join(ssh, "sshd_config")], join(ssh, "sshd.log"));
+  await waitForPort(sshdPort, sshd);
+  const port = await freePort();
+  const client = new ManagedProcess(
+    "ssh -R",
+    "ssh",
+    [
+      "-N",
+      "-T",
+      "-o",
+      "BatchMode=yes",
+      "-o",
+      "StrictHostKeyChecking=no",
+      "-o",
+      "UserKnownHostsFile=/dev/null",
+      "-o",
+      "ExitOnForwardFailure=yes",
+      "-i",
+      join(ssh, "client_key"),
+      "-p",
+      String(sshdPort),
+      "-R",
+      `127.0.0.1:${port}:127.0.0.1:${apiPort}`,
+      `${userInfo().username}@127.0.0.1`,
+    ],
+    join(ssh, "ssh.log"),
+  );
+  await waitForPort(port, client);
+  return {
+    port,
+    stop: async () => {
+      await client.stop();
+      await sshd.stop();
+    },
+  };
+}
+
+async function fillList(member: Cluster, mib: number): Promise<void> {
+  await member.api("POST", "/api/v1/namespaces", { metadata: { name: LIST_NAMESPACE } }, [409]);
+  const value = randomBytes(768 * 1024).toString("base64"); // 1 MiB of incompressible text
+  const names = Array.from({ length: mib }, (_, i) => `blob-${i}`);
+  for (let i = 0; i < names.length; i += 4) {
+    await Promise.all(
+      names.slice(i, i + 4).map((name) =>
+        member.api("POST", `/api/v1/namespaces/${LIST_NAMESPACE}/configmaps`, { metadata: { name }, data: { value } }, [409]),
+      ),
+    );
+  }
+}
+
+export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
+  const requests = quick ? 200 : 2000;
+  const listMiB = quick ? 16 : 64;
+  const listRounds = quick ? 2 : 5;
+  const dir = await mkdtemp(join(tmpdir(), "tether-bench-e2e-"));
+  const set = await startClusters(1, { names: ["bench"] });
+  const cleanups: (() => Promise<void>)[] = [() => set.stop(), () => rm(dir, { recursive: true, force: true })];
+  try {
+    const member = set.clusters[0]!;
+    // Tether's state: the cluster, an agent certificate, a user token.
+    const stateDir = join(dir, "state");
+    const store = await FileStore.open(stateDir);
+    await store.putCluster({
+      name: "bench",
+      auth: "impersonate",
+      labels: {},
+      allowedUsers: [],
+      allowedGroups: [],
+      createdAt: new Date().toISOString(),
+    });
+    const ca = await store.loadOrCreateCa();
+    const cert = await ca.issueClusterCertificate("bench");
+    await store.recordIssued(cert.serial, "bench", cert.notAfter.toISOString());
+    const { token, hash } = issueToken();
+    await store.addToken({
+      hash,
+      kind: "user",
+      user: "bench",
+      groups: ["admins"],
+      clusters: ["bench"],
+      expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+    });
+    const files = { caFile: join(dir, "ca.crt"), certFile: join(dir, "agent.crt"), keyFile: join(dir, "agent.key") };
+    await writeFile(files.caFile, ca.certPem);
+    await writeFile(files.certFile, cert.certPem);
+    await writeFile(files.keyFile, cert.keyPem!, { mode: 0o600 });
+    await member.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+      metadata: { name: "tether-admins" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
+    });
+    const saDir = join(dir, "sa");
+    const env = await prepareMember(member, saDir);
+
+    const timing = { keepaliveSeconds: 10, deadPeerTimeoutSeconds: 30 };
+    const server = await spawnServer(stateDir, ca.certPem, join(dir, "server.log"), timing);
+    cleanups.unshift(() => server.proc.stop());
+    const agent = spawnAgent({
+      server: server.url,
+      ...files,
+      env,
+      serviceAccountDir: saDir,
+      logFile: join(dir, "agent.log"),
+      timing,
+    });
+    cleanups.unshift(() => agent.stop());
+
+    const keepAlive = (ca: string) => new HttpsAgent({ keepAlive: true, maxSockets: 1, ca });
+    const paths: Path[] = [
+      { name: "direct", base: member.server, agent: keepAlive(member.caPem), token: member.admin.token },
+      { name: "tether", base: `${server.url}/clusters/bench`, agent: keepAlive(ca.certPem), token },
+    ];
+    const end = Date.now() + 30_000;
+    while ((await get(paths[1]!, "/api").catch(() => ({ status: 0 }))).status !== 200) {
+      agent.assertRunning();
+      if (Date.now() > end) throw new Error(`the agent did not connect; log:\n${agent.logTail()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const ssh = await startSshTunnel(dir, Number(new URL(member.server).port));
+    if (ssh) {
+      cleanups.unshift(ssh.stop);
+      paths.push({ name: "ssh", base: `https://127.0.0.1:${ssh.port}`, agent: keepAlive(member.caPem), token: member.admin.token });
+    }
+
+    // Small GETs, one at a time, interleaved.
+    const small = "/api/v1/namespaces/default";
+    const samples = new Map(paths.map((p) => [p.name, [] as number[]]));
+    for (let i = 0; i < requests + 50; i++) {
+      for (const p of paths) {
+        const t0 = process.hrtime.bigint();
+        const res = await get(p, small);
+        const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+        if (res.status !== 200) throw new Error(`${p.name}: GET ${small} → ${res.status}`);
+        if (i >= 50) samples.get(p.name)!.push(ms);
+      }
+    }
+
+    // One large LIST.
+    await fillList(member, listMiB);
+    const list = `/api/v1/namespaces/${LIST_NAMESPACE}/configmaps`;
+    const rates = new Map(paths.map((p) => [p.name, [] as number[]]));
+    let listBytes = 0;
+    for (let round = 0; round < listRounds + 1; round++) {
+      for (const p of paths) {
+        const t0 = process.hrtime.bigint();
+        const res = await get(p, list);
+        const s = Number(process.hrtime.bigint() - t0) / 1e9;
+        if (res.status !== 200) throw new Error(`${p.name}: LIST → ${res.status}`);
+        listBytes = res.bytes;
+        if (round > 0) rates.get(p.name)!.push(res.bytes / s / 1e6);
+      }
+    }
+
+    const metrics: Record<string, number> = { requests, list_bytes: listBytes };
+    const rows: SuiteResult["rows"] = [];
+    for (const p of paths) {
+      const sorted = samples.get(p.name)!.sort((a, b) => a - b);
+      metrics[`get_p50_ms_${p.name}`] = round3(percentile(sorted, 50));
+      metrics[`get_p99_ms_${p.name}`] = round3(percentile(sorted, 99));
+      metrics[`list_mbps_${p.name}`] = round3(median(rates.get(p.name)!));
+      rows.push([`GET p50 / p99 (${p.name})`, `${metrics[`get_p50_ms_${p.name}`]} / ${metrics[`get_p99_ms_${p.name}`]} ms`, ""]);
+      rows.push([`LIST ${(listBytes / 2 ** 20).toFixed(1)} MiB (${p.name})`, `${metrics[`list_mbps_${p.name}`]} MB/s`, ""]);
+    }
+    for (const base of paths.filter((p) => p.name !== "tether")) {
+      const b = base.name;
+      metrics[`get_p50_ratio_vs_${b}`] = round3(metrics.get_p50_ms_tether! / metrics[`get_p50_ms_${b}`]!);
+      metrics[`get_p99_ratio_vs_${b}`] = round3(metrics.get_p99_ms_tether! / metrics[`get_p99_ms_${b}`]!);
+      metrics[`list_throughput_ratio_vs_${b}`] = round3(metrics.list_mbps_tether! / metrics[`list_mbps_${b}`]!);
+      rows.push([`tether ÷ ${b}: GET p50, p99`, `${metrics[`get_p50_ratio_vs_${b}`]}, ${metrics[`get_p99_ratio_vs_${b}`]}`, "lower is better"]);
+      rows.push([`tether ÷ ${b}: LIST throughput`, `${metrics[`list_throughput_ratio_vs_${b}`]}`, "higher is better"]);
+    }
+    if (!ssh) rows.push(["ssh -R", "skipped", `no ${SSHD} (apt-get install openssh-server)`]);
+    for (const p of paths) p.agent.destroy();
+    return { rows, metrics };
+  } finally {
+    for (const c of cleanups) await c().catch(() => {});
+  }
+}
+
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+
