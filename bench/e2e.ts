@@ -79,7 +79,10 @@ async function waitForPort(port: number, proc: ManagedProcess, limitMs = 20_000)
 }
 
 /** sshd on loopback plus `ssh -R` from the "member" side to its apiserver; undefined without sshd. */
-async function startSshTunnel(dir: string, apiPort: number): Promise<{ port: number; stop: () => Promise<void> } | undefined> {
+async function startSshTunnel(
+  dir: string,
+  apiPort: number,
+): Promise<{ port: number; stop: () => Promise<void> } | undefined> {
   if (!existsSync(SSHD)) return undefined;
   const ssh = join(dir, "ssh");
   await mkdir(ssh, { recursive: true, mode: 0o700 });
@@ -104,7 +107,12 @@ async function startSshTunnel(dir: string, apiPort: number): Promise<{ port: num
   ].join("\n");
   await writeFile(join(ssh, "sshd_config"), `${config}\n`);
   await mkdir("/run/sshd", { recursive: true }).catch(() => {});
-  const sshd = new ManagedProcess("sshd", SSHD, ["-D", "-e", "-f", join(ssh, "sshd_config")], join(ssh, "sshd.log"));
+  const sshd = new ManagedProcess(
+    "sshd",
+    SSHD,
+    ["-D", "-e", "-f", join(ssh, "sshd_config")],
+    join(ssh, "sshd.log"),
+  );
   await waitForPort(sshdPort, sshd);
   const port = await freePort();
   const client = new ManagedProcess(
@@ -147,9 +155,16 @@ async function fillList(member: Cluster, mib: number): Promise<void> {
   const names = Array.from({ length: mib }, (_, i) => `blob-${i}`);
   for (let i = 0; i < names.length; i += 4) {
     await Promise.all(
-      names.slice(i, i + 4).map((name) =>
-        member.api("POST", `/api/v1/namespaces/${LIST_NAMESPACE}/configmaps`, { metadata: { name }, data: { value } }, [409]),
-      ),
+      names
+        .slice(i, i + 4)
+        .map((name) =>
+          member.api(
+            "POST",
+            `/api/v1/namespaces/${LIST_NAMESPACE}/configmaps`,
+            { metadata: { name }, data: { value } },
+            [409],
+          ),
+        ),
     );
   }
 }
@@ -160,7 +175,10 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
   const listRounds = quick ? 2 : 5;
   const dir = await mkdtemp(join(tmpdir(), "tether-bench-e2e-"));
   const set = await startClusters(1, { names: ["bench"] });
-  const cleanups: (() => Promise<void>)[] = [() => set.stop(), () => rm(dir, { recursive: true, force: true })];
+  const cleanups: (() => Promise<void>)[] = [
+    () => set.stop(),
+    () => rm(dir, { recursive: true, force: true }),
+  ];
   try {
     const member = set.clusters[0]!;
     // Tether's state: the cluster, an agent certificate, a user token.
@@ -186,7 +204,11 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
       clusters: ["bench"],
       expiresAt: new Date(Date.now() + 3600_000).toISOString(),
     });
-    const files = { caFile: join(dir, "ca.crt"), certFile: join(dir, "agent.crt"), keyFile: join(dir, "agent.key") };
+    const files = {
+      caFile: join(dir, "ca.crt"),
+      certFile: join(dir, "agent.crt"),
+      keyFile: join(dir, "agent.key"),
+    };
     await writeFile(files.caFile, ca.certPem);
     await writeFile(files.certFile, cert.certPem);
     await writeFile(files.keyFile, cert.keyPem!, { mode: 0o600 });
@@ -225,7 +247,12 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
     const ssh = await startSshTunnel(dir, Number(new URL(member.server).port));
     if (ssh) {
       cleanups.unshift(ssh.stop);
-      paths.push({ name: "ssh", base: `https://127.0.0.1:${ssh.port}`, agent: keepAlive(member.caPem), token: member.admin.token });
+      paths.push({
+        name: "ssh",
+        base: `https://127.0.0.1:${ssh.port}`,
+        agent: keepAlive(member.caPem),
+        token: member.admin.token,
+      });
     }
 
     // Small GETs, one at a time, interleaved.
@@ -264,16 +291,34 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
       metrics[`get_p50_ms_${p.name}`] = round3(percentile(sorted, 50));
       metrics[`get_p99_ms_${p.name}`] = round3(percentile(sorted, 99));
       metrics[`list_mbps_${p.name}`] = round3(median(rates.get(p.name)!));
-      rows.push([`GET p50 / p99 (${p.name})`, `${metrics[`get_p50_ms_${p.name}`]} / ${metrics[`get_p99_ms_${p.name}`]} ms`, ""]);
-      rows.push([`LIST ${(listBytes / 2 ** 20).toFixed(1)} MiB (${p.name})`, `${metrics[`list_mbps_${p.name}`]} MB/s`, ""]);
+      rows.push([
+        `GET p50 / p99 (${p.name})`,
+        `${metrics[`get_p50_ms_${p.name}`]} / ${metrics[`get_p99_ms_${p.name}`]} ms`,
+        "",
+      ]);
+      rows.push([
+        `LIST ${(listBytes / 2 ** 20).toFixed(1)} MiB (${p.name})`,
+        `${metrics[`list_mbps_${p.name}`]} MB/s`,
+        "",
+      ]);
     }
     for (const base of paths.filter((p) => p.name !== "tether")) {
       const b = base.name;
       metrics[`get_p50_ratio_vs_${b}`] = round3(metrics.get_p50_ms_tether! / metrics[`get_p50_ms_${b}`]!);
       metrics[`get_p99_ratio_vs_${b}`] = round3(metrics.get_p99_ms_tether! / metrics[`get_p99_ms_${b}`]!);
-      metrics[`list_throughput_ratio_vs_${b}`] = round3(metrics.list_mbps_tether! / metrics[`list_mbps_${b}`]!);
-      rows.push([`tether ÷ ${b}: GET p50, p99`, `${metrics[`get_p50_ratio_vs_${b}`]}, ${metrics[`get_p99_ratio_vs_${b}`]}`, "lower is better"]);
-      rows.push([`tether ÷ ${b}: LIST throughput`, `${metrics[`list_throughput_ratio_vs_${b}`]}`, "higher is better"]);
+      metrics[`list_throughput_ratio_vs_${b}`] = round3(
+        metrics.list_mbps_tether! / metrics[`list_mbps_${b}`]!,
+      );
+      rows.push([
+        `tether ÷ ${b}: GET p50, p99`,
+        `${metrics[`get_p50_ratio_vs_${b}`]}, ${metrics[`get_p99_ratio_vs_${b}`]}`,
+        "lower is better",
+      ]);
+      rows.push([
+        `tether ÷ ${b}: LIST throughput`,
+        `${metrics[`list_throughput_ratio_vs_${b}`]}`,
+        "higher is better",
+      ]);
     }
     if (!ssh) rows.push(["ssh -R", "skipped", `no ${SSHD} (apt-get install openssh-server)`]);
     for (const p of paths) p.agent.destroy();
@@ -286,5 +331,3 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
 function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
-
-
