@@ -1,23 +1,39 @@
-// tether-server's command line.
+// tether-server's command line: parsing only; the admin commands live in
+// admin-commands.ts. Every failure, commander's own usage errors included,
+// becomes one coded Error with a one-line message (main.ts prints it as
+// "tether-server: <message>" and exits 1); --help and --version succeed.
 import { readFileSync } from "node:fs";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { Command, type CommanderError, InvalidArgumentError, Option } from "commander";
+import {
+  clusterAdd,
+  clusterList,
+  clusterRemove,
+  DEFAULT_JOIN_TOKEN_TTL,
+  DEFAULT_USER_TOKEN_TTL,
+  joinToken,
+  kubeconfig,
+  recordServerUrl,
+  serveUrl,
+  TetherCliError,
+} from "./admin-commands.js";
 import { createLogger } from "./logger.js";
-import { TetherServer } from "./server.js";
+import type { OutputFormat } from "./output-format.js";
 import { defaultStateDir, FileStore } from "./state-store.js";
 
 export const VERSION: string = JSON.parse(
   readFileSync(new URL("../package.json", import.meta.url), "utf8"),
 ).version;
 
-export function buildProgram(): Command {
-  return new Command("tether-server")
-    .description(
-      "The host side of Tether: accepts agents' outbound tunnels and serves each member cluster's Kubernetes API at /clusters/<name>/",
-    )
-    .version(VERSION, "-v, --version", "print the version")
-    .helpOption("-h, --help", "show help")
-    .showHelpAfterError("(run tether-server --help for usage)");
+/** Where the CLI writes: process.stdout/stderr, or a capture in tests. */
+export interface CliIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
 }
+
+const processIo: CliIo = {
+  stdout: (text) => void process.stdout.write(text),
+  stderr: (text) => void process.stderr.write(text),
+};
 
 function seconds(value: string): number {
   const n = Number(value);
@@ -32,17 +48,78 @@ function listenAddress(value: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || "0.0.0.0"), port };
 }
 
-export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram();
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+const stateDirOption = () =>
+  new Option(
+    "--state-dir <dir>",
+    "where the CA, clusters and token hashes live (env TETHER_STATE_DIR)",
+  ).default(defaultStateDir());
+
+const serverOption = () =>
+  new Option(
+    "--server <url>",
+    "tether-server's URL as agents and callers reach it (default: the URL `serve` recorded in <state-dir>/server.json)",
+  );
+
+/** A usage error from commander, with the command it happened in. */
+class UsageError extends Error {
+  readonly code: string;
+  constructor(
+    readonly commanderError: CommanderError,
+    commandPath: string,
+  ) {
+    const message =
+      commanderError.code === "commander.help"
+        ? `missing command; see "${commandPath} --help"`
+        : `${commanderError.message.replace(/^error: /, "").trim()} (see "${commandPath} --help")`;
+    super(message.replace(/\s*\n\s*/g, " "));
+    this.code = commanderError.code;
+  }
+}
+
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
+  return names.join(" ");
+}
+
+/** tether-server's whole command tree, writing to `io`. */
+export function buildProgram(io: CliIo = processIo): Command {
+  const program = new Command("tether-server")
+    .description(
+      "The host side of Tether: accepts agents' outbound tunnels and serves each member cluster's Kubernetes API at /clusters/<name>/",
+    )
+    .version(VERSION, "-v, --version", "print the version")
+    .helpOption("-h, --help", "show help")
+    .helpCommand("help [command]", "show help for a command")
+    .configureOutput({
+      writeOut: (text) => io.stdout(text),
+      writeErr: (text) => io.stderr(text),
+      // Errors are thrown as UsageError and printed once, by the caller.
+      outputError: () => {},
+    });
   program.action(() => program.help());
+  addServe(program);
+  const out = (text: string) => io.stdout(text);
+  addClusterCommands(program, out);
+  addJoinToken(program, out);
+  addKubeconfig(program, out);
+  const override = (cmd: Command) => {
+    cmd.exitOverride((err) => {
+      throw new UsageError(err, commandPath(cmd));
+    });
+    cmd.commands.forEach(override);
+  };
+  override(program);
+  return program;
+}
+
+function addServe(program: Command): void {
   program
     .command("serve")
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
-    .addOption(
-      new Option("--state-dir <dir>", "where the CA, clusters and token hashes live").default(
-        defaultStateDir(),
-      ),
-    )
+    .addOption(stateDirOption())
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
         .default("0.0.0.0:8443")
@@ -68,6 +145,8 @@ export async function main(argv: string[]): Promise<void> {
         keepalive: number;
         deadPeerTimeout: number;
       }) => {
+        // Loaded here so that the admin commands start without the proxy and tunnel code.
+        const { TetherServer } = await import("./server.js");
         const log = createLogger();
         const store = await FileStore.open(opts.stateDir);
         const server = await TetherServer.start({
@@ -78,6 +157,11 @@ export async function main(argv: string[]): Promise<void> {
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
         });
+        // For the admin commands' printed agent commands and kubeconfigs.
+        const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
+        await recordServerUrl(store.dir, url).catch((err: Error) =>
+          log.warn({ err: err.message }, "could not record the server URL in the state directory"),
+        );
         const stop = () => {
           log.info("stopping");
           void server.close().then(() => process.exit(0));
@@ -86,5 +170,191 @@ export async function main(argv: string[]): Promise<void> {
         process.once("SIGINT", stop);
       },
     );
-  await program.parseAsync(argv);
 }
+
+function addClusterCommands(program: Command, out: (text: string) => void): void {
+  const cluster = program
+    .command("cluster")
+    .description("register, list and remove member clusters")
+    .helpOption("-h, --help", "show help");
+  cluster
+    .command("add")
+    .description("register a member cluster and print a one-time join token and the tether-agent command")
+    .argument("<name>", "the cluster's name: a DNS-1123 label, as in https://<server>/clusters/<name>/")
+    .addOption(stateDirOption())
+    .addOption(new Option("--label <key=value>", "a label (repeatable)").default([]).argParser(collect))
+    .addOption(
+      new Option("--auth <mode>", "how callers reach the member's API server")
+        .choices(["impersonate", "passthrough"])
+        .default("impersonate"),
+    )
+    .addOption(
+      new Option("--allow-user <user>", "a user allowed to use this cluster (repeatable)")
+        .default([])
+        .argParser(collect),
+    )
+    .addOption(
+      new Option("--allow-group <group>", "a group allowed to use this cluster (repeatable)")
+        .default([])
+        .argParser(collect),
+    )
+    .addOption(
+      new Option(
+        "--token-ttl <duration>",
+        "how long the join token is valid: 90s, 15m, 24h, 7d (at most 30d)",
+      ).default(DEFAULT_JOIN_TOKEN_TTL),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "print as json or yaml").choices(["json", "yaml"]))
+    .action(
+      async (
+        name: string,
+        o: {
+          stateDir: string;
+          label: string[];
+          auth: string;
+          allowUser: string[];
+          allowGroup: string[];
+          tokenTtl: string;
+          server?: string;
+          output?: "json" | "yaml";
+        },
+      ) => {
+        await clusterAdd({ stateDir: o.stateDir, out }, name, {
+          labels: o.label,
+          auth: o.auth,
+          allowUsers: o.allowUser,
+          allowGroups: o.allowGroup,
+          tokenTtl: o.tokenTtl,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+  cluster
+    .command("list")
+    .alias("ls")
+    .description("list the registered clusters")
+    .addOption(stateDirOption())
+    .addOption(
+      new Option("-o, --output <format>", "table, json or yaml")
+        .choices(["table", "json", "yaml"])
+        .default("table"),
+    )
+    .action(async (o: { stateDir: string; output: OutputFormat }) => {
+      await clusterList({ stateDir: o.stateDir, out }, { output: o.output });
+    });
+  cluster
+    .command("remove")
+    .alias("rm")
+    .description("remove a cluster: revoke its agent certificates, delete its tokens and its record")
+    .argument("<name>", "the cluster's name")
+    .addOption(stateDirOption())
+    .action(async (name: string, o: { stateDir: string }) => {
+      await clusterRemove({ stateDir: o.stateDir, out }, name);
+    });
+}
+
+function addJoinToken(program: Command, out: (text: string) => void): void {
+  program
+    .command("join-token")
+    .description("print a new one-time join token (and the tether-agent command) for a registered cluster")
+    .argument("<name>", "the cluster's name")
+    .addOption(stateDirOption())
+    .addOption(
+      new Option(
+        "--token-ttl <duration>",
+        "how long the token is valid: 90s, 15m, 24h, 7d (at most 30d)",
+      ).default(DEFAULT_JOIN_TOKEN_TTL),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "print as json or yaml").choices(["json", "yaml"]))
+    .action(
+      async (
+        name: string,
+        o: { stateDir: string; tokenTtl: string; server?: string; output?: "json" | "yaml" },
+      ) => {
+        await joinToken({ stateDir: o.stateDir, out }, name, {
+          tokenTtl: o.tokenTtl,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+}
+
+function addKubeconfig(program: Command, out: (text: string) => void): void {
+  program
+    .command("kubeconfig")
+    .description("issue a user token for one cluster and print a kubeconfig that uses it")
+    .argument("<name>", "the cluster's name")
+    .requiredOption("--user <user>", "the user the token authenticates as")
+    .addOption(stateDirOption())
+    .addOption(
+      new Option("--group <group>", "a group of the user (repeatable)").default([]).argParser(collect),
+    )
+    .addOption(
+      new Option("--ttl <duration>", "how long the token is valid: 90s, 15m, 24h, 7d (at most 365d)").default(
+        DEFAULT_USER_TOKEN_TTL,
+      ),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
+    .action(
+      async (
+        name: string,
+        o: {
+          stateDir: string;
+          user: string;
+          group: string[];
+          ttl: string;
+          server?: string;
+          output: "yaml" | "json";
+        },
+      ) => {
+        await kubeconfig({ stateDir: o.stateDir, out }, name, {
+          user: o.user,
+          groups: o.group,
+          ttl: o.ttl,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+}
+
+/**
+ * Runs the command line (`argv` as in process.argv). Resolves when the command
+ * is done (for `serve`: once it listens) or after --help/--version; rejects with
+ * a coded Error whose message is one line, for the caller to print.
+ */
+export async function main(argv: string[], io: CliIo = processIo): Promise<void> {
+  try {
+    await buildProgram(io).parseAsync(argv);
+  } catch (err) {
+    if (err instanceof UsageError && err.commanderError.exitCode === 0) return; // --help, --version
+    throw err;
+  }
+}
+
+/**
+ * `main` for in-process use: `args` are the user's arguments (no node/script),
+ * an error is printed as "tether-server: <message>" on `io.stderr`. Returns
+ * the exit code.
+ */
+export async function runCli(args: string[], io: CliIo = processIo): Promise<number> {
+  try {
+    await main(["node", "tether-server", ...args], io);
+    return 0;
+  } catch (err) {
+    io.stderr(`tether-server: ${oneLine(err)}\n`);
+    return 1;
+  }
+}
+
+function oneLine(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.replace(/\s*\n\s*/g, " ");
+}
+
+export { TetherCliError };

@@ -1,7 +1,9 @@
 // The tether-server bin as installed: --version and --help work, and a bad flag
 // gets a clear error and a non-zero exit, not a stack trace.
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import t from "tap";
 
 const bin = new URL("../bin/tether-server.js", import.meta.url).pathname;
@@ -26,4 +28,40 @@ t.test("an unknown flag is refused with a usable message", async (t) => {
   t.not(r.status, 0);
   t.match(r.stderr, /unknown option '--no-such-flag'/);
   t.notMatch(r.stderr, / {4}at /, "no stack trace");
+});
+
+t.test("every error is one line 'tether-server: …' and exit code 1", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-cli-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const args of [
+    ["--no-such-flag"],
+    ["cluster", "bogus"],
+    ["cluster", "add"],
+    ["cluster", "add", "Bad_Name", "--state-dir", dir, "--server", "https://h:1"],
+    ["cluster", "add", "ok", "--state-dir", dir],
+    ["kubeconfig", "nope", "--state-dir", dir, "--server", "https://h:1", "--user", "a"],
+    ["kubeconfig", "nope", "--state-dir", dir, "--server", "https://h:1", "--user", "a", "--ttl", "9y"],
+  ]) {
+    const r = run(...args);
+    t.equal(r.status, 1, `${args.join(" ")}: exit 1`);
+    t.match(r.stderr, /^tether-server: [^\n]+\n$/, `${args.join(" ")}: one line`);
+    t.equal(r.stdout, "");
+  }
+  t.match(run("cluster", "add", "ok", "--state-dir", dir).stderr, /no server URL: pass --server/);
+});
+
+t.test("the bin runs the admin commands", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-cli-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const add = run("cluster", "add", "c1", "--state-dir", dir, "--server", "https://h:8443", "-o", "json");
+  t.equal(add.status, 0, add.stderr);
+  t.match(JSON.parse(add.stdout), { name: "c1", server: "https://h:8443", token: /^tether_/ });
+  const list = run("cluster", "list", "--state-dir", dir, "-o", "json");
+  t.equal(list.status, 0, list.stderr);
+  t.same(
+    JSON.parse(list.stdout).clusters.map((c: { name: string }) => c.name),
+    ["c1"],
+  );
+  const help = run("--help");
+  for (const cmd of ["serve", "cluster", "join-token", "kubeconfig"]) t.match(help.stdout, cmd);
 });
