@@ -33,7 +33,13 @@ export interface Fixture {
   /** Prepares the member side (namespace, SA that may impersonate, token file) and starts an agent. */
   startAgent(name: string, member: Cluster): Promise<TetherAgent>;
   /** A kubeconfig for /clusters/<cluster> with a Tether token for user (scoped to `scope`, default that cluster). */
-  userKubeconfig(cluster: string, user: string, groups?: string[], scope?: string[]): Promise<string>;
+  userKubeconfig(
+    cluster: string,
+    user: string,
+    groups?: string[],
+    scope?: string[],
+    ttlMs?: number,
+  ): Promise<string>;
   /** A kubeconfig for /clusters/<cluster> carrying a raw bearer token (passthrough) or none. */
   rawKubeconfig(cluster: string, token?: string): Promise<string>;
   stop(): Promise<void>;
@@ -75,11 +81,18 @@ export async function prepareMember(member: Cluster, saDir: string): Promise<Nod
   return { KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
 }
 
-export async function startTether(): Promise<Fixture> {
+export async function startTether(options: { clusterCertTtlMs?: number } = {}): Promise<Fixture> {
   const dir = await mkdtemp(join(tmpdir(), "tether-e2e-"));
   const store = await FileStore.open(join(dir, "state"));
   const log = createLogger({ level: process.env.TETHER_TEST_LOG ?? "silent" });
-  const server = await TetherServer.start({ store, host: "127.0.0.1", port: 0, log, tunnel: TEST_TUNNEL });
+  const server = await TetherServer.start({
+    store,
+    host: "127.0.0.1",
+    port: 0,
+    log,
+    tunnel: TEST_TUNNEL,
+    ...options,
+  });
   const ca = server.ca;
   const agents: TetherAgent[] = [];
 
@@ -117,7 +130,7 @@ export async function startTether(): Promise<Fixture> {
       await agent.whenConnected();
       return agent;
     },
-    async userKubeconfig(cluster, user, groups = [], scope = [cluster]) {
+    async userKubeconfig(cluster, user, groups = [], scope = [cluster], ttlMs = 3600_000) {
       const { token, hash } = issueToken();
       await store.addToken({
         hash,
@@ -125,7 +138,7 @@ export async function startTether(): Promise<Fixture> {
         user,
         groups,
         clusters: scope,
-        expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+        expiresAt: new Date(Date.now() + ttlMs).toISOString(),
       });
       return writeKubeconfig(join(dir, `kc-${cluster}-${user}-${hash.slice(7, 15)}`), {
         name: cluster,

@@ -10,10 +10,21 @@ import {
 } from "@tether/tunnel";
 import { WebSocket } from "ws";
 import { Backoff, type BackoffOptions } from "./backoff.js";
+import {
+  type Credentials,
+  type CredentialsDir,
+  clusterOf,
+  keyAndCsr,
+  keyMatches,
+  renewalDelayMs,
+} from "./credentials.js";
 import { Forwarder } from "./forwarder.js";
 import type { KubeTarget } from "./kube-target.js";
 
 export const AGENT_PATH = "/agent/v1/connect";
+/** The stream service over which the agent renews its certificate. */
+export const RENEW_SERVICE = "tether-renew";
+const MAX_REPLY = 64 * 1024;
 /** Services this agent serves. Streams for anything else are refused. */
 export const DEFAULT_SERVICES = ["kubernetes"] as const;
 
@@ -33,8 +44,10 @@ export interface AgentOptions {
   tunnel?: Omit<SessionOptions, "role" | "accept">;
   backoff?: BackoffOptions;
   log?: AgentLog;
-  /** Hands out the current credentials at each dial (certificates rotate). */
-  credentials?: () => { certPem: string; keyPem: string };
+  /** Where renewed credentials are saved; without it they live in memory only. */
+  credentialsDir?: CredentialsDir;
+  /** Renew the certificate over the session before 2/3 of its lifetime has passed. Default true. */
+  renew?: boolean;
 }
 
 const quiet: AgentLog = { info() {}, warn() {} };
@@ -48,8 +61,14 @@ export class TetherAgent {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private connectedWaiters: (() => void)[] = [];
+  private creds: Credentials;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private renewing = false;
+  /** Certificates renewed over the tunnel so far. */
+  renewals = 0;
 
   constructor(private readonly options: AgentOptions) {
+    this.creds = { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem };
     this.backoff = new Backoff(options.backoff);
     this.log = options.log ?? quiet;
     this.forwarder = new Forwarder(options.target, (err) =>
@@ -78,14 +97,11 @@ export class TetherAgent {
 
   private dial(): void {
     if (this.stopped) return;
-    const creds = this.options.credentials?.() ?? {
-      certPem: this.options.certPem,
-      keyPem: this.options.keyPem,
-    };
+    const creds = this.creds;
     const url = new URL(AGENT_PATH, this.options.server).toString().replace(/^http/, "ws");
     const ws = new WebSocket(url, {
       ...WEBSOCKET_OPTIONS,
-      ca: this.options.caPem,
+      ca: creds.caPem,
       cert: creds.certPem,
       key: creds.keyPem,
       handshakeTimeout: 15_000,
@@ -105,8 +121,9 @@ export class TetherAgent {
           message = (JSON.parse(body) as { message?: string }).message ?? body;
         } catch {}
         this.log.warn({ status: res.statusCode }, `server refused the agent: ${message}`);
+        ws.terminate();
       });
-      ws.terminate();
+      res.on("error", () => ws.terminate());
     });
     ws.once("open", () => {
       const session = sessionFromWebSocket(ws, {
@@ -130,6 +147,7 @@ export class TetherAgent {
         this.reconnect(goAway ? 0 : this.backoff.next());
       });
       for (const w of this.connectedWaiters.splice(0)) w();
+      if (this.options.renew !== false) this.scheduleRenewal();
     });
     ws.on("error", (err) => {
       this.log.warn({ err: err.message }, "connection failed");
@@ -138,6 +156,55 @@ export class TetherAgent {
       // Once a session ran, its own close handler redials.
       if (!sessionStarted) this.reconnect(this.backoff.next());
     });
+  }
+
+  /** The certificate currently presented to the server. */
+  get certificatePem(): string {
+    return this.creds.certPem;
+  }
+
+  private scheduleRenewal(delayMs = renewalDelayMs(this.creds.certPem)): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    // setTimeout's limit is ~24.8 days; a longer wait just re-arms.
+    const capped = Math.min(delayMs, 2 ** 31 - 1);
+    this.renewTimer = setTimeout(() => {
+      this.renewTimer = undefined;
+      if (capped < delayMs) this.scheduleRenewal(delayMs - capped);
+      else void this.renew();
+    }, capped);
+  }
+
+  /** Trades a CSR for a fresh certificate over the tunnel; the session stays up. */
+  async renew(): Promise<void> {
+    const session = this.current;
+    if (this.renewing || this.stopped || !session || session.closed) return; // the next connect re-arms
+    this.renewing = true;
+    try {
+      const { keyPem, csrPem } = await keyAndCsr(clusterOf(this.creds.certPem));
+      const stream = session.open(RENEW_SERVICE);
+      stream.end(JSON.stringify({ csr: csrPem }));
+      let text = "";
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        text += chunk.toString("utf8");
+        if (text.length > MAX_REPLY) throw new Error("renewal reply too large");
+      }
+      const reply = JSON.parse(text) as { certificate?: string; ca?: string; error?: string };
+      if (!reply.certificate || !reply.ca) throw new Error(reply.error ?? "no certificate in the reply");
+      if (!keyMatches(reply.certificate, keyPem))
+        throw new Error("the renewed certificate is not for our key");
+      const creds = { caPem: reply.ca, certPem: reply.certificate, keyPem };
+      await this.options.credentialsDir?.save(creds);
+      this.creds = creds;
+      this.renewals++;
+      this.log.info({ renewals: this.renewals }, "certificate renewed");
+      this.scheduleRenewal();
+    } catch (err) {
+      const retry = Math.min(60_000, Math.max(1_000, renewalDelayMs(this.creds.certPem) / 4));
+      this.log.warn({ err: (err as Error).message, retryMs: retry }, "certificate renewal failed");
+      this.scheduleRenewal(retry);
+    } finally {
+      this.renewing = false;
+    }
   }
 
   private reconnect(delayMs: number): void {
@@ -152,6 +219,8 @@ export class TetherAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.renewTimer = undefined;
     this.timer = undefined;
     const session = this.current;
     if (session && !session.closed) {

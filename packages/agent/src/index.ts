@@ -1,7 +1,17 @@
-export { AGENT_PATH, type AgentOptions, DEFAULT_SERVICES, TetherAgent } from "./agent.js";
+export { AGENT_PATH, type AgentOptions, DEFAULT_SERVICES, RENEW_SERVICE, TetherAgent } from "./agent.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { buildProgram, main, VERSION } from "./cli.js";
+export {
+  CREDENTIALS_FILE,
+  type Credentials,
+  CredentialsDir,
+  clusterOf,
+  keyAndCsr,
+  keyMatches,
+  renewalDelayMs,
+} from "./credentials.js";
 export { Forwarder } from "./forwarder.js";
+export { join, JoinError, type JoinOptions } from "./join.js";
 export {
   inClusterTarget,
   type KubeTarget,

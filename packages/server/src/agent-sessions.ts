@@ -14,7 +14,9 @@ export interface AgentSession {
   readonly session: Session;
   readonly connectedAt: Date;
   readonly remoteAddress: string;
-  readonly serial: string;
+  /** The serial and expiry of the certificate the agent holds now; a renewal over the session updates them. */
+  serial: string;
+  certNotAfter: Date;
   /** Opens a raw stream to the agent's apiserver forwarder. */
   openStream(mode: AuthMode): Duplex;
   /** An http.Agent whose connections are tunnel streams, pooled per auth mode. */
@@ -26,7 +28,11 @@ export class AgentSessions {
   private readonly listeners = new Set<(cluster: string, connected: boolean) => void>();
 
   /** Registers a session for its cluster, replacing (and draining) any previous one. */
-  attach(cluster: string, session: Session, info: { remoteAddress: string; serial: string }): AgentSession {
+  attach(
+    cluster: string,
+    session: Session,
+    info: { remoteAddress: string; serial: string; certNotAfter: Date },
+  ): AgentSession {
     const agents = new Map<AuthMode, HttpAgent>();
     const openStream = (mode: AuthMode) => session.open(KUBERNETES_SERVICE, { auth: mode });
     const entry: AgentSession = {
@@ -35,6 +41,7 @@ export class AgentSessions {
       connectedAt: new Date(),
       remoteAddress: info.remoteAddress,
       serial: info.serial,
+      certNotAfter: info.certNotAfter,
       openStream,
       httpAgent(mode) {
         let agent = agents.get(mode);

@@ -11,6 +11,7 @@ import { WebSocketServer } from "ws";
 import { AgentSessions } from "./agent-sessions.js";
 import { ClusterProxy } from "./cluster-proxy.js";
 import { identityFromPeerCertificate } from "./identity.js";
+import { JoinEndpoint, RENEW_SERVICE } from "./join-endpoint.js";
 import { sendStatus, statusResponseHead } from "./k8s-status.js";
 import { createLogger, type Logger } from "./logger.js";
 import type { CertificateAuthority } from "./pki.js";
@@ -30,6 +31,10 @@ export interface ServerOptions {
   log?: Logger;
   /** Tunnel session tunables (keepalive, dead-peer timeout, windows); see @tether/tunnel. */
   tunnel?: Omit<SessionOptions, "role" | "accept">;
+  /** Lifetime of the certificates agents get when they join or renew. Default 7 days. */
+  clusterCertTtlMs?: number;
+  /** How often live sessions are checked against the store (removed clusters, revocations, expiry). Default 1 s. */
+  sessionCheckIntervalMs?: number;
 }
 
 export class TetherServer {
@@ -40,6 +45,8 @@ export class TetherServer {
   private readonly log: Logger;
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
+  private readonly join: JoinEndpoint;
+  private readonly checker: NodeJS.Timeout;
 
   private constructor(
     options: ServerOptions,
@@ -50,6 +57,14 @@ export class TetherServer {
     this.log = options.log ?? createLogger();
     this.tunnel = options.tunnel ?? {};
     this.proxy = new ClusterProxy({ store: this.store, sessions: this.sessions, log: this.log });
+    this.join = new JoinEndpoint({
+      store: this.store,
+      ca,
+      log: this.log,
+      ...(options.clusterCertTtlMs ? { clusterCertTtlMs: options.clusterCertTtlMs } : {}),
+    });
+    this.checker = setInterval(() => void this.checkSessions(), options.sessionCheckIntervalMs ?? 1000);
+    this.checker.unref();
     this.https = createServer(
       {
         cert: serving.certPem,
@@ -106,6 +121,8 @@ export class TetherServer {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path?.startsWith("/clusters/")) {
         await this.proxy.handleRequest(req, res);
+      } else if (path?.startsWith("/join/")) {
+        await this.join.handle(req, res, path);
       } else {
         sendStatus(
           res,
@@ -159,23 +176,56 @@ export class TetherServer {
       refuse("Forbidden", `cluster "${identity.cluster}" is not registered`);
       return;
     }
+    const certNotAfter = new Date(tls.getPeerCertificate().valid_to);
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const session = sessionFromWebSocket(ws, {
         ...this.tunnel,
         role: "server",
-        // Agents never open streams toward the host: nothing there for them to reach.
-        accept: () => false,
+        // An agent may only renew its certificate: nothing else on the host is its to reach.
+        accept: (open) => open.service === RENEW_SERVICE,
       });
       const cluster = identity.cluster;
       session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
       session.once("close", () => this.log.info({ cluster, remoteAddress }, "agent disconnected"));
-      this.sessions.attach(cluster, session, { remoteAddress, serial: identity.serial });
+      const entry = this.sessions.attach(cluster, session, {
+        remoteAddress,
+        serial: identity.serial,
+        certNotAfter,
+      });
+      session.on("stream", (stream) => {
+        void this.join.renew(cluster, stream).then((issued) => {
+          if (!issued) return;
+          entry.serial = issued.serial;
+          entry.certNotAfter = new Date(issued.notAfter);
+        });
+      });
       this.log.info({ cluster, remoteAddress }, "agent connected");
     });
   }
 
+  /** Cuts off sessions whose cluster was removed, whose certificate was revoked or has expired. */
+  private async checkSessions(): Promise<void> {
+    for (const entry of this.sessions.list()) {
+      if (entry.session.closed) continue;
+      let why: string | undefined;
+      try {
+        if (!(await this.store.getCluster(entry.cluster))) why = "the cluster was removed";
+        else if (await this.store.isRevoked(entry.serial)) why = "its certificate was revoked";
+        else if (entry.certNotAfter.getTime() <= Date.now()) why = "its certificate expired";
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, "session check could not read the store");
+        continue;
+      }
+      if (why) {
+        this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
+        entry.session.close();
+      }
+    }
+  }
+
   /** Stops accepting, closes every agent session and waits for the listener to close. */
   async close(): Promise<void> {
+    clearInterval(this.checker);
     this.sessions.closeAll();
     for (const ws of this.wss.clients) ws.terminate();
     this.https.closeAllConnections();

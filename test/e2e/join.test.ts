@@ -1,0 +1,299 @@
+// Issue 5, must show: a full join against a harness cluster by the real
+// agent bin; a replayed token refused; a wrong CA hash refused before the
+// token is sent; one cluster's certificate cannot serve another's name; a
+// removed cluster's agent is cut off and stays out; a short certificate
+// lifetime survives several renewals on one session; a kubeconfig token
+// stops working after its --ttl.
+import { readFile, stat } from "node:fs/promises";
+import { join as joinPath } from "node:path";
+import { CredentialsDir, inClusterTarget, join, TetherAgent } from "@tether/agent";
+import { hashToken, issueToken } from "@tether/server";
+import t from "tap";
+import { startClusters } from "../kube/index.js";
+import { ManagedProcess } from "../kube/processes.js";
+import { prepareMember, startTether, TEST_TUNNEL } from "./fixture.js";
+import { AGENT_BIN } from "./tether-processes.js";
+
+const set = await startClusters(1);
+t.teardown(() => set.stop());
+const member = set.clusters[0]!;
+// Certificates live 8 s here, so renewals happen every few seconds.
+const tether = await startTether({ clusterCertTtlMs: 8_000 });
+t.teardown(() => tether.stop());
+await member.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+  metadata: { name: "tether-admins" },
+  roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
+  subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
+});
+const saDir = joinPath(tether.dir, "sa");
+const env = await prepareMember(member, saDir);
+const caHash = tether.ca.caHash;
+
+async function joinToken(cluster: string, ttlMs = 3600_000): Promise<string> {
+  const { token, hash } = issueToken();
+  await tether.store.addToken({
+    hash,
+    kind: "join",
+    cluster,
+    expiresAt: new Date(Date.now() + ttlMs).toISOString(),
+  });
+  return token;
+}
+
+let agentCount = 0;
+function agentProcess(args: string[]): ManagedProcess {
+  agentCount++;
+  return new ManagedProcess(
+    `agent-${agentCount}`,
+    process.execPath,
+    [
+      AGENT_BIN,
+      "--server",
+      tether.server.url,
+      "--service-account-dir",
+      saDir,
+      "--keepalive",
+      "0.5",
+      "--dead-peer-timeout",
+      "2",
+      ...args,
+    ],
+    joinPath(tether.dir, `agent-${agentCount}.log`),
+    { ...process.env, ...env },
+  );
+}
+
+async function until(what: string, cond: () => Promise<boolean> | boolean, limitMs = 30_000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: not within ${limitMs}ms`);
+}
+
+async function exitOf(proc: ManagedProcess): Promise<string> {
+  await Promise.race([proc.exited, new Promise((r) => setTimeout(r, 30_000))]);
+  t.notOk(proc.running, `${proc.name} exited`);
+  await proc.stop();
+  return readFile(proc.logFile, "utf8");
+}
+
+t.test("a full join with the agent bin, then kubectl through Tether", async (t) => {
+  await tether.registerCluster("alpha");
+  const token = await joinToken("alpha");
+  const stateDir = joinPath(tether.dir, "alpha-state");
+  const agent = agentProcess([
+    "--cluster",
+    "alpha",
+    "--token",
+    token,
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    stateDir,
+  ]);
+  t.teardown(() => agent.stop());
+  await until("alpha connects", () => tether.server.sessions.get("alpha") !== undefined);
+  const kubeconfig = await tether.userKubeconfig("alpha", "alice", ["admins"]);
+  const res = await member.kubectl(["get", "namespaces", "-o", "name"], { kubeconfig });
+  t.equal(res.code, 0, res.stderr);
+  t.match(res.stdout, /namespace\/tether-system/);
+  const file = joinPath(stateDir, "agent-credentials.json");
+  t.equal((await stat(file)).mode & 0o777, 0o600, "the agent's key is stored 0600");
+  const log = await readFile(agent.logFile, "utf8");
+  t.notMatch(log, token, "the token is never logged");
+  t.notMatch(log, /PRIVATE KEY/, "nor the key");
+
+  await t.test("the token works once", async (t) => {
+    const replay = agentProcess([
+      "--cluster",
+      "alpha",
+      "--token",
+      token,
+      "--ca-hash",
+      caHash,
+      "--state-dir",
+      joinPath(tether.dir, "alpha-replay"),
+    ]);
+    const out = await exitOf(replay);
+    t.match(out, /unknown, expired or already used/);
+    t.match(out, /tether-server join-token alpha/, "and says how to get a new one");
+  });
+
+  await t.test("a restarted agent reuses its saved identity, no token needed", async (t) => {
+    await agent.stop();
+    await until("alpha gone", () => tether.server.sessions.get("alpha") === undefined);
+    const again = agentProcess(["--state-dir", stateDir]);
+    t.teardown(() => again.stop());
+    await until("alpha back", () => tether.server.sessions.get("alpha") !== undefined);
+    t.pass("reconnected with the saved certificate");
+  });
+});
+
+t.test("a wrong CA hash is refused before the token is sent", async (t) => {
+  await tether.registerCluster("beta");
+  const token = await joinToken("beta");
+  const wrong = `sha256:${"0".repeat(64)}`;
+  const bad = agentProcess([
+    "--cluster",
+    "beta",
+    "--token",
+    token,
+    "--ca-hash",
+    wrong,
+    "--state-dir",
+    joinPath(tether.dir, "beta-x"),
+  ]);
+  const out = await exitOf(bad);
+  t.match(out, /CA hash is sha256:[0-9a-f]{64}, not the expected sha256:0{64}/);
+  t.match(out, /Nothing was sent/);
+  const record = await tether.store.findToken(hashToken(token));
+  t.ok(record && record.usedAt === undefined, "the token is still unused");
+  const good = agentProcess([
+    "--cluster",
+    "beta",
+    "--token",
+    token,
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    joinPath(tether.dir, "beta"),
+  ]);
+  t.teardown(() => good.stop());
+  await until("beta joins with the same token", () => tether.server.sessions.get("beta") !== undefined);
+});
+
+t.test("cluster A's certificate cannot serve cluster B", async (t) => {
+  await tether.registerCluster("gamma");
+  await tether.registerCluster("delta");
+  const token = await joinToken("delta");
+  // A token for delta cannot buy a certificate for gamma.
+  const wrongName = agentProcess([
+    "--cluster",
+    "gamma",
+    "--token",
+    token,
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    joinPath(tether.dir, "g1"),
+  ]);
+  t.match(await exitOf(wrongName), /unknown, expired or already used/);
+  // gamma's saved identity, started as delta, is refused by the agent itself.
+  const gammaToken = await joinToken("gamma");
+  const gammaDir = joinPath(tether.dir, "gamma");
+  const gamma = agentProcess([
+    "--cluster",
+    "gamma",
+    "--token",
+    gammaToken,
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    gammaDir,
+  ]);
+  await until("gamma connects", () => tether.server.sessions.get("gamma") !== undefined);
+  await gamma.stop();
+  const asDelta = agentProcess(["--cluster", "delta", "--state-dir", gammaDir]);
+  t.match(await exitOf(asDelta), /holds the identity of cluster "gamma", not "delta"/);
+  // And given gamma's certificate directly, the server takes it for gamma, whatever the agent says.
+  const creds = (await new CredentialsDir(gammaDir).load())!;
+  const impostor = new TetherAgent({
+    server: tether.server.url,
+    ...creds,
+    target: inClusterTarget(env, saDir),
+    tunnel: TEST_TUNNEL,
+  });
+  impostor.start();
+  t.teardown(() => impostor.stop());
+  await impostor.whenConnected();
+  t.ok(tether.server.sessions.get("gamma"), "the session is gamma's");
+  t.equal(tether.server.sessions.get("delta"), undefined, "delta still has no agent");
+  const kubeconfig = await tether.userKubeconfig("delta", "alice", ["admins"]);
+  const res = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
+  t.match(res.stderr, /cluster "delta" has no connected Tether agent/);
+});
+
+t.test("a removed cluster's agent is cut off and cannot come back", async (t) => {
+  await tether.registerCluster("epsilon");
+  const dir = joinPath(tether.dir, "epsilon");
+  const agent = agentProcess([
+    "--cluster",
+    "epsilon",
+    "--token",
+    await joinToken("epsilon"),
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    dir,
+  ]);
+  t.teardown(() => agent.stop());
+  await until("epsilon connects", () => tether.server.sessions.get("epsilon") !== undefined);
+  const session = tether.server.sessions.get("epsilon")!.session;
+  await tether.store.revokeCluster("epsilon");
+  await tether.store.deleteCluster("epsilon");
+  await until("the session is closed", () => session.closed, 10_000);
+  // Registered again under the same name, the old certificate is still revoked.
+  await tether.registerCluster("epsilon");
+  await new Promise((r) => setTimeout(r, 2_000));
+  t.equal(tether.server.sessions.get("epsilon"), undefined, "the revoked agent stays out");
+  t.ok(agent.running, "the agent keeps trying (with backoff), and is refused each time");
+  t.match(await readFile(agent.logFile, "utf8"), /revoked/, "it logs why");
+});
+
+t.test("short-lived certificates are renewed over one session", async (t) => {
+  await tether.registerCluster("zeta");
+  const dir = joinPath(tether.dir, "zeta");
+  // In process, to count renewals; joined through the same code path as the bin.
+  const creds = await join({
+    server: tether.server.url,
+    cluster: "zeta",
+    token: await joinToken("zeta"),
+    caHash,
+  });
+  const agent = new TetherAgent({
+    server: tether.server.url,
+    ...creds,
+    credentialsDir: new CredentialsDir(dir),
+    target: inClusterTarget(env, saDir),
+    tunnel: TEST_TUNNEL,
+  });
+  agent.start();
+  t.teardown(() => agent.stop());
+  await agent.whenConnected();
+  const session = tether.server.sessions.get("zeta")!.session;
+  const kubeconfig = await tether.userKubeconfig("zeta", "alice", ["admins"]);
+  // Well past two certificate lifetimes.
+  await until("three renewals", () => agent.renewals >= 3, 60_000);
+  t.equal(tether.server.sessions.get("zeta")?.session, session, "still the same session");
+  t.notOk(session.closed);
+  const res = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
+  t.equal(res.code, 0, res.stderr);
+  const saved = (await new CredentialsDir(dir).load())!;
+  t.equal(saved.certPem, agent.certificatePem, "each renewal is saved");
+  t.not(saved.certPem, creds.certPem);
+});
+
+t.test("a kubeconfig token stops working after its ttl", async (t) => {
+  await tether.registerCluster("eta");
+  const agent = agentProcess([
+    "--cluster",
+    "eta",
+    "--token",
+    await joinToken("eta"),
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    joinPath(tether.dir, "eta"),
+  ]);
+  t.teardown(() => agent.stop());
+  await until("eta connects", () => tether.server.sessions.get("eta") !== undefined);
+  const kubeconfig = await tether.userKubeconfig("eta", "alice", ["admins"], ["eta"], 3_000);
+  const before = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
+  t.equal(before.code, 0, before.stderr);
+  await new Promise((r) => setTimeout(r, 3_500));
+  const after = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
+  t.not(after.code, 0);
+  t.match(after.stderr, /could not authenticate/);
+});
