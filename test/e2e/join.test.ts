@@ -4,7 +4,8 @@
 // removed cluster's agent is cut off and stays out; a short certificate
 // lifetime survives several renewals on one session; a kubeconfig token
 // stops working after its --ttl.
-import { readFile, stat } from "node:fs/promises";
+import { spawnSync } from "node:child_process";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import { join as joinPath } from "node:path";
 import { CredentialsDir, inClusterTarget, join, TetherAgent } from "@tether/agent";
 import { hashToken, issueToken } from "@tether/server";
@@ -12,7 +13,7 @@ import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
 import { prepareMember, startTether, TEST_TUNNEL } from "./fixture.js";
-import { AGENT_BIN } from "./tether-processes.js";
+import { AGENT_BIN, SERVER_BIN } from "./tether-processes.js";
 
 const set = await startClusters(1);
 t.teardown(() => set.stop());
@@ -289,7 +290,20 @@ t.test("a kubeconfig token stops working after its ttl", async (t) => {
   ]);
   t.teardown(() => agent.stop());
   await until("eta connects", () => tether.server.sessions.get("eta") !== undefined);
-  const kubeconfig = await tether.userKubeconfig("eta", "alice", ["admins"], ["eta"], 3_000);
+  // Through the admin CLI, as an operator would.
+  const kubeconfig = joinPath(tether.dir, "eta.kubeconfig");
+  const cli = spawnSync(
+    process.execPath,
+    [SERVER_BIN, "kubeconfig", "eta", "--user", "alice", "--group", "admins", "--ttl", "3s"].concat([
+      "--state-dir",
+      tether.store.dir,
+      "--server",
+      tether.server.url,
+    ]),
+    { encoding: "utf8" },
+  );
+  t.equal(cli.status, 0, cli.stderr);
+  await writeFile(kubeconfig, cli.stdout, { mode: 0o600 });
   const before = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
   t.equal(before.code, 0, before.stderr);
   await new Promise((r) => setTimeout(r, 3_500));
