@@ -5,7 +5,8 @@
 // lifetime survives several renewals on one session; a kubeconfig token
 // stops working after its --ttl.
 import { spawnSync } from "node:child_process";
-import { readFile, stat, writeFile } from "node:fs/promises";
+import { readFile, rm, stat, writeFile } from "node:fs/promises";
+import { connect as tlsConnect } from "node:tls";
 import { join as joinPath } from "node:path";
 import { CredentialsDir, inClusterTarget, join, TetherAgent } from "@tether/agent";
 import { hashToken, issueToken } from "@tether/server";
@@ -310,4 +311,48 @@ t.test("a kubeconfig token stops working after its ttl", async (t) => {
   const after = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
   t.not(after.code, 0);
   t.match(after.stderr, /could not authenticate/);
+});
+
+t.test("the server rotates its serving certificate without dropping agents", async (t) => {
+  await tether.registerCluster("theta");
+  const creds = await join({
+    server: tether.server.url,
+    cluster: "theta",
+    token: await joinToken("theta"),
+    caHash,
+  });
+  const agent = new TetherAgent({
+    server: tether.server.url,
+    ...creds,
+    target: inClusterTarget(env, saDir),
+    tunnel: TEST_TUNNEL,
+  });
+  agent.start();
+  t.teardown(() => agent.stop());
+  await agent.whenConnected();
+  const session = tether.server.sessions.get("theta")!.session;
+  const servingSerial = () =>
+    new Promise<string>((resolve, reject) => {
+      const s = tlsConnect({ host: "127.0.0.1", port: tether.server.port, ca: tether.ca.certPem }, () => {
+        resolve(s.getPeerCertificate().serialNumber);
+        s.destroy();
+      });
+      s.on("error", reject);
+    });
+  const before = await servingSerial();
+  t.equal(
+    await tether.server.reloadServingCertificate(),
+    false,
+    "nothing to do while the certificate is fresh",
+  );
+  // Gone from the store (as if it had reached the last third of its life): the store reissues it.
+  await rm(joinPath(tether.store.dir, "server.crt"));
+  t.equal(await tether.server.reloadServingCertificate(), true);
+  const after = await servingSerial();
+  t.not(after, before, "new handshakes see the new certificate");
+  t.equal(tether.server.sessions.get("theta")?.session, session, "the agent's session was not dropped");
+  t.notOk(session.closed);
+  const kubeconfig = await tether.userKubeconfig("theta", "alice", ["admins"]);
+  const res = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
+  t.equal(res.code, 0, res.stderr);
 });

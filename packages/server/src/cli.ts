@@ -168,6 +168,11 @@ function addServe(program: Command): void {
         };
         process.once("SIGTERM", stop);
         process.once("SIGINT", stop);
+        process.on("SIGHUP", () => {
+          server
+            .reloadServingCertificate()
+            .catch((err: Error) => log.error({ err: err.message }, "serving certificate reload failed"));
+        });
       },
     );
 }

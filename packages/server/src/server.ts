@@ -92,14 +92,36 @@ export class TetherServer {
       "::1",
       ...(external && isIp(external) ? [external.replace(/^\[|\]$/g, "")] : []),
     ];
-    const serving = await options.store.loadOrCreateServingCertificate({ dnsNames, ips });
+    const names = { dnsNames, ips };
+    const serving = await options.store.loadOrCreateServingCertificate(names);
     const server = new TetherServer(options, ca, serving);
+    server.servingNames = names;
+    server.servingCertPem = serving.certPem;
     await new Promise<void>((resolve, reject) => {
       server.https.once("error", reject);
       server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
     });
     server.log.info({ url: server.url }, "tether-server listening");
     return server;
+  }
+
+  private servingNames: { dnsNames: string[]; ips: string[] } = { dnsNames: [], ips: [] };
+  private servingCertPem = "";
+  private readonly rotation = setInterval(() => void this.reloadServingCertificate().catch(() => {}), 3600_000).unref();
+
+  /**
+   * Re-reads the serving certificate from the store, which reissues it when a
+   * third of its life is left (or it is missing), and swaps it in for new TLS
+   * handshakes. Established connections — agents' tunnels among them — keep
+   * going. Runs hourly and on SIGHUP; returns whether the certificate changed.
+   */
+  async reloadServingCertificate(): Promise<boolean> {
+    const serving = await this.store.loadOrCreateServingCertificate(this.servingNames);
+    if (serving.certPem === this.servingCertPem) return false;
+    this.https.setSecureContext({ cert: serving.certPem, key: serving.keyPem, ca: this.ca.certPem });
+    this.servingCertPem = serving.certPem;
+    this.log.info("serving certificate rotated");
+    return true;
   }
 
   get port(): number {
@@ -226,6 +248,7 @@ export class TetherServer {
   /** Stops accepting, closes every agent session and waits for the listener to close. */
   async close(): Promise<void> {
     clearInterval(this.checker);
+    clearInterval(this.rotation);
     this.sessions.closeAll();
     for (const ws of this.wss.clients) ws.terminate();
     this.https.closeAllConnections();
