@@ -350,14 +350,13 @@ export async function clusterAdd(
   const ttlMs = parseTtl("--token-ttl", opts.tokenTtl ?? DEFAULT_JOIN_TOKEN_TTL, MAX_JOIN_TOKEN_TTL_MS);
   const server = await resolveServerUrl(resolve(ctx.stateDir), opts.server);
   const store = await FileStore.open(ctx.stateDir);
-  if (await store.getCluster(name)) {
+  if (!(await store.addCluster(record))) {
     fail(
       ERR_TETHER_CLUSTER_EXISTS,
       `cluster ${name} already exists; for a new join token run "tether-server join-token ${name}", ` +
         `or "tether-server cluster remove ${name}" first to start over`,
     );
   }
-  await store.putCluster(record);
   const info = await issueJoinToken(store, record, server, ttlMs);
   printJoinInfo(ctx, info, opts.output, true);
   return info;

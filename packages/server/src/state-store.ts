@@ -72,6 +72,8 @@ export interface Store {
   listClusters(): Promise<ClusterRecord[]>;
   getCluster(name: string): Promise<ClusterRecord | undefined>;
   putCluster(record: ClusterRecord): Promise<void>;
+  /** Registers a new cluster; false (and nothing written) when the name is taken. Check and write are one step. */
+  addCluster(record: ClusterRecord): Promise<boolean>;
   deleteCluster(name: string): Promise<boolean>;
   addToken(record: TokenRecord): Promise<void>;
   /** Expired tokens are not returned. */
@@ -517,6 +519,15 @@ export class FileStore implements Store {
     await this.#mutate(CLUSTERS, (doc) => {
       doc.clusters[r.name] = r;
       return [undefined, true];
+    });
+  }
+
+  async addCluster(record: ClusterRecord): Promise<boolean> {
+    const r = normalizeCluster(record);
+    return this.#mutate(CLUSTERS, (doc) => {
+      if (has(doc.clusters, r.name)) return [false, false];
+      doc.clusters[r.name] = r;
+      return [true, true];
     });
   }
 

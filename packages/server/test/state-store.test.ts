@@ -473,4 +473,31 @@ async function runTests(): Promise<void> {
     }
     t.ok(lastOps > 0, `the children made progress (${lastOps} writes)`);
   });
+
+  t.test(
+    "addCluster checks and writes in one step: of racing adds of one name exactly one wins",
+    async (t) => {
+      const { mkdtemp } = await import("node:fs/promises");
+      const { tmpdir } = await import("node:os");
+      const { join } = await import("node:path");
+      const dir = await mkdtemp(join(tmpdir(), "tether-addcluster-"));
+      const stores = await Promise.all(Array.from({ length: 5 }, () => FileStore.open(dir)));
+      const record = (n: number) => ({
+        name: "same",
+        auth: "impersonate" as const,
+        labels: { n: String(n) },
+        allowedUsers: [],
+        allowedGroups: [],
+        createdAt: new Date().toISOString(),
+      });
+      const results = await Promise.all(stores.map((s, i) => s.addCluster(record(i))));
+      t.equal(results.filter(Boolean).length, 1);
+      const winner = results.indexOf(true);
+      t.same(
+        (await stores[0]!.getCluster("same"))?.labels,
+        { n: String(winner) },
+        "the winner's record is kept",
+      );
+    },
+  );
 }
