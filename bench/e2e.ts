@@ -16,7 +16,7 @@ import { createConnection } from "node:net";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { FileStore, issueToken } from "@tether/server";
-import { prepareMember } from "../test/e2e/fixture.js";
+import { bindTetherAdmins, prepareMember } from "../test/e2e/fixture.js";
 import { spawnAgent, spawnServer } from "../test/e2e/tether-processes.js";
 import { type Cluster, freePort, startClusters } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
@@ -212,11 +212,7 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
     await writeFile(files.caFile, ca.certPem);
     await writeFile(files.certFile, cert.certPem);
     await writeFile(files.keyFile, cert.keyPem!, { mode: 0o600 });
-    await member.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-      metadata: { name: "tether-admins" },
-      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
-      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
-    });
+    await bindTetherAdmins(member);
     const saDir = join(dir, "sa");
     const env = await prepareMember(member, saDir);
 

@@ -7,7 +7,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
-import { prepareMember, startTether } from "./fixture.js";
+import { bindTetherAdmins, prepareMember, startTether, until } from "./fixture.js";
 import { FAST_TIMING, signal, spawnAgent } from "./tether-processes.js";
 
 const set = await startClusters(1);
@@ -17,11 +17,7 @@ t.teardown(() => tether.stop());
 const member = set.clusters[0]!;
 
 await tether.registerCluster("m1");
-await member.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-  metadata: { name: "tether-admins" },
-  roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
-  subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
-});
+await bindTetherAdmins(member);
 const saDir = join(tether.dir, "sa");
 const env = await prepareMember(member, saDir);
 const cert = await tether.ca.issueClusterCertificate("m1");
@@ -44,19 +40,6 @@ const startAgent = (n: number) =>
     serviceAccountDir: saDir,
     logFile: join(tether.dir, `agent-${n}.log`),
   });
-
-async function until(
-  what: string,
-  cond: () => Promise<boolean> | boolean,
-  limitMs = 30_000,
-): Promise<number> {
-  const start = Date.now();
-  while (Date.now() - start < limitMs) {
-    if (await cond()) return Date.now() - start;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: not within ${limitMs}ms`);
-}
 
 const apiWorks = async () => (await member.kubectl(["get", "--raw", "/api"], { kubeconfig })).code === 0;
 const unavailable = async () =>

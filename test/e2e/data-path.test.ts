@@ -9,7 +9,7 @@ import { join } from "node:path";
 import * as k8s from "@kubernetes/client-node";
 import t, { type Test } from "tap";
 import { type Cluster, startClusters } from "../kube/index.js";
-import { type Fixture, startTether, tokenFor } from "./fixture.js";
+import { bindTetherAdmins, type Fixture, startTether, tokenFor } from "./fixture.js";
 
 const set = await startClusters(2);
 t.teardown(() => set.stop());
@@ -30,11 +30,7 @@ const agents = {
 
 // On each member, the Tether group "admins" is cluster-admin.
 for (const m of [m1, m2]) {
-  await m.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-    metadata: { name: "tether-admins" },
-    roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
-    subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
-  });
+  await bindTetherAdmins(m);
   await m.createPod("default", "box");
 }
 

@@ -163,3 +163,31 @@ export async function startTether(options: { clusterCertTtlMs?: number } = {}): 
   };
   return fixture;
 }
+
+/** On the member, makes the Tether group "admins" (tether:admins there) cluster-admin. */
+export async function bindTetherAdmins(member: Cluster): Promise<void> {
+  await member.api(
+    "POST",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    {
+      metadata: { name: "tether-admins" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
+    },
+    [409],
+  );
+}
+
+/** Polls `cond` until true; the limit is a liveness bound, not a performance assertion. Resolves with the ms it took. */
+export async function until(
+  what: string,
+  cond: () => Promise<boolean> | boolean,
+  limitMs = 30_000,
+): Promise<number> {
+  const start = Date.now();
+  while (Date.now() - start < limitMs) {
+    if (await cond()) return Date.now() - start;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: not within ${limitMs}ms`);
+}

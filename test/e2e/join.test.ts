@@ -13,7 +13,7 @@ import { hashToken, issueToken } from "@tether/server";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
-import { prepareMember, startTether, TEST_TUNNEL } from "./fixture.js";
+import { bindTetherAdmins, prepareMember, startTether, TEST_TUNNEL, until } from "./fixture.js";
 import { AGENT_BIN, SERVER_BIN } from "./tether-processes.js";
 
 const set = await startClusters(1);
@@ -22,11 +22,7 @@ const member = set.clusters[0]!;
 // Certificates live 8 s here, so renewals happen every few seconds.
 const tether = await startTether({ clusterCertTtlMs: 8_000 });
 t.teardown(() => tether.stop());
-await member.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
-  metadata: { name: "tether-admins" },
-  roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "cluster-admin" },
-  subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:admins" }],
-});
+await bindTetherAdmins(member);
 const saDir = joinPath(tether.dir, "sa");
 const env = await prepareMember(member, saDir);
 const caHash = tether.ca.caHash;
@@ -63,15 +59,6 @@ function agentProcess(args: string[]): ManagedProcess {
     joinPath(tether.dir, `agent-${agentCount}.log`),
     { ...process.env, ...env },
   );
-}
-
-async function until(what: string, cond: () => Promise<boolean> | boolean, limitMs = 30_000): Promise<void> {
-  const end = Date.now() + limitMs;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: not within ${limitMs}ms`);
 }
 
 async function exitOf(proc: ManagedProcess): Promise<string> {

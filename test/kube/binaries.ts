@@ -10,6 +10,7 @@ import { homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { isAlive } from "./processes.js";
 
 const run = promisify(execFile);
 const GO_ROOT = join(dirname(fileURLToPath(import.meta.url)), "go");
@@ -101,15 +102,6 @@ async function withLock<T>(lockDir: string, fn: () => Promise<T>): Promise<T> {
     return await fn();
   } finally {
     await rm(lockDir, { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -14,7 +14,7 @@ import { stringify as toYaml } from "yaml";
 import { type Binaries, ensureBinaries } from "./binaries.js";
 import { KubectlProcess } from "./kubectl-process.js";
 import { createClusterPki } from "./pki.js";
-import { ManagedProcess } from "./processes.js";
+import { isAlive, ManagedProcess } from "./processes.js";
 
 export const NODE_NAME = "standin";
 const DIR_PREFIX = "tether-kube-";
@@ -411,15 +411,6 @@ async function startCluster(
     },
   };
   return cluster;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Removes the temp dirs of harness runs whose process was killed before it could clean up. */

@@ -107,3 +107,13 @@ export class ManagedProcess {
 export function livePids(): number[] {
   return [...live].map((c) => c.pid).filter((p): p is number => p !== undefined);
 }
+
+/** Whether a process with this pid exists. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -10,20 +10,12 @@ import { parse as parseYaml } from "yaml";
 import { readFile } from "node:fs/promises";
 import t from "tap";
 import { sweepAbandoned } from "../index.js";
+import { isAlive } from "../processes.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 
 interface Line {
   clusters: { name: string; server: string; kubeconfig: string }[];
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function childPids(pid: number): Promise<number[]> {
@@ -108,7 +100,7 @@ for (const how of ["SIGINT", "SIGKILL"] as const) {
 
     cli.child.kill(how);
     await new Promise((r) => cli.child.once("exit", r));
-    t.ok(await until(() => pids.every((p) => !alive(p))), "no harness process is left");
+    t.ok(await until(() => pids.every((p) => !isAlive(p))), "no harness process is left");
     for (const c of parsed.clusters) t.notOk(await portOpen(c.server), `${c.name}'s port is closed`);
     if (how === "SIGINT") t.notOk(existsSync(dir), "the temp dir is removed");
     else {
