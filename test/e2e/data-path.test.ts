@@ -463,3 +463,35 @@ t.test("a lost agent turns into 503, a returning one works again, no stream leak
   };
   t.ok(await settled(), "no stream left open on the server or the agent");
 });
+
+t.test("a user certificate from Tether's CA authenticates; a cluster certificate does not", async (t) => {
+  const { writeKubeconfig } = await import("../kube/index.js");
+  const user = await tether.ca.issueUserCertificate("carol", ["admins"]);
+  await tether.store.putCluster({
+    ...(await tether.store.getCluster("member1"))!,
+    allowedGroups: ["admins"],
+  });
+  const kubeconfig = await writeKubeconfig(join(tether.dir, "carol-cert"), {
+    name: "member1",
+    server: `${tether.server.url}/clusters/member1`,
+    caPem: tether.ca.certPem,
+    certPem: user.certPem,
+    keyPem: user.keyPem!,
+  });
+  const whoami = await m1.kubectl(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"], {
+    kubeconfig,
+  });
+  t.equal(whoami.code, 0, whoami.stderr);
+  t.equal(whoami.stdout, "tether:carol");
+  const agentCert = await tether.ca.issueClusterCertificate("member1");
+  const asAgent = await writeKubeconfig(join(tether.dir, "agent-as-user"), {
+    name: "member1",
+    server: `${tether.server.url}/clusters/member1`,
+    caPem: tether.ca.certPem,
+    certPem: agentCert.certPem,
+    keyPem: agentCert.keyPem!,
+  });
+  const refused = await m1.kubectl(["get", "--raw", "/api"], { kubeconfig: asAgent });
+  t.not(refused.code, 0);
+  t.match(refused.stderr, /could not authenticate/);
+});
