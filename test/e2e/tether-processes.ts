@@ -118,5 +118,3 @@ export function spawnAgent(o: AgentProcessOptions): ManagedProcess {
 export function signal(proc: ManagedProcess, sig: NodeJS.Signals): void {
   if (proc.pid) process.kill(proc.pid, sig);
 }
-
-export { get as httpsStatus };

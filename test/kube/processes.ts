@@ -103,11 +103,6 @@ export class ManagedProcess {
   }
 }
 
-/** PIDs of harness children still alive in this process (for leak checks). */
-export function livePids(): number[] {
-  return [...live].map((c) => c.pid).filter((p): p is number => p !== undefined);
-}
-
 /** Whether a process with this pid exists. */
 export function isAlive(pid: number): boolean {
   try {

@@ -46,8 +46,6 @@ export interface AgentOptions {
   log?: AgentLog;
   /** Where renewed credentials are saved; without it they live in memory only. */
   credentialsDir?: CredentialsDir;
-  /** Renew the certificate over the session before 2/3 of its lifetime has passed. Default true. */
-  renew?: boolean;
 }
 
 const quiet: AgentLog = { info() {}, warn() {} };
@@ -147,7 +145,7 @@ export class TetherAgent {
         this.reconnect(goAway ? 0 : this.backoff.next());
       });
       for (const w of this.connectedWaiters.splice(0)) w();
-      if (this.options.renew !== false) this.scheduleRenewal();
+      this.scheduleRenewal();
     });
     ws.on("error", (err) => {
       this.log.warn({ err: err.message }, "connection failed");

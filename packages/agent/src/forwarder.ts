@@ -35,15 +35,6 @@ const HOP_BY_HOP = new Set([
   "host",
 ]);
 
-export class ForwardError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
 function statusJson(code: number, reason: string, message: string): string {
   return JSON.stringify({
     kind: "Status",
@@ -79,11 +70,16 @@ export function credentialHeaders(
 export class Forwarder {
   private readonly http: Server;
   private readonly agent: HttpsAgent;
+  /** The apiserver's host as a socket address (no IPv6 brackets) and port. */
+  private readonly host: string;
+  private readonly port: number;
 
   constructor(
     private readonly target: KubeTarget,
     private readonly onError: (err: Error) => void = () => {},
   ) {
+    this.host = target.url.hostname.replace(/^\[|\]$/g, "");
+    this.port = Number(target.url.port || 443);
     this.agent = new HttpsAgent({
       keepAlive: true,
       maxSockets: 256,
@@ -128,8 +124,8 @@ export class Forwarder {
     }
     const upstream = httpsRequest({
       protocol: "https:",
-      hostname: this.target.url.hostname.replace(/^\[|\]$/g, ""),
-      port: this.target.url.port || 443,
+      hostname: this.host,
+      port: this.port,
       method: req.method,
       path: req.url,
       headers: { ...(headers as OutgoingHttpHeaders), host: this.target.url.host },
@@ -198,13 +194,11 @@ export class Forwarder {
     text += "\r\n";
 
     const upstream = tlsConnect({
-      host: this.target.url.hostname.replace(/^\[|\]$/g, ""),
-      port: Number(this.target.url.port || 443),
+      host: this.host,
+      port: this.port,
       ...this.target.tls,
       // SNI may not carry an IP address (RFC 6066).
-      ...(this.target.tls.servername || isIP(this.target.url.hostname.replace(/^\[|\]$/g, ""))
-        ? {}
-        : { servername: this.target.url.hostname }),
+      ...(this.target.tls.servername || isIP(this.host) ? {} : { servername: this.target.url.hostname }),
       ALPNProtocols: ["http/1.1"],
     });
     upstream.on("error", (err) => {

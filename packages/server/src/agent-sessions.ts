@@ -25,7 +25,6 @@ export interface AgentSession {
 
 export class AgentSessions {
   private readonly byCluster = new Map<string, AgentSession>();
-  private readonly listeners = new Set<(cluster: string, connected: boolean) => void>();
 
   /** Registers a session for its cluster, replacing (and draining) any previous one. */
   attach(
@@ -59,12 +58,8 @@ export class AgentSessions {
     if (previous) previous.session.goAway();
     session.once("close", () => {
       for (const agent of agents.values()) agent.destroy();
-      if (this.byCluster.get(cluster) === entry) {
-        this.byCluster.delete(cluster);
-        this.emit(cluster, false);
-      }
+      if (this.byCluster.get(cluster) === entry) this.byCluster.delete(cluster);
     });
-    this.emit(cluster, true);
     return entry;
   }
 
@@ -80,15 +75,6 @@ export class AgentSessions {
 
   list(): AgentSession[] {
     return [...this.byCluster.values()];
-  }
-
-  onChange(listener: (cluster: string, connected: boolean) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-
-  private emit(cluster: string, connected: boolean): void {
-    for (const l of this.listeners) l(cluster, connected);
   }
 
   closeAll(): void {

@@ -73,15 +73,18 @@ export class JoinEndpoint {
     return this.deps.clusterCertTtlMs ?? CLUSTER_CERT_TTL_MS;
   }
 
-  /** Issues a certificate for `cluster` from a CSR, recording its serial before handing it out. */
-  async issue(cluster: string, csrPem: unknown): Promise<IssuedForAgent> {
+  /** The public key of a CSR whose signature checks out, or a BadRequest. */
+  private async publicKeyOf(csrPem: unknown): Promise<string> {
     if (typeof csrPem !== "string") throw new JoinError("BadRequest", "csr must be a PEM string");
-    let publicKeyPem: string;
     try {
-      publicKeyPem = await csrPublicKey(csrPem);
+      return await csrPublicKey(csrPem);
     } catch (err) {
       throw new JoinError("BadRequest", `the certificate request was refused: ${(err as Error).message}`);
     }
+  }
+
+  /** Issues a certificate for `cluster`, recording its serial before handing it out. */
+  private async issue(cluster: string, publicKeyPem: string): Promise<IssuedForAgent> {
     const cert = await this.deps.ca.issueClusterCertificate(cluster, { publicKeyPem, ttlMs: this.certTtlMs });
     // Recorded first, so a crash cannot leave a certificate that revocation misses.
     await this.deps.store.recordIssued(cert.serial, cluster, cert.notAfter.toISOString());
@@ -115,10 +118,7 @@ export class JoinEndpoint {
       }
       if (typeof body.token !== "string") throw new JoinError("BadRequest", "token is missing");
       // Check the CSR before spending the token on it.
-      if (typeof body.csr !== "string") throw new JoinError("BadRequest", "csr must be a PEM string");
-      await csrPublicKey(body.csr).catch((err: Error) => {
-        throw new JoinError("BadRequest", `the certificate request was refused: ${err.message}`);
-      });
+      const publicKeyPem = await this.publicKeyOf(body.csr);
       const used = await this.deps.store.consumeJoinToken(hashToken(body.token), cluster);
       if (!used) {
         this.deps.log.warn({ cluster, remoteAddress: req.socket.remoteAddress }, "join refused: bad token");
@@ -128,7 +128,7 @@ export class JoinEndpoint {
             `run "tether-server join-token ${cluster}" on the host for a new one`,
         );
       }
-      const issued = await this.issue(cluster, body.csr);
+      const issued = await this.issue(cluster, publicKeyPem);
       this.deps.log.info({ cluster, serial: issued.serial, notAfter: issued.notAfter }, "cluster joined");
       const text = JSON.stringify(issued);
       res
@@ -149,7 +149,7 @@ export class JoinEndpoint {
       const body = JSON.parse(await readBounded(stream)) as { csr?: unknown };
       if (!(await this.deps.store.getCluster(cluster)))
         throw new JoinError("Forbidden", `cluster "${cluster}" was removed`);
-      const issued = await this.issue(cluster, body.csr);
+      const issued = await this.issue(cluster, await this.publicKeyOf(body.csr));
       stream.end(JSON.stringify(issued));
       this.deps.log.info(
         { cluster, serial: issued.serial, notAfter: issued.notAfter },

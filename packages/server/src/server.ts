@@ -47,11 +47,14 @@ export class TetherServer {
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
   private readonly join: JoinEndpoint;
   private readonly checker: NodeJS.Timeout;
+  private readonly rotation: NodeJS.Timeout;
+  private servingCertPem: string;
 
   private constructor(
     options: ServerOptions,
     readonly ca: CertificateAuthority,
     serving: { certPem: string; keyPem: string },
+    private readonly servingNames: { dnsNames: string[]; ips: string[] },
   ) {
     this.store = options.store;
     this.log = options.log ?? createLogger();
@@ -65,6 +68,13 @@ export class TetherServer {
     });
     this.checker = setInterval(() => void this.checkSessions(), options.sessionCheckIntervalMs ?? 1000);
     this.checker.unref();
+    this.servingCertPem = serving.certPem;
+    this.rotation = setInterval(() => {
+      this.reloadServingCertificate().catch((err: Error) =>
+        this.log.error({ err: err.message }, "serving certificate rotation failed"),
+      );
+    }, 3600_000);
+    this.rotation.unref();
     this.https = createServer(
       {
         cert: serving.certPem,
@@ -94,9 +104,7 @@ export class TetherServer {
     ];
     const names = { dnsNames, ips };
     const serving = await options.store.loadOrCreateServingCertificate(names);
-    const server = new TetherServer(options, ca, serving);
-    server.servingNames = names;
-    server.servingCertPem = serving.certPem;
+    const server = new TetherServer(options, ca, serving, names);
     await new Promise<void>((resolve, reject) => {
       server.https.once("error", reject);
       server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
@@ -104,10 +112,6 @@ export class TetherServer {
     server.log.info({ url: server.url }, "tether-server listening");
     return server;
   }
-
-  private servingNames: { dnsNames: string[]; ips: string[] } = { dnsNames: [], ips: [] };
-  private servingCertPem = "";
-  private readonly rotation = setInterval(() => void this.reloadServingCertificate().catch(() => {}), 3600_000).unref();
 
   /**
    * Re-reads the serving certificate from the store, which reissues it when a
