@@ -14,7 +14,7 @@ import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
 import { bindTetherAdmins, prepareMember, startTether, TEST_TUNNEL, until } from "./fixture.js";
-import { AGENT_BIN, SERVER_BIN } from "./tether-processes.js";
+import { AGENT_BIN, FAST_TIMING, SERVER_BIN } from "./tether-processes.js";
 
 const set = await startClusters(1);
 t.teardown(() => set.stop());
@@ -51,9 +51,9 @@ function agentProcess(args: string[]): ManagedProcess {
       "--service-account-dir",
       saDir,
       "--keepalive",
-      "0.5",
+      String(FAST_TIMING.keepaliveSeconds),
       "--dead-peer-timeout",
-      "2",
+      String(FAST_TIMING.deadPeerTimeoutSeconds),
       ...args,
     ],
     joinPath(tether.dir, `agent-${agentCount}.log`),

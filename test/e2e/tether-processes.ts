@@ -6,6 +6,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
+import { TEST_TUNNEL, until } from "./fixture.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const SERVER_BIN = join(root, "packages/server/bin/tether-server.js");
@@ -16,7 +17,11 @@ export interface TunnelTiming {
   deadPeerTimeoutSeconds: number;
 }
 
-export const FAST_TIMING: TunnelTiming = { keepaliveSeconds: 0.5, deadPeerTimeoutSeconds: 2 };
+/** The fixture's short test timing, as the bins' flags want it. */
+export const FAST_TIMING: TunnelTiming = {
+  keepaliveSeconds: TEST_TUNNEL.keepAliveInterval / 1000,
+  deadPeerTimeoutSeconds: TEST_TUNNEL.deadPeerTimeout / 1000,
+};
 
 function get(url: string, caPem: string): Promise<number> {
   return new Promise((resolve) => {
@@ -28,21 +33,6 @@ function get(url: string, caPem: string): Promise<number> {
     req.on("timeout", () => req.destroy());
     req.end();
   });
-}
-
-export async function waitUntil(
-  what: string,
-  proc: ManagedProcess,
-  check: () => Promise<boolean>,
-  limitMs = 30_000,
-) {
-  const end = Date.now() + limitMs;
-  while (Date.now() < end) {
-    proc.assertRunning();
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what} not ready within ${limitMs}ms; log:\n${proc.logTail()}`);
 }
 
 export async function spawnServer(
@@ -70,7 +60,11 @@ export async function spawnServer(
     ],
     logFile,
   );
-  await waitUntil("tether-server", proc, async () => (await get(`${url}/readyz`, caPem)) === 200);
+  await until("tether-server ready", async () => {
+    // A server that died says why in its log.
+    proc.assertRunning();
+    return (await get(`${url}/readyz`, caPem)) === 200;
+  });
   return { proc, url };
 }
 
