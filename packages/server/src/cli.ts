@@ -5,20 +5,17 @@
 import { readFileSync } from "node:fs";
 import { Command, type CommanderError, InvalidArgumentError, Option } from "commander";
 import {
+  type AdminContext,
   clusterAdd,
   clusterList,
   clusterRemove,
-  DEFAULT_JOIN_TOKEN_TTL,
-  DEFAULT_USER_TOKEN_TTL,
   joinToken,
   kubeconfig,
-  recordServerUrl,
-  serveUrl,
-  TetherCliError,
 } from "./admin-commands.js";
+import { DEFAULT_JOIN_TOKEN_TTL, DEFAULT_USER_TOKEN_TTL, serveUrl, TetherCliError } from "./admin-input.js";
 import { createLogger } from "./logger.js";
 import type { OutputFormat } from "./output-format.js";
-import { defaultStateDir, FileStore } from "./state-store.js";
+import { addStoreOptions, adminFor, openStore, type StoreOptions } from "./store-options.js";
 
 export const VERSION: string = JSON.parse(
   readFileSync(new URL("../package.json", import.meta.url), "utf8"),
@@ -50,17 +47,15 @@ function listenAddress(value: string): { host: string; port: number } {
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
-const stateDirOption = () =>
-  new Option(
-    "--state-dir <dir>",
-    "where the CA, clusters and token hashes live (env TETHER_STATE_DIR)",
-  ).default(defaultStateDir());
-
 const serverOption = () =>
   new Option(
     "--server <url>",
     "tether-server's URL as agents and callers reach it (default: the URL `serve` recorded in <state-dir>/server.json)",
   );
+
+function adminContext(opts: StoreOptions, out: (text: string) => void): AdminContext {
+  return { out, admin: (serverFlag) => adminFor(opts, serverFlag) };
+}
 
 /** A usage error from commander, with the command it happened in. */
 class UsageError extends Error {
@@ -116,10 +111,8 @@ export function buildProgram(io: CliIo = processIo): Command {
 }
 
 function addServe(program: Command): void {
-  program
-    .command("serve")
+  addStoreOptions(program.command("serve"))
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
-    .addOption(stateDirOption())
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
         .default("0.0.0.0:8443")
@@ -138,17 +131,18 @@ function addServe(program: Command): void {
         .argParser(seconds),
     )
     .action(
-      async (opts: {
-        stateDir: string;
-        listen: { host: string; port: number };
-        externalUrl?: string;
-        keepalive: number;
-        deadPeerTimeout: number;
-      }) => {
+      async (
+        opts: StoreOptions & {
+          listen: { host: string; port: number };
+          externalUrl?: string;
+          keepalive: number;
+          deadPeerTimeout: number;
+        },
+      ) => {
         // Loaded here so that the admin commands start without the proxy and tunnel code.
         const { TetherServer } = await import("./server.js");
         const log = createLogger();
-        const store = await FileStore.open(opts.stateDir);
+        const store = await openStore(opts);
         const server = await TetherServer.start({
           store,
           host: opts.listen.host,
@@ -159,9 +153,11 @@ function addServe(program: Command): void {
         });
         // For the admin commands' printed agent commands and kubeconfigs.
         const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
-        await recordServerUrl(store.dir, url).catch((err: Error) =>
-          log.warn({ err: err.message }, "could not record the server URL in the state directory"),
-        );
+        await store
+          .recordServerUrl(url)
+          .catch((err: Error) =>
+            log.warn({ err: err.message }, "could not record the server URL in the state directory"),
+          );
         const stop = () => {
           log.info("stopping");
           void server.close().then(() => process.exit(0));
@@ -182,11 +178,9 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
     .command("cluster")
     .description("register, list and remove member clusters")
     .helpOption("-h, --help", "show help");
-  cluster
-    .command("add")
+  addStoreOptions(cluster.command("add"))
     .description("register a member cluster and print a one-time join token and the tether-agent command")
     .argument("<name>", "the cluster's name: a DNS-1123 label, as in https://<server>/clusters/<name>/")
-    .addOption(stateDirOption())
     .addOption(new Option("--label <key=value>", "a label (repeatable)").default([]).argParser(collect))
     .addOption(
       new Option("--auth <mode>", "how callers reach the member's API server")
@@ -214,8 +208,7 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
     .action(
       async (
         name: string,
-        o: {
-          stateDir: string;
+        o: StoreOptions & {
           label: string[];
           auth: string;
           allowUser: string[];
@@ -225,7 +218,7 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
           output?: "json" | "yaml";
         },
       ) => {
-        await clusterAdd({ stateDir: o.stateDir, out }, name, {
+        await clusterAdd(adminContext(o, out), name, {
           labels: o.label,
           auth: o.auth,
           allowUsers: o.allowUser,
@@ -236,36 +229,30 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
         });
       },
     );
-  cluster
-    .command("list")
+  addStoreOptions(cluster.command("list"))
     .alias("ls")
     .description("list the registered clusters")
-    .addOption(stateDirOption())
     .addOption(
       new Option("-o, --output <format>", "table, json or yaml")
         .choices(["table", "json", "yaml"])
         .default("table"),
     )
-    .action(async (o: { stateDir: string; output: OutputFormat }) => {
-      await clusterList({ stateDir: o.stateDir, out }, { output: o.output });
+    .action(async (o: StoreOptions & { output: OutputFormat }) => {
+      await clusterList(adminContext(o, out), { output: o.output });
     });
-  cluster
-    .command("remove")
+  addStoreOptions(cluster.command("remove"))
     .alias("rm")
     .description("remove a cluster: revoke its agent certificates, delete its tokens and its record")
     .argument("<name>", "the cluster's name")
-    .addOption(stateDirOption())
-    .action(async (name: string, o: { stateDir: string }) => {
-      await clusterRemove({ stateDir: o.stateDir, out }, name);
+    .action(async (name: string, o: StoreOptions) => {
+      await clusterRemove(adminContext(o, out), name);
     });
 }
 
 function addJoinToken(program: Command, out: (text: string) => void): void {
-  program
-    .command("join-token")
+  addStoreOptions(program.command("join-token"))
     .description("print a new one-time join token (and the tether-agent command) for a registered cluster")
     .argument("<name>", "the cluster's name")
-    .addOption(stateDirOption())
     .addOption(
       new Option(
         "--token-ttl <duration>",
@@ -277,9 +264,9 @@ function addJoinToken(program: Command, out: (text: string) => void): void {
     .action(
       async (
         name: string,
-        o: { stateDir: string; tokenTtl: string; server?: string; output?: "json" | "yaml" },
+        o: StoreOptions & { tokenTtl: string; server?: string; output?: "json" | "yaml" },
       ) => {
-        await joinToken({ stateDir: o.stateDir, out }, name, {
+        await joinToken(adminContext(o, out), name, {
           tokenTtl: o.tokenTtl,
           server: o.server,
           output: o.output,
@@ -289,12 +276,10 @@ function addJoinToken(program: Command, out: (text: string) => void): void {
 }
 
 function addKubeconfig(program: Command, out: (text: string) => void): void {
-  program
-    .command("kubeconfig")
+  addStoreOptions(program.command("kubeconfig"))
     .description("issue a user token for one cluster and print a kubeconfig that uses it")
     .argument("<name>", "the cluster's name")
     .requiredOption("--user <user>", "the user the token authenticates as")
-    .addOption(stateDirOption())
     .addOption(
       new Option("--group <group>", "a group of the user (repeatable)").default([]).argParser(collect),
     )
@@ -308,8 +293,7 @@ function addKubeconfig(program: Command, out: (text: string) => void): void {
     .action(
       async (
         name: string,
-        o: {
-          stateDir: string;
+        o: StoreOptions & {
           user: string;
           group: string[];
           ttl: string;
@@ -317,7 +301,7 @@ function addKubeconfig(program: Command, out: (text: string) => void): void {
           output: "yaml" | "json";
         },
       ) => {
-        await kubeconfig({ stateDir: o.stateDir, out }, name, {
+        await kubeconfig(adminContext(o, out), name, {
           user: o.user,
           groups: o.group,
           ttl: o.ttl,

@@ -5,8 +5,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { createProxyServer } from "http-proxy-3";
-import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
+import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { requestHead, rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
 import type { Logger } from "./logger.js";

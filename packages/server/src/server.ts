@@ -6,7 +6,7 @@ import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { sessionFromWebSocket, type SessionOptions, WEBSOCKET_OPTIONS } from "@tether/tunnel";
+import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import { WebSocketServer } from "ws";
 import { AgentSessions } from "./agent-sessions.js";
 import { ClusterProxy } from "./cluster-proxy.js";

@@ -7,6 +7,7 @@
 //   ca.crt 0644, ca.key 0600          the CA (key written first, see loadOrCreateCa)
 //   server.crt 0644, server.key 0600  tether-server's serving certificate
 //   clusters.json, tokens.json, certs.json (0600)  one JSON document per concern
+//   server.json 0644                  the URL `serve` listens at, for the admin commands
 //   state.lock                        held around every read-modify-write
 //
 // Crash safety: every file is replaced atomically (writeFileAtomic), so a
@@ -16,7 +17,7 @@
 // the lock the document is always re-read from disk. Reads take no lock: they
 // see the last complete write. Leftover temporary files of dead writers are
 // removed on open, and a lock whose owner process is gone is broken.
-import { randomBytes, X509Certificate, createPrivateKey } from "node:crypto";
+import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
 import { chmod, link, mkdir, open, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
@@ -84,7 +85,19 @@ export interface Store {
   /** Revokes every recorded serial of the cluster. */
   revokeCluster(cluster: string): Promise<void>;
   isRevoked(serial: string): Promise<boolean>;
+  /** Every unexpired token record. */
+  listTokens(): Promise<TokenRecord[]>;
+  /** Deletes a token by hash; returns whether it existed. */
+  deleteToken(hash: string): Promise<boolean>;
+  /** The URL agents and callers reach tether-server at, as `serve` recorded it. */
+  serverUrl(): Promise<string | undefined>;
+  recordServerUrl(url: string): Promise<void>;
+  /** Where the state lives, for messages: a directory, or a namespace of a cluster. */
+  describe(): string;
 }
+
+/** The file in the state directory where `serve` records the URL agents and callers use. */
+export const SERVER_INFO_FILE = "server.json";
 
 export const ERR_TETHER_STATE_DIR = "ERR_TETHER_STATE_DIR";
 export const ERR_TETHER_STATE_LOCKED = "ERR_TETHER_STATE_LOCKED";
@@ -628,6 +641,30 @@ export class FileStore implements Store {
     }
     const doc = await this.#read(CERTS);
     return has(doc.revoked, s);
+  }
+
+  // --- server URL ---------------------------------------------------------------------------
+
+  async serverUrl(): Promise<string | undefined> {
+    const text = await this.#readText(SERVER_INFO_FILE);
+    if (text === undefined) return undefined;
+    const info = parseJsonText<unknown>(this.#path(SERVER_INFO_FILE), text);
+    const url = (info as { url?: unknown } | null)?.url;
+    if (typeof url !== "string") {
+      throw codedError(
+        ERR_TETHER_STATE_CORRUPT,
+        `${this.#path(SERVER_INFO_FILE)} has no "url"; delete it and restart serve`,
+      );
+    }
+    return url;
+  }
+
+  async recordServerUrl(url: string): Promise<void> {
+    await writeFileAtomic(this.#path(SERVER_INFO_FILE), JSON.stringify({ url }, null, 2) + "\n", 0o644);
+  }
+
+  describe(): string {
+    return this.dir;
   }
 
   // --- plumbing -------------------------------------------------------------------------------

@@ -7,9 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
 import { parse as parseYaml } from "yaml";
+import { clusterAdd, clusterRemove, joinToken, kubeconfig } from "../src/admin-commands.js";
 import {
-  clusterAdd,
-  clusterRemove,
   ERR_TETHER_BAD_DURATION,
   ERR_TETHER_BAD_LABEL,
   ERR_TETHER_CLUSTER_EXISTS,
@@ -17,17 +16,15 @@ import {
   ERR_TETHER_RESERVED_GROUP,
   ERR_TETHER_UNKNOWN_CLUSTER,
   formatDuration,
-  joinToken,
-  kubeconfig,
   parseDuration,
   parseLabels,
-  recordServerUrl,
   serveUrl,
-} from "../src/admin-commands.js";
+} from "../src/admin-input.js";
 import { runCli } from "../src/cli.js";
 import { formatTable } from "../src/output-format.js";
 import { caHashOf, ERR_TETHER_INVALID_CLUSTER_NAME } from "../src/pki.js";
 import { FileStore } from "../src/state-store.js";
+import { adminFor } from "../src/store-options.js";
 import { hashToken } from "../src/tokens.js";
 
 const SERVER = "https://tether.example.com:8443";
@@ -76,7 +73,10 @@ async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
   return undefined;
 }
 
-const quiet = (stateDir: string) => ({ stateDir, out: () => {} });
+const quiet = (stateDir: string) => ({
+  out: () => {},
+  admin: (server?: string) => adminFor({ stateDir }, server),
+});
 
 t.test("parseDuration", async (t) => {
   t.equal(parseDuration("90s"), 90_000);
@@ -187,7 +187,7 @@ t.test("cluster add -o json: every field, a join token that works exactly once",
 
 t.test("cluster add (human output) uses the URL serve recorded", async (t) => {
   const dir = await tempStateDir(t);
-  await recordServerUrl(dir, "https://10.0.0.7:8443");
+  await (await FileStore.open(dir)).recordServerUrl("https://10.0.0.7:8443");
   const r = await cli("cluster", "add", "edge-1", "--state-dir", dir);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /^Cluster edge-1 added\.$/m);

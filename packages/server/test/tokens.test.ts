@@ -1,7 +1,7 @@
 // Tether bearer tokens: high-entropy, only hashes stored, constant-time compare.
 import { createHash } from "node:crypto";
 import t from "tap";
-import { hashToken, isTokenHash, issueToken, looksLikeToken, tokensEqual } from "../src/tokens.js";
+import { hashToken, issueToken, isTokenHash, looksLikeToken, tokensEqual } from "../src/tokens.js";
 
 t.test("issueToken: tether_ + 32 random bytes base64url, with its sha256 hash", async (t) => {
   const { token, hash } = issueToken();
