@@ -8,6 +8,7 @@
 //   server.crt 0644, server.key 0600  tether-server's serving certificate
 //   clusters.json, tokens.json, certs.json (0600)  one JSON document per concern
 //   server.json 0644                  the URL `serve` listens at, for the admin commands
+//   admin-credential.json 0600        the admin API credential `serve` creates on first start
 //   state.lock                        held around every read-modify-write
 //
 // Crash safety: every file is replaced atomically (writeFileAtomic), so a
@@ -92,12 +93,22 @@ export interface Store {
   /** The URL agents and callers reach tether-server at, as `serve` recorded it. */
   serverUrl(): Promise<string | undefined>;
   recordServerUrl(url: string): Promise<void>;
+  /**
+   * The admin credential `serve` creates on first start (a document holding a
+   * plaintext admin token: FileStore keeps it in admin-credential.json 0600),
+   * undefined before that.
+   */
+  adminCredential(): Promise<string | undefined>;
+  /** Stores `text` as the admin credential unless one exists already; returns the stored one. */
+  saveAdminCredential(text: string): Promise<string>;
   /** Where the state lives, for messages: a directory, or a namespace of a cluster. */
   describe(): string;
 }
 
 /** The file in the state directory where `serve` records the URL agents and callers use. */
 export const SERVER_INFO_FILE = "server.json";
+/** The file in the state directory holding the admin credential `serve` creates on first start. */
+export const ADMIN_CREDENTIAL_FILE = "admin-credential.json";
 
 export const ERR_TETHER_STATE_DIR = "ERR_TETHER_STATE_DIR";
 export const ERR_TETHER_STATE_LOCKED = "ERR_TETHER_STATE_LOCKED";
@@ -665,6 +676,19 @@ export class FileStore implements Store {
 
   describe(): string {
     return this.dir;
+  }
+
+  async adminCredential(): Promise<string | undefined> {
+    return this.#readText(ADMIN_CREDENTIAL_FILE);
+  }
+
+  async saveAdminCredential(text: string): Promise<string> {
+    return this.#locked(async () => {
+      const existing = await this.#readText(ADMIN_CREDENTIAL_FILE);
+      if (existing !== undefined) return existing;
+      await writeFileAtomic(this.#path(ADMIN_CREDENTIAL_FILE), text, 0o600);
+      return text;
+    });
   }
 
   // --- plumbing -------------------------------------------------------------------------------
