@@ -6,8 +6,8 @@
 // stops working after its --ttl.
 import { spawnSync } from "node:child_process";
 import { readFile, rm, stat, writeFile } from "node:fs/promises";
-import { connect as tlsConnect } from "node:tls";
 import { join as joinPath } from "node:path";
+import { connect as tlsConnect } from "node:tls";
 import { CredentialsDir, inClusterTarget, join, TetherAgent } from "@tether/agent";
 import { hashToken, issueToken } from "@tether/server";
 import t from "tap";
@@ -244,7 +244,7 @@ t.test("short-lived certificates are renewed over one session", async (t) => {
   const agent = new TetherAgent({
     server: tether.server.url,
     ...creds,
-    credentialsDir: new CredentialsDir(dir),
+    credentialStore: new CredentialsDir(dir),
     target: inClusterTarget(env, saDir),
     tunnel: TEST_TUNNEL,
   });

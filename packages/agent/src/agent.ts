@@ -11,8 +11,8 @@ import {
 import { WebSocket } from "ws";
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import {
+  type CredentialStore,
   type Credentials,
-  type CredentialsDir,
   clusterOf,
   keyAndCsr,
   keyMatches,
@@ -45,7 +45,7 @@ export interface AgentOptions {
   backoff?: BackoffOptions;
   log?: AgentLog;
   /** Where renewed credentials are saved; without it they live in memory only. */
-  credentialsDir?: CredentialsDir;
+  credentialStore?: CredentialStore;
 }
 
 const quiet: AgentLog = { info() {}, warn() {} };
@@ -191,7 +191,7 @@ export class TetherAgent {
       if (!keyMatches(reply.certificate, keyPem))
         throw new Error("the renewed certificate is not for our key");
       const creds = { caPem: reply.ca, certPem: reply.certificate, keyPem };
-      await this.options.credentialsDir?.save(creds);
+      await this.options.credentialStore?.save(creds);
       this.creds = creds;
       this.renewals++;
       this.log.info({ renewals: this.renewals }, "certificate renewed");

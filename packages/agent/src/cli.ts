@@ -1,12 +1,20 @@
 // tether-agent's command line.
+
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { pino } from "pino";
-import { X509Certificate } from "node:crypto";
 import { TetherAgent } from "./agent.js";
-import { type Credentials, CredentialsDir, clusterOf } from "./credentials.js";
+import {
+  type CredentialStore,
+  type Credentials,
+  CredentialsDir,
+  clusterOf,
+  keyMatches,
+} from "./credentials.js";
 import { join } from "./join.js";
 import { inClusterTarget, type KubeTarget, kubeconfigTarget, SERVICE_ACCOUNT_DIR } from "./kube-target.js";
+import { SecretCredentials } from "./secret-credentials.js";
 
 export const VERSION: string = JSON.parse(
   readFileSync(new URL("../package.json", import.meta.url), "utf8"),
@@ -18,6 +26,7 @@ interface RunOptions {
   token?: string;
   caHash?: string;
   stateDir: string;
+  credentialsSecret?: string;
   caFile?: string;
   certFile?: string;
   keyFile?: string;
@@ -42,10 +51,26 @@ function seconds(value: string): number {
   return n;
 }
 
+/** Why saved credentials can't be used, or undefined when they can. */
+function unusable(saved: Credentials, cluster: string | undefined, where: string): string | undefined {
+  const savedCluster = clusterOf(saved.certPem);
+  if (cluster && cluster !== savedCluster)
+    return `${where} holds the identity of cluster "${savedCluster}", not "${cluster}"`;
+  if (!keyMatches(saved.certPem, saved.keyPem)) return `the key in ${where} does not match its certificate`;
+  const notAfter = new X509Certificate(saved.certPem).validTo;
+  if (Date.parse(notAfter) <= Date.now()) return `the certificate in ${where} expired at ${notAfter}`;
+  return undefined;
+}
+
+/**
+ * The agent's identity: --ca-file/--cert-file/--key-file, else usable saved
+ * credentials (a join token given as well is ignored: it was used already),
+ * else a join with --token, saved for next time.
+ */
 async function credentials(
   opts: RunOptions,
-  dir: CredentialsDir,
-  log: { info(o: object, m: string): void },
+  store: CredentialStore,
+  log: { info(o: object, m: string): void; warn(o: object, m: string): void },
 ): Promise<Credentials> {
   if (opts.caFile || opts.certFile || opts.keyFile) {
     if (!opts.caFile || !opts.certFile || !opts.keyFile) {
@@ -57,37 +82,50 @@ async function credentials(
       keyPem: readFlagFile(opts.keyFile, "--key-file"),
     };
   }
-  const saved = await dir.load();
-  if (saved) {
-    const cluster = clusterOf(saved.certPem);
-    if (opts.cluster && opts.cluster !== cluster) {
-      throw new Error(`${dir.path} holds the identity of cluster "${cluster}", not "${opts.cluster}"`);
-    }
-    const notAfter = new X509Certificate(saved.certPem).validTo;
-    if (Date.parse(notAfter) <= Date.now()) {
-      throw new Error(
-        `the certificate in ${dir.path} expired at ${notAfter}: run "tether-server join-token ${cluster}" on the host, ` +
-          `remove ${dir.path} and start the agent again with --token`,
-      );
-    }
-    log.info({ cluster, notAfter }, "using the saved identity");
+  const saved = await store.load();
+  const why = saved && unusable(saved, opts.cluster, store.where);
+  if (saved && !why) {
+    log.info(
+      {
+        cluster: clusterOf(saved.certPem),
+        notAfter: new X509Certificate(saved.certPem).validTo,
+        from: store.where,
+      },
+      "using the saved identity",
+    );
     return saved;
   }
   if (!opts.cluster || !opts.token || !opts.caHash) {
     throw new Error(
-      `not joined yet (no ${dir.path}): pass --cluster, --token and --ca-hash as printed by "tether-server cluster add", ` +
-        "or --ca-file, --cert-file and --key-file",
+      why
+        ? `${why}: run "tether-server join-token ${opts.cluster ?? clusterOf(saved!.certPem)}" on the host and start the agent with the new --token (or TETHER_JOIN_TOKEN)`
+        : `not joined yet (nothing in ${store.where}): pass --cluster, --token and --ca-hash as printed by "tether-server cluster add" ` +
+            "(or TETHER_CLUSTER, TETHER_JOIN_TOKEN, TETHER_CA_HASH), or --ca-file, --cert-file and --key-file",
     );
   }
+  if (why) log.warn({ reason: why }, "the saved identity is unusable; joining again with the join token");
   const joined = await join({
     server: opts.server,
     cluster: opts.cluster,
     token: opts.token,
     caHash: opts.caHash,
   });
-  await dir.save(joined);
-  log.info({ cluster: opts.cluster, stateDir: opts.stateDir }, "joined");
+  await store.save(joined);
+  log.info({ cluster: opts.cluster, savedIn: store.where }, "joined");
   return joined;
+}
+
+/** The namespace this pod runs in, for its credentials Secret. */
+function podNamespace(saDir: string): string {
+  const fromEnv = process.env.POD_NAMESPACE;
+  if (fromEnv) return fromEnv;
+  try {
+    const ns = readFileSync(`${saDir}/namespace`, "utf8").trim();
+    if (ns) return ns;
+  } catch {}
+  throw new Error(
+    `--credentials-secret needs the pod's namespace: set POD_NAMESPACE or mount the service account (${saDir}/namespace)`,
+  );
 }
 
 export function buildProgram(): Command {
@@ -98,14 +136,37 @@ export function buildProgram(): Command {
     .version(VERSION, "-v, --version", "print the version")
     .helpOption("-h, --help", "show help")
     .showHelpAfterError("(run tether-agent --help for usage)")
-    .requiredOption("--server <url>", "tether-server's URL, e.g. https://tether.example.com:8443")
-    .option("--cluster <name>", "this cluster's name, as registered with tether-server cluster add")
-    .option("--token <token>", "one-time join token (only needed until the agent has joined)")
-    .option("--ca-hash <sha256:hex>", "pin of the server's CA, printed by tether-server cluster add")
+    .addOption(
+      new Option("--server <url>", "tether-server's URL, e.g. https://tether.example.com:8443")
+        .env("TETHER_SERVER")
+        .makeOptionMandatory(),
+    )
+    .addOption(
+      new Option("--cluster <name>", "this cluster's name, as registered with tether-server cluster add").env(
+        "TETHER_CLUSTER",
+      ),
+    )
+    .addOption(
+      new Option("--token <token>", "one-time join token (only needed until the agent has joined)").env(
+        "TETHER_JOIN_TOKEN",
+      ),
+    )
+    .addOption(
+      new Option(
+        "--ca-hash <sha256:hex>",
+        "pin of the server's CA, printed by tether-server cluster add",
+      ).env("TETHER_CA_HASH"),
+    )
     .option(
       "--state-dir <dir>",
       "where the agent keeps its key and certificate",
       process.env.TETHER_AGENT_STATE_DIR ?? "./.tether-agent",
+    )
+    .addOption(
+      new Option(
+        "--credentials-secret <name>",
+        "keep the key and certificate in this Secret of the pod's namespace instead of --state-dir (in-cluster)",
+      ).env("TETHER_CREDENTIALS_SECRET"),
     )
     .option("--ca-file <path>", "instead of joining: PEM of the CA that signed the server's certificate")
     .option("--cert-file <path>", "instead of joining: this cluster's client certificate (PEM)")
@@ -134,18 +195,27 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   program.action(async (opts: RunOptions) => {
     const log = pino({ name: "tether-agent", level: process.env.TETHER_LOG_LEVEL ?? "info" });
-    const credentialsDir = new CredentialsDir(opts.stateDir);
-    const { caPem, certPem, keyPem } = await credentials(opts, credentialsDir, log);
-    const target: KubeTarget = opts.kubeconfig
-      ? kubeconfigTarget(opts.kubeconfig, opts.context)
-      : inClusterTarget(process.env, opts.serviceAccountDir);
+    const targetOf = (): KubeTarget =>
+      opts.kubeconfig
+        ? kubeconfigTarget(opts.kubeconfig, opts.context)
+        : inClusterTarget(process.env, opts.serviceAccountDir);
+    let target: KubeTarget | undefined;
+    const credentialStore: CredentialStore = opts.credentialsSecret
+      ? new SecretCredentials(
+          (target = targetOf()),
+          podNamespace(opts.serviceAccountDir),
+          opts.credentialsSecret,
+        )
+      : new CredentialsDir(opts.stateDir);
+    const { caPem, certPem, keyPem } = await credentials(opts, credentialStore, log);
+    target ??= targetOf();
     const agent = new TetherAgent({
       server: opts.server,
       caPem,
       certPem,
       keyPem,
       target,
-      credentialsDir,
+      credentialStore,
       tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
       log,
     });

@@ -71,12 +71,26 @@ async function writeAtomic(path: string, data: string, mode: number): Promise<vo
 
 export const CREDENTIALS_FILE = "agent-credentials.json";
 
+/** Where the agent keeps its identity between runs: a state directory or a Secret. */
+export interface CredentialStore {
+  /** For messages: a path or "Secret ns/name". */
+  readonly where: string;
+  /** The saved credentials; undefined before the first join. */
+  load(): Promise<Credentials | undefined>;
+  /** Replaces the saved credentials in one step. */
+  save(creds: Credentials): Promise<void>;
+}
+
 /** Credentials on disk: one JSON file holding the CA, certificate and key. */
-export class CredentialsDir {
+export class CredentialsDir implements CredentialStore {
   constructor(readonly dir: string) {}
 
   get path(): string {
     return join(this.dir, CREDENTIALS_FILE);
+  }
+
+  get where(): string {
+    return this.path;
   }
 
   async load(): Promise<Credentials | undefined> {

@@ -7,7 +7,6 @@
 //     caller; the agent drops any Authorization and adds its own credential.
 //   passthrough — the caller's own Authorization goes through; the agent adds
 //     nothing of its own.
-import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import {
   createServer,
   type IncomingHttpHeaders,
@@ -16,6 +15,7 @@ import {
   type Server,
   type ServerResponse,
 } from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { isIP } from "node:net";
 import type { Duplex } from "node:stream";
 import { connect as tlsConnect } from "node:tls";

@@ -3,6 +3,7 @@ export { Backoff, type BackoffOptions } from "./backoff.js";
 export { buildProgram, main, VERSION } from "./cli.js";
 export {
   CREDENTIALS_FILE,
+  type CredentialStore,
   type Credentials,
   CredentialsDir,
   clusterOf,
@@ -11,7 +12,7 @@ export {
   renewalDelayMs,
 } from "./credentials.js";
 export { Forwarder } from "./forwarder.js";
-export { join, JoinError, type JoinOptions } from "./join.js";
+export { JoinError, type JoinOptions, join } from "./join.js";
 export {
   inClusterTarget,
   type KubeTarget,
@@ -19,3 +20,4 @@ export {
   TargetConfigError,
   TokenFile,
 } from "./kube-target.js";
+export { SecretCredentials } from "./secret-credentials.js";
