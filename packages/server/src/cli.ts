@@ -12,10 +12,11 @@ import {
   joinToken,
   kubeconfig,
 } from "./admin-commands.js";
+import { ensureAdminCredential } from "./admin-credential.js";
 import { DEFAULT_JOIN_TOKEN_TTL, DEFAULT_USER_TOKEN_TTL, serveUrl, TetherCliError } from "./admin-input.js";
 import { createLogger } from "./logger.js";
 import type { OutputFormat } from "./output-format.js";
-import { addStoreOptions, adminFor, openStore, type StoreOptions } from "./store-options.js";
+import { addAdminOptions, addStoreOptions, adminFor, openStore, type StoreOptions } from "./store-options.js";
 
 export const VERSION: string = JSON.parse(
   readFileSync(new URL("../package.json", import.meta.url), "utf8"),
@@ -50,7 +51,8 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 const serverOption = () =>
   new Option(
     "--server <url>",
-    "tether-server's URL as agents and callers reach it (default: the URL `serve` recorded in <state-dir>/server.json)",
+    "tether-server's URL as agents and callers reach it (default: the URL `serve` recorded in <state-dir>/server.json; " +
+      "with --credential, the URL in the credential)",
   );
 
 function adminContext(opts: StoreOptions, out: (text: string) => void): AdminContext {
@@ -158,6 +160,7 @@ function addServe(program: Command): void {
           .catch((err: Error) =>
             log.warn({ err: err.message }, "could not record the server URL in the state directory"),
           );
+        await ensureAdminCredential(store, url, server.ca.certPem, log);
         const stop = () => {
           log.info("stopping");
           void server.close().then(() => process.exit(0));
@@ -178,7 +181,7 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
     .command("cluster")
     .description("register, list and remove member clusters")
     .helpOption("-h, --help", "show help");
-  addStoreOptions(cluster.command("add"))
+  addAdminOptions(cluster.command("add"))
     .description("register a member cluster and print a one-time join token and the tether-agent command")
     .argument("<name>", "the cluster's name: a DNS-1123 label, as in https://<server>/clusters/<name>/")
     .addOption(new Option("--label <key=value>", "a label (repeatable)").default([]).argParser(collect))
@@ -229,7 +232,7 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
         });
       },
     );
-  addStoreOptions(cluster.command("list"))
+  addAdminOptions(cluster.command("list"))
     .alias("ls")
     .description("list the registered clusters")
     .addOption(
@@ -237,20 +240,25 @@ function addClusterCommands(program: Command, out: (text: string) => void): void
         .choices(["table", "json", "yaml"])
         .default("table"),
     )
-    .action(async (o: StoreOptions & { output: OutputFormat }) => {
-      await clusterList(adminContext(o, out), { output: o.output });
+    .addOption(serverOption())
+    .action(async (o: StoreOptions & { output: OutputFormat; server?: string }) => {
+      await clusterList(adminContext(o, out), {
+        output: o.output,
+        ...(o.server ? { server: o.server } : {}),
+      });
     });
-  addStoreOptions(cluster.command("remove"))
+  addAdminOptions(cluster.command("remove"))
     .alias("rm")
     .description("remove a cluster: revoke its agent certificates, delete its tokens and its record")
     .argument("<name>", "the cluster's name")
-    .action(async (name: string, o: StoreOptions) => {
-      await clusterRemove(adminContext(o, out), name);
+    .addOption(serverOption())
+    .action(async (name: string, o: StoreOptions & { server?: string }) => {
+      await clusterRemove(adminContext(o, out), name, o.server ? { server: o.server } : {});
     });
 }
 
 function addJoinToken(program: Command, out: (text: string) => void): void {
-  addStoreOptions(program.command("join-token"))
+  addAdminOptions(program.command("join-token"))
     .description("print a new one-time join token (and the tether-agent command) for a registered cluster")
     .argument("<name>", "the cluster's name")
     .addOption(
@@ -276,7 +284,7 @@ function addJoinToken(program: Command, out: (text: string) => void): void {
 }
 
 function addKubeconfig(program: Command, out: (text: string) => void): void {
-  addStoreOptions(program.command("kubeconfig"))
+  addAdminOptions(program.command("kubeconfig"))
     .description("issue a user token for one cluster and print a kubeconfig that uses it")
     .argument("<name>", "the cluster's name")
     .requiredOption("--user <user>", "the user the token authenticates as")

@@ -8,7 +8,10 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import { WebSocketServer } from "ws";
+import { ADMIN_API_PREFIX, AdminApi } from "./admin-api.js";
+import { normalizeServerUrl } from "./admin-input.js";
 import { AgentSessions } from "./agent-sessions.js";
+import { StoreClusterAdmin } from "./cluster-admin.js";
 import { ClusterProxy } from "./cluster-proxy.js";
 import { identityFromPeerCertificate } from "./identity.js";
 import { JoinEndpoint, RENEW_SERVICE } from "./join-endpoint.js";
@@ -46,6 +49,7 @@ export class TetherServer {
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
   private readonly join: JoinEndpoint;
+  private readonly admin: AdminApi;
   private readonly checker: NodeJS.Timeout;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
@@ -65,6 +69,14 @@ export class TetherServer {
       ca,
       log: this.log,
       ...(options.clusterCertTtlMs ? { clusterCertTtlMs: options.clusterCertTtlMs } : {}),
+    });
+    // Printed agent commands and kubeconfigs name the URL callers use.
+    const publicUrl = async () =>
+      normalizeServerUrl(options.externalUrl ?? (await this.store.serverUrl()) ?? this.url, "server URL");
+    this.admin = new AdminApi({
+      store: this.store,
+      admin: new StoreClusterAdmin(this.store, publicUrl),
+      log: this.log,
     });
     this.checker = setInterval(() => void this.checkSessions(), options.sessionCheckIntervalMs ?? 1000);
     this.checker.unref();
@@ -149,6 +161,8 @@ export class TetherServer {
         await this.proxy.handleRequest(req, res);
       } else if (path?.startsWith("/join/")) {
         await this.join.handle(req, res, path);
+      } else if (path?.startsWith(ADMIN_API_PREFIX)) {
+        await this.admin.handle(req, res, path);
       } else {
         sendStatus(
           res,

@@ -51,7 +51,8 @@ export interface ClusterRecord {
 
 export interface TokenRecord {
   hash: string;
-  kind: "user" | "join";
+  /** join: an agent's one-time join; user: a host caller; admin: the admin API. */
+  kind: "user" | "join" | "admin";
   user?: string;
   groups?: string[];
   /** Join tokens and cluster-scoped user tokens. */
@@ -99,8 +100,12 @@ export interface Store {
    * undefined before that.
    */
   adminCredential(): Promise<string | undefined>;
-  /** Stores `text` as the admin credential unless one exists already; returns the stored one. */
-  saveAdminCredential(text: string): Promise<string>;
+  /**
+   * Stores `text` as the admin credential unless one exists already (then
+   * returns that one); `replace` swaps it only when the stored text is still
+   * `replace`, so two servers rotating at once keep one winner.
+   */
+  saveAdminCredential(text: string, replace?: string): Promise<string>;
   /** Where the state lives, for messages: a directory, or a namespace of a cluster. */
   describe(): string;
 }
@@ -239,7 +244,9 @@ function normalizeCluster(r: ClusterRecord): ClusterRecord {
 
 function normalizeToken(r: TokenRecord): TokenRecord {
   if (!isTokenHash(r.hash)) throw invalid(`token hash must be "sha256:" and 64 hex digits (from hashToken)`);
-  if (r.kind !== "user" && r.kind !== "join") throw invalid(`token kind must be "user" or "join"`);
+  if (r.kind !== "user" && r.kind !== "join" && r.kind !== "admin") {
+    throw invalid(`token kind must be "user", "join" or "admin"`);
+  }
   const out: TokenRecord = { hash: r.hash, kind: r.kind, expiresAt: checkIsoDate("expiresAt", r.expiresAt) };
   if (r.cluster !== undefined) {
     validateClusterName(r.cluster);
@@ -247,7 +254,7 @@ function normalizeToken(r: TokenRecord): TokenRecord {
   }
   if (r.kind === "join") {
     if (r.cluster === undefined) throw invalid("a join token needs the cluster it may join as");
-  } else {
+  } else if (r.kind === "user") {
     if (typeof r.user !== "string" || r.user.length === 0) throw invalid("a user token needs a user");
     out.user = r.user;
     if (r.groups !== undefined) {
@@ -682,10 +689,10 @@ export class FileStore implements Store {
     return this.#readText(ADMIN_CREDENTIAL_FILE);
   }
 
-  async saveAdminCredential(text: string): Promise<string> {
+  async saveAdminCredential(text: string, replace?: string): Promise<string> {
     return this.#locked(async () => {
       const existing = await this.#readText(ADMIN_CREDENTIAL_FILE);
-      if (existing !== undefined) return existing;
+      if (existing !== undefined && existing !== replace) return existing;
       await writeFileAtomic(this.#path(ADMIN_CREDENTIAL_FILE), text, 0o600);
       return text;
     });

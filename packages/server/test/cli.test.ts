@@ -1,7 +1,9 @@
-// The tether-server bin as installed: --version and --help work, and a bad flag
-// gets a clear error and a non-zero exit, not a stack trace.
-import { spawnSync } from "node:child_process";
+// The tether-server bin as installed: --version and --help work, a bad flag
+// gets a clear error and a non-zero exit, not a stack trace, and `serve`
+// writes the admin credential the admin commands' remote mode uses.
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -64,4 +66,30 @@ t.test("the bin runs the admin commands", async (t) => {
   );
   const help = run("--help");
   for (const cmd of ["serve", "cluster", "join-token", "kubeconfig"]) t.match(help.stdout, cmd);
+});
+
+t.test("serve writes an admin credential (0600) that the admin commands use with --credential", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-cli-serve-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const server = spawn(process.execPath, [bin, "serve", "--state-dir", dir, "--listen", "127.0.0.1:0"], {
+    stdio: "ignore",
+  });
+  t.teardown(() => server.kill("SIGKILL"));
+  const file = join(dir, "admin-credential.json");
+  for (let i = 0; i < 300; i++) {
+    if (await stat(file).catch(() => undefined)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal((await stat(file)).mode & 0o777, 0o600, "written 0600");
+  const other = mkdtempSync(join(tmpdir(), "tether-cli-other-"));
+  t.teardown(() => rmSync(other, { recursive: true, force: true }));
+  // An empty state dir elsewhere: the command can only succeed through the server.
+  const add = spawnSync(
+    process.execPath,
+    [bin, "cluster", "add", "remote-1", "--credential", file, "--state-dir", other, "-o", "json"],
+    { encoding: "utf8" },
+  );
+  t.equal(add.status, 0, add.stderr);
+  const list = run("cluster", "list", "--state-dir", dir, "-o", "json");
+  t.match(JSON.parse(list.stdout), { clusters: [{ name: "remote-1" }] }, "the server's state has it");
 });
