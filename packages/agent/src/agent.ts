@@ -20,6 +20,7 @@ import {
 } from "./credentials.js";
 import { Forwarder } from "./forwarder.js";
 import type { KubeTarget } from "./kube-target.js";
+import { VERSION } from "./version.js";
 
 export const AGENT_PATH = "/agent/v1/connect";
 /** The stream service over which the agent renews its certificate. */
@@ -103,6 +104,7 @@ export class TetherAgent {
       cert: creds.certPem,
       key: creds.keyPem,
       handshakeTimeout: 15_000,
+      headers: { "x-tether-agent-version": VERSION },
     });
     this.socket = ws;
     let goAway = false;

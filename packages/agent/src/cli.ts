@@ -15,10 +15,9 @@ import {
 import { join } from "./join.js";
 import { inClusterTarget, type KubeTarget, kubeconfigTarget, SERVICE_ACCOUNT_DIR } from "./kube-target.js";
 import { SecretCredentials } from "./secret-credentials.js";
+import { VERSION } from "./version.js";
 
-export const VERSION: string = JSON.parse(
-  readFileSync(new URL("../package.json", import.meta.url), "utf8"),
-).version;
+export { VERSION };
 
 interface RunOptions {
   server: string;

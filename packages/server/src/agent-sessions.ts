@@ -17,6 +17,10 @@ export interface AgentSession {
   /** The serial and expiry of the certificate the agent holds now; a renewal over the session updates them. */
   serial: string;
   certNotAfter: Date;
+  /** What the agent said it is (X-Tether-Agent-Version), if anything. */
+  readonly agentVersion?: string;
+  /** The member apiserver's version, once read through the tunnel. */
+  kubernetesVersion?: string;
   /** Opens a raw stream to the agent's apiserver forwarder. */
   openStream(mode: AuthMode): Duplex;
   /** An http.Agent whose connections are tunnel streams, pooled per auth mode. */
@@ -30,7 +34,7 @@ export class AgentSessions {
   attach(
     cluster: string,
     session: Session,
-    info: { remoteAddress: string; serial: string; certNotAfter: Date },
+    info: { remoteAddress: string; serial: string; certNotAfter: Date; agentVersion?: string },
   ): AgentSession {
     const agents = new Map<AuthMode, HttpAgent>();
     const openStream = (mode: AuthMode) => session.open(KUBERNETES_SERVICE, { auth: mode });
@@ -41,6 +45,7 @@ export class AgentSessions {
       remoteAddress: info.remoteAddress,
       serial: info.serial,
       certNotAfter: info.certNotAfter,
+      ...(info.agentVersion ? { agentVersion: info.agentVersion } : {}),
       openStream,
       httpAgent(mode) {
         let agent = agents.get(mode);

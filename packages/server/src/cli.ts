@@ -14,9 +14,18 @@ import {
 } from "./admin-commands.js";
 import { ensureAdminCredential } from "./admin-credential.js";
 import { DEFAULT_JOIN_TOKEN_TTL, DEFAULT_USER_TOKEN_TTL, serveUrl, TetherCliError } from "./admin-input.js";
+import type { ClusterStatus } from "./cluster-status.js";
+import { KubeStore } from "./kube-store.js";
 import { createLogger } from "./logger.js";
 import type { OutputFormat } from "./output-format.js";
-import { addAdminOptions, addStoreOptions, adminFor, openStore, type StoreOptions } from "./store-options.js";
+import {
+  addAdminOptions,
+  addStoreOptions,
+  adminFor,
+  closeOpenedStores,
+  openStore,
+  type StoreOptions,
+} from "./store-options.js";
 
 export const VERSION: string = JSON.parse(
   readFileSync(new URL("../package.json", import.meta.url), "utf8"),
@@ -120,9 +129,11 @@ function addServe(program: Command): void {
         .default("0.0.0.0:8443")
         .argParser(listenAddress),
     )
-    .option(
-      "--external-url <url>",
-      "the URL agents and callers use; its host goes into the serving certificate",
+    .addOption(
+      new Option(
+        "--external-url <url>",
+        "the URL agents and callers use; its host goes into the serving certificate",
+      ).env("TETHER_EXTERNAL_URL"),
     )
     .addOption(
       new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
@@ -152,6 +163,12 @@ function addServe(program: Command): void {
           log,
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
+          ...(store instanceof KubeStore
+            ? {
+                clusterStatus: (cluster: string, status: ClusterStatus) =>
+                  store.writeClusterStatus(cluster, status),
+              }
+            : {}),
         });
         // For the admin commands' printed agent commands and kubeconfigs.
         const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
@@ -331,6 +348,8 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<void>
   } catch (err) {
     if (err instanceof UsageError && err.commanderError.exitCode === 0) return; // --help, --version
     throw err;
+  } finally {
+    await closeOpenedStores();
   }
 }
 

@@ -2,6 +2,7 @@
 // WebSocket at AGENT_PATH), host callers under /clusters/<name>/, and the
 // health endpoints.
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { request as httpRequest } from "node:http";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
@@ -10,9 +11,11 @@ import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@t
 import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin-api.js";
 import { normalizeServerUrl } from "./admin-input.js";
-import { AgentSessions } from "./agent-sessions.js";
+import { type AgentSession, AgentSessions } from "./agent-sessions.js";
 import { StoreClusterAdmin } from "./cluster-admin.js";
 import { ClusterProxy } from "./cluster-proxy.js";
+import { type ClusterStatus, ClusterStatusReporter, type StatusReporterOptions } from "./cluster-status.js";
+import { IDENTITY_PREFIX } from "./forwarded-headers.js";
 import { identityFromPeerCertificate } from "./identity.js";
 import { JoinEndpoint, RENEW_SERVICE } from "./join-endpoint.js";
 import { sendStatus, statusResponseHead } from "./k8s-status.js";
@@ -38,6 +41,13 @@ export interface ServerOptions {
   clusterCertTtlMs?: number;
   /** How often live sessions are checked against the store (removed clusters, revocations, expiry). Default 1 s. */
   sessionCheckIntervalMs?: number;
+  /**
+   * Where each cluster's status goes (the Kubernetes store's Cluster objects);
+   * resolves false when the cluster no longer exists. Writes are coalesced and
+   * rate-limited by ClusterStatusReporter.
+   */
+  clusterStatus?: (cluster: string, status: ClusterStatus) => Promise<boolean>;
+  clusterStatusOptions?: StatusReporterOptions;
 }
 
 export class TetherServer {
@@ -50,6 +60,8 @@ export class TetherServer {
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
   private readonly join: JoinEndpoint;
   private readonly admin: AdminApi;
+  private readonly status: ClusterStatusReporter | undefined;
+  private readonly externalUrl: string | undefined;
   private readonly checker: NodeJS.Timeout;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
@@ -78,6 +90,14 @@ export class TetherServer {
       admin: new StoreClusterAdmin(this.store, publicUrl),
       log: this.log,
     });
+    this.externalUrl = options.externalUrl;
+    if (options.clusterStatus) {
+      this.status = new ClusterStatusReporter(options.clusterStatus, {
+        onError: (cluster, err) =>
+          this.log.warn({ cluster, err: err.message }, "cluster status write failed"),
+        ...options.clusterStatusOptions,
+      });
+    }
     this.checker = setInterval(() => void this.checkSessions(), options.sessionCheckIntervalMs ?? 1000);
     this.checker.unref();
     this.servingCertPem = serving.certPem;
@@ -122,6 +142,10 @@ export class TetherServer {
       server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
     });
     server.log.info({ url: server.url }, "tether-server listening");
+    // A previous server may have died with clusters marked connected.
+    if (server.status) {
+      for (const c of await options.store.listClusters()) server.reportStatus(c.name);
+    }
     return server;
   }
 
@@ -226,12 +250,18 @@ export class TetherServer {
       });
       const cluster = identity.cluster;
       session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
-      session.once("close", () => this.log.info({ cluster, remoteAddress }, "agent disconnected"));
+      session.once("close", () => {
+        this.log.info({ cluster, remoteAddress }, "agent disconnected");
+        this.reportStatus(cluster);
+      });
+      const agentVersion = req.headers["x-tether-agent-version"];
       const entry = this.sessions.attach(cluster, session, {
         remoteAddress,
         serial: identity.serial,
         certNotAfter,
+        ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
       });
+      if (this.status) void this.probeKubernetesVersion(entry);
       session.on("stream", (stream) => {
         void this.join.renew(cluster, stream).then((issued) => {
           if (!issued) return;
@@ -259,7 +289,64 @@ export class TetherServer {
       if (why) {
         this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
         entry.session.close();
+      } else {
+        this.reportStatus(entry.cluster);
       }
+    }
+  }
+
+  /** Hands the cluster's current state to the status reporter (which decides whether to write). */
+  private reportStatus(cluster: string): void {
+    if (!this.status) return;
+    const entry = this.sessions.get(cluster);
+    const base = this.externalUrl ?? this.url;
+    this.status.report(cluster, {
+      connected: entry !== undefined,
+      endpoint: `${base.replace(/\/+$/, "")}/clusters/${cluster}`,
+      ...(entry?.session.rtt === undefined ? {} : { rttMs: entry.session.rtt }),
+      ...(entry?.agentVersion ? { agentVersion: entry.agentVersion } : {}),
+      ...(entry?.kubernetesVersion ? { kubernetesVersion: entry.kubernetesVersion } : {}),
+    });
+  }
+
+  /** Reads the member's /version through the new session, for its status (best effort). */
+  private async probeKubernetesVersion(entry: AgentSession): Promise<void> {
+    const cluster = await this.store.getCluster(entry.cluster);
+    if (!cluster) return;
+    const version = await new Promise<string | undefined>((resolve) => {
+      const req = httpRequest(
+        {
+          agent: entry.httpAgent(cluster.auth),
+          path: "/version",
+          timeout: 10_000,
+          // /version is public to authenticated users; an impersonated Tether identity is one.
+          headers:
+            cluster.auth === "impersonate" ? { "impersonate-user": `${IDENTITY_PREFIX}tether-server` } : {},
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.length < 64 && chunks.push(c));
+          res.on("end", () => {
+            try {
+              const v = (JSON.parse(Buffer.concat(chunks).toString("utf8")) as { gitVersion?: unknown })
+                .gitVersion;
+              resolve(typeof v === "string" ? v.slice(0, 64) : undefined);
+            } catch {
+              resolve(undefined);
+            }
+          });
+          res.on("error", () => resolve(undefined));
+        },
+      );
+      req.on("timeout", () => req.destroy());
+      req.on("error", () => resolve(undefined));
+      req.end();
+    });
+    if (version) {
+      entry.kubernetesVersion = version;
+      this.reportStatus(entry.cluster);
+    } else {
+      this.log.info({ cluster: entry.cluster }, "could not read the member's /version for its status");
     }
   }
 
@@ -267,7 +354,14 @@ export class TetherServer {
   async close(): Promise<void> {
     clearInterval(this.checker);
     clearInterval(this.rotation);
+    const live = this.sessions.list().map((e) => e.cluster);
     this.sessions.closeAll();
+    if (this.status) {
+      // Best effort: say the clusters are disconnected rather than leave them True.
+      for (const cluster of live) this.reportStatus(cluster);
+      await Promise.race([this.status.pump(), new Promise((r) => setTimeout(r, 2_000).unref())]);
+      this.status.close();
+    }
     for (const ws of this.wss.clients) ws.terminate();
     this.https.closeAllConnections();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));

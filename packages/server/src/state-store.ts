@@ -215,13 +215,13 @@ function invalid(message: string): Error {
   return codedError(ERR_TETHER_INVALID_RECORD, message);
 }
 
-function checkIsoDate(what: string, v: unknown): string {
+export function checkIsoDate(what: string, v: unknown): string {
   if (typeof v !== "string" || Number.isNaN(Date.parse(v)))
     throw invalid(`${what} must be an ISO date string`);
   return v;
 }
 
-function normalizeCluster(r: ClusterRecord): ClusterRecord {
+export function normalizeCluster(r: ClusterRecord): ClusterRecord {
   validateClusterName(r.name);
   if (r.auth !== "impersonate" && r.auth !== "passthrough") {
     throw invalid(`cluster ${r.name}: auth must be "impersonate" or "passthrough"`);
@@ -242,7 +242,7 @@ function normalizeCluster(r: ClusterRecord): ClusterRecord {
   };
 }
 
-function normalizeToken(r: TokenRecord): TokenRecord {
+export function normalizeToken(r: TokenRecord): TokenRecord {
   if (!isTokenHash(r.hash)) throw invalid(`token hash must be "sha256:" and 64 hex digits (from hashToken)`);
   if (r.kind !== "user" && r.kind !== "join" && r.kind !== "admin") {
     throw invalid(`token kind must be "user", "join" or "admin"`);
@@ -274,7 +274,7 @@ function normalizeToken(r: TokenRecord): TokenRecord {
 
 const SERIAL_RE = /^[0-9a-f]{1,40}$/;
 
-function normalizeSerial(serial: string): string {
+export function normalizeSerial(serial: string): string {
   const s = String(serial)
     .toLowerCase()
     .replace(/^(00)+(?=[0-9a-f])/, "");
@@ -826,7 +826,7 @@ function prune(doc: unknown, now: number): boolean {
 }
 
 /** Whether the stored serving certificate can be kept for `names`. */
-function servingCertUsable(
+export function servingCertUsable(
   ca: CertificateAuthority,
   certPem: string,
   keyPem: string,

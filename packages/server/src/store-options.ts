@@ -6,23 +6,47 @@ import { type Command, Option } from "commander";
 import { readAdminCredentialFile } from "./admin-credential.js";
 import { normalizeServerUrl } from "./admin-input.js";
 import { type ClusterAdmin, storeAdmin } from "./cluster-admin.js";
+import { DEFAULT_NAMESPACE, KubeStore } from "./kube-store.js";
 import { RemoteClusterAdmin } from "./remote-cluster-admin.js";
 import { defaultStateDir, FileStore, type Store } from "./state-store.js";
 
 export interface StoreOptions {
   stateDir: string;
+  store?: "file" | "kubernetes";
+  kubeconfig?: string;
+  context?: string;
+  namespace?: string;
   /** Admin commands only: an admin credential file; the command then goes through the server's admin API. */
   credential?: string;
 }
 
 /** Adds the store-choosing options to `cmd`. */
 export function addStoreOptions(cmd: Command): Command {
-  return cmd.addOption(
-    new Option(
-      "--state-dir <dir>",
-      "where the CA, clusters and token hashes live (env TETHER_STATE_DIR)",
-    ).default(defaultStateDir()),
-  );
+  return cmd
+    .addOption(
+      new Option("--store <kind>", "where state lives: file (--state-dir) or kubernetes (the host cluster)")
+        .choices(["file", "kubernetes"])
+        .default("file")
+        .env("TETHER_STORE"),
+    )
+    .addOption(
+      new Option(
+        "--state-dir <dir>",
+        "file store: where the CA, clusters and token hashes live (env TETHER_STATE_DIR)",
+      ).default(defaultStateDir()),
+    )
+    .addOption(
+      new Option(
+        "--kubeconfig <file>",
+        "kubernetes store: the host cluster's kubeconfig (default: in-cluster service account)",
+      ).env("TETHER_KUBECONFIG"),
+    )
+    .addOption(new Option("--context <name>", "kubernetes store: kubeconfig context (default: current)"))
+    .addOption(
+      new Option("--namespace <ns>", "kubernetes store: namespace of Tether's Secrets and ConfigMaps")
+        .default(DEFAULT_NAMESPACE)
+        .env("TETHER_NAMESPACE"),
+    );
 }
 
 /** The store options plus --credential, for the admin commands. */
@@ -36,8 +60,21 @@ export function addAdminOptions(cmd: Command): Command {
   );
 }
 
+const opened: KubeStore[] = [];
+
 export async function openStore(opts: StoreOptions): Promise<Store> {
-  return FileStore.open(opts.stateDir);
+  if (opts.store !== "kubernetes") return FileStore.open(opts.stateDir);
+  const store = await KubeStore.open({
+    namespace: opts.namespace ?? DEFAULT_NAMESPACE,
+    ...(opts.kubeconfig ? { kubeconfig: opts.kubeconfig } : {}),
+    ...(opts.context ? { context: opts.context } : {}),
+  });
+  return store;
+}
+
+/** Stops the watches of stores an admin command opened, so that the process can exit. */
+export async function closeOpenedStores(): Promise<void> {
+  await Promise.all(opened.splice(0).map((s) => s.close()));
 }
 
 /** The ClusterAdmin for an admin command with these options and its --server flag. */
@@ -49,5 +86,7 @@ export async function adminFor(opts: StoreOptions, serverFlag?: string): Promise
       serverFlag === undefined ? undefined : normalizeServerUrl(serverFlag, "--server"),
     );
   }
-  return storeAdmin(await openStore(opts), serverFlag);
+  const store = await openStore(opts);
+  if (store instanceof KubeStore) opened.push(store);
+  return storeAdmin(store, serverFlag);
 }

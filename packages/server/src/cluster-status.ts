@@ -1,0 +1,213 @@
+// What tether-server tells the host cluster about each member (the status of
+// its Cluster object): AgentConnected and Ready conditions, heartbeat time,
+// RTT, versions, endpoint. With thousands of members the host apiserver must
+// not see a write per ping, so writes are
+//   - coalesced: the latest state of a cluster wins, at most one write per
+//     cluster is in flight, and nothing is written when nothing that matters
+//     changed (connection, versions, endpoint) until the heartbeat is due;
+//   - rate-limited: a token bucket shared by all clusters (default 20 writes/s,
+//     burst 20), so a mass reconnect after a server restart is spread out.
+// A failed write is retried on the next pump after RETRY_MS.
+
+export interface Condition {
+  type: "AgentConnected" | "Ready";
+  status: "True" | "False" | "Unknown";
+  lastTransitionTime: string;
+  reason: string;
+  message: string;
+}
+
+export interface ClusterStatus {
+  conditions: Condition[];
+  lastHeartbeatTime?: string;
+  agentVersion?: string;
+  kubernetesVersion?: string;
+  rttMilliseconds?: number;
+  endpoint?: string;
+}
+
+/** What the server knows about a cluster's agent right now. */
+export interface AgentState {
+  connected: boolean;
+  endpoint: string;
+  rttMs?: number;
+  agentVersion?: string;
+  /** The member apiserver's gitVersion, read through the tunnel; undefined while unknown. */
+  kubernetesVersion?: string;
+}
+
+export interface StatusReporterOptions {
+  /** Sustained writes per second across all clusters. Default 20. */
+  ratePerSecond?: number;
+  /** Writes allowed at once after a quiet period. Default 20. */
+  burst?: number;
+  /** A connected cluster's status is rewritten at least this often (heartbeat). Default 30 s. */
+  heartbeatMs?: number;
+  /** For tests: the clock, and whether the reporter schedules its own pumps. */
+  now?: () => number;
+  autoPump?: boolean;
+  onError?: (cluster: string, err: Error) => void;
+}
+
+const RETRY_MS = 5_000;
+
+interface Entry {
+  desired: AgentState;
+  /** What the last successful write said, and when. */
+  written?: AgentState;
+  writtenAt?: number;
+  transitions: { connected?: string; ready?: string };
+  inFlight: boolean;
+  retryAt?: number;
+}
+
+export class ClusterStatusReporter {
+  private readonly entries = new Map<string, Entry>();
+  private readonly rate: number;
+  private readonly burst: number;
+  private readonly heartbeatMs: number;
+  private readonly now: () => number;
+  private readonly autoPump: boolean;
+  private tokens: number;
+  private refilledAt: number;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Writes sent so far (for tests and metrics). */
+  writes = 0;
+
+  constructor(
+    private readonly write: (cluster: string, status: ClusterStatus) => Promise<boolean>,
+    private readonly options: StatusReporterOptions = {},
+  ) {
+    this.rate = options.ratePerSecond ?? 20;
+    this.burst = options.burst ?? 20;
+    this.heartbeatMs = options.heartbeatMs ?? 30_000;
+    this.now = options.now ?? Date.now;
+    this.autoPump = options.autoPump ?? true;
+    this.tokens = this.burst;
+    this.refilledAt = this.now();
+  }
+
+  /** Records the cluster's current state; a write follows if it matters, or a heartbeat is due. */
+  report(cluster: string, state: AgentState): void {
+    const entry = this.entries.get(cluster) ?? { desired: state, transitions: {}, inFlight: false };
+    entry.desired = state;
+    this.entries.set(cluster, entry);
+    if (this.due(entry)) this.schedule(0);
+  }
+
+  /** Stops tracking a cluster (it was removed). */
+  forget(cluster: string): void {
+    this.entries.delete(cluster);
+  }
+
+  /** Sends as many due writes as the bucket allows; resolves when they are done. Returns how many. */
+  async pump(): Promise<number> {
+    this.refill();
+    const due = [...this.entries.entries()].filter(([, e]) => this.due(e));
+    const batch = due.slice(0, Math.floor(this.tokens));
+    this.tokens -= batch.length;
+    await Promise.all(batch.map(([cluster, entry]) => this.send(cluster, entry)));
+    if (due.length > batch.length) this.schedule(Math.ceil(1000 / this.rate));
+    else if (due.some(([, e]) => e.retryAt !== undefined)) this.schedule(RETRY_MS);
+    return batch.length;
+  }
+
+  /** Stops scheduling; in-flight writes finish on their own. */
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+  }
+
+  private due(e: Entry): boolean {
+    if (e.inFlight) return false;
+    const now = this.now();
+    if (e.retryAt !== undefined && now < e.retryAt) return false;
+    const w = e.written;
+    if (!w) return true;
+    const d = e.desired;
+    if (
+      w.connected !== d.connected ||
+      w.kubernetesVersion !== d.kubernetesVersion ||
+      w.agentVersion !== d.agentVersion ||
+      w.endpoint !== d.endpoint
+    ) {
+      return true;
+    }
+    return d.connected && now - (e.writtenAt ?? 0) >= this.heartbeatMs;
+  }
+
+  private refill(): void {
+    const now = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.rate) / 1000);
+    this.refilledAt = now;
+  }
+
+  private async send(cluster: string, entry: Entry): Promise<void> {
+    const state = entry.desired;
+    const at = new Date(this.now()).toISOString();
+    const status = this.statusOf(entry, state, at);
+    entry.inFlight = true;
+    this.writes++;
+    try {
+      const exists = await this.write(cluster, status);
+      entry.written = state;
+      entry.writtenAt = this.now();
+      entry.retryAt = undefined;
+      if (!exists) this.entries.delete(cluster);
+    } catch (err) {
+      entry.retryAt = this.now() + RETRY_MS;
+      this.options.onError?.(cluster, err as Error);
+    } finally {
+      entry.inFlight = false;
+      // The state may have changed while the write was out.
+      if (this.entries.get(cluster) === entry && this.due(entry)) this.schedule(0);
+    }
+  }
+
+  private statusOf(entry: Entry, state: AgentState, at: string): ClusterStatus {
+    const ready = state.connected && state.kubernetesVersion !== undefined;
+    const was = entry.written;
+    if (!was || was.connected !== state.connected) entry.transitions.connected = at;
+    const wasReady = was ? was.connected && was.kubernetesVersion !== undefined : undefined;
+    if (wasReady !== ready) entry.transitions.ready = at;
+    return {
+      conditions: [
+        {
+          type: "AgentConnected",
+          status: state.connected ? "True" : "False",
+          lastTransitionTime: entry.transitions.connected ?? at,
+          reason: state.connected ? "TunnelUp" : "TunnelDown",
+          message: state.connected
+            ? "the agent's tunnel to tether-server is up"
+            : "no agent is connected: check the agent's logs in the member cluster",
+        },
+        {
+          type: "Ready",
+          status: ready ? "True" : "False",
+          lastTransitionTime: entry.transitions.ready ?? at,
+          reason: ready ? "MemberAPIReachable" : state.connected ? "MemberAPIUnknown" : "TunnelDown",
+          message: ready
+            ? `the member's Kubernetes API (${state.kubernetesVersion}) answers through the tunnel`
+            : state.connected
+              ? "the tunnel is up but the member's Kubernetes API has not answered yet"
+              : "requests to this cluster fail with 503 until its agent connects",
+        },
+      ],
+      ...(state.connected ? { lastHeartbeatTime: at } : {}),
+      ...(state.rttMs === undefined ? {} : { rttMilliseconds: Math.round(state.rttMs * 10) / 10 }),
+      ...(state.agentVersion ? { agentVersion: state.agentVersion } : {}),
+      ...(state.kubernetesVersion ? { kubernetesVersion: state.kubernetesVersion } : {}),
+      endpoint: state.endpoint,
+    };
+  }
+
+  private schedule(delayMs: number): void {
+    if (!this.autoPump || this.closed || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.pump();
+    }, delayMs);
+    this.timer.unref();
+  }
+}
