@@ -2,7 +2,6 @@
 // admin-commands.ts. Every failure, commander's own usage errors included,
 // becomes one coded Error with a one-line message (main.ts prints it as
 // "tether-server: <message>" and exits 1); --help and --version succeed.
-import { readFileSync } from "node:fs";
 import { Command, type CommanderError, InvalidArgumentError, Option } from "commander";
 import {
   type AdminContext,
@@ -14,7 +13,7 @@ import {
 } from "./admin-commands.js";
 import { ensureAdminCredential } from "./admin-credential.js";
 import { DEFAULT_JOIN_TOKEN_TTL, DEFAULT_USER_TOKEN_TTL, serveUrl, TetherCliError } from "./admin-input.js";
-import type { ClusterStatus } from "./cluster-status.js";
+import { AGENT_NAMESPACE, agentManifest } from "./agent-manifest.js";
 import { KubeStore } from "./kube-store.js";
 import { createLogger } from "./logger.js";
 import type { OutputFormat } from "./output-format.js";
@@ -26,10 +25,9 @@ import {
   openStore,
   type StoreOptions,
 } from "./store-options.js";
+import { VERSION } from "./version.js";
 
-export const VERSION: string = JSON.parse(
-  readFileSync(new URL("../package.json", import.meta.url), "utf8"),
-).version;
+export { VERSION };
 
 /** Where the CLI writes: process.stdout/stderr, or a capture in tests. */
 export interface CliIo {
@@ -111,6 +109,7 @@ export function buildProgram(io: CliIo = processIo): Command {
   addClusterCommands(program, out);
   addJoinToken(program, out);
   addKubeconfig(program, out);
+  addAgentManifest(program, io);
   const override = (cmd: Command) => {
     cmd.exitOverride((err) => {
       throw new UsageError(err, commandPath(cmd));
@@ -155,7 +154,7 @@ function addServe(program: Command): void {
         // Loaded here so that the admin commands start without the proxy and tunnel code.
         const { TetherServer } = await import("./server.js");
         const log = createLogger();
-        const store = await openStore(opts);
+        const store = await openStore(opts, log);
         const server = await TetherServer.start({
           store,
           host: opts.listen.host,
@@ -163,12 +162,7 @@ function addServe(program: Command): void {
           log,
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
-          ...(store instanceof KubeStore
-            ? {
-                clusterStatus: (cluster: string, status: ClusterStatus) =>
-                  store.writeClusterStatus(cluster, status),
-              }
-            : {}),
+          ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });
         // For the admin commands' printed agent commands and kubeconfigs.
         const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
@@ -295,6 +289,41 @@ function addJoinToken(program: Command, out: (text: string) => void): void {
           tokenTtl: o.tokenTtl,
           server: o.server,
           output: o.output,
+        });
+      },
+    );
+}
+
+function addAgentManifest(program: Command, io: CliIo): void {
+  addAdminOptions(program.command("agent-manifest"))
+    .description(
+      "print the YAML that runs tether-agent in a member cluster (namespace, RBAC, a Secret with a new join token, " +
+        "Deployment), registering the cluster first if needed: tether-server agent-manifest NAME | kubectl --context NAME apply -f -",
+    )
+    .argument("<name>", "the cluster's name")
+    .addOption(new Option("--image <ref>", "the agent's container image (default: this version's image)"))
+    .addOption(
+      new Option("--agent-namespace <ns>", "the member cluster's namespace for the agent").default(
+        AGENT_NAMESPACE,
+      ),
+    )
+    .addOption(
+      new Option(
+        "--token-ttl <duration>",
+        "how long the join token is valid: 90s, 15m, 24h, 7d (at most 30d)",
+      ).default(DEFAULT_JOIN_TOKEN_TTL),
+    )
+    .addOption(serverOption())
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & { image?: string; agentNamespace: string; tokenTtl: string; server?: string },
+      ) => {
+        await agentManifest({ ...adminContext(o, io.stdout), note: io.stderr }, name, {
+          namespace: o.agentNamespace,
+          tokenTtl: o.tokenTtl,
+          ...(o.image ? { image: o.image } : {}),
+          ...(o.server ? { server: o.server } : {}),
         });
       },
     );

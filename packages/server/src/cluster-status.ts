@@ -22,8 +22,17 @@ export interface ClusterStatus {
   lastHeartbeatTime?: string;
   agentVersion?: string;
   kubernetesVersion?: string;
-  rttMilliseconds?: number;
+  /** null clears a stale RTT once the agent is gone (merge-patch semantics). */
+  rttMilliseconds?: number | null;
   endpoint?: string;
+}
+
+/** Where statuses go (the Kubernetes store's Cluster objects). */
+export interface ClusterStatusSink {
+  /** Writes a cluster's status; resolves false when the cluster no longer exists. */
+  write(cluster: string, status: ClusterStatus): Promise<boolean>;
+  /** Clusters whose stored status says connected, so a new server can correct them. */
+  markedConnectedClusters(): Promise<string[]>;
 }
 
 /** What the server knows about a cluster's agent right now. */
@@ -104,7 +113,10 @@ export class ClusterStatusReporter {
   /** Sends as many due writes as the bucket allows; resolves when they are done. Returns how many. */
   async pump(): Promise<number> {
     this.refill();
-    const due = [...this.entries.entries()].filter(([, e]) => this.due(e));
+    // Connection changes go before heartbeats.
+    const due = [...this.entries.entries()]
+      .filter(([, e]) => this.due(e))
+      .sort(([, a], [, b]) => Number(this.changed(b)) - Number(this.changed(a)));
     const batch = due.slice(0, Math.floor(this.tokens));
     this.tokens -= batch.length;
     await Promise.all(batch.map(([cluster, entry]) => this.send(cluster, entry)));
@@ -123,18 +135,21 @@ export class ClusterStatusReporter {
     if (e.inFlight) return false;
     const now = this.now();
     if (e.retryAt !== undefined && now < e.retryAt) return false;
+    if (this.changed(e)) return true;
+    return e.desired.connected && now - (e.writtenAt ?? 0) >= this.heartbeatMs;
+  }
+
+  /** Whether something that matters differs from the last write (RTT alone waits for the heartbeat). */
+  private changed(e: Entry): boolean {
     const w = e.written;
-    if (!w) return true;
     const d = e.desired;
-    if (
+    return (
+      !w ||
       w.connected !== d.connected ||
       w.kubernetesVersion !== d.kubernetesVersion ||
       w.agentVersion !== d.agentVersion ||
       w.endpoint !== d.endpoint
-    ) {
-      return true;
-    }
-    return d.connected && now - (e.writtenAt ?? 0) >= this.heartbeatMs;
+    );
   }
 
   private refill(): void {
@@ -195,7 +210,8 @@ export class ClusterStatusReporter {
         },
       ],
       ...(state.connected ? { lastHeartbeatTime: at } : {}),
-      ...(state.rttMs === undefined ? {} : { rttMilliseconds: Math.round(state.rttMs * 10) / 10 }),
+      rttMilliseconds:
+        state.connected && state.rttMs !== undefined ? Math.round(state.rttMs * 10) / 10 : null,
       ...(state.agentVersion ? { agentVersion: state.agentVersion } : {}),
       ...(state.kubernetesVersion ? { kubernetesVersion: state.kubernetesVersion } : {}),
       endpoint: state.endpoint,

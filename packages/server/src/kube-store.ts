@@ -19,8 +19,9 @@
 // cluster's revocations outlive it and one busy cluster's renewals never
 // conflict with another's; expired entries are pruned on each write.
 import { type KubernetesObject, makeInformer } from "@kubernetes/client-node";
-import type { ClusterStatus } from "./cluster-status.js";
+import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
+import type { Logger } from "./logger.js";
 import { CertificateAuthority, isValidClusterName, type KeyPairPem } from "./pki.js";
 import {
   type ClusterRecord,
@@ -70,6 +71,8 @@ interface SerialsDoc {
 export interface KubeStoreOptions extends KubeConnection {
   /** Where the Secrets and ConfigMaps live. Default tether-system. */
   namespace?: string;
+  /** Where broken watches are reported. */
+  log?: Logger;
 }
 
 const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
@@ -115,11 +118,26 @@ function serialsFrom(obj: DataObject | undefined): SerialsDoc {
   return { issued: parse(data?.issued), revoked: parse(data?.revoked) };
 }
 
-export class KubeStore implements Store {
+function resourceVersionOf(o: { metadata: ObjectMeta }): bigint | undefined {
+  // Opaque by contract; etcd revisions in practice. Unparseable: never treated as stale.
+  try {
+    return o.metadata.resourceVersion ? BigInt(o.metadata.resourceVersion) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class KubeStore implements Store, ClusterStatusSink {
   readonly namespace: string;
   private readonly clusters = new Map<string, ClusterRecord>();
   private readonly tokens = new Map<string, TokenRecord>();
   private readonly revokedByCluster = new Map<string, Set<string>>();
+  /** serial -> cluster, for isRevoked in O(1). */
+  private readonly revoked = new Map<string, string>();
+  /** Last resourceVersion seen per cluster object: older watch events don't undo newer writes. */
+  private readonly clusterVersions = new Map<string, bigint>();
+  /** Clusters whose stored status says AgentConnected=True (a previous server may have died). */
+  private readonly markedConnected = new Set<string>();
   private readonly informers: { stop(): Promise<void> }[] = [];
   private ca: CertificateAuthority | undefined;
   private closed = false;
@@ -127,6 +145,7 @@ export class KubeStore implements Store {
   private constructor(
     private readonly api: KubeApi,
     namespace: string,
+    private readonly log?: Logger,
   ) {
     this.namespace = namespace;
   }
@@ -137,22 +156,31 @@ export class KubeStore implements Store {
    */
   static async open(options: KubeStoreOptions = {}): Promise<KubeStore> {
     const api = new KubeApi(options);
-    const store = new KubeStore(api, options.namespace ?? DEFAULT_NAMESPACE);
+    const store = new KubeStore(api, options.namespace ?? DEFAULT_NAMESPACE, options.log);
+    // Fail now, with what to do, rather than serve from empty caches: every
+    // list the caches need, and a dry-run create that proves the namespace exists.
     await api.expect("GET", `${CLUSTERS_PATH}?limit=1`);
-    const ns = await api.call("GET", `/api/v1/namespaces/${store.namespace}`);
-    if (ns.status === 404) {
+    await api.expect("GET", `${store.secrets()}?limit=1`);
+    await api.expect("GET", `${store.configMaps()}?limit=1`);
+    const probe = await api.call("POST", `${store.configMaps()}?dryRun=All`, {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { generateName: "tether-probe-", namespace: store.namespace },
+    });
+    if (probe.status === 404) {
       throw new KubeApiError(
         "ERR_TETHER_KUBE_NAMESPACE",
         `namespace ${store.namespace} does not exist in the host cluster: create it (kubectl create namespace ` +
           `${store.namespace}) or pass --namespace`,
       );
     }
+    if (probe.status >= 300) throw api.refused("POST", store.configMaps(), probe);
     await store.startCaches();
     return store;
   }
 
   describe(): string {
-    return `Kubernetes namespace ${this.namespace} at ${this.api.server.host}`;
+    return `kubernetes (namespace ${this.namespace} at ${this.api.server.host})`;
   }
 
   /** Stops the watches. */
@@ -167,11 +195,21 @@ export class KubeStore implements Store {
     await Promise.all([
       this.watch<ClusterObject>(CLUSTERS_PATH, undefined, {
         set: (o) => {
+          if (this.stale(o)) return;
           const c = clusterFrom(o);
           if (c) this.clusters.set(c.name, c);
           else this.clusters.delete(o.metadata.name);
+          const conditions = (o.status as { conditions?: { type: string; status: string }[] } | undefined)
+            ?.conditions;
+          if (conditions?.some((x) => x.type === "AgentConnected" && x.status === "True")) {
+            this.markedConnected.add(o.metadata.name);
+          } else this.markedConnected.delete(o.metadata.name);
         },
-        delete: (o) => this.clusters.delete(o.metadata.name),
+        delete: (o) => {
+          if (this.stale(o)) return;
+          this.clusters.delete(o.metadata.name);
+          this.markedConnected.delete(o.metadata.name);
+        },
       }),
       this.watch<DataObject>(this.secrets(), `${KIND_LABEL}=token`, {
         set: (o) => {
@@ -185,7 +223,7 @@ export class KubeStore implements Store {
       }),
       this.watch<DataObject>(this.configMaps(), `${KIND_LABEL}=serials`, {
         set: (o) => this.cacheSerials(o),
-        delete: (o) => this.revokedByCluster.delete(o.metadata.labels?.["tether.io/cluster"] ?? ""),
+        delete: (o) => this.uncacheSerials(o.metadata.labels?.["tether.io/cluster"] ?? ""),
       }),
     ]);
   }
@@ -205,9 +243,14 @@ export class KubeStore implements Store {
     informer.on("add", (o) => on.set(o as unknown as T));
     informer.on("update", (o) => on.set(o as unknown as T));
     informer.on("delete", (o) => on.delete(o as unknown as T));
-    informer.on("error", () => {
+    informer.on("error", (err: unknown) => {
       // The watch broke (apiserver restart, network): start again; the cache keeps serving meanwhile.
-      if (!this.closed) setTimeout(() => void informer.start().catch(() => {}), 1_000).unref();
+      if (this.closed) return;
+      this.log?.warn(
+        { path, err: (err as Error | undefined)?.message },
+        "host cluster watch broke; restarting it",
+      );
+      setTimeout(() => void informer.start().catch(() => {}), 1_000).unref();
     });
     this.informers.push(informer);
     await informer.start();
@@ -215,7 +258,27 @@ export class KubeStore implements Store {
 
   private cacheSerials(o: DataObject): void {
     const cluster = o.metadata.labels?.["tether.io/cluster"];
-    if (cluster) this.revokedByCluster.set(cluster, new Set(Object.keys(serialsFrom(o).revoked)));
+    if (!cluster) return;
+    this.uncacheSerials(cluster);
+    const serials = new Set(Object.keys(serialsFrom(o).revoked));
+    this.revokedByCluster.set(cluster, serials);
+    for (const s of serials) this.revoked.set(s, cluster);
+  }
+
+  private uncacheSerials(cluster: string): void {
+    for (const s of this.revokedByCluster.get(cluster) ?? []) this.revoked.delete(s);
+    this.revokedByCluster.delete(cluster);
+  }
+
+  /** Whether a cluster object event is older than what this store already knows. */
+  private stale(o: { metadata: ObjectMeta }): boolean {
+    const known = this.clusterVersions.get(o.metadata.name);
+    const rv = resourceVersionOf(o);
+    if (rv === undefined || known === undefined || rv >= known) {
+      if (rv !== undefined) this.clusterVersions.set(o.metadata.name, rv);
+      return false;
+    }
+    return true;
   }
 
   private secrets(name?: string): string {
@@ -330,6 +393,7 @@ export class KubeStore implements Store {
     const r = normalizeCluster(record);
     const answer = await this.api.expect<ClusterObject>("POST", CLUSTERS_PATH, this.clusterObject(r), [409]);
     if (answer.status === 409) return false;
+    this.remember(answer.body);
     this.clusters.set(r.name, r);
     return true;
   }
@@ -356,6 +420,7 @@ export class KubeStore implements Store {
               [409],
             );
       if (answer.status !== 409) {
+        this.remember(answer.body as ClusterObject);
         this.clusters.set(r.name, r);
         return;
       }
@@ -365,27 +430,40 @@ export class KubeStore implements Store {
 
   async deleteCluster(name: string): Promise<boolean> {
     if (!isValidClusterName(name)) return false;
-    const answer = await this.api.expect("DELETE", `${CLUSTERS_PATH}/${name}`, undefined, [404]);
+    const answer = await this.api.expect<ClusterObject>(
+      "DELETE",
+      `${CLUSTERS_PATH}/${name}`,
+      undefined,
+      [404],
+    );
+    if (answer.status !== 404) this.remember(answer.body);
     this.clusters.delete(name);
+    this.markedConnected.delete(name);
     return answer.status !== 404;
   }
 
-  /** Merges `status` into the Cluster's status subresource; false when the cluster is gone. */
-  async writeClusterStatus(name: string, status: ClusterStatus): Promise<boolean> {
-    const answer = await this.api.expect(
+  /** ClusterStatusSink: merges `status` into the Cluster's status subresource; false when the cluster is gone. */
+  async write(name: string, status: ClusterStatus): Promise<boolean> {
+    const answer = await this.api.expect<ClusterObject>(
       "PATCH",
       `${CLUSTERS_PATH}/${name}/status`,
       { status },
       [404],
       "application/merge-patch+json",
     );
-    return answer.status !== 404;
+    if (answer.status === 404) return false;
+    this.remember(answer.body);
+    return true;
   }
 
-  /** The status subresource as stored (for tests and `cluster list`). */
-  async readClusterStatus(name: string): Promise<Record<string, unknown> | undefined> {
-    const answer = await this.api.expect<ClusterObject>("GET", `${CLUSTERS_PATH}/${name}`, undefined, [404]);
-    return answer.status === 404 ? undefined : ((answer.body.status as Record<string, unknown>) ?? {});
+  /** ClusterStatusSink: clusters whose stored status still says connected. */
+  async markedConnectedClusters(): Promise<string[]> {
+    return [...this.markedConnected];
+  }
+
+  private remember(o: ClusterObject | undefined): void {
+    const rv = o && resourceVersionOf(o);
+    if (o && rv !== undefined) this.clusterVersions.set(o.metadata.name, rv);
   }
 
   // --- tokens ---------------------------------------------------------------------------------
@@ -405,27 +483,19 @@ export class KubeStore implements Store {
 
   async addToken(record: TokenRecord): Promise<void> {
     const r = normalizeToken(record);
-    const name = tokenSecretName(r.hash);
-    for (let attempt = 0; attempt < RETRIES; attempt++) {
-      const created = await this.api.expect("POST", this.secrets(), this.tokenSecret(r), [409]);
-      if (created.status !== 409) {
-        this.tokens.set(r.hash, r);
-        return;
-      }
-      const existing = await this.read<DataObject>(this.secrets(name));
-      if (!existing) continue;
-      const replaced = await this.api.expect(
-        "PUT",
-        this.secrets(name),
-        this.tokenSecret(r, existing.metadata.resourceVersion),
-        [409],
-      );
-      if (replaced.status !== 409) {
-        this.tokens.set(r.hash, r);
-        return;
-      }
+    const created = await this.api.expect("POST", this.secrets(), this.tokenSecret(r), [409]);
+    if (created.status === 409) {
+      throw new KubeApiError("ERR_TETHER_INVALID_RECORD", "a token with this hash already exists");
     }
-    throw new KubeApiError("ERR_TETHER_KUBE_CONFLICT", "a token Secret kept changing; try again");
+    this.tokens.set(r.hash, r);
+    await this.pruneExpiredTokens();
+  }
+
+  /** Deletes a few token Secrets that expired over an hour ago (best effort; tokens are never reused). */
+  private async pruneExpiredTokens(): Promise<void> {
+    const cutoff = Date.now() - 3600_000;
+    const expired = [...this.tokens.values()].filter((t) => Date.parse(t.expiresAt) < cutoff).slice(0, 20);
+    for (const t of expired) await this.deleteToken(t.hash).catch(() => false);
   }
 
   async findToken(hash: string): Promise<TokenRecord | undefined> {
@@ -537,8 +607,7 @@ export class KubeStore implements Store {
     } catch {
       return false;
     }
-    for (const set of this.revokedByCluster.values()) if (set.has(s)) return true;
-    return false;
+    return this.revoked.has(s);
   }
 
   // --- server URL and admin credential --------------------------------------------------------

@@ -14,7 +14,11 @@ import { normalizeServerUrl } from "./admin-input.js";
 import { type AgentSession, AgentSessions } from "./agent-sessions.js";
 import { StoreClusterAdmin } from "./cluster-admin.js";
 import { ClusterProxy } from "./cluster-proxy.js";
-import { type ClusterStatus, ClusterStatusReporter, type StatusReporterOptions } from "./cluster-status.js";
+import {
+  ClusterStatusReporter,
+  type ClusterStatusSink,
+  type StatusReporterOptions,
+} from "./cluster-status.js";
 import { IDENTITY_PREFIX } from "./forwarded-headers.js";
 import { identityFromPeerCertificate } from "./identity.js";
 import { JoinEndpoint, RENEW_SERVICE } from "./join-endpoint.js";
@@ -42,11 +46,10 @@ export interface ServerOptions {
   /** How often live sessions are checked against the store (removed clusters, revocations, expiry). Default 1 s. */
   sessionCheckIntervalMs?: number;
   /**
-   * Where each cluster's status goes (the Kubernetes store's Cluster objects);
-   * resolves false when the cluster no longer exists. Writes are coalesced and
-   * rate-limited by ClusterStatusReporter.
+   * Where each cluster's status goes (the Kubernetes store's Cluster
+   * objects). Writes are coalesced and rate-limited by ClusterStatusReporter.
    */
-  clusterStatus?: (cluster: string, status: ClusterStatus) => Promise<boolean>;
+  clusterStatus?: ClusterStatusSink;
   clusterStatusOptions?: StatusReporterOptions;
 }
 
@@ -92,7 +95,8 @@ export class TetherServer {
     });
     this.externalUrl = options.externalUrl;
     if (options.clusterStatus) {
-      this.status = new ClusterStatusReporter(options.clusterStatus, {
+      const sink = options.clusterStatus;
+      this.status = new ClusterStatusReporter((cluster, status) => sink.write(cluster, status), {
         onError: (cluster, err) =>
           this.log.warn({ cluster, err: err.message }, "cluster status write failed"),
         ...options.clusterStatusOptions,
@@ -143,8 +147,9 @@ export class TetherServer {
     });
     server.log.info({ url: server.url }, "tether-server listening");
     // A previous server may have died with clusters marked connected.
-    if (server.status) {
-      for (const c of await options.store.listClusters()) server.reportStatus(c.name);
+    if (options.clusterStatus) {
+      for (const cluster of await options.clusterStatus.markedConnectedClusters())
+        server.reportStatus(cluster);
     }
     return server;
   }

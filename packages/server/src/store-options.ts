@@ -7,6 +7,7 @@ import { readAdminCredentialFile } from "./admin-credential.js";
 import { normalizeServerUrl } from "./admin-input.js";
 import { type ClusterAdmin, storeAdmin } from "./cluster-admin.js";
 import { DEFAULT_NAMESPACE, KubeStore } from "./kube-store.js";
+import type { Logger } from "./logger.js";
 import { RemoteClusterAdmin } from "./remote-cluster-admin.js";
 import { defaultStateDir, FileStore, type Store } from "./state-store.js";
 
@@ -62,10 +63,11 @@ export function addAdminOptions(cmd: Command): Command {
 
 const opened: KubeStore[] = [];
 
-export async function openStore(opts: StoreOptions): Promise<Store> {
+export async function openStore(opts: StoreOptions, log?: Logger): Promise<Store> {
   if (opts.store !== "kubernetes") return FileStore.open(opts.stateDir);
   const store = await KubeStore.open({
     namespace: opts.namespace ?? DEFAULT_NAMESPACE,
+    ...(log ? { log } : {}),
     ...(opts.kubeconfig ? { kubeconfig: opts.kubeconfig } : {}),
     ...(opts.context ? { context: opts.context } : {}),
   });
