@@ -9,7 +9,6 @@
 // and serves kubectl through Tether; `kubectl auth can-i` shows the agent's
 // service account may do what it needs and no more. The harness has no
 // kubelet or controllers: no pod ever runs, the processes stand in for them.
-import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { request } from "node:https";
@@ -119,12 +118,17 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     t.ok(kustomizations.length >= 3, "crd, server and agent at least");
     for (const file of filesUnder(DEPLOY)) {
       const rel = relative(DEPLOY, file);
-      if (rel === "README.md") continue;
-      t.match(rel, /\.yaml$/, `${rel} is a manifest (or README.md)`);
-      if (basename(file) === "kustomization.yaml") continue;
+      if (rel === "README.md" || basename(file) === "kustomization.yaml") continue;
       const k = join(dirname(file), "kustomization.yaml");
-      const resources: string[] = parseYaml(readFileSync(k, "utf8")).resources ?? [];
-      t.ok(resources.includes(basename(file)), `${rel} is a resource of ${relative(DEPLOY, k)}`);
+      const kustomization = parseYaml(readFileSync(k, "utf8"));
+      const used: string[] = [
+        ...(kustomization.resources ?? []),
+        ...(kustomization.secretGenerator ?? []).flatMap((g: Obj) => [...(g.envs ?? []), ...(g.files ?? [])]),
+      ];
+      t.ok(
+        used.includes(basename(file)),
+        `${rel} is a resource or generator input of ${relative(DEPLOY, k)}`,
+      );
     }
   });
 
@@ -153,45 +157,34 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     }
   });
 
-  await t.test("the documented overlay fills the agent's join Secret", async (t) => {
-    const overlay = join(dir, "overlay");
-    await mkdir(overlay, { recursive: true });
-    const token = `tether_${randomBytes(8).toString("hex")}`;
-    await writeFile(
-      join(overlay, "join.env"),
-      `server=https://tether.example.org:8443\ncluster=m7\ntoken=${token}\ncaHash=sha256:${"c".repeat(64)}\n`,
-    );
-    await writeFile(
-      join(overlay, "kustomization.yaml"),
-      [
-        "resources:",
-        `  - ${relative(overlay, join(DEPLOY, "agent"))}`,
-        "secretGenerator:",
-        "  - name: tether-agent-join",
-        "    namespace: tether-agent",
-        "    behavior: replace",
-        "    envs: [join.env]",
-        "    options:",
-        "      disableNameSuffixHash: true",
-        "",
-      ].join("\n"),
-    );
-    const built = await m1.kubectl(["kustomize", overlay]);
+  const example = join(DEPLOY, "examples/agent");
+  await t.test("the example overlay fills the join Secret and narrows impersonation", async (t) => {
+    const built = await m1.kubectl(["kustomize", example]);
     t.equal(built.code, 0, built.stderr);
-    const secrets = docsOf(built.stdout).filter((o) => o.kind === "Secret");
+    const objects = docsOf(built.stdout);
+    const secrets = objects.filter((o) => o.kind === "Secret");
     t.equal(secrets.length, 1, "one join Secret");
     const data = Object.fromEntries(
       Object.entries(secrets[0].data ?? {}).map(([k, v]) => [k, Buffer.from(String(v), "base64").toString()]),
     );
-    t.same(data, {
-      server: "https://tether.example.org:8443",
-      cluster: "m7",
-      token,
-      caHash: `sha256:${"c".repeat(64)}`,
-    });
+    const env = Object.fromEntries(
+      readFileSync(join(example, "join.env"), "utf8")
+        .trim()
+        .split("\n")
+        .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]),
+    );
+    t.same(
+      Object.keys(env).sort(),
+      ["caHash", "cluster", "server", "token"],
+      "join.env has the four join values",
+    );
+    t.same(data, env, "the Secret holds join.env's values");
     t.notOk(secrets[0].stringData, "no placeholder left");
-    const dry = await m1.kubectl(["apply", "--dry-run=server", "-k", overlay]);
-    t.equal(dry.code, 0, dry.stderr);
+    const role = objects.find((o) => o.kind === "ClusterRole");
+    t.ok(
+      role.rules.every((r: Obj) => r.resourceNames?.length > 0),
+      "every impersonation rule lists the identities it allows",
+    );
   });
 
   // deploy/server for real; its container runs as the kubelet would start it.
@@ -211,8 +204,10 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
   ]);
   t.equal(setUrl.code, 0, setUrl.stderr);
 
+  // Both processes live until the end: later subtests use them.
   let server: ManagedProcess | undefined;
-  t.teardown(() => server?.stop());
+  let agent: ManagedProcess | undefined;
+  t.teardown(() => Promise.all([server?.stop(), agent?.stop()]));
   await t.test("tether-server runs from deploy/server with its own service account", async (t) => {
     const { pod, container, args, env } = await containerOf(m1, "tether-system", "tether-server");
     t.equal(args[0], "tether-server", "the entrypoint's program");
@@ -343,7 +338,7 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     const saDir = join(dir, "agent-sa");
     await serviceAccountDir(m1, saDir, "tether-agent", pod.serviceAccountName);
     const apiserver = new URL(m1.server);
-    const agent = new ManagedProcess(
+    const proc = new ManagedProcess(
       "tether-agent",
       process.execPath,
       [ENTRYPOINT, ...args, "--service-account-dir", saDir],
@@ -355,7 +350,7 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
         KUBERNETES_SERVICE_PORT: apiserver.port,
       },
     );
-    t.teardown(() => agent.stop());
+    agent = proc;
     t.equal(args[0], "tether-agent", "the entrypoint's program");
     t.ok(
       container.securityContext.readOnlyRootFilesystem,
@@ -364,7 +359,7 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     await until(
       "the agent joined and wrote its credentials Secret",
       async () => {
-        agent.assertRunning();
+        proc.assertRunning();
         server!.assertRunning();
         const r = await m1.api(
           "GET",
@@ -387,7 +382,7 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     await until(
       "kubectl through Tether reaches m1",
       async () => {
-        agent.assertRunning();
+        proc.assertRunning();
         listed = await m1.kubectl(["get", "namespaces", "-o", "name"], { kubeconfig });
         return listed.code === 0;
       },
@@ -398,7 +393,39 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
       kubeconfig,
     });
     t.equal(whoami.stdout, "tether:alice", "as the impersonated host user, not the agent");
-    const log = readFileSync(agent.logFile, "utf8");
+    const log = readFileSync(proc.logFile, "utf8");
     t.notMatch(log, joinToken, "the join token is never logged");
+  });
+
+  await t.test("narrowed as in deploy/examples/agent, only the listed identities get through", async (t) => {
+    const built = await m1.kubectl(["kustomize", example]);
+    const narrowed = docsOf(built.stdout).find((o) => o.kind === "ClusterRole");
+    const apply = await m1.kubectl(["apply", "-f", "-"], { input: JSON.stringify(narrowed) });
+    t.equal(apply.code, 0, apply.stderr);
+    const as = "--as=system:serviceaccount:tether-agent:tether-agent";
+    for (const [what, allowed] of [
+      ["users/tether:alice", "yes"],
+      ["groups/tether:admins", "yes"],
+      ["users/tether:bob", "no"],
+      ["users/system:admin", "no"],
+      ["groups/system:masters", "no"],
+      ["serviceaccounts", "no"],
+    ] as const) {
+      const r = await m1.kubectl(["auth", "can-i", "impersonate", what, as]);
+      t.equal(r.stdout.trim(), allowed, `${allowed === "yes" ? "may" : "may not"} impersonate ${what}`);
+    }
+    const alice = await cli("kubeconfig", "m1", "--user", "alice", "--group", "admins", ...store);
+    const bob = await cli("kubeconfig", "m1", "--user", "bob", "--group", "admins", ...store);
+    await writeFile(join(dir, "alice2.kubeconfig"), alice.stdout, { mode: 0o600 });
+    await writeFile(join(dir, "bob.kubeconfig"), bob.stdout, { mode: 0o600 });
+    const asAlice = await m1.kubectl(["get", "namespaces", "-o", "name"], {
+      kubeconfig: join(dir, "alice2.kubeconfig"),
+    });
+    t.equal(asAlice.code, 0, `alice still gets through: ${asAlice.stderr}`);
+    const asBob = await m1.kubectl(["get", "namespaces", "-o", "name"], {
+      kubeconfig: join(dir, "bob.kubeconfig"),
+    });
+    t.not(asBob.code, 0, "bob, in the same group, does not");
+    t.match(asBob.stderr, /cannot impersonate/, "the member apiserver refuses to impersonate him");
   });
 });
