@@ -25,6 +25,8 @@ export const DEFAULT_JOIN_TOKEN_TTL = "24h";
 export const MAX_JOIN_TOKEN_TTL_MS = 30 * DAY;
 export const DEFAULT_USER_TOKEN_TTL = "24h";
 export const MAX_USER_TOKEN_TTL_MS = 365 * DAY;
+/** KubeFed keeps using its token until someone replaces the Secret: longer than a person's, still bounded. */
+export const DEFAULT_KUBEFED_TOKEN_TTL = "90d";
 
 export class TetherCliError extends Error {
   readonly code: string;

@@ -12,9 +12,16 @@ import {
   kubeconfig,
 } from "./admin-commands.js";
 import { ensureAdminCredential } from "./admin-credential.js";
-import { DEFAULT_JOIN_TOKEN_TTL, DEFAULT_USER_TOKEN_TTL, serveUrl, TetherCliError } from "./admin-input.js";
+import {
+  DEFAULT_JOIN_TOKEN_TTL,
+  DEFAULT_KUBEFED_TOKEN_TTL,
+  DEFAULT_USER_TOKEN_TTL,
+  serveUrl,
+  TetherCliError,
+} from "./admin-input.js";
 import { AGENT_NAMESPACE, agentManifest } from "./agent-manifest.js";
 import { KubeStore } from "./kube-store.js";
+import { DEFAULT_KUBEFED_USER, KUBEFED_NAMESPACE, kubefed } from "./kubefed.js";
 import { createLogger } from "./logger.js";
 import type { OutputFormat } from "./output-format.js";
 import {
@@ -110,6 +117,7 @@ export function buildProgram(io: CliIo = processIo): Command {
   addJoinToken(program, out);
   addKubeconfig(program, out);
   addAgentManifest(program, io);
+  addKubefed(program, out);
   const override = (cmd: Command) => {
     cmd.exitOverride((err) => {
       throw new UsageError(err, commandPath(cmd));
@@ -323,6 +331,58 @@ function addAgentManifest(program: Command, io: CliIo): void {
           namespace: o.agentNamespace,
           tokenTtl: o.tokenTtl,
           ...(o.image ? { image: o.image } : {}),
+          ...(o.server ? { server: o.server } : {}),
+        });
+      },
+    );
+}
+
+function addKubefed(program: Command, out: (text: string) => void): void {
+  addAdminOptions(program.command("kubefed"))
+    .description(
+      "print a KubeFedCluster and its token Secret that reach the cluster through Tether: " +
+        "tether-server kubefed NAME | kubectl --context HOST apply -f -",
+    )
+    .argument("<name>", "the cluster's name")
+    .addOption(
+      new Option("--user <user>", "the user KubeFed acts as (tether:<user> on the member)").default(
+        DEFAULT_KUBEFED_USER,
+      ),
+    )
+    .addOption(
+      new Option("--group <group>", "a group of that user (repeatable)").default([]).argParser(collect),
+    )
+    .addOption(
+      new Option(
+        "--ttl <duration>",
+        "how long the token is valid (at most 365d); re-run and re-apply before it ends",
+      ).default(DEFAULT_KUBEFED_TOKEN_TTL),
+    )
+    .addOption(
+      new Option("--kubefed-namespace <ns>", "KubeFed's namespace in the host cluster").default(
+        KUBEFED_NAMESPACE,
+      ),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & {
+          user: string;
+          group: string[];
+          ttl: string;
+          kubefedNamespace: string;
+          server?: string;
+          output: "yaml" | "json";
+        },
+      ) => {
+        await kubefed(adminContext(o, out), name, {
+          user: o.user,
+          groups: o.group,
+          ttl: o.ttl,
+          namespace: o.kubefedNamespace,
+          output: o.output,
           ...(o.server ? { server: o.server } : {}),
         });
       },

@@ -1,0 +1,75 @@
+// `tether-server kubefed NAME` on a temporary state dir: the KubeFedCluster
+// points at /clusters/NAME with Tether's CA, and its Secret holds a user token
+// that the store knows, scoped to that cluster, expiring when it says.
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import t from "tap";
+import { parseAllDocuments } from "yaml";
+import { runCli } from "../src/cli.js";
+import { FileStore } from "../src/state-store.js";
+import { hashToken } from "../src/tokens.js";
+
+const SERVER = "https://tether.example.com:8443";
+
+async function cli(...args: string[]) {
+  let stdout = "";
+  let stderr = "";
+  const code = await runCli(args, {
+    stdout: (s) => {
+      stdout += s;
+    },
+    stderr: (s) => {
+      stderr += s;
+    },
+  });
+  return { code, stdout, stderr };
+}
+
+t.test("kubefed prints a KubeFedCluster and its token Secret", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "tether-kubefed-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const base = ["--state-dir", dir, "--server", SERVER];
+  t.equal((await cli("cluster", "add", "east", ...base)).code, 0);
+  const r = await cli("kubefed", "east", "--group", "federation", "--ttl", "30d", ...base);
+  t.equal(r.code, 0, r.stderr);
+  const [secret, cluster] = parseAllDocuments(r.stdout).map((d) => d.toJS()) as [
+    { kind: string; metadata: { name: string; namespace: string }; stringData: { token: string } },
+    {
+      apiVersion: string;
+      kind: string;
+      metadata: { name: string; namespace: string };
+      spec: { apiEndpoint: string; caBundle: string; secretRef: { name: string } };
+    },
+  ];
+  t.equal(cluster.apiVersion, "core.kubefed.io/v1beta1");
+  t.equal(cluster.kind, "KubeFedCluster");
+  t.equal(cluster.metadata.name, "east");
+  t.equal(cluster.metadata.namespace, "kube-federation-system");
+  t.equal(cluster.spec.apiEndpoint, `${SERVER}/clusters/east`);
+  const store = await FileStore.open(dir);
+  const ca = await store.loadOrCreateCa();
+  t.equal(
+    Buffer.from(cluster.spec.caBundle, "base64").toString("utf8"),
+    ca.certPem,
+    "caBundle is Tether's CA",
+  );
+  t.equal(secret.kind, "Secret");
+  t.equal(cluster.spec.secretRef.name, secret.metadata.name, "the cluster names its Secret");
+  t.equal(secret.metadata.namespace, cluster.metadata.namespace);
+  const record = await store.findToken(hashToken(secret.stringData.token));
+  t.match(record, { kind: "user", user: "kubefed", groups: ["federation"], clusters: ["east"] });
+  const days = (Date.parse(record!.expiresAt) - Date.now()) / 86_400_000;
+  t.ok(days > 29.9 && days <= 30, `expires in --ttl (${days.toFixed(2)} days)`);
+
+  const json = await cli("kubefed", "east", "-o", "json", "--kubefed-namespace", "fed", ...base);
+  t.match(JSON.parse(json.stdout), {
+    kind: "List",
+    items: [{ kind: "Secret", metadata: { namespace: "fed" } }, { kind: "KubeFedCluster" }],
+  });
+  const unknown = await cli("kubefed", "west", ...base);
+  t.equal(unknown.code, 1);
+  t.match(unknown.stderr, /no cluster named west/);
+  const bad = await cli("kubefed", "east", "--group", "system:masters", ...base);
+  t.match(bad.stderr, /reserved/);
+});
