@@ -273,7 +273,15 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
   const store = ["--store", "kubernetes", "--kubeconfig", m1.kubeconfig, "--namespace", "tether-system"];
   let joinToken = "";
   await t.test("agent-manifest m1 | kubectl apply -f -", async (t) => {
-    const printed = await cli("agent-manifest", "m1", ...store);
+    // As deploy/README.md says: the admin credential from its Secret, then the one-liner.
+    const credentialSecret = (
+      await m1.api<Obj>("GET", "/api/v1/namespaces/tether-system/secrets/tether-admin-credential")
+    ).body;
+    const credential = join(dir, "admin-credential.json");
+    await writeFile(credential, Buffer.from(credentialSecret.data["credential.json"], "base64"), {
+      mode: 0o600,
+    });
+    const printed = await cli("agent-manifest", "m1", "--credential", credential);
     t.equal(printed.code, 0, printed.stderr);
     t.match(printed.stderr, /Cluster m1 was not registered: registered it/, "registers m1 first");
     const apply = await m1.kubectl(["apply", "-f", "-"], { input: printed.stdout });
