@@ -5,7 +5,7 @@
 // a real member through a running Tether. (KubeFed itself is not run: it is
 // retired upstream and not part of the harness.)
 import { join } from "node:path";
-import { runCli } from "@tether/server";
+import { runCliCaptured } from "@tether/server";
 import t from "tap";
 import { parseAllDocuments } from "yaml";
 import { startClusters, writeKubeconfig } from "../kube/index.js";
@@ -21,12 +21,18 @@ t.test("a KubeFedCluster from tether-server kubefed reaches the member", async (
   await tether.startAgent("fed1", member);
   await bindTetherAdmins(member);
 
-  let out = "";
-  const code = await runCli(
-    ["kubefed", "fed1", "--group", "admins", "--state-dir", tether.store.dir, "--server", tether.server.url],
-    { stdout: (s) => void (out += s), stderr: (s) => void (out += s) },
-  );
-  t.equal(code, 0, out);
+  const r = await runCliCaptured([
+    "kubefed",
+    "fed1",
+    "--group",
+    "admins",
+    "--state-dir",
+    tether.store.dir,
+    "--server",
+    tether.server.url,
+  ]);
+  t.equal(r.code, 0, r.stderr);
+  const out = r.stdout;
   const [secret, cluster] = parseAllDocuments(out).map((d) => d.toJS()) as [
     { stringData: { token: string } },
     { spec: { apiEndpoint: string; caBundle: string } },

@@ -7,12 +7,14 @@
 // one join token consumed by two stores at once has exactly one winner.
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { hashToken, issueToken, KubeStore, runCli } from "@tether/server";
+import { hashToken, issueToken, KubeStore, runCliCaptured } from "@tether/server";
 import t from "tap";
 import { freePort, startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
 import { bindTetherAdmins, prepareMember, until } from "./fixture.js";
 import { AGENT_BIN, FAST_TIMING, SERVER_BIN } from "./tether-processes.js";
+
+const cli = (...args: string[]) => runCliCaptured(args);
 
 const root = new URL("../../", import.meta.url).pathname;
 
@@ -26,20 +28,6 @@ interface ClusterObject {
     rttMilliseconds?: number;
     agentVersion?: string;
   };
-}
-
-async function cli(...args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-  });
-  return { code, stdout, stderr };
 }
 
 t.test("the Kubernetes store", async (t) => {

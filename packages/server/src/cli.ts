@@ -457,6 +457,23 @@ export async function runCli(args: string[], io: CliIo = processIo): Promise<num
   }
 }
 
+/** `runCli` with its output captured, for embedding and tests. */
+export async function runCliCaptured(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  const code = await runCli(args, {
+    stdout: (text) => {
+      stdout += text;
+    },
+    stderr: (text) => {
+      stderr += text;
+    },
+  });
+  return { code, stdout, stderr };
+}
+
 function oneLine(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
   return message.replace(/\s*\n\s*/g, " ");

@@ -1,6 +1,6 @@
 export { type AgentSession, AgentSessions, KUBERNETES_SERVICE } from "./agent-sessions.js";
 export { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
-export { buildProgram, main, runCli, VERSION } from "./cli.js";
+export { buildProgram, main, runCli, runCliCaptured, VERSION } from "./cli.js";
 export { CLUSTER_PATH, ClusterProxy } from "./cluster-proxy.js";
 export { type ClusterStatus, ClusterStatusReporter } from "./cluster-status.js";
 export { type Caller, IDENTITY_PREFIX, impersonationHeaders, rewriteHeaders } from "./forwarded-headers.js";

@@ -3,8 +3,9 @@
 // service account) and applies its credentials; the requests themselves are
 // plain HTTPS, so that resourceVersion preconditions, merge patches and 404 /
 // 409 answers are explicit where the store relies on them.
-import { request } from "node:https";
+import type { RequestOptions } from "node:https";
 import { KubeConfig } from "@kubernetes/client-node";
+import { type JsonAnswer, requestJson } from "./json-request.js";
 
 const MAX_RESPONSE_BYTES = 64 << 20;
 const TIMEOUT_MS = 30_000;
@@ -15,10 +16,7 @@ export interface KubeConnection {
   context?: string;
 }
 
-export interface ApiAnswer<T = unknown> {
-  status: number;
-  body: T;
-}
+export type ApiAnswer<T = unknown> = JsonAnswer<T>;
 
 export class KubeApiError extends Error {
   constructor(
@@ -67,46 +65,17 @@ export class KubeApi {
     body?: unknown,
     contentType = "application/json",
   ): Promise<ApiAnswer<T>> {
-    const options: import("node:https").RequestOptions = {
-      method,
-      timeout: TIMEOUT_MS,
-      headers: { accept: "application/json" },
-    };
+    const options: RequestOptions & { timeout: number } = { method, timeout: TIMEOUT_MS };
     await this.kubeConfig.applyToHTTPSOptions(options);
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    if (payload !== undefined) {
-      options.headers = {
-        ...options.headers,
-        "content-type": contentType,
-        "content-length": Buffer.byteLength(payload),
-      };
-    }
     const url = new URL(this.server.pathname.replace(/\/$/, "") + path, this.server);
-    return new Promise((resolve, reject) => {
-      const req = request(url, options, (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_RESPONSE_BYTES)
-            req.destroy(new Error(`answer larger than ${MAX_RESPONSE_BYTES} bytes`));
-          else chunks.push(chunk);
-        });
-        res.on("error", (err) => reject(this.unreachable(err)));
-        res.on("end", () => {
-          let parsed: unknown;
-          try {
-            parsed = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-          } catch {
-            parsed = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, body: parsed as T });
-        });
-      });
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${TIMEOUT_MS / 1000}s`)));
-      req.on("error", (err) => reject(this.unreachable(err)));
-      req.end(payload);
-    });
+    try {
+      return await requestJson<T>(url, options, body, MAX_RESPONSE_BYTES, contentType);
+    } catch (err) {
+      throw new KubeApiError(
+        "ERR_TETHER_KUBE_UNREACHABLE",
+        `cannot reach the host cluster's apiserver ${this.server.host}: ${(err as Error).message}`,
+      );
+    }
   }
 
   /** `call`, throwing a coded error unless the status is 2xx or listed in `allow`. */
@@ -144,13 +113,6 @@ export class KubeApi {
       "ERR_TETHER_KUBE_API",
       `${method} ${path} failed with HTTP ${answer.status}${detail}`,
       answer.status,
-    );
-  }
-
-  private unreachable(err: Error): KubeApiError {
-    return new KubeApiError(
-      "ERR_TETHER_KUBE_UNREACHABLE",
-      `cannot reach the host cluster's apiserver ${this.server.host}: ${err.message}`,
     );
   }
 }

@@ -3,10 +3,10 @@
 // the CA in the credential; the token goes only to that server. Errors come
 // back with the server's code and message, or say what to check when the
 // server can't be reached.
-import { request } from "node:https";
 import type { AdminCredential } from "./admin-credential.js";
 import { TetherCliError } from "./admin-input.js";
 import type { ClusterAdmin, ClusterSpec, JoinInfo, RemoveResult, UserToken } from "./cluster-admin.js";
+import { type JsonAnswer, requestJson } from "./json-request.js";
 import type { ClusterRecord } from "./state-store.js";
 
 export const ERR_TETHER_SERVER_UNREACHABLE = "ERR_TETHER_SERVER_UNREACHABLE";
@@ -46,59 +46,32 @@ export class RemoteClusterAdmin implements ClusterAdmin {
     return this.call("POST", `clusters/${encodeURIComponent(name)}/user-tokens`, { user, groups, ttlMs });
   }
 
-  private call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const url = new URL(`/admin/v1/${path}`, this.base);
-    return new Promise<T>((resolve, reject) => {
-      const req = request(
-        url,
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let answer: JsonAnswer;
+    try {
+      answer = await requestJson(
+        new URL(`/admin/v1/${path}`, this.base),
         {
           method,
           ca: this.credential.caCertificate,
           timeout: TIMEOUT_MS,
-          headers: {
-            authorization: `Bearer ${this.credential.token}`,
-            accept: "application/json",
-            ...(payload
-              ? { "content-type": "application/json", "content-length": Buffer.byteLength(payload) }
-              : {}),
-          },
+          headers: { authorization: `Bearer ${this.credential.token}` },
         },
-        (res) => {
-          const chunks: Buffer[] = [];
-          let size = 0;
-          res.on("data", (chunk: Buffer) => {
-            size += chunk.length;
-            if (size > MAX_RESPONSE_BYTES) req.destroy(new Error("the answer is too large"));
-            else chunks.push(chunk);
-          });
-          res.on("end", () => {
-            let parsed: unknown;
-            try {
-              parsed = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-            } catch {
-              parsed = undefined;
-            }
-            const status = res.statusCode ?? 0;
-            if (status >= 200 && status < 300 && parsed !== undefined) return resolve(parsed as T);
-            const err = parsed as { code?: unknown; message?: unknown } | undefined;
-            if (typeof err?.code === "string" && typeof err.message === "string") {
-              return reject(new TetherCliError(err.code, err.message));
-            }
-            reject(
-              new TetherCliError(
-                ERR_TETHER_SERVER_UNREACHABLE,
-                `${this.where} answered HTTP ${status} without an admin API error: is it tether-server, at this URL?`,
-              ),
-            );
-          });
-          res.on("error", (e) => reject(this.unreachable(e)));
-        },
+        body,
+        MAX_RESPONSE_BYTES,
       );
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${TIMEOUT_MS / 1000}s`)));
-      req.on("error", (e) => reject(this.unreachable(e)));
-      req.end(payload);
-    });
+    } catch (err) {
+      throw this.unreachable(err as Error);
+    }
+    if (answer.status >= 200 && answer.status < 300 && answer.body !== undefined) return answer.body as T;
+    const err = answer.body as { code?: unknown; message?: unknown } | undefined;
+    if (typeof err?.code === "string" && typeof err.message === "string") {
+      throw new TetherCliError(err.code, err.message);
+    }
+    throw new TetherCliError(
+      ERR_TETHER_SERVER_UNREACHABLE,
+      `${this.where} answered HTTP ${answer.status} without an admin API error: is it tether-server, at this URL?`,
+    );
   }
 
   private unreachable(err: Error): TetherCliError {

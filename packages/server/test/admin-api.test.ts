@@ -8,26 +8,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
 import { ensureAdminCredential, parseAdminCredential } from "../src/admin-credential.js";
-import { runCli } from "../src/cli.js";
+import { runCliCaptured } from "../src/cli.js";
 import { createLogger } from "../src/logger.js";
 import { CertificateAuthority } from "../src/pki.js";
 import { TetherServer } from "../src/server.js";
 import { ADMIN_CREDENTIAL_FILE, FileStore } from "../src/state-store.js";
 import { hashToken, issueToken } from "../src/tokens.js";
 
-async function cli(...args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-  });
-  return { code, stdout, stderr };
-}
+const cli = (...args: string[]) => runCliCaptured(args);
 
 async function startServer(t: Test) {
   const dir = await mkdtemp(join(tmpdir(), "tether-admin-api-"));

@@ -20,12 +20,14 @@ import {
   parseLabels,
   serveUrl,
 } from "../src/admin-input.js";
-import { runCli } from "../src/cli.js";
+import { runCliCaptured } from "../src/cli.js";
 import { formatTable } from "../src/output-format.js";
 import { caHashOf, ERR_TETHER_INVALID_CLUSTER_NAME } from "../src/pki.js";
 import { FileStore } from "../src/state-store.js";
 import { adminFor } from "../src/store-options.js";
 import { hashToken } from "../src/tokens.js";
+
+const cli = (...args: string[]) => runCliCaptured(args);
 
 const SERVER = "https://tether.example.com:8443";
 const HOUR = 3_600_000;
@@ -37,21 +39,6 @@ async function tempStateDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "tether-admin-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** Runs the CLI in-process; resolves to the exit code and what it printed. */
-async function cli(...args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-  });
-  return { code, stdout, stderr };
 }
 
 /** Asserts a failed run: exit 1, nothing on stdout, exactly one "tether-server: …" line on stderr. */

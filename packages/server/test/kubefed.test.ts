@@ -6,25 +6,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
 import { parseAllDocuments } from "yaml";
-import { runCli } from "../src/cli.js";
+import { runCliCaptured } from "../src/cli.js";
 import { FileStore } from "../src/state-store.js";
 import { hashToken } from "../src/tokens.js";
 
-const SERVER = "https://tether.example.com:8443";
+const cli = (...args: string[]) => runCliCaptured(args);
 
-async function cli(...args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-  });
-  return { code, stdout, stderr };
-}
+const SERVER = "https://tether.example.com:8443";
 
 t.test("kubefed prints a KubeFedCluster and its token Secret", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), "tether-kubefed-"));
