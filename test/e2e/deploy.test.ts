@@ -13,7 +13,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { basename, dirname, join, relative } from "node:path";
-import { hashToken, KubeStore, runCli } from "@tether/server";
+import { hashToken, KubeStore, runCliCaptured } from "@tether/server";
 import t from "tap";
 import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { type Cluster, freePort, startClusters, writeKubeconfig } from "../kube/index.js";
@@ -27,19 +27,7 @@ const ENTRYPOINT = join(root, "scripts/container-entrypoint.mjs");
 // biome-ignore lint/suspicious/noExplicitAny: Kubernetes objects parsed from YAML, read field by field
 type Obj = any;
 
-async function cli(...args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-  });
-  return { code, stdout, stderr };
-}
+const cli = (...args: string[]) => runCliCaptured(args);
 
 function filesUnder(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {

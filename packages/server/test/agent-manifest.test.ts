@@ -28,7 +28,7 @@ import {
   manifestYaml,
   TETHER_IMAGE,
 } from "../src/agent-manifest.js";
-import { runCli } from "../src/cli.js";
+import { runCliCaptured } from "../src/cli.js";
 import { createLogger } from "../src/logger.js";
 import { TetherServer } from "../src/server.js";
 import { ADMIN_CREDENTIAL_FILE, FileStore } from "../src/state-store.js";
@@ -62,19 +62,7 @@ function codeOf(fn: () => unknown): string | undefined {
   return undefined;
 }
 
-async function cli(...args: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(args, {
-    stdout: (s) => {
-      stdout += s;
-    },
-    stderr: (s) => {
-      stderr += s;
-    },
-  });
-  return { code, stdout, stderr };
-}
+const cli = (...args: string[]) => runCliCaptured(args);
 
 async function tempDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "tether-agent-manifest-"));
