@@ -14,10 +14,10 @@ import fs from "node:fs";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
+import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer } from "ws";
 import {
   type Session,
@@ -259,6 +259,15 @@ if (role === "agent") {
     return true;
   };
 }
+
+/** CPU seconds this process used so far (user + system): a cost measure less swayed by other load than wall time. */
+handlers.cpu = async () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+};
+
+// The parent went away (done, or killed): leave too, so no peer outlives a run.
+process.on("disconnect", () => process.exit(0));
 
 process.on("message", async (msg: { id: number; cmd: string } & Record<string, unknown>) => {
   try {
