@@ -29,9 +29,17 @@ export interface SessionOptions {
   maxStreams?: number;
   /**
    * Largest receive window one stream may grow to. Windows start at 256 KiB
-   * and double while the reader keeps up with the link. Default 16 MiB.
+   * (or where earlier streams of the session got to) and double while the
+   * reader keeps up with the link. Default 32 MiB, above the bandwidth-delay
+   * product of a 50 ms link at 500 MiB/s.
    */
   maxWindow?: number;
+  /**
+   * Receive memory all streams of the session may claim together beyond the
+   * 256 KiB each starts with: bounds what stalled readers can pin. Windows
+   * stop growing (new ones start small) while it is spent. Default 64 MiB.
+   */
+  maxSessionWindow?: number;
   /**
    * Largest Data payload this end sends (the scheduler's round-robin quantum).
    * At most 65536, which is also what every peer accepts. Default 65536.
@@ -56,7 +64,8 @@ export type ResolvedOptions = Required<Omit<SessionOptions, "accept">> & Pick<Se
 
 export const DEFAULT_OPTIONS = {
   maxStreams: 1024,
-  maxWindow: 16 * 1024 * 1024,
+  maxWindow: 32 * 1024 * 1024,
+  maxSessionWindow: 64 * 1024 * 1024,
   maxFrameSize: MAX_FRAME_PAYLOAD,
   keepAliveInterval: 10_000,
   deadPeerTimeout: 30_000,
@@ -76,6 +85,7 @@ export function resolveOptions(options: SessionOptions): ResolvedOptions {
   };
   positive("maxStreams", 1, 2 ** 30);
   positive("maxWindow", 256 * 1024, 2 ** 31 - 1);
+  positive("maxSessionWindow", 0);
   positive("maxFrameSize", 1024, MAX_FRAME_PAYLOAD);
   positive("keepAliveInterval", 0);
   positive("deadPeerTimeout", 0);

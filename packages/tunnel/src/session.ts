@@ -28,6 +28,7 @@ import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } fr
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
 import { RoundRobin } from "./scheduler.js";
 import { type StreamHost, TunnelStream } from "./stream.js";
+import { WindowBudget } from "./window-budget.js";
 
 /** Where frames go. `websocket.ts` adapts a ws WebSocket; tests use in-memory pairs. */
 export interface Transport {
@@ -51,8 +52,10 @@ export interface SessionEvents {
 export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly role: "client" | "server";
   readonly maxWindow: number;
-  /** @internal Receive window new streams start with: what streams reached, up to maxWindow / 4. */
+  /** @internal Receive window new streams start with: the largest any stream reached. */
   learnedWindow = INITIAL_WINDOW;
+  /** @internal */
+  readonly windowBudget: WindowBudget;
 
   private readonly transport: Transport;
   private readonly options: ResolvedOptions;
@@ -87,6 +90,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.transport = transport;
     this.role = this.options.role;
     this.maxWindow = this.options.maxWindow;
+    this.windowBudget = new WindowBudget(this.options.maxSessionWindow);
     this.nextLocalId = this.role === "client" ? 1 : 2;
     const { keepAliveInterval, deadPeerTimeout } = this.options;
     if (keepAliveInterval > 0) {
@@ -230,10 +234,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal */
   sendWindowUpdate(stream: TunnelStream, delta: number): void {
-    // New streams start at up to a quarter of the cap: most of the ramp is skipped, yet a
-    // new stream whose reader stalls at once pins 4 MiB (default), not the full 16.
-    const start = Math.min(stream.recvWindow.size, Math.floor(this.maxWindow / 4));
-    if (start > this.learnedWindow) this.learnedWindow = start;
+    // New streams start where earlier ones got to, so a long link is not ramped up again for
+    // every request. A new stream whose reader stalls at once pins that much, but all
+    // windows together stay within the session's budget.
+    if (stream.recvWindow.size > this.learnedWindow) this.learnedWindow = stream.recvWindow.size;
     this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, stream.id, delta));
   }
 

@@ -14,12 +14,15 @@ import { ErrorCode, type TetherError, tetherError } from "./errors.js";
 import { encodeData, Flag, INITIAL_WINDOW } from "./frame.js";
 import type { Metadata } from "./open-header.js";
 import { ReceiveWindow } from "./window.js";
+import type { WindowBudget } from "./window-budget.js";
 
 /** What a stream needs from its session; the session is the only implementation. */
 export interface StreamHost {
   readonly maxWindow: number;
   /** Receive window new streams start with (the largest any stream of the session reached). */
   readonly learnedWindow: number;
+  /** Receive memory all windows of the session share beyond their initial 256 KiB. */
+  readonly windowBudget: WindowBudget;
   /** Smoothed round-trip time in ms, or 0 before the first measurement. */
   readonly rttForWindow: number;
   schedule(stream: TunnelStream): void;
@@ -75,7 +78,7 @@ export class TunnelStream extends Duplex {
     this.metadata = metadata;
     this.initiator = initiator;
     this.acked = initiator === "remote";
-    this.recvWindow = new ReceiveWindow(host.maxWindow, now, host.learnedWindow);
+    this.recvWindow = new ReceiveWindow(host.maxWindow, now, host.learnedWindow, host.windowBudget);
   }
 
   /** Bytes received and not yet handed to the reader. */
@@ -170,6 +173,8 @@ export class TunnelStream extends Duplex {
 
   override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
     if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    // Only now: a finished stream whose reader has not read everything still holds it.
+    this.recvWindow.release();
     const host = this.host;
     this.host = undefined;
     if (host !== undefined) {

@@ -6,12 +6,13 @@
  * bytes the application consumed. When a reader drains a full window in less
  * than four round trips (checked at each update: a fraction f of the window in
  * under 4·f·RTT), the window rather than the reader limits the transfer, so it
- * doubles, up to `max`. While the window is the limit, a whole window arrives
- * per round trip, far inside the bound; a reader slower than the link never
- * triggers growth.
+ * doubles, up to `max` and as far as the session's budget allows. While the
+ * window is the limit, a whole window arrives per round trip, far inside the
+ * bound; a reader slower than the link never triggers growth.
  */
 
 import { INITIAL_WINDOW } from "./frame.js";
+import type { WindowBudget } from "./window-budget.js";
 
 export class ReceiveWindow {
   /** Current window size. */
@@ -23,19 +24,30 @@ export class ReceiveWindow {
   /** Bytes consumed whose credit has not been returned yet. */
   pending = 0;
   private epochStart: number;
+  /** What this window holds of the session budget: everything above INITIAL_WINDOW. */
+  private claimed: number;
 
   /**
-   * `initial` above INITIAL_WINDOW presumes the caller grants the difference
-   * to the peer right away (the session does, with the SYN or the ACK).
+   * Starts at `initial` if the budget allows, never below INITIAL_WINDOW. A
+   * start above INITIAL_WINDOW presumes the caller grants the difference to
+   * the peer right away (the session does, with the SYN or the ACK).
    */
   constructor(
     readonly max: number,
     now: number,
-    initial: number = INITIAL_WINDOW,
+    initial: number,
+    private readonly budget: WindowBudget,
   ) {
-    this.size = Math.min(Math.max(initial, INITIAL_WINDOW), max);
+    this.claimed = budget.claim(Math.min(Math.max(initial, INITIAL_WINDOW), max) - INITIAL_WINDOW);
+    this.size = INITIAL_WINDOW + this.claimed;
     this.credit = this.size;
     this.epochStart = now;
+  }
+
+  /** Gives the window's share back to the budget; the stream is gone. Idempotent. */
+  release(): void {
+    this.budget.release(this.claimed);
+    this.claimed = 0;
   }
 
   /** Accounts for arriving data; false means the peer overran its credit. */
@@ -58,7 +70,8 @@ export class ReceiveWindow {
     if (this.pending < this.size / 4) return 0;
     let growth = 0;
     if (now - this.epochStart < 4 * (this.pending / this.size) * rttMs && this.size < this.max) {
-      growth = Math.min(this.size, this.max - this.size);
+      growth = this.budget.claim(Math.min(this.size, this.max - this.size));
+      this.claimed += growth;
       this.size += growth;
     }
     this.epochStart = now;

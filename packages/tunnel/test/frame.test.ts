@@ -12,8 +12,8 @@ import {
   HEADER_SIZE,
   MAX_FRAME_PAYLOAD,
   MAX_MESSAGE_SIZE,
-  parseFrames,
   PROTOCOL_VERSION,
+  parseFrames,
 } from "../src/frame.js";
 
 const u32 = fc.integer({ min: 0, max: 0xffffffff });

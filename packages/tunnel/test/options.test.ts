@@ -14,6 +14,7 @@ t.test("bad options are refused", async (t) => {
   t.throws(() => resolveOptions({ role: "client", maxStreams: 0 }), RangeError);
   t.throws(() => resolveOptions({ role: "client", maxFrameSize: 70_000 }), RangeError);
   t.throws(() => resolveOptions({ role: "client", maxWindow: 1000 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", maxSessionWindow: -1 }), RangeError);
   t.throws(() => resolveOptions({ role: "client", deadPeerTimeout: -1 }), RangeError);
   t.throws(() => resolveOptions({ role: "client", transportHighWaterMark: 1.5 }), RangeError);
 });

@@ -339,7 +339,58 @@ t.test("windows grow while the reader keeps up with the link", async (t) => {
   await once(s, "finish");
   await tick();
   t.ok(remote!.recvWindow.size > INITIAL_WINDOW, `grew to ${remote!.recvWindow.size}`);
-  t.ok(remote!.recvWindow.size <= 16 * 1024 * 1024, "within the cap");
+  t.ok(remote!.recvWindow.size <= link.server.maxWindow, "within the cap");
+  link.client.close();
+});
+
+t.test("stalled readers pin at most the session budget; other streams still flow", async (t) => {
+  const MiB = 1024 * 1024;
+  const budget = 6 * MiB;
+  const link = pair({}, { maxWindow: 4 * MiB, maxSessionWindow: budget });
+  Object.defineProperty(link.server, "rttForWindow", { get: () => 1e9 }); // every drain counts as fast
+  const remotes: TunnelStream[] = [];
+  let stall = false;
+  link.server.on("stream", (s) => {
+    remotes.push(s);
+    s.on("error", () => {});
+    s.on("end", () => s.end()); // a finished request gets its (empty) answer, closing the stream
+    if (stall) s.pause();
+    else s.resume();
+  });
+  // A fast stream teaches the session a large start window...
+  const fast = link.client.open("svc");
+  fast.end(Buffer.alloc(16 * MiB));
+  await once(fast, "finish");
+  await tick();
+  t.equal(link.server.learnedWindow, 4 * MiB, "the session learned the cap");
+  // ...then five streams whose readers never read try to fill everything they are given.
+  stall = true;
+  const stalled = Array.from({ length: 5 }, () => link.client.open("svc"));
+  for (const s of stalled) {
+    s.on("error", () => {});
+    s.write(Buffer.alloc(8 * MiB));
+  }
+  for (let i = 0; i < 50; i++) await tick();
+  const stuck = remotes.slice(1);
+  const held = stuck.map((r) => r.bufferedInbound + r.readableLength);
+  for (const [i, r] of stuck.entries()) {
+    t.ok(held[i]! <= r.recvWindow.size + r.readableHighWaterMark, `stream ${r.id} holds ${held[i]}`);
+  }
+  const total = held.reduce((a, b) => a + b, 0);
+  const bound = budget + stuck.length * (INITIAL_WINDOW + stuck[0]!.readableHighWaterMark);
+  t.ok(total <= bound, `all stalled readers hold ${total} <= ${bound}`);
+  t.ok(link.server.windowBudget.claimed <= budget, "the budget is never exceeded");
+  // A stream opened now still gets its 256 KiB window and finishes.
+  stall = false;
+  const late = link.client.open("svc");
+  late.end(Buffer.alloc(2 * MiB));
+  await once(late, "finish");
+  t.pass("a new stream finishes while the budget is spent");
+  // Ending the stalled streams gives their share back.
+  for (const s of stalled) s.destroy();
+  for (let i = 0; i < 10; i++) await tick();
+  t.equal(link.server.streamCount, 0, "all streams gone");
+  t.equal(link.server.windowBudget.claimed, 0, "and the whole budget is back");
   link.client.close();
 });
 
