@@ -198,14 +198,12 @@ export async function main(argv: string[]): Promise<void> {
       opts.kubeconfig
         ? kubeconfigTarget(opts.kubeconfig, opts.context)
         : inClusterTarget(process.env, opts.serviceAccountDir);
-    let target: KubeTarget | undefined;
-    const credentialStore: CredentialStore = opts.credentialsSecret
-      ? new SecretCredentials(
-          (target = targetOf()),
-          podNamespace(opts.serviceAccountDir),
-          opts.credentialsSecret,
-        )
-      : new CredentialsDir(opts.stateDir);
+    // Only the Secret store needs the apiserver before the credentials are read.
+    let target: KubeTarget | undefined = opts.credentialsSecret ? targetOf() : undefined;
+    const credentialStore: CredentialStore =
+      target && opts.credentialsSecret
+        ? new SecretCredentials(target, podNamespace(opts.serviceAccountDir), opts.credentialsSecret)
+        : new CredentialsDir(opts.stateDir);
     const { caPem, certPem, keyPem } = await credentials(opts, credentialStore, log);
     target ??= targetOf();
     const agent = new TetherAgent({

@@ -25,7 +25,7 @@ export async function authenticate(
     const token = BEARER.exec(auth)?.[1];
     if (!token) return undefined;
     const record = await store.findToken(hashToken(token));
-    if (!record || record.kind !== "user" || !record.user) return undefined;
+    if (record?.kind !== "user" || !record.user) return undefined;
     return { user: record.user, groups: record.groups ?? [], via: "token", clusters: record.clusters ?? [] };
   }
   const socket = req.socket as TLSSocket;

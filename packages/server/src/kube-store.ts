@@ -510,8 +510,8 @@ export class KubeStore implements Store, ClusterStatusSink {
     const secret = await this.read<DataObject>(this.secrets(tokenSecretName(hash)));
     const r = secret && tokenFrom(secret);
     if (
-      !r ||
-      r.kind !== "join" ||
+      !secret ||
+      r?.kind !== "join" ||
       r.cluster !== cluster ||
       r.usedAt !== undefined ||
       !(Date.parse(r.expiresAt) > Date.now())

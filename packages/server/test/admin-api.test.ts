@@ -234,7 +234,7 @@ t.test("routes, and bad input refused while the server keeps serving", async (t)
   const list = await as("GET", "/admin/v1/clusters");
   t.equal(list.status, 200, "the server still serves");
   t.same(
-    (list.body?.clusters as { name: string }[]).map((c) => c.name),
+    ((list.body?.clusters ?? []) as { name: string }[]).map((c) => c.name),
     ["edge-1"],
     "and nothing else was added",
   );
