@@ -24,6 +24,7 @@ import {
   MAX_WINDOW,
   parseFrames,
 } from "./frame.js";
+import { releaseFrame } from "./frame-pool.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
 import { RoundRobin } from "./scheduler.js";
@@ -32,7 +33,11 @@ import { WindowBudget } from "./window-budget.js";
 
 /** Where frames go. `websocket.ts` adapts a ws WebSocket; tests use in-memory pairs. */
 export interface Transport {
-  /** Sends one message; `done` runs once it has left user space, or failed. */
+  /**
+   * Sends one message; `done` runs once it has left user space, or failed. The
+   * session reuses the message's memory after `done`, so a transport that keeps
+   * the bytes longer (an in-memory link) must copy them.
+   */
   send(message: Buffer, done: (err?: Error | null) => void): void;
   /** Closes the transport. Graceful lets what was sent reach the peer first. */
   close(graceful: boolean): void;
@@ -503,11 +508,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private write(message: Buffer): void {
     this.inFlight += message.length;
-    this.transport.send(message, this.onSent.bind(this, message.length));
+    this.transport.send(message, this.onSent.bind(this, message));
   }
 
-  private onSent(size: number, err?: Error | null): void {
-    this.inFlight -= size;
+  private onSent(message: Buffer, err?: Error | null): void {
+    this.inFlight -= message.length;
+    releaseFrame(message);
     if (err) {
       this.transportClosed(err);
       return;

@@ -12,6 +12,7 @@ import { Duplex } from "node:stream";
 import { ResetCode, resetCodeName } from "./codes.js";
 import { ErrorCode, type TetherError, tetherError } from "./errors.js";
 import { encodeData, Flag, INITIAL_WINDOW } from "./frame.js";
+import { pooledDataFrame } from "./frame-pool.js";
 import type { Metadata } from "./open-header.js";
 import { ReceiveWindow } from "./window.js";
 import type { WindowBudget } from "./window-budget.js";
@@ -261,7 +262,7 @@ export class TunnelStream extends Duplex {
     if (head !== undefined) {
       if (this.sendWindow === 0) return undefined;
       const n = Math.min(max, this.sendWindow, head.chunk.length - head.offset);
-      const frame = encodeData(0, this.id, head.chunk.subarray(head.offset, head.offset + n));
+      const frame = pooledDataFrame(0, this.id, head.chunk.subarray(head.offset, head.offset + n));
       head.offset += n;
       this.sendWindow -= n;
       if (head.offset === head.chunk.length) {

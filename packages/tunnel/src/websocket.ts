@@ -7,6 +7,8 @@
 import { WebSocket } from "ws";
 import { ErrorCode, tetherError } from "./errors.js";
 import { MAX_MESSAGE_SIZE } from "./frame.js";
+import { isPooled } from "./frame-pool.js";
+import { inPlaceMaskedSender } from "./masked-send.js";
 import type { SessionOptions } from "./options.js";
 import { Session, type Transport } from "./session.js";
 
@@ -29,12 +31,14 @@ export function sessionFromWebSocket(ws: WebSocket, options: SessionOptions): Se
     throw tetherError(ErrorCode.INVALID_ARGUMENT, `WebSocket must be open, readyState is ${ws.readyState}`);
   }
   ws.binaryType = "nodebuffer";
+  const sendInPlace = inPlaceMaskedSender(ws);
   const transport: Transport = {
     send(message, done) {
       if (ws.readyState !== WebSocket.OPEN) {
         done(tetherError(ErrorCode.TRANSPORT_CLOSED, "WebSocket is not open"));
         return;
       }
+      if (sendInPlace !== undefined && isPooled(message) && sendInPlace(message, done)) return;
       ws.send(message, { binary: true }, done);
     },
     close(graceful) {

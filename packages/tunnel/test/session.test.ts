@@ -455,7 +455,7 @@ function bare(role: "client" | "server", options: object = {}) {
   const out: Buffer[] = [];
   const transport: Transport = {
     send: (m, done) => {
-      out.push(m);
+      out.push(Buffer.from(m)); // the session reuses `m` after done
       process.nextTick(done);
     },
     close: () => {},

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import type { AddressInfo } from "node:net";
 import t, { type Test } from "tap";
@@ -9,6 +10,7 @@ import {
   type TetherError,
   WEBSOCKET_OPTIONS,
 } from "../src/index.js";
+import { inPlaceMaskedSender } from "../src/masked-send.js";
 import { readAll } from "./lib/pair.js";
 
 async function sockets(t: Test) {
@@ -46,6 +48,26 @@ t.test("a session runs over a real WebSocket and closes cleanly after go-away", 
   const ends = Promise.all([closed(agent), closed(hub)]);
   hub.goAway();
   t.same(await ends, [undefined, undefined], "both ends closed without error");
+});
+
+t.test("the client masks its data frames in place, and they arrive intact", async (t) => {
+  const { client, server } = await sockets(t);
+  t.type(inPlaceMaskedSender(client), "function", "the installed ws lets the client mask in place");
+  t.equal(inPlaceMaskedSender(server), undefined, "a server end does not mask");
+  const agent = sessionFromWebSocket(client, { role: "client" });
+  const hub = sessionFromWebSocket(server, { role: "server" });
+  let viaWsSend = 0;
+  const send = client.send.bind(client);
+  client.send = ((...args: Parameters<typeof client.send>) => {
+    viaWsSend++;
+    return send(...args);
+  }) as typeof client.send;
+  const received = new Promise<Buffer>((resolve) => hub.once("stream", (s) => resolve(readAll(s))));
+  const body = randomBytes(4 * 1024 * 1024);
+  agent.open("logs").end(body);
+  t.ok((await received).equals(body), "4 MiB of random bytes, unchanged");
+  t.ok(viaWsSend < 8, `only control messages took ws.send (${viaWsSend} of ~64 messages)`);
+  agent.close();
 });
 
 t.test("a text message is a protocol error", async (t) => {

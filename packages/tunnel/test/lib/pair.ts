@@ -36,7 +36,8 @@ function transport(from: Side, to: Side, count: (n: number) => void, isCut: () =
         return;
       }
       count(message.length);
-      queue.push({ message, done });
+      // Copied as a socket would: the sender reuses the buffer once `done` runs.
+      queue.push({ message: Buffer.from(message), done });
       if (!scheduled) {
         scheduled = true;
         setImmediate(flush);

@@ -1,0 +1,41 @@
+/**
+ * Reused buffers for outgoing Data frames. A bulk transfer otherwise allocates
+ * a fresh 64 KiB buffer per frame, and that churn (with the WebSocket layer's
+ * own copy per message) kept V8 collecting every few tens of milliseconds on
+ * the sending side. A buffer goes back to the pool once the transport reports
+ * the message sent (Transport.send's `done`), so a transport must not touch a
+ * message after that; until then it may even rewrite it in place (the
+ * WebSocket client masks it there).
+ *
+ * One pool serves every session in the process; it keeps at most POOL_LIMIT
+ * idle buffers and allocates more while all are in flight.
+ */
+
+import { FrameType, HEADER_SIZE, MAX_MESSAGE_SIZE, writeHeader } from "./frame.js";
+
+const POOL_LIMIT = 64; // 4 MiB idle at most
+const idle: ArrayBuffer[] = [];
+const ours = new WeakSet<ArrayBuffer>();
+
+/** A Data frame carrying `payload`, in a pooled buffer; hand it to releaseFrame once sent. */
+export function pooledDataFrame(flags: number, streamId: number, payload: Uint8Array): Buffer {
+  let memory = idle.pop();
+  if (memory === undefined) {
+    memory = new ArrayBuffer(MAX_MESSAGE_SIZE);
+    ours.add(memory);
+  }
+  const frame = Buffer.from(memory, 0, HEADER_SIZE + payload.length);
+  writeHeader(frame, 0, FrameType.DATA, flags, streamId, payload.length);
+  frame.set(payload, HEADER_SIZE);
+  return frame;
+}
+
+/** True if `message` lives in pool memory (so the sender may rewrite it until it is released). */
+export function isPooled(message: Buffer): boolean {
+  return ours.has(message.buffer as ArrayBuffer);
+}
+
+/** Returns a sent message's memory to the pool if it came from there; other buffers are ignored. */
+export function releaseFrame(message: Buffer): void {
+  if (isPooled(message) && idle.length < POOL_LIMIT) idle.push(message.buffer as ArrayBuffer);
+}
