@@ -32,6 +32,9 @@ export interface StreamHost {
   streamDestroyed(stream: TunnelStream): void;
 }
 
+/** Payloads from this size up are framed in pooled buffers (Buffer.allocUnsafe pools only below 4 KiB). */
+const POOLED_FRAME_MIN = 4096;
+
 interface Outgoing {
   chunk: Buffer;
   offset: number;
@@ -262,7 +265,10 @@ export class TunnelStream extends Duplex {
     if (head !== undefined) {
       if (this.sendWindow === 0) return undefined;
       const n = Math.min(max, this.sendWindow, head.chunk.length - head.offset);
-      const frame = pooledDataFrame(0, this.id, head.chunk.subarray(head.offset, head.offset + n));
+      const payload = head.chunk.subarray(head.offset, head.offset + n);
+      // Small frames come cheaply from Node's shared slab; a 64 KiB pool buffer would be wasted on them.
+      const frame =
+        n >= POOLED_FRAME_MIN ? pooledDataFrame(0, this.id, payload) : encodeData(0, this.id, payload);
       head.offset += n;
       this.sendWindow -= n;
       if (head.offset === head.chunk.length) {
