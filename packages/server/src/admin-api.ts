@@ -11,6 +11,7 @@
 //   POST   /admin/v1/clusters/NAME/join-tokens  {ttlMs} -> JoinInfo
 //   POST   /admin/v1/clusters/NAME/user-tokens  {user, groups?, ttlMs} -> UserToken
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { TLSSocket } from "node:tls";
 import { ERR_TETHER_CLUSTER_EXISTS, ERR_TETHER_UNKNOWN_CLUSTER, TetherCliError } from "./admin-input.js";
 import type { ClusterAdmin } from "./cluster-admin.js";
 import { readBounded } from "./join-endpoint.js";
@@ -40,6 +41,8 @@ export interface AdminApiDeps {
 }
 
 type Body = Record<string, unknown>;
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 const bad = (message: string): never => {
   throw new TetherCliError(ERR_TETHER_ADMIN_BAD_REQUEST, message);
@@ -88,8 +91,14 @@ export class AdminApi {
   }
 
   private async authorize(req: IncomingMessage): Promise<void> {
-    const header = req.headers.authorization;
-    const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : undefined;
+    const token = BEARER.exec(req.headers.authorization ?? "")?.[1];
+    if (!token && (req.socket as TLSSocket).authorized) {
+      // A cluster or user certificate from Tether's CA: a known caller, but never an admin.
+      throw new TetherCliError(
+        ERR_TETHER_ADMIN_FORBIDDEN,
+        "a certificate may not use the admin API: it needs the admin token, from the admin credential `serve` wrote",
+      );
+    }
     if (!token || !looksLikeToken(token)) {
       throw new TetherCliError(
         ERR_TETHER_ADMIN_UNAUTHORIZED,
@@ -113,7 +122,7 @@ export class AdminApi {
     const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
     const method = req.method ?? "GET";
     if (parts[0] !== "clusters" || parts.length > 3) return notFound(method, path);
-    const name = parts[1] === undefined ? undefined : decodeURIComponent(parts[1]);
+    const name = parts[1] === undefined ? undefined : decodeSegment(parts[1]);
     if (parts.length === 1) {
       if (method === "GET") return { status: 200, body: { clusters: await admin.listClusters() } };
       if (method === "POST") {
@@ -169,6 +178,14 @@ export class AdminApi {
 
 function notFound(method: string, path: string): never {
   throw new TetherCliError(ERR_TETHER_ADMIN_NOT_FOUND, `no admin API route ${method} ${path.slice(0, 100)}`);
+}
+
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return bad(`the path segment ${JSON.stringify(segment.slice(0, 100))} is not valid percent-encoding`);
+  }
 }
 
 function codeOf(err: unknown): unknown {

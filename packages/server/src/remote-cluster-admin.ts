@@ -79,9 +79,11 @@ export class RemoteClusterAdmin implements ClusterAdmin {
     const hint =
       code === "ECONNREFUSED"
         ? `; is "tether-server serve" running there?`
-        : /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)
-          ? "; the server's certificate is not from the CA in the credential: is the credential for this server?"
-          : "; check --server and the network";
+        : code === "ERR_TLS_CERT_ALTNAME_INVALID"
+          ? `; use the address in the credential, or start serve with --external-url naming ${this.base.hostname}`
+          : /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)
+            ? "; the server's certificate is not from the CA in the credential: is the credential for this server?"
+            : "; check --server and the network";
     return new TetherCliError(
       ERR_TETHER_SERVER_UNREACHABLE,
       `cannot reach tether-server at ${this.where}: ${err.message}${hint}`,

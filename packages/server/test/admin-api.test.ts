@@ -39,7 +39,7 @@ function call(
   caPem: string,
   method: string,
   path: string,
-  options: { token?: string; body?: string | Buffer } = {},
+  options: { token?: string; body?: string | Buffer; cert?: { certPem: string; keyPem?: string } } = {},
 ): Promise<{ status: number; body: Record<string, unknown> | undefined }> {
   return new Promise((resolve, reject) => {
     const req = request(
@@ -47,6 +47,7 @@ function call(
       {
         method,
         ca: caPem,
+        ...(options.cert ? { cert: options.cert.certPem, key: options.cert.keyPem ?? "" } : {}),
         headers: {
           ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
           ...(options.body === undefined ? {} : { "content-type": "application/json" }),
@@ -141,6 +142,41 @@ t.test("who may call the admin API", async (t) => {
   const ok = await call(server.url, ca, "GET", "/admin/v1/clusters", { token: credential.token });
   t.equal(ok.status, 200, "the admin token: 200");
   t.same(ok.body, { clusters: [] });
+
+  const clusterCert = await server.ca.issueClusterCertificate("c1");
+  const asCluster = await call(server.url, ca, "GET", "/admin/v1/clusters", { cert: clusterCert });
+  t.equal(asCluster.status, 403, "a cluster certificate: 403");
+  t.equal(asCluster.body?.code, "ERR_TETHER_ADMIN_FORBIDDEN");
+  const userCert = await server.ca.issueUserCertificate("alice", ["ops"]);
+  t.equal(
+    (await call(server.url, ca, "GET", "/admin/v1/clusters", { cert: userCert })).status,
+    403,
+    "a user certificate: 403",
+  );
+  const strangerCa = await CertificateAuthority.create();
+  const stranger = await strangerCa.issueClusterCertificate("c1");
+  t.equal(
+    (await call(server.url, ca, "GET", "/admin/v1/clusters", { cert: stranger })).status,
+    401,
+    "a certificate from another CA is no one: 401",
+  );
+  t.equal(
+    (await call(server.url, ca, "GET", "/admin/v1/clusters", { cert: clusterCert, token: credential.token }))
+      .status,
+    200,
+    "the admin token decides, whatever certificate comes with it",
+  );
+
+  await store.addCluster({
+    name: "m1",
+    auth: "impersonate",
+    labels: {},
+    allowedUsers: [],
+    allowedGroups: [],
+    createdAt: new Date().toISOString(),
+  });
+  const proxied = await call(server.url, ca, "GET", "/clusters/m1/api", { token: credential.token });
+  t.equal(proxied.status, 401, "the admin token is no user token: the cluster proxy refuses it");
 });
 
 t.test("routes, and bad input refused while the server keeps serving", async (t) => {
@@ -220,6 +256,7 @@ t.test("routes, and bad input refused while the server keeps serving", async (t)
       /reserved/,
     ],
     ["unknown route", "GET", "/admin/v1/secrets", undefined, /no admin API route/],
+    ["bad percent-encoding", "DELETE", "/admin/v1/clusters/%E0%A4%A", undefined, /percent-encoding/],
   ];
   for (const [what, method, path, body, message] of cases) {
     const r = await as(method, path, body);
@@ -310,4 +347,23 @@ t.test("the admin CLI with --credential drives the running server", async (t) =>
     t.equal(r3.code, 1);
     t.match(r3.stderr, /cannot reach tether-server at .*is "tether-server serve" running there\?/);
   });
+});
+
+t.test("an address the serving certificate does not name", async (t) => {
+  // Linux routes all of 127/8 to loopback; the certificate names 127.0.0.1, ::1 and localhost only.
+  const dir = await mkdtemp(join(tmpdir(), "tether-admin-api-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const store = await FileStore.open(join(dir, "state"));
+  const server = await TetherServer.start({
+    store,
+    host: "127.0.0.2",
+    port: 0,
+    log: createLogger({ level: "silent" }),
+  });
+  t.teardown(() => server.close());
+  const elsewhere = `https://127.0.0.2:${server.port}`;
+  await ensureAdminCredential(store, elsewhere, server.ca.certPem);
+  const r = await cli("cluster", "list", "--credential", join(store.dir, ADMIN_CREDENTIAL_FILE));
+  t.equal(r.code, 1);
+  t.match(r.stderr, /does not match certificate's altnames.*--external-url naming 127\.0\.0\.2$/m);
 });
