@@ -2,6 +2,8 @@
 // kubeconfig): they parse what the operator typed, call a ClusterAdmin
 // (cluster-admin.ts) and print the result. Tokens are written to `out` only by
 // the command that creates them, and never logged.
+import { join } from "node:path";
+import { rotateAdminCredential } from "./admin-credential.js";
 import {
   DEFAULT_JOIN_TOKEN_TTL,
   DEFAULT_USER_TOKEN_TTL,
@@ -21,7 +23,7 @@ import {
   formatYaml,
   type OutputFormat,
 } from "./output-format.js";
-import type { ClusterRecord } from "./state-store.js";
+import { ADMIN_CREDENTIAL_FILE, type ClusterRecord, FileStore, type Store } from "./state-store.js";
 
 export interface AdminContext {
   /** Where command output goes (stdout in the CLI). */
@@ -213,4 +215,17 @@ export async function kubeconfig(
     ctx.out(formatYaml(config));
   }
   return { kubeconfig: config, token: issued.token, expiresAt: issued.expiresAt };
+}
+
+/** `rotate-admin-credential`: on the store itself, never through the admin API. */
+export async function adminCredentialRotate(store: Store, out: (text: string) => void): Promise<void> {
+  const credential = await rotateAdminCredential(store);
+  const where =
+    store instanceof FileStore
+      ? join(store.dir, ADMIN_CREDENTIAL_FILE)
+      : `the Secret tether-admin-credential, ${store.describe()}`;
+  out(
+    `Admin credential rotated: every earlier copy is revoked now.\n` +
+      `The new one (valid until ${credential.expiresAt}) is in ${where}; copy it to the admins' machines (0600).\n`,
+  );
 }

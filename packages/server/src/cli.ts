@@ -5,13 +5,14 @@
 import { Command, type CommanderError, InvalidArgumentError, Option } from "commander";
 import {
   type AdminContext,
+  adminCredentialRotate,
   clusterAdd,
   clusterList,
   clusterRemove,
   joinToken,
   kubeconfig,
 } from "./admin-commands.js";
-import { ensureAdminCredential } from "./admin-credential.js";
+import { maintainAdminCredential } from "./admin-credential.js";
 import {
   DEFAULT_JOIN_TOKEN_TTL,
   DEFAULT_KUBEFED_TOKEN_TTL,
@@ -118,6 +119,7 @@ export function buildProgram(io: CliIo = processIo): Command {
   addKubeconfig(program, out);
   addAgentManifest(program, io);
   addKubefed(program, out);
+  addRotateAdminCredential(program, out);
   const override = (cmd: Command) => {
     cmd.exitOverride((err) => {
       throw new UsageError(err, commandPath(cmd));
@@ -179,7 +181,7 @@ function addServe(program: Command): void {
           .catch((err: Error) =>
             log.warn({ err: err.message }, "could not record the server URL in the state directory"),
           );
-        await ensureAdminCredential(store, url, server.ca.certPem, log);
+        await maintainAdminCredential(store, url, server.ca.certPem, log);
         const stop = () => {
           log.info("stopping");
           void server.close().then(() => process.exit(0));
@@ -424,6 +426,22 @@ function addKubeconfig(program: Command, out: (text: string) => void): void {
         });
       },
     );
+}
+
+function addRotateAdminCredential(program: Command, out: (text: string) => void): void {
+  addStoreOptions(program.command("rotate-admin-credential"))
+    .description(
+      "replace the admin credential's token and revoke every earlier admin token (for a credential that leaked); " +
+        "acts on the state directly, safe while the server runs",
+    )
+    .action(async (o: StoreOptions) => {
+      const store = await openStore(o);
+      try {
+        await adminCredentialRotate(store, out);
+      } finally {
+        if (store instanceof KubeStore) await store.close();
+      }
+    });
 }
 
 /**

@@ -2,12 +2,12 @@
 // temporary directory): who may call it, each route, bad bodies refused while
 // the server keeps serving, and the admin CLI's remote mode (--credential)
 // against it, compared with the local mode on the same state.
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t, { type Test } from "tap";
-import { ensureAdminCredential, parseAdminCredential } from "../src/admin-credential.js";
+import { ensureAdminCredential } from "../src/admin-credential.js";
 import { runCliCaptured } from "../src/cli.js";
 import { createLogger } from "../src/logger.js";
 import { CertificateAuthority } from "../src/pki.js";
@@ -78,32 +78,6 @@ function call(
     req.end(options.body);
   });
 }
-
-t.test("the admin credential", async (t) => {
-  const { store, server, credential, credentialFile } = await startServer(t);
-  t.equal((await stat(credentialFile)).mode & 0o777, 0o600, "written 0600");
-  const onDisk = parseAdminCredential(await readFile(credentialFile, "utf8"), credentialFile);
-  t.same(onDisk, credential);
-  t.equal(credential.server, server.url);
-  t.equal(credential.caCertificate, server.ca.certPem);
-  t.equal((await store.findToken(hashToken(credential.token)))?.kind, "admin", "its token is an admin token");
-  t.notOk(
-    JSON.stringify(await store.listTokens()).includes(credential.token),
-    "the store keeps only its hash",
-  );
-
-  const again = await ensureAdminCredential(store, server.url, server.ca.certPem);
-  t.equal(again.token, credential.token, "a restart keeps it");
-
-  const moved = await ensureAdminCredential(store, "https://tether.example.com:8443", server.ca.certPem);
-  t.equal(moved.token, credential.token, "a new URL rewrites the document with the same token");
-  t.equal(moved.server, "https://tether.example.com:8443");
-
-  await store.deleteToken(hashToken(credential.token));
-  const renewed = await ensureAdminCredential(store, server.url, server.ca.certPem);
-  t.not(renewed.token, credential.token, "a credential whose token is gone gets a new token");
-  t.equal((await store.findToken(hashToken(renewed.token)))?.kind, "admin");
-});
 
 t.test("who may call the admin API", async (t) => {
   const { store, server, credential } = await startServer(t);

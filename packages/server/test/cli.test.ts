@@ -2,8 +2,10 @@
 // gets a clear error and a non-zero exit, not a stack trace, and `serve`
 // writes the admin credential the admin commands' remote mode uses.
 import { spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { stat } from "node:fs/promises";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -71,10 +73,20 @@ t.test("the bin runs the admin commands", async (t) => {
 t.test("serve writes an admin credential (0600) that the admin commands use with --credential", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "tether-cli-serve-"));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const server = spawn(process.execPath, [bin, "serve", "--state-dir", dir, "--listen", "127.0.0.1:0"], {
-    stdio: "ignore",
-  });
-  t.teardown(() => server.kill("SIGKILL"));
+  // A fixed port, so that a restart serves at the same URL.
+  const port = await freePort();
+  const serve = () => {
+    const child = spawn(
+      process.execPath,
+      [bin, "serve", "--state-dir", dir, "--listen", `127.0.0.1:${port}`],
+      {
+        stdio: "ignore",
+      },
+    );
+    t.teardown(() => child.kill("SIGKILL"));
+    return child;
+  };
+  const server = serve();
   const file = join(dir, "admin-credential.json");
   for (let i = 0; i < 300; i++) {
     if (await stat(file).catch(() => undefined)) break;
@@ -92,4 +104,28 @@ t.test("serve writes an admin credential (0600) that the admin commands use with
   t.equal(add.status, 0, add.stderr);
   const list = run("cluster", "list", "--state-dir", dir, "-o", "json");
   t.match(JSON.parse(list.stdout), { clusters: [{ name: "remote-1" }] }, "the server's state has it");
+
+  const written = readFileSync(file, "utf8");
+  server.kill("SIGKILL");
+  await once(server, "exit");
+  serve();
+  let remoteList = run("cluster", "list", "--credential", file, "--state-dir", other, "-o", "json");
+  for (let i = 0; i < 300 && remoteList.status !== 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    remoteList = run("cluster", "list", "--credential", file, "--state-dir", other, "-o", "json");
+  }
+  t.equal(remoteList.status, 0, `the credential works after a restart: ${remoteList.stderr}`);
+  t.match(JSON.parse(remoteList.stdout), { clusters: [{ name: "remote-1" }] });
+  t.equal(readFileSync(file, "utf8"), written, "and the restarted server left it as it was");
 });
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
+}
