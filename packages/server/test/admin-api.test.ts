@@ -6,6 +6,7 @@ import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import t, { type Test } from "tap";
 import { ensureAdminCredential } from "../src/admin-credential.js";
 import { runCliCaptured } from "../src/cli.js";
@@ -340,4 +341,42 @@ t.test("an address the serving certificate does not name", async (t) => {
   const r = await cli("cluster", "list", "--credential", join(store.dir, ADMIN_CREDENTIAL_FILE));
   t.equal(r.code, 1);
   t.match(r.stderr, /does not match certificate's altnames.*--external-url naming 127\.0\.0\.2$/m);
+});
+
+t.test("tokens never reach the server's log", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "tether-admin-api-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  let logged = "";
+  const log = createLogger(
+    { level: "trace" },
+    new Writable({
+      write(chunk, _encoding, done) {
+        logged += chunk.toString();
+        done();
+      },
+    }),
+  );
+  const store = await FileStore.open(join(dir, "state"));
+  const server = await TetherServer.start({ store, host: "127.0.0.1", port: 0, log });
+  t.teardown(() => server.close());
+  const credential = await ensureAdminCredential(store, server.url, server.ca.certPem, log);
+  const file = join(store.dir, ADMIN_CREDENTIAL_FILE);
+  const add = await cli("cluster", "add", "m1", "-o", "json", "--credential", file);
+  const user = await cli("kubeconfig", "m1", "--user", "u", "-o", "json", "--credential", file);
+  t.equal(add.code + user.code, 0, add.stderr + user.stderr);
+  const ca = server.ca.certPem;
+  await call(server.url, ca, "POST", "/admin/v1/clusters", { token: credential.token, body: "{" });
+  await call(server.url, ca, "GET", "/admin/v1/clusters/m1/nope", { token: credential.token });
+  const joinToken = JSON.parse(add.stdout).token as string;
+  await call(server.url, ca, "GET", "/admin/v1/clusters", { token: joinToken });
+  t.match(logged, /admin credential written/, "the log has lines to search");
+  t.match(logged, /admin API request refused/);
+  for (const [what, secret] of [
+    ["the admin token", credential.token],
+    ["a join token", joinToken],
+    ["a user token", /tether_[A-Za-z0-9_-]{43}/.exec(user.stdout)?.[0]],
+  ]) {
+    t.ok(secret?.startsWith("tether_"), `${what} was issued`);
+    t.notOk(logged.includes(secret as string), `${what} is not in the log`);
+  }
 });
