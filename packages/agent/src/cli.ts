@@ -1,19 +1,18 @@
 // tether-agent's command line.
 
-import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { Command, Option } from "commander";
+import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
+import { type CredentialStore, type Credentials, CredentialsDir } from "./credentials.js";
+import { startupIdentity } from "./identity.js";
 import {
-  type CredentialStore,
-  type Credentials,
-  CredentialsDir,
-  clusterOf,
-  keyMatches,
-} from "./credentials.js";
-import { join } from "./join.js";
-import { inClusterTarget, type KubeTarget, kubeconfigTarget, SERVICE_ACCOUNT_DIR } from "./kube-target.js";
+  inClusterTarget,
+  type KubeTarget,
+  kubeconfigTarget,
+  SERVICE_ACCOUNT_DIR,
+  TargetConfigError,
+} from "./kube-target.js";
 import { SecretCredentials } from "./secret-credentials.js";
 import { VERSION } from "./version.js";
 
@@ -50,22 +49,14 @@ function seconds(value: string): number {
   return n;
 }
 
-/** Why saved credentials can't be used, or undefined when they can. */
-function unusable(saved: Credentials, cluster: string | undefined, where: string): string | undefined {
-  const savedCluster = clusterOf(saved.certPem);
-  if (cluster && cluster !== savedCluster)
-    return `${where} holds the identity of cluster "${savedCluster}", not "${cluster}"`;
-  if (!keyMatches(saved.certPem, saved.keyPem)) return `the key in ${where} does not match its certificate`;
-  const notAfter = new X509Certificate(saved.certPem).validTo;
-  if (Date.parse(notAfter) <= Date.now()) return `the certificate in ${where} expired at ${notAfter}`;
-  return undefined;
+function secretName(value: string): string {
+  if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value)) {
+    throw new InvalidArgumentError("a Secret name is lowercase letters, digits, '-' and '.', at most 253");
+  }
+  return value;
 }
 
-/**
- * The agent's identity: --ca-file/--cert-file/--key-file, else usable saved
- * credentials (a join token given as well is ignored: it was used already),
- * else a join with --token, saved for next time.
- */
+/** The agent's identity: --ca-file/--cert-file/--key-file, else the saved or a newly joined one. */
 async function credentials(
   opts: RunOptions,
   store: CredentialStore,
@@ -81,49 +72,18 @@ async function credentials(
       keyPem: readFlagFile(opts.keyFile, "--key-file"),
     };
   }
-  const saved = await store.load();
-  const why = saved && unusable(saved, opts.cluster, store.where);
-  if (saved && !why) {
-    log.info(
-      {
-        cluster: clusterOf(saved.certPem),
-        notAfter: new X509Certificate(saved.certPem).validTo,
-        from: store.where,
-      },
-      "using the saved identity",
-    );
-    return saved;
-  }
-  if (!opts.cluster || !opts.token || !opts.caHash) {
-    throw new Error(
-      why
-        ? `${why}: run "tether-server join-token ${opts.cluster ?? clusterOf(saved!.certPem)}" on the host and start the agent with the new --token (or TETHER_JOIN_TOKEN)`
-        : `not joined yet (nothing in ${store.where}): pass --cluster, --token and --ca-hash as printed by "tether-server cluster add" ` +
-            "(or TETHER_CLUSTER, TETHER_JOIN_TOKEN, TETHER_CA_HASH), or --ca-file, --cert-file and --key-file",
-    );
-  }
-  if (why) log.warn({ reason: why }, "the saved identity is unusable; joining again with the join token");
-  const joined = await join({
-    server: opts.server,
-    cluster: opts.cluster,
-    token: opts.token,
-    caHash: opts.caHash,
-  });
-  await store.save(joined);
-  log.info({ cluster: opts.cluster, savedIn: store.where }, "joined");
-  return joined;
+  return startupIdentity(opts, store, log);
 }
 
-/** The namespace this pod runs in, for its credentials Secret. */
+/** The namespace this pod runs in (the service account's), where its credentials Secret lives. */
 function podNamespace(saDir: string): string {
-  const fromEnv = process.env.POD_NAMESPACE;
-  if (fromEnv) return fromEnv;
   try {
     const ns = readFileSync(`${saDir}/namespace`, "utf8").trim();
     if (ns) return ns;
   } catch {}
-  throw new Error(
-    `--credentials-secret needs the pod's namespace: set POD_NAMESPACE or mount the service account (${saDir}/namespace)`,
+  throw new TargetConfigError(
+    `--credentials-secret keeps the Secret in the pod's namespace, read from ${saDir}/namespace: ` +
+      "mount the service account (automountServiceAccountToken) or use --state-dir",
   );
 }
 
@@ -165,7 +125,9 @@ export function buildProgram(): Command {
       new Option(
         "--credentials-secret <name>",
         "keep the key and certificate in this Secret of the pod's namespace instead of --state-dir (in-cluster)",
-      ).env("TETHER_CREDENTIALS_SECRET"),
+      )
+        .env("TETHER_CREDENTIALS_SECRET")
+        .argParser(secretName),
     )
     .option("--ca-file <path>", "instead of joining: PEM of the CA that signed the server's certificate")
     .option("--cert-file <path>", "instead of joining: this cluster's client certificate (PEM)")

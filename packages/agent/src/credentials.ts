@@ -4,7 +4,8 @@
 // kill -9 mid-renewal leaves the previous, matching key and certificate.
 import "reflect-metadata";
 import { createPrivateKey, randomBytes, webcrypto, X509Certificate } from "node:crypto";
-import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { constants } from "node:fs";
+import { access, mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import * as x509 from "@peculiar/x509";
 
@@ -75,8 +76,10 @@ export const CREDENTIALS_FILE = "agent-credentials.json";
 export interface CredentialStore {
   /** For messages: a path or "Secret ns/name". */
   readonly where: string;
-  /** The saved credentials; undefined before the first join. */
+  /** The saved credentials; undefined before the first join. Unreadable contents throw ERR_TETHER_AGENT_STATE_CORRUPT. */
   load(): Promise<Credentials | undefined>;
+  /** Fails, changing nothing, when save() would: checked before a join spends its one-time token. */
+  checkWritable(): Promise<void>;
   /** Replaces the saved credentials in one step. */
   save(creds: Credentials): Promise<void>;
 }
@@ -112,10 +115,23 @@ export class CredentialsDir implements CredentialStore {
     );
   }
 
+  async checkWritable(): Promise<void> {
+    await this.writing(async () => {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await access(this.dir, constants.W_OK);
+    });
+  }
+
   async save(creds: Credentials): Promise<void> {
-    try {
+    await this.writing(async () => {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
       await writeAtomic(this.path, JSON.stringify(creds), 0o600);
+    });
+  }
+
+  private async writing(step: () => Promise<void>): Promise<void> {
+    try {
+      await step();
     } catch (err) {
       throw new CredentialsError(
         "ERR_TETHER_AGENT_STATE_DIR",

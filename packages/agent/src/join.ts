@@ -27,7 +27,8 @@ export interface JoinOptions {
   caHash: string;
 }
 
-function caHashOf(pem: string): string {
+/** The pin of a CA certificate: sha256 of its SubjectPublicKeyInfo, as `tether-server cluster add` prints it. */
+export function caHashOf(pem: string): string {
   const spki = new X509Certificate(pem).publicKey.export({ type: "spki", format: "der" });
   return `sha256:${createHash("sha256").update(spki).digest("hex")}`;
 }

@@ -16,6 +16,17 @@ import type { KubeTarget } from "./kube-target.js";
 
 const MAX_RESPONSE_BYTES = 1 << 20;
 const REQUEST_TIMEOUT_MS = 15_000;
+/** Writes that lose a race with another writer this often in a row give up. */
+const MAX_WRITE_ATTEMPTS = 4;
+
+export const ERR_SECRET_FORBIDDEN = "ERR_TETHER_AGENT_SECRET_FORBIDDEN";
+export const ERR_SECRET_UNAUTHORIZED = "ERR_TETHER_AGENT_SECRET_UNAUTHORIZED";
+export const ERR_SECRET_CONFLICT = "ERR_TETHER_AGENT_SECRET_CONFLICT";
+export const ERR_SECRET_UNREACHABLE = "ERR_TETHER_AGENT_SECRET_UNREACHABLE";
+export const ERR_SECRET_API = "ERR_TETHER_AGENT_SECRET_API";
+export const ERR_STATE_CORRUPT = "ERR_TETHER_AGENT_STATE_CORRUPT";
+
+type Verb = "get" | "create" | "update";
 
 interface SecretObject {
   apiVersion: "v1";
@@ -30,6 +41,9 @@ interface ApiResponse {
   body: unknown;
 }
 
+/** Stands in for the credentials in a dry-run write, which checks permissions and stores nothing. */
+const PROBE: Credentials = { caPem: "", certPem: "", keyPem: "" };
+
 export class SecretCredentials implements CredentialStore {
   readonly where: string;
   private resourceVersion: string | undefined;
@@ -43,13 +57,8 @@ export class SecretCredentials implements CredentialStore {
   }
 
   async load(): Promise<Credentials | undefined> {
-    const res = await this.call("GET", this.itemPath(), undefined, "get");
-    if (res.status === 404) {
-      this.resourceVersion = undefined;
-      return undefined;
-    }
-    const secret = res.body as SecretObject;
-    this.resourceVersion = secret.metadata?.resourceVersion;
+    const secret = await this.read();
+    if (!secret) return undefined;
     const data = secret.data ?? {};
     const decode = (key: string) =>
       typeof data[key] === "string" ? Buffer.from(data[key], "base64").toString("utf8") : undefined;
@@ -58,34 +67,70 @@ export class SecretCredentials implements CredentialStore {
     const keyPem = decode("tls.key");
     if (!caPem || !certPem || !keyPem) {
       throw new CredentialsError(
-        "ERR_TETHER_AGENT_STATE_CORRUPT",
-        `${this.where} lacks ca.crt, tls.crt or tls.key; delete it and join again with a new token`,
+        ERR_STATE_CORRUPT,
+        `${this.where} lacks ca.crt, tls.crt or tls.key; start the agent with a new join token to replace it`,
       );
     }
     return { caPem, certPem, keyPem };
   }
 
+  /** A server-side dry-run of the write save() will do: fails with the missing RBAC rule, stores nothing. */
+  async checkWritable(): Promise<void> {
+    await this.write(PROBE, true);
+  }
+
   async save(creds: Credentials): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
+    await this.write(creds, false);
+  }
+
+  /** GETs the Secret and remembers its resourceVersion; undefined if there is none. */
+  private async read(): Promise<SecretObject | undefined> {
+    const res = await this.call("GET", this.itemPath(), undefined, "get");
+    if (res.status === 404) {
+      this.resourceVersion = undefined;
+      return undefined;
+    }
+    const secret = res.body as Partial<SecretObject> | undefined;
+    if (res.status >= 300 || typeof secret?.metadata?.resourceVersion !== "string") {
+      throw new CredentialsError(
+        ERR_SECRET_API,
+        `GET ${this.where} answered HTTP ${res.status} without a Secret; is ${this.target.url.host} a Kubernetes apiserver?`,
+      );
+    }
+    this.resourceVersion = secret.metadata.resourceVersion;
+    return secret as SecretObject;
+  }
+
+  /**
+   * Creates the Secret, or replaces it at the resourceVersion read last. When
+   * someone else wrote it in between (409) or deleted it (404), re-reads and
+   * tries again.
+   */
+  private async write(creds: Credentials, dryRun: boolean): Promise<void> {
+    const query = dryRun ? "?dryRun=All" : "";
+    for (let attempt = 1; ; attempt++) {
       const body = this.secretFor(creds);
       const res =
         this.resourceVersion === undefined
-          ? await this.call("POST", this.collectionPath(), body, "create")
-          : await this.call("PUT", this.itemPath(), body, "update");
+          ? await this.call("POST", this.collectionPath() + query, body, "create")
+          : await this.call("PUT", this.itemPath() + query, body, "update");
       if (res.status < 300) {
-        this.resourceVersion = (res.body as SecretObject).metadata?.resourceVersion;
+        if (!dryRun) this.resourceVersion = (res.body as SecretObject | undefined)?.metadata?.resourceVersion;
         return;
       }
-      // 409: someone else wrote it (another replica, an operator) or it already exists: re-read and retry.
-      if (attempt >= 3) {
+      if (res.status === 404 && this.resourceVersion === undefined) {
         throw new CredentialsError(
-          "ERR_TETHER_AGENT_SECRET_CONFLICT",
-          `${this.where} kept changing while the agent wrote it; is another agent with the same Secret running?`,
+          ERR_SECRET_API,
+          `cannot create ${this.where}: namespace ${this.namespace} does not exist`,
         );
       }
-      await this.load().catch(() => {
-        this.resourceVersion = undefined;
-      });
+      if (attempt >= MAX_WRITE_ATTEMPTS) {
+        throw new CredentialsError(
+          ERR_SECRET_CONFLICT,
+          `${this.where} kept changing while the agent wrote it; is another agent using the same Secret?`,
+        );
+      }
+      await this.read();
     }
   }
 
@@ -114,28 +159,48 @@ export class SecretCredentials implements CredentialStore {
   }
 
   /** One request; 2xx, 404 and 409 come back, everything else is a coded error that says what to do. */
-  private async call(method: string, path: string, body: unknown, verb: string): Promise<ApiResponse> {
+  private async call(method: string, path: string, body: unknown, verb: Verb): Promise<ApiResponse> {
     let res: ApiResponse;
     try {
       res = await this.send(method, path, body);
     } catch (err) {
       throw new CredentialsError(
-        "ERR_TETHER_AGENT_SECRET_UNREACHABLE",
+        ERR_SECRET_UNREACHABLE,
         `cannot ${verb} ${this.where} at ${this.target.url.host}: ${(err as Error).message}`,
       );
     }
     if (res.status < 300 || res.status === 404 || res.status === 409) return res;
-    if (res.status === 401 || res.status === 403) {
+    if (res.status === 401) {
       throw new CredentialsError(
-        "ERR_TETHER_AGENT_SECRET_FORBIDDEN",
-        `the agent may not ${verb} ${this.where} (HTTP ${res.status}): its service account needs a Role in ` +
-          `namespace ${this.namespace} allowing get, create and update on secrets (see deploy/agent)`,
+        ERR_SECRET_UNAUTHORIZED,
+        `the apiserver at ${this.target.url.host} did not accept the pod's service-account token (HTTP 401) ` +
+          `to ${verb} ${this.where}; check the token mounted for the agent`,
       );
     }
+    if (res.status === 403) throw this.forbidden(verb);
     const message = (res.body as { message?: unknown } | undefined)?.message;
     throw new CredentialsError(
-      "ERR_TETHER_AGENT_SECRET_API",
-      `cannot ${verb} ${this.where}: HTTP ${res.status}${typeof message === "string" ? `: ${message}` : ""}`,
+      ERR_SECRET_API,
+      `cannot ${verb} ${this.where}: HTTP ${res.status}` +
+        (typeof message === "string" ? `: ${message.replace(/\s+/g, " ").slice(0, 300)}` : ""),
+    );
+  }
+
+  /**
+   * The RBAC rule that allows `verb`, as the agent's Role must hold it. get and
+   * update can be limited to this Secret's name; create cannot (the name is
+   * not known when create is authorized), so it needs a rule of its own.
+   */
+  private forbidden(verb: Verb): CredentialsError {
+    const rule =
+      verb === "create"
+        ? `{apiGroups: [""], resources: ["secrets"], verbs: ["create"]} (no resourceNames: RBAC cannot limit create by name)`
+        : `{apiGroups: [""], resources: ["secrets"], resourceNames: ["${this.name}"], verbs: ["get", "update"]}`;
+    const who = serviceAccountOf(this.target.authorization()) ?? "the agent's service account";
+    return new CredentialsError(
+      ERR_SECRET_FORBIDDEN,
+      `${who} may not ${verb} ${this.where}: bind it to a Role in namespace ${this.namespace} with the rule ` +
+        `${rule} (tether-server agent-manifest prints that Role)`,
     );
   }
 
@@ -188,5 +253,22 @@ export class SecretCredentials implements CredentialStore {
       req.on("error", reject);
       req.end(payload);
     });
+  }
+}
+
+/**
+ * "service account ns/name" from a service-account token's `sub` claim, to
+ * name the RoleBinding's subject in an error. Only the claim is read; the
+ * token itself never goes into a message.
+ */
+function serviceAccountOf(authorization: string | undefined): string | undefined {
+  const payload = /^Bearer [^.\s]+\.([^.\s]+)\./.exec(authorization ?? "")?.[1];
+  if (!payload) return undefined;
+  try {
+    const sub = (JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as { sub?: unknown }).sub;
+    const m = typeof sub === "string" ? /^system:serviceaccount:([^:]+):([^:]+)$/.exec(sub) : null;
+    return m ? `service account ${m[1]}/${m[2]}` : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -59,3 +59,10 @@ t.test("an unreadable file is named with its flag", async (t) => {
   t.match(r.stderr, /--ca-file \/nonexistent\/ca\.pem/);
   t.notMatch(r.stderr, / {4}at /, "no stack trace");
 });
+
+t.test("a --credentials-secret that is no Secret name is refused before anything runs", async (t) => {
+  const r = run("--server", "https://x", "--credentials-secret", "Not_A/Name");
+  t.not(r.status, 0);
+  t.match(r.stderr, /--credentials-secret <name>' argument 'Not_A\/Name' is invalid/);
+  t.match(r.stderr, /lowercase letters, digits/);
+});
