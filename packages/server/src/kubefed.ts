@@ -38,7 +38,8 @@ export function kubefedObjects(issued: UserToken, namespace = KUBEFED_NAMESPACE)
         labels,
         annotations: { "tether.io/expires-at": issued.expiresAt },
       },
-      stringData: { token: issued.token },
+      // `data`, as kubefedctl join writes it: what KubeFed reads back (Secret.Data["token"]).
+      data: { token: Buffer.from(issued.token, "utf8").toString("base64") },
     },
     {
       apiVersion: "core.kubefed.io/v1beta1",

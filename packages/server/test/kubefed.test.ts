@@ -22,7 +22,7 @@ t.test("kubefed prints a KubeFedCluster and its token Secret", async (t) => {
   const r = await cli("kubefed", "east", "--group", "federation", "--ttl", "30d", ...base);
   t.equal(r.code, 0, r.stderr);
   const [secret, cluster] = parseAllDocuments(r.stdout).map((d) => d.toJS()) as [
-    { kind: string; metadata: { name: string; namespace: string }; stringData: { token: string } },
+    { kind: string; type: string; metadata: { name: string; namespace: string }; data: { token: string } },
     {
       apiVersion: string;
       kind: string;
@@ -45,7 +45,9 @@ t.test("kubefed prints a KubeFedCluster and its token Secret", async (t) => {
   t.equal(secret.kind, "Secret");
   t.equal(cluster.spec.secretRef.name, secret.metadata.name, "the cluster names its Secret");
   t.equal(secret.metadata.namespace, cluster.metadata.namespace);
-  const record = await store.findToken(hashToken(secret.stringData.token));
+  t.equal(secret.type, "Opaque");
+  const token = Buffer.from(secret.data.token, "base64").toString("utf8");
+  const record = await store.findToken(hashToken(token));
   t.match(record, { kind: "user", user: "kubefed", groups: ["federation"], clusters: ["east"] });
   const days = (Date.parse(record!.expiresAt) - Date.now()) / 86_400_000;
   t.ok(days > 29.9 && days <= 30, `expires in --ttl (${days.toFixed(2)} days)`);
@@ -60,4 +62,32 @@ t.test("kubefed prints a KubeFedCluster and its token Secret", async (t) => {
   t.match(unknown.stderr, /no cluster named west/);
   const bad = await cli("kubefed", "east", "--group", "system:masters", ...base);
   t.match(bad.stderr, /reserved/);
+});
+
+t.test("the token lives 90 days unless --ttl says otherwise, and never more than a year", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "tether-kubefed-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const base = ["--state-dir", dir, "--server", SERVER];
+  t.equal((await cli("cluster", "add", "east", ...base)).code, 0);
+  const store = await FileStore.open(dir);
+  const expiryOf = async (stdout: string) => {
+    const secret = parseAllDocuments(stdout)[0]!.toJS() as { data: { token: string } };
+    const record = await store.findToken(
+      hashToken(Buffer.from(secret.data.token, "base64").toString("utf8")),
+    );
+    return (Date.parse(record!.expiresAt) - Date.now()) / 86_400_000;
+  };
+  const r = await cli("kubefed", "east", ...base);
+  t.equal(r.code, 0, r.stderr);
+  const days = await expiryOf(r.stdout);
+  t.ok(days > 89.9 && days <= 90, `default: 90 days (${days.toFixed(2)})`);
+  t.match(r.stdout, /expires \d{4}-\d\d-\d\dT/, "the YAML says when it expires");
+  t.match(r.stdout, /run "tether-server kubefed east" again and re-apply before then/);
+
+  const userTokens = async () => (await store.listTokens()).filter((r) => r.kind === "user").length;
+  const before = await userTokens();
+  const tooLong = await cli("kubefed", "east", "--ttl", "366d", ...base);
+  t.equal(tooLong.code, 1);
+  t.match(tooLong.stderr, /--ttl/);
+  t.equal(await userTokens(), before, "a refused --ttl issues no token");
 });
