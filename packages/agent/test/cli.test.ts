@@ -3,6 +3,7 @@
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import t from "tap";
+import { buildProgram } from "../src/cli.js";
 
 const bin = new URL("../bin/tether-agent.js", import.meta.url).pathname;
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
@@ -65,4 +66,44 @@ t.test("a --credentials-secret that is no Secret name is refused before anything
   t.not(r.status, 0);
   t.match(r.stderr, /--credentials-secret <name>' argument 'Not_A\/Name' is invalid/);
   t.match(r.stderr, /lowercase letters, digits/);
+});
+
+t.test("TETHER_* environment variables stand in for the join flags; a flag wins", async (t) => {
+  const saved = { ...process.env };
+  t.teardown(() => {
+    process.env = saved;
+  });
+  Object.assign(process.env, {
+    TETHER_SERVER: "https://from-env:8443",
+    TETHER_CLUSTER: "from-env",
+    TETHER_JOIN_TOKEN: "env-token",
+    TETHER_CA_HASH: "sha256:env",
+    TETHER_CREDENTIALS_SECRET: "env-secret",
+  });
+  const fromEnv = buildProgram().parse(["node", "tether-agent"]).opts();
+  t.match(fromEnv, {
+    server: "https://from-env:8443",
+    cluster: "from-env",
+    token: "env-token",
+    caHash: "sha256:env",
+    credentialsSecret: "env-secret",
+  });
+  const flags = buildProgram()
+    .parse([
+      "node",
+      "tether-agent",
+      "--cluster",
+      "from-flag",
+      "--token",
+      "flag-token",
+      "--credentials-secret",
+      "flag-secret",
+    ])
+    .opts();
+  t.match(flags, {
+    cluster: "from-flag",
+    token: "flag-token",
+    credentialsSecret: "flag-secret",
+    server: "https://from-env:8443",
+  });
 });
