@@ -1,12 +1,14 @@
 // Serves HTTP arriving on tunnel streams by forwarding it to the apiserver.
 // Each stream is handed to an in-memory http.Server (nothing listens); plain
 // requests are re-issued over keep-alive TLS connections, upgrades (exec,
-// attach, port-forward over SPDY or WebSocket) are spliced onto a fresh TLS
-// connection. The stream's open metadata says how to authenticate:
+// attach, port-forward over SPDY or WebSocket) go out on a fresh one and are
+// spliced only once the apiserver has switched to the protocol asked for.
+// The stream's open metadata says how to authenticate:
 //   impersonate — the server has already set Impersonate-User/Group to the
-//     caller; the agent drops any Authorization and adds its own credential.
+//     caller; the agent drops any Authorization and adds its own credential
+//     (token or client certificate).
 //   passthrough — the caller's own Authorization goes through; the agent adds
-//     nothing of its own.
+//     nothing of its own, neither a token nor its client certificate.
 import {
   createServer,
   type IncomingHttpHeaders,
@@ -16,10 +18,8 @@ import {
   type ServerResponse,
 } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { isIP } from "node:net";
 import type { Duplex } from "node:stream";
-import { connect as tlsConnect } from "node:tls";
-import type { KubeTarget } from "./kube-target.js";
+import { type KubeTarget, serverVerification } from "./kube-target.js";
 
 export type AuthMode = "impersonate" | "passthrough";
 
@@ -34,6 +34,14 @@ const HOP_BY_HOP = new Set([
   "upgrade",
   "host",
 ]);
+
+/** The upgrade protocols Kubernetes speaks (exec, attach, port-forward). */
+const UPGRADE_PROTOCOLS = new Set(["websocket", "spdy/3.1"]);
+
+/** Request headers that frame the request or the connection; an upgrade sets its own. */
+const UPGRADE_FRAMING = new Set([...HOP_BY_HOP, "authorization", "content-length"]);
+
+const UNASKED_SWITCH = "the apiserver switched protocols on a request that asked for no upgrade";
 
 function statusJson(code: number, reason: string, message: string): string {
   return JSON.stringify({
@@ -69,7 +77,10 @@ export function credentialHeaders(
 
 export class Forwarder {
   private readonly http: Server;
-  private readonly agent: HttpsAgent;
+  /** Keep-alive pools for plain requests, one per auth mode: a passthrough connection never holds the agent's certificate. */
+  private readonly agents: Record<AuthMode, HttpsAgent>;
+  /** Upgrades get a connection of their own (and a TLS session cache apart from the other mode's). */
+  private readonly upgradeAgents: Record<AuthMode, HttpsAgent>;
   /** The apiserver's host as a socket address (no IPv6 brackets) and port. */
   private readonly host: string;
   private readonly port: number;
@@ -80,12 +91,17 @@ export class Forwarder {
   ) {
     this.host = target.url.hostname.replace(/^\[|\]$/g, "");
     this.port = Number(target.url.port || 443);
-    this.agent = new HttpsAgent({
-      keepAlive: true,
-      maxSockets: 256,
-      ...target.tls,
-      ALPNProtocols: ["http/1.1"],
-    });
+    const tls: Record<AuthMode, KubeTarget["tls"]> = {
+      impersonate: target.tls,
+      passthrough: serverVerification(target.tls),
+    };
+    const pools = (keepAlive: boolean) => {
+      const make = (mode: AuthMode) =>
+        new HttpsAgent({ keepAlive, maxSockets: 256, ...tls[mode], ALPNProtocols: ["http/1.1"] });
+      return { impersonate: make("impersonate"), passthrough: make("passthrough") };
+    };
+    this.agents = pools(true);
+    this.upgradeAgents = pools(false);
     this.http = createServer(
       // A stream lives as long as the server's pool keeps it; watches as long as they run.
       { keepAliveTimeout: 0, requestTimeout: 0 },
@@ -114,14 +130,17 @@ export class Forwarder {
       .toLowerCase()
       .split(",")
       .map((s) => s.trim());
-    for (const [k, v] of Object.entries(req.headers)) {
-      if (!HOP_BY_HOP.has(k) && !connectionTokens.includes(k)) headers[k] = v;
+    // headersDistinct: Node joins repeated headers with ", ", which would turn
+    // one Impersonate-Group per group into a single group nobody is bound to.
+    for (const [k, v] of Object.entries(req.headersDistinct)) {
+      if (!HOP_BY_HOP.has(k) && !connectionTokens.includes(k) && v) headers[k] = v.length === 1 ? v[0] : v;
     }
     const refusal = credentialHeaders(headers, mode, this.target);
     if (refusal) {
       this.refuse(res, 400, "BadRequest", refusal);
       return;
     }
+    let answered = false;
     const upstream = httpsRequest({
       protocol: "https:",
       hostname: this.host,
@@ -129,11 +148,28 @@ export class Forwarder {
       method: req.method,
       path: req.url,
       headers: { ...(headers as OutgoingHttpHeaders), host: this.target.url.host },
-      agent: this.agent,
+      agent: this.agents[mode],
+    });
+    const unasked = () => {
+      answered = true;
+      this.refuse(res, 502, "BadGateway", UNASKED_SWITCH);
+    };
+    upstream.on("upgrade", (_up, socket) => {
+      socket.destroy();
+      unasked();
     });
     upstream.on("response", (up) => {
+      answered = true;
+      if (up.statusCode === 101) {
+        // A 101 without Upgrade/Connection: the connection is in no known state.
+        upstream.destroy();
+        unasked();
+        return;
+      }
       const out: OutgoingHttpHeaders = {};
-      for (const [k, v] of Object.entries(up.headers)) if (!HOP_BY_HOP.has(k) && v !== undefined) out[k] = v;
+      for (const [k, v] of Object.entries(up.headersDistinct)) {
+        if (!HOP_BY_HOP.has(k) && v) out[k] = v.length === 1 ? v[0] : v;
+      }
       res.writeHead(up.statusCode ?? 502, up.statusMessage, out);
       // Flush the head at once: a watch may send nothing for minutes.
       res.flushHeaders();
@@ -142,9 +178,9 @@ export class Forwarder {
     });
     upstream.on("error", (err) => {
       this.onError(err);
-      if (!res.headersSent)
+      if (!answered && !res.headersSent)
         this.refuse(res, 502, "BadGateway", `the apiserver could not be reached: ${err.message}`);
-      else res.destroy();
+      else if (!res.writableEnded) res.destroy();
     });
     // The caller went away (the stream was reset): stop the upstream request too.
     res.on("close", () => {
@@ -160,9 +196,14 @@ export class Forwarder {
   }
 
   private splice(req: IncomingMessage, stream: Duplex, head: Buffer): void {
+    // The last answer on this stream; what the server still sends is discarded.
+    const finish = (text?: string) => {
+      stream.resume();
+      stream.end(text);
+    };
     const fail = (code: number, reason: string, message: string) => {
       const body = statusJson(code, reason, message);
-      stream.end(
+      finish(
         `HTTP/1.1 ${code} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
       );
     };
@@ -171,13 +212,24 @@ export class Forwarder {
       fail(400, "BadRequest", "stream opened without an auth mode");
       return;
     }
+    const asked = req.headersDistinct.upgrade ?? [];
+    const protocol = asked.length === 1 ? asked[0]!.trim() : "";
+    if (!UPGRADE_PROTOCOLS.has(protocol.toLowerCase())) {
+      fail(400, "BadRequest", `upgrade to "${asked.join(", ")}" is not supported`);
+      return;
+    }
+    const length = req.headers["content-length"];
+    if (req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")) {
+      fail(400, "BadRequest", "an upgrade request carries no body");
+      return;
+    }
     const pairs: [string, string][] = [];
     const lower: Record<string, string | string[] | undefined> = {};
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
       const name = req.rawHeaders[i]!;
       const value = req.rawHeaders[i + 1]!;
       const key = name.toLowerCase();
-      if (key === "host" || key === "authorization") continue;
+      if (UPGRADE_FRAMING.has(key)) continue;
       pairs.push([name, value]);
       lower[key] = value;
     }
@@ -189,37 +241,91 @@ export class Forwarder {
     }
     pairs.unshift(["Host", this.target.url.host]);
     if (typeof lower.authorization === "string") pairs.push(["Authorization", lower.authorization]);
-    let text = `${req.method} ${req.url} HTTP/1.1\r\n`;
-    for (const [n, v] of pairs) text += `${n}: ${v}\r\n`;
-    text += "\r\n";
+    pairs.push(["Connection", "Upgrade"], ["Upgrade", protocol]);
+    // Without a length Node would frame a POST (SPDY) as chunked and send a body.
+    if (req.method !== "GET" && req.method !== "HEAD") pairs.push(["Content-Length", "0"]);
 
-    const upstream = tlsConnect({
-      host: this.host,
+    let answered = false;
+    const upstream = httpsRequest({
+      protocol: "https:",
+      hostname: this.host,
       port: this.port,
-      ...this.target.tls,
-      // SNI may not carry an IP address (RFC 6066).
-      ...(this.target.tls.servername || isIP(this.host) ? {} : { servername: this.target.url.hostname }),
-      ALPNProtocols: ["http/1.1"],
-    });
-    upstream.on("error", (err) => {
-      this.onError(err);
-      stream.destroy();
+      method: req.method,
+      path: req.url,
+      headers: pairs.flat(),
+      agent: this.upgradeAgents[mode],
     });
     stream.on("error", () => upstream.destroy());
     stream.on("close", () => upstream.destroy());
-    upstream.on("close", () => {
-      if (!stream.writableEnded) stream.destroy();
+
+    upstream.on("upgrade", (res, socket, upstreamHead) => {
+      answered = true;
+      const offered = String(res.headers.upgrade ?? "");
+      if (offered.toLowerCase() !== protocol.toLowerCase()) {
+        socket.destroy();
+        fail(
+          502,
+          "BadGateway",
+          `the apiserver answered an upgrade to ${protocol} by switching to "${offered}"`,
+        );
+        return;
+      }
+      socket.on("error", (err) => {
+        this.onError(err);
+        stream.destroy();
+      });
+      stream.on("close", () => socket.destroy());
+      socket.on("close", () => {
+        if (!stream.writableEnded) stream.destroy();
+      });
+      stream.write(`${responseHead(res, () => true)}\r\n`);
+      if (upstreamHead.length > 0) stream.write(upstreamHead);
+      if (head.length > 0) socket.write(head);
+      stream.pipe(socket);
+      socket.pipe(stream);
     });
-    upstream.once("secureConnect", () => {
-      upstream.write(text);
-      if (head.length > 0) upstream.write(head);
-      stream.pipe(upstream);
-      upstream.pipe(stream);
+
+    upstream.on("response", (res) => {
+      answered = true;
+      if (res.statusCode === 101) {
+        upstream.destroy();
+        fail(502, "BadGateway", "the apiserver switched protocols without naming one");
+        return;
+      }
+      stream.write(`${responseHead(res, (name) => !HOP_BY_HOP.has(name))}Connection: close\r\n\r\n`);
+      res.on("error", () => stream.destroy());
+      res.on("end", () => {
+        upstream.destroy();
+        finish();
+      });
+      res.pipe(stream, { end: false });
     });
+
+    upstream.on("error", (err) => {
+      this.onError(err);
+      if (answered) {
+        stream.destroy();
+        return;
+      }
+      answered = true;
+      fail(502, "BadGateway", `the apiserver could not be reached: ${err.message}`);
+    });
+    upstream.end();
   }
 
   close(): void {
-    this.agent.destroy();
+    for (const agent of [...Object.values(this.agents), ...Object.values(this.upgradeAgents)])
+      agent.destroy();
     this.http.close();
   }
+}
+
+/** A response head as received, minus the headers `keep` refuses, without the closing blank line. */
+function responseHead(res: IncomingMessage, keep: (name: string) => boolean): string {
+  let head = `HTTP/1.1 ${res.statusCode} ${res.statusMessage ?? ""}\r\n`;
+  for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
+    const name = res.rawHeaders[i]!;
+    if (keep(name.toLowerCase())) head += `${name}: ${res.rawHeaders[i + 1]}\r\n`;
+  }
+  return head;
 }

@@ -19,6 +19,19 @@ export interface KubeTarget {
   readonly description: string;
 }
 
+/**
+ * The part of a target's TLS options that checks the apiserver, without the
+ * agent's client certificate: what passthrough connections use, so that a
+ * caller's request can never run as the agent (the apiserver authenticates a
+ * client certificate before it looks at the caller's bearer token).
+ */
+export function serverVerification(tls: KubeTarget["tls"]): { ca?: string; servername?: string } {
+  return {
+    ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+    ...(tls.servername !== undefined ? { servername: tls.servername } : {}),
+  };
+}
+
 export class TargetConfigError extends Error {
   readonly code = "ERR_TETHER_KUBE_TARGET";
 }
