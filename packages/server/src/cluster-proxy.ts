@@ -1,19 +1,21 @@
 // /clusters/<name>/… : admits a host caller to a member cluster and forwards
 // the request through that cluster's tunnel. Plain requests go through
 // http-proxy-3 over a pool of tunnel streams; upgrades (SPDY is a POST, so
-// http-proxy would drop it) are spliced at the stream level.
+// http-proxy would drop it) are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { createProxyServer } from "http-proxy-3";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
-import { requestHead, rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
 import type { Logger } from "./logger.js";
 import type { AuthMode, Store } from "./state-store.js";
+import { checkUpgrade, relayUpgrade } from "./upgrade-relay.js";
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
 
 type Admission =
   | { ok: true; mode: AuthMode; caller?: AuthenticatedCaller; entry: AgentSession; path: string }
@@ -32,10 +34,23 @@ export class ClusterProxy {
     // Errors are answered per request (see handleRequest); this keeps
     // http-proxy from throwing on an error nobody handles.
     this.proxy.on("error", () => {});
+    // A 101 to a request that asked for no upgrade: Node hands the stream to an
+    // 'upgrade' listener or, with none, drops it and the caller would wait forever.
+    this.proxy.on("proxyReq", (proxyReq, _req, res) => {
+      proxyReq.on("upgrade", (_upRes, stream) => {
+        stream.destroy();
+        sendStatus(res, "BadGateway", UNASKED_SWITCH);
+      });
+    });
     // http-proxy sets the head and pipes the body in this same tick; Node then
     // holds the head back until the first body byte. A watch may have none for
     // minutes, and clients wait for the head before they act: send it now.
-    this.proxy.on("proxyRes", (_proxyRes, _req, res) => {
+    this.proxy.on("proxyRes", (proxyRes, _req, res) => {
+      if (proxyRes.statusCode === 101) {
+        proxyRes.destroy();
+        sendStatus(res, "BadGateway", UNASKED_SWITCH);
+        return;
+      }
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -101,7 +116,7 @@ export class ClusterProxy {
       return;
     }
     const { mode, caller, entry, path } = admission;
-    rewriteHeaders(req.headers, mode, caller);
+    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
@@ -122,6 +137,12 @@ export class ClusterProxy {
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    const upgrade = checkUpgrade(req);
+    if (!upgrade.ok) {
+      this.deps.log.info({ url: req.url, reason: "BadRequest" }, "refused upgrade");
+      socket.end(statusResponseHead("BadRequest", upgrade.message));
+      return;
+    }
     const admission = await this.admit(req);
     if (!admission.ok) {
       this.deps.log.info({ url: req.url, reason: admission.reason }, "refused upgrade");
@@ -129,23 +150,24 @@ export class ClusterProxy {
       return;
     }
     const { mode, caller, entry, path } = admission;
-    let requestText: string;
-    try {
-      requestText = requestHead(req.method ?? "GET", path, rewriteRawHeaders(req.rawHeaders, mode, caller));
-    } catch (err) {
-      socket.end(statusResponseHead("BadRequest", (err as Error).message));
-      return;
-    }
-    const stream = entry.openStream(mode);
-    stream.on("error", () => socket.destroy());
-    socket.on("close", () => stream.destroy());
-    // After a clean end the pipe has already ended the socket: let it flush.
-    stream.on("close", () => {
-      if (!socket.writableEnded) socket.destroy();
+    relayUpgrade({
+      socket,
+      head,
+      method: req.method ?? "GET",
+      path,
+      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress),
+      protocol: upgrade.protocol,
+      open: () => entry.openStream(mode),
+      failure: (err) => {
+        this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
+        const gone = entry.session.closed || entry.session.goingAway;
+        return gone
+          ? [
+              "ServiceUnavailable",
+              `the Tether agent of cluster "${entry.cluster}" disconnected during the request`,
+            ]
+          : ["BadGateway", `forwarding to cluster "${entry.cluster}" failed: ${err.message}`];
+      },
     });
-    stream.write(requestText);
-    if (head.length > 0) stream.write(head);
-    socket.pipe(stream);
-    stream.pipe(socket);
   }
 }

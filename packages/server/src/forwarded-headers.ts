@@ -2,6 +2,8 @@
 // impersonate mode nothing the caller sends may carry identity: every
 // Authorization and Impersonate-* header is dropped and Tether's own
 // impersonation headers, naming the authenticated caller, take their place.
+// In both modes what a caller says about where it connects from is replaced
+// by what Tether saw: audit logs on the member must not record a forged source.
 import type { IncomingHttpHeaders } from "node:http";
 import type { AuthMode } from "./state-store.js";
 
@@ -14,6 +16,7 @@ export interface Caller {
 }
 
 const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|impersonate-.*)$/i;
+const FORWARDING_HEADER = /^(x-forwarded-.*|forwarded|x-real-ip)$/i;
 
 export function impersonationHeaders(caller: Caller): {
   "impersonate-user": string;
@@ -33,23 +36,41 @@ export function impersonationHeaders(caller: Caller): {
  */
 const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
-/** Rewrites parsed headers of a plain (non-upgrade) request in place for forwarding. */
-export function rewriteHeaders(headers: IncomingHttpHeaders, mode: AuthMode, caller?: Caller): void {
+/**
+ * Rewrites parsed headers of a plain (non-upgrade) request in place for
+ * forwarding. `peer` is the caller's address as Tether's socket saw it.
+ */
+export function rewriteHeaders(
+  headers: IncomingHttpHeaders,
+  mode: AuthMode,
+  caller: Caller | undefined,
+  peer: string | undefined,
+): void {
   for (const name of String(headers.connection ?? "").split(",")) {
     const token = name.trim().toLowerCase();
     if (token) delete headers[token];
   }
   for (const name of HOP_BY_HOP) delete headers[name];
+  for (const name of Object.keys(headers)) if (FORWARDING_HEADER.test(name)) delete headers[name];
+  if (peer) headers["x-forwarded-for"] = peer;
   if (mode === "passthrough") return;
   for (const name of Object.keys(headers)) if (CREDENTIAL_HEADER.test(name)) delete headers[name];
   if (!caller) throw new Error("impersonate mode needs an authenticated caller");
   Object.assign(headers, impersonationHeaders(caller));
 }
 
-/** The same for raw header pairs ([name, value, name, value, …]), as an upgrade request head needs. */
-export function rewriteRawHeaders(raw: string[], mode: AuthMode, caller?: Caller): [string, string][] {
+/** The same for raw header pairs ([name, value, name, value, …]), as an upgrade request needs. */
+export function rewriteRawHeaders(
+  raw: string[],
+  mode: AuthMode,
+  caller: Caller | undefined,
+  peer: string | undefined,
+): [string, string][] {
   const pairs: [string, string][] = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([raw[i]!, raw[i + 1]!]);
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (!FORWARDING_HEADER.test(raw[i]!)) pairs.push([raw[i]!, raw[i + 1]!]);
+  }
+  if (peer) pairs.push(["X-Forwarded-For", peer]);
   if (mode === "passthrough") return pairs;
   if (!caller) throw new Error("impersonate mode needs an authenticated caller");
   const kept = pairs.filter(([name]) => !CREDENTIAL_HEADER.test(name));
@@ -57,17 +78,4 @@ export function rewriteRawHeaders(raw: string[], mode: AuthMode, caller?: Caller
   kept.push(["Impersonate-User", imp["impersonate-user"]]);
   for (const g of imp["impersonate-group"] ?? []) kept.push(["Impersonate-Group", g]);
   return kept;
-}
-
-const TOKEN_CHARS = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-
-/** Serialises a request head; refuses header names or values that could split the request. */
-export function requestHead(method: string, path: string, headers: [string, string][]): string {
-  if (!TOKEN_CHARS.test(method) || /[\r\n\s]/.test(path)) throw new Error("invalid request line");
-  let head = `${method} ${path} HTTP/1.1\r\n`;
-  for (const [name, value] of headers) {
-    if (!TOKEN_CHARS.test(name) || /[\r\n\0]/.test(value)) throw new Error(`invalid header ${name}`);
-    head += `${name}: ${value}\r\n`;
-  }
-  return `${head}\r\n`;
 }
