@@ -5,7 +5,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { TetherAgent, inClusterTarget } from "@tether/agent";
+import { inClusterTarget, kubeconfigTarget, TetherAgent } from "@tether/agent";
 import {
   type AuthMode,
   type CertificateAuthority,
@@ -30,8 +30,16 @@ export interface Fixture {
     auth?: AuthMode,
     allowed?: { users?: string[]; groups?: string[] },
   ): Promise<void>;
-  /** Prepares the member side (namespace, SA that may impersonate, token file) and starts an agent. */
-  startAgent(name: string, member: Cluster): Promise<TetherAgent>;
+  /**
+   * Prepares the member side (namespace, SA that may impersonate, token file) and starts an agent.
+   * `credential: "client-certificate"` points the agent at the member's admin kubeconfig instead
+   * (a system:masters client certificate), as an agent started with --kubeconfig would be.
+   */
+  startAgent(
+    name: string,
+    member: Cluster,
+    options?: { credential?: "service-account" | "client-certificate" },
+  ): Promise<TetherAgent>;
   /** A kubeconfig for /clusters/<cluster> with a Tether token for user (scoped to `scope`, default that cluster). */
   userKubeconfig(
     cluster: string,
@@ -111,7 +119,7 @@ export async function startTether(options: { clusterCertTtlMs?: number } = {}): 
         createdAt: new Date().toISOString(),
       });
     },
-    async startAgent(name, member) {
+    async startAgent(name, member, options = {}) {
       const saDir = join(dir, `sa-${name}`);
       const env = await prepareMember(member, saDir);
       const cert = await ca.issueClusterCertificate(name);
@@ -121,7 +129,10 @@ export async function startTether(options: { clusterCertTtlMs?: number } = {}): 
         caPem: ca.certPem,
         certPem: cert.certPem,
         keyPem: cert.keyPem!,
-        target: inClusterTarget(env, saDir),
+        target:
+          options.credential === "client-certificate"
+            ? kubeconfigTarget(member.kubeconfig)
+            : inClusterTarget(env, saDir),
         tunnel: TEST_TUNNEL,
         backoff: { baseMs: 100, capMs: 1_000 },
       });
