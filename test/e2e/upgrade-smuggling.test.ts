@@ -153,6 +153,35 @@ for (const a of AGENTS) {
   });
 }
 
+t.test("many smuggling attempts hold no stream and no memory once they are gone", async (t) => {
+  const a = AGENTS[1]; // the client-certificate agent, where a raw pipe would be system:masters
+  const token = await hostileToken(a);
+  await stillServed(t, a);
+  const streams = () => tether.server.sessions.get(a.name)?.session.streamCount ?? -1;
+  const baseline = { streams: streams(), rss: process.memoryUsage().rss };
+  const attempt = (i: number) =>
+    raw(
+      `GET /clusters/${a.name}/version HTTP/1.1\r\nHost: tether\r\nAuthorization: Bearer ${token}\r\n` +
+        `Connection: Upgrade\r\nUpgrade: ${i % 2 ? "websocket" : "SPDY/3.1"}\r\n\r\n` +
+        "GET /api/v1/namespaces/kube-system/secrets HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+  let answered = 0;
+  for (let batch = 0; batch < 10; batch++) {
+    const rs = await Promise.all(Array.from({ length: 20 }, (_v, i) => attempt(batch * 20 + i)));
+    answered += rs.filter(
+      (r) => r.closed && responses(r.text).length === 1 && !/SecretList/.test(r.text),
+    ).length;
+  }
+  t.equal(answered, 200, "200 attempts: each got one answer and a closed connection");
+  await until("the attempts' streams are gone", () => streams() <= baseline.streams, 10_000);
+  t.ok(streams() <= baseline.streams, `streams back to ${baseline.streams}`);
+  const rss = process.memoryUsage().rss;
+  t.comment(
+    `test process RSS (server, agents and test in one process): ${(baseline.rss / 2 ** 20).toFixed(0)} MiB before, ${(rss / 2 ** 20).toFixed(0)} MiB after 200 attempts`,
+  );
+  await stillServed(t, a);
+});
+
 for (const a of AGENTS.filter((x) => x.mode === "impersonate")) {
   t.test(`${a.name}: exec and port-forward still work`, async (t) => {
     const kubeconfig = await tether.userKubeconfig(a.name, "alice", ["admins"]);

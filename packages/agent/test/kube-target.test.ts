@@ -2,7 +2,7 @@ import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
-import { inClusterTarget, kubeconfigTarget, TokenFile } from "../src/kube-target.js";
+import { inClusterTarget, kubeconfigTarget, serverVerification, TokenFile } from "../src/kube-target.js";
 
 const dir = await mkdtemp(join(tmpdir(), "tether-agent-target-"));
 t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -70,6 +70,8 @@ t.test("kubeconfig: current context, embedded data, relative files", async (t) =
   const b = kubeconfigTarget(path);
   t.equal(b.url.host, "b:2");
   t.same(b.tls, { ca: "CA-B", cert: "CERT", key: "KEY" });
+  t.same(serverVerification(b.tls), { ca: "CA-B" }, "passthrough keeps the CA, not the client certificate");
+  t.same(serverVerification({ servername: "s", cert: "C", key: "K" }), { servername: "s" });
   t.equal(b.authorization(), undefined);
   const a = kubeconfigTarget(path, "a");
   t.equal(a.authorization(), "Bearer ta");
