@@ -10,85 +10,20 @@
 // work. Server memory is reported, not asserted.
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { keyAndCsr } from "@tether/agent";
 import { issueToken } from "@tether/server";
-import {
-  isTetherError,
-  ResetCode,
-  type Session,
-  sessionFromWebSocket,
-  WEBSOCKET_OPTIONS,
-} from "@tether/tunnel";
+import { ResetCode, type Session } from "@tether/tunnel";
 import t from "tap";
-import { WebSocket } from "ws";
 import { startClusters } from "../kube/index.js";
-import { bindTetherAdmins, type Fixture, startTether, TEST_TUNNEL, until } from "./fixture.js";
+import { bindTetherAdmins, type Fixture, startTether, until } from "./fixture.js";
+import { type Cert, connectAgent, csrBody, dialAgent, issueAgentCert, renewal } from "./tunnel-client.js";
 
-const RENEW = "tether-renew";
 const DRAIN_MS = 500;
 const DEADLINE_MS = 1_500;
 
-interface Cert {
-  certPem: string;
-  keyPem: string;
-  serial: string;
-}
-
-async function clusterCert(tether: Fixture, name: string, ttlMs?: number): Promise<Cert> {
-  const uid = (await tether.store.getCluster(name))!.uid;
-  const c = await tether.ca.issueClusterCertificate(name, { incarnation: uid, ...(ttlMs ? { ttlMs } : {}) });
-  await tether.store.recordIssued(c.serial, name, c.notAfter.toISOString());
-  return { certPem: c.certPem, keyPem: c.keyPem!, serial: c.serial };
-}
-
-/** Dials the agent endpoint with `cert`: the tunnel session, or the HTTP status the server refused with. */
-function dial(tether: Fixture, cert: Cert): Promise<Session | number> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${tether.server.url.replace(/^https/, "wss")}/agent/v1/connect`, {
-      ...WEBSOCKET_OPTIONS,
-      ca: tether.ca.certPem,
-      cert: cert.certPem,
-      key: cert.keyPem,
-    });
-    ws.once("unexpected-response", (_req, res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.once("error", reject);
-    ws.once("open", () =>
-      resolve(sessionFromWebSocket(ws, { ...TEST_TUNNEL, role: "client", accept: () => ResetCode.REFUSED })),
-    );
-  });
-}
-
-async function connect(tether: Fixture, cert: Cert): Promise<Session> {
-  const s = await dial(tether, cert);
-  if (typeof s === "number") throw new Error(`refused with ${s}`);
-  return s;
-}
-
-/** Opens a renewal stream; resolves with the reply text, or the reset code when the server reset it. */
-function renewal(
-  session: Session,
-  body?: string | Buffer,
-): { done: Promise<string | number>; stream: ReturnType<Session["open"]> } {
-  const stream = session.open(RENEW);
-  const done = new Promise<string | number>((resolve) => {
-    let text = "";
-    stream.on("data", (c: Buffer) => {
-      text += c.toString("utf8");
-    });
-    stream.once("end", () => resolve(text));
-    stream.once("error", (err) => resolve(isTetherError(err) ? (err.resetCode ?? -1) : -1));
-  });
-  if (body !== undefined) stream.end(body);
-  return { done, stream };
-}
-
-async function csrBody(cluster: string): Promise<string> {
-  return JSON.stringify({ csr: (await keyAndCsr(cluster)).csrPem });
-}
+const clusterCert = (tether: Fixture, name: string, ttlMs?: number) =>
+  issueAgentCert(tether.ca, tether.store, name, ttlMs);
+const dial = (tether: Fixture, cert: Cert) => dialAgent(tether.server.url, tether.ca.certPem, cert);
+const connect = (tether: Fixture, cert: Cert) => connectAgent(tether.server.url, tether.ca.certPem, cert);
 
 async function issuedSerials(tether: Fixture): Promise<number> {
   const doc = JSON.parse(await readFile(join(tether.store.dir, "certs.json"), "utf8"));
