@@ -12,6 +12,7 @@ import {
   createLogger,
   FileStore,
   issueToken,
+  type ServerOptions,
   TetherServer,
 } from "@tether/server";
 import type { Cluster } from "../kube/index.js";
@@ -89,7 +90,12 @@ export async function prepareMember(member: Cluster, saDir: string): Promise<Nod
   return { KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
 }
 
-export async function startTether(options: { clusterCertTtlMs?: number } = {}): Promise<Fixture> {
+export async function startTether(
+  options: Pick<
+    ServerOptions,
+    "clusterCertTtlMs" | "drainTimeoutMs" | "renewal" | "sessionCheckIntervalMs"
+  > = {},
+): Promise<Fixture> {
   const dir = await mkdtemp(join(tmpdir(), "tether-e2e-"));
   const store = await FileStore.open(join(dir, "state"));
   const log = createLogger({ level: process.env.TETHER_TEST_LOG ?? "silent" });
@@ -122,7 +128,8 @@ export async function startTether(options: { clusterCertTtlMs?: number } = {}): 
     async startAgent(name, member, options = {}) {
       const saDir = join(dir, `sa-${name}`);
       const env = await prepareMember(member, saDir);
-      const cert = await ca.issueClusterCertificate(name);
+      const uid = (await store.getCluster(name))?.uid;
+      const cert = await ca.issueClusterCertificate(name, uid ? { incarnation: uid } : {});
       await store.recordIssued(cert.serial, name, cert.notAfter.toISOString());
       const agent = new TetherAgent({
         server: server.url,

@@ -93,6 +93,7 @@ t.test("a full join with the agent bin, then kubectl through Tether", async (t) 
   const log = await readFile(agent.logFile, "utf8");
   t.notMatch(log, token, "the token is never logged");
   t.notMatch(log, /PRIVATE KEY/, "nor the key");
+  t.match(log, /use TETHER_JOIN_TOKEN or --token-file/, "a token in argv gets a warning");
 
   await t.test("the token works once", async (t) => {
     const replay = agentProcess([
@@ -342,4 +343,31 @@ t.test("the server rotates its serving certificate without dropping agents", asy
   const kubeconfig = await tether.userKubeconfig("theta", "alice", ["admins"]);
   const res = await member.kubectl(["get", "--raw", "/api"], { kubeconfig });
   t.equal(res.code, 0, res.stderr);
+});
+
+t.test("--token-file: the join token never appears in the agent's argv", async (t) => {
+  await tether.registerCluster("iota");
+  const token = await joinToken("iota");
+  const tokenFile = joinPath(tether.dir, "iota-token");
+  await writeFile(tokenFile, `${token}\n`, { mode: 0o600 });
+  const agent = agentProcess([
+    "--cluster",
+    "iota",
+    "--token-file",
+    tokenFile,
+    "--ca-hash",
+    caHash,
+    "--state-dir",
+    joinPath(tether.dir, "iota-state"),
+  ]);
+  t.teardown(() => agent.stop());
+  // What ps shows: the process's whole command line.
+  const cmdline = (await readFile(`/proc/${agent.pid}/cmdline`, "utf8")).split("\0");
+  t.ok(cmdline.includes("--token-file"), "the agent runs with --token-file");
+  t.notOk(
+    cmdline.some((arg) => arg.includes(token)),
+    "no argument holds the token",
+  );
+  await until("iota joins", () => tether.server.sessions.get("iota") !== undefined);
+  t.notMatch(await readFile(agent.logFile, "utf8"), /use TETHER_JOIN_TOKEN or --token-file/, "no warning");
 });

@@ -7,11 +7,12 @@
 // one join token consumed by two stores at once has exactly one winner.
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { hashToken, issueToken, KubeStore, runCliCaptured } from "@tether/server";
+import { createLogger, hashToken, issueToken, KubeStore, runCliCaptured, TetherServer } from "@tether/server";
 import t from "tap";
 import { freePort, startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
-import { bindTetherAdmins, prepareMember, until } from "./fixture.js";
+import { bindTetherAdmins, prepareMember, TEST_TUNNEL, until } from "./fixture.js";
+import { connectAgent, dialAgent, issueAgentCert } from "./tunnel-client.js";
 import { AGENT_BIN, FAST_TIMING, SERVER_BIN } from "./tether-processes.js";
 
 const cli = (...args: string[]) => runCliCaptured(args);
@@ -269,6 +270,47 @@ t.test("the Kubernetes store", async (t) => {
       /agent refused: the certificate of cluster \\"m1\\" has been revoked/,
     );
   });
+
+  await t.test(
+    "the incarnation is the Cluster's metadata.uid: an object made again refuses old certificates",
+    async (t) => {
+      const kstore = await KubeStore.open({ kubeconfig: host.kubeconfig });
+      t.teardown(() => kstore.close());
+      const object = await host.api<{ metadata: { uid: string } }>(
+        "GET",
+        "/apis/tether.io/v1alpha1/clusters/m2",
+      );
+      const before = await kstore.getCluster("m2");
+      t.equal(before?.uid, object.body.metadata.uid, "the store's incarnation is metadata.uid");
+      const server = await TetherServer.start({
+        store: kstore,
+        host: "127.0.0.1",
+        port: 0,
+        log: createLogger({ level: "silent" }),
+        tunnel: TEST_TUNNEL,
+      });
+      t.teardown(() => server.close());
+      const cert = await issueAgentCert(server.ca, kstore, "m2");
+      (await connectAgent(server.url, server.ca.certPem, cert)).close();
+      // Deleted behind Tether's back (nothing revoked) and made again: a new object, a new uid.
+      const deleted = await host.kubectl(["delete", "clusters.tether.io", "m2"]);
+      t.equal(deleted.code, 0, deleted.stderr);
+      await until("the store sees it go", async () => (await kstore.getCluster("m2")) === undefined);
+      t.ok(await kstore.addCluster({ ...before!, createdAt: new Date().toISOString() }));
+      const after = await kstore.getCluster("m2");
+      t.not(after?.uid, before?.uid, "a new incarnation");
+      const recreated = await host.api<{ metadata: { uid: string } }>(
+        "GET",
+        "/apis/tether.io/v1alpha1/clusters/m2",
+      );
+      t.equal(after?.uid, recreated.body.metadata.uid);
+      t.equal(await dialAgent(server.url, server.ca.certPem, cert), 403, "the old certificate is refused");
+      const fresh = await issueAgentCert(server.ca, kstore, "m2");
+      const session = await connectAgent(server.url, server.ca.certPem, fresh);
+      t.pass("a certificate of the new incarnation connects");
+      session.close();
+    },
+  );
 
   await t.test("one join token, two stores consuming it at once: one winner", async (t) => {
     const a = await KubeStore.open({ kubeconfig: host.kubeconfig });

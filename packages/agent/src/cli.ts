@@ -22,6 +22,7 @@ interface RunOptions {
   server: string;
   cluster?: string;
   token?: string;
+  tokenFile?: string;
   caHash?: string;
   stateDir: string;
   credentialsSecret?: string;
@@ -106,9 +107,14 @@ export function buildProgram(): Command {
       ),
     )
     .addOption(
-      new Option("--token <token>", "one-time join token (only needed until the agent has joined)").env(
-        "TETHER_JOIN_TOKEN",
-      ),
+      new Option(
+        "--token <token>",
+        "one-time join token (only needed until the agent has joined); prefer TETHER_JOIN_TOKEN or --token-file: " +
+          "a command line is visible to every user of the machine (ps)",
+      ).env("TETHER_JOIN_TOKEN"),
+    )
+    .addOption(
+      new Option("--token-file <path>", "read the one-time join token from this file").conflicts("token"),
     )
     .addOption(
       new Option(
@@ -156,6 +162,14 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   program.action(async (opts: RunOptions) => {
     const log = pino({ name: "tether-agent", level: process.env.TETHER_LOG_LEVEL ?? "info" });
+    if (opts.tokenFile) opts.token = readFlagFile(opts.tokenFile, "--token-file").trim();
+    else if (opts.token && program.getOptionValueSource("token") === "cli") {
+      log.warn(
+        {},
+        "the join token was given with --token, where other users of this machine can read it (ps): " +
+          "use TETHER_JOIN_TOKEN or --token-file",
+      );
+    }
     const targetOf = (): KubeTarget =>
       opts.kubeconfig
         ? kubeconfigTarget(opts.kubeconfig, opts.context)

@@ -107,3 +107,14 @@ t.test("TETHER_* environment variables stand in for the join flags; a flag wins"
     server: "https://from-env:8443",
   });
 });
+
+t.test("--token-file names a file with the join token; it and --token exclude each other", async (t) => {
+  const opts = buildProgram()
+    .parse(["node", "tether-agent", "--server", "https://x", "--token-file", "/run/t"])
+    .opts();
+  t.equal(opts.tokenFile, "/run/t");
+  const r = run("--server", "https://x", "--token", "a", "--token-file", "/run/t");
+  t.not(r.status, 0);
+  t.match(r.stderr, /--token-file <path>' cannot be used with option '--token <token>'/);
+  t.match(buildProgram().helpInformation(), /prefer TETHER_JOIN_TOKEN or --token-file/);
+});

@@ -38,6 +38,8 @@ export interface AdminApiDeps {
   store: Store;
   admin: ClusterAdmin;
   log: Logger;
+  /** Runs once a cluster is removed: the server closes its live sessions at once. */
+  onClusterRemoved?: (name: string) => void;
 }
 
 type Body = Record<string, unknown>;
@@ -151,7 +153,11 @@ export class AdminApi {
         return { status: 201, body: info };
       }
     } else if (parts.length === 2 && name !== undefined) {
-      if (method === "DELETE") return { status: 200, body: await admin.removeCluster(name) };
+      if (method === "DELETE") {
+        const removed = await admin.removeCluster(name);
+        this.deps.onClusterRemoved?.(name);
+        return { status: 200, body: removed };
+      }
     } else if (parts[2] === "join-tokens" && name !== undefined) {
       if (method === "POST") {
         const b = fields(await readJson(req), { ttlMs: isMs }, ["ttlMs"]);

@@ -36,9 +36,19 @@ export async function authenticate(
   return { user: identity.user, groups: identity.groups, via: "certificate" };
 }
 
-/** A caller may use a cluster its token is scoped to, or one that lists the caller or a group of theirs. */
+/**
+ * Whether a caller may use a cluster. A token reaches only the clusters it is
+ * scoped to; a cluster's allowed users and groups narrow that further (when
+ * the cluster lists any, the caller must be one of them or in one of them) and
+ * never widen it. A user certificate carries no scope: the allowed users and
+ * groups are what it may reach.
+ */
 export function mayUseCluster(caller: AuthenticatedCaller, cluster: ClusterRecord): boolean {
-  if (caller.clusters?.includes("*") || caller.clusters?.includes(cluster.name)) return true;
-  if (cluster.allowedUsers.includes(caller.user)) return true;
-  return caller.groups.some((g) => cluster.allowedGroups.includes(g));
+  const listed =
+    cluster.allowedUsers.includes(caller.user) ||
+    caller.groups.some((g) => cluster.allowedGroups.includes(g));
+  if (caller.via === "certificate") return listed;
+  const scope = caller.clusters ?? [];
+  if (!scope.includes("*") && !scope.includes(cluster.name)) return false;
+  return listed || (cluster.allowedUsers.length === 0 && cluster.allowedGroups.length === 0);
 }

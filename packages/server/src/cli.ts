@@ -17,6 +17,7 @@ import {
   DEFAULT_JOIN_TOKEN_TTL,
   DEFAULT_KUBEFED_TOKEN_TTL,
   DEFAULT_USER_TOKEN_TTL,
+  parseDuration,
   serveUrl,
   TetherCliError,
 } from "./admin-input.js";
@@ -52,6 +53,14 @@ function seconds(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError("must be a number of seconds");
   return n;
+}
+
+function positiveDuration(value: string): number {
+  try {
+    const ms = parseDuration(value);
+    if (ms > 0) return ms;
+  } catch {}
+  throw new InvalidArgumentError("must be a duration longer than 0, e.g. 30s, 2m");
 }
 
 function listenAddress(value: string): { host: string; port: number } {
@@ -152,6 +161,14 @@ function addServe(program: Command): void {
         .default(30)
         .argParser(seconds),
     )
+    .addOption(
+      new Option(
+        "--drain-timeout <duration>",
+        "how long a replaced agent session (the agent reconnected) may drain before it is closed",
+      )
+        .default(30_000, "30s")
+        .argParser(positiveDuration),
+    )
     .action(
       async (
         opts: StoreOptions & {
@@ -159,6 +176,7 @@ function addServe(program: Command): void {
           externalUrl?: string;
           keepalive: number;
           deadPeerTimeout: number;
+          drainTimeout: number;
         },
       ) => {
         // Loaded here so that the admin commands start without the proxy and tunnel code.
@@ -171,6 +189,7 @@ function addServe(program: Command): void {
           port: opts.listen.port,
           log,
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
+          drainTimeoutMs: opts.drainTimeout,
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });

@@ -21,7 +21,7 @@ import {
   uniqueIdentities,
 } from "./admin-input.js";
 import { validateClusterName } from "./pki.js";
-import type { AuthMode, ClusterRecord, Store, TokenRecord } from "./state-store.js";
+import type { AuthMode, ClusterInput, ClusterRecord, Store, TokenRecord } from "./state-store.js";
 import { issueToken } from "./tokens.js";
 
 /** What an operator chooses for a new cluster. */
@@ -79,10 +79,15 @@ function shellQuote(s: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/**
+ * The command that starts an agent. The join token goes in the agent's
+ * environment, never its argv, which every user of the machine can read with ps.
+ */
 export function agentCommand(server: string, cluster: string, token: string, caHash: string): string {
-  return ["tether-agent", "--server", server, "--cluster", cluster, "--token", token, "--ca-hash", caHash]
-    .map(shellQuote)
-    .join(" ");
+  return (
+    `TETHER_JOIN_TOKEN=${shellQuote(token)} ` +
+    ["tether-agent", "--server", server, "--cluster", cluster, "--ca-hash", caHash].map(shellQuote).join(" ")
+  );
 }
 
 /** `--server` if given, else the URL `serve` recorded in the store; ERR_TETHER_NO_SERVER_URL otherwise. */
@@ -112,7 +117,7 @@ export class StoreClusterAdmin implements ClusterAdmin {
 
   async addCluster(spec: ClusterSpec, joinTokenTtlMs: number): Promise<JoinInfo> {
     validateClusterName(spec.name);
-    const record: ClusterRecord = {
+    const record: ClusterInput = {
       name: spec.name,
       auth: parseAuthMode(spec.auth ?? "impersonate"),
       labels: parseLabels(Object.entries(spec.labels ?? {}).map(([k, v]) => `${k}=${v}`)),
@@ -140,8 +145,10 @@ export class StoreClusterAdmin implements ClusterAdmin {
    * Revokes the cluster's agent certificates, deletes its unused join tokens
    * and the user tokens scoped to it alone (so that a later cluster of the
    * same name doesn't inherit them; tokens scoped to several clusters lose
-   * this one), then deletes the record. A running server cuts the agent off
-   * when it sees the record go.
+   * this one), then deletes the record. Through the admin API the server then
+   * closes the cluster's sessions at once; otherwise a running server cuts the
+   * agent off when its session check sees the record go (or come back as a
+   * new registration).
    */
   async removeCluster(name: string): Promise<RemoveResult> {
     await this.#existing(name);
@@ -212,7 +219,7 @@ export class StoreClusterAdmin implements ClusterAdmin {
     return cluster;
   }
 
-  async #issueJoinToken(cluster: ClusterRecord, server: string, ttlMs: number): Promise<JoinInfo> {
+  async #issueJoinToken(cluster: ClusterInput, server: string, ttlMs: number): Promise<JoinInfo> {
     const { caHash } = await this.store.loadOrCreateCa();
     const { token, hash } = issueToken();
     const expiresAt = new Date(Date.now() + ttlMs).toISOString();

@@ -6,15 +6,25 @@
 //
 // A certificate maps to an identity only when it is unambiguous: exactly one
 // `tether://` URI SAN, of a known kind, whose name agrees with the subject CN,
-// and an extended key usage that allows client authentication.
+// and an extended key usage that allows client authentication. A cluster URI
+// is `tether://cluster/<name>` or `tether://cluster/<name>/<incarnation>`:
+// one name segment that must be a DNS-1123 label, at most one incarnation
+// segment that must be a lowercase UUID, nothing else (no query, no fragment).
 import "reflect-metadata";
 import { X509Certificate } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import * as x509 from "@peculiar/x509";
-import { CLUSTER_CN_PREFIX, isValidClusterName, URI_CLUSTER_PREFIX, URI_USER_PREFIX } from "./pki.js";
+import {
+  CLUSTER_CN_PREFIX,
+  isIncarnation,
+  isValidClusterName,
+  URI_CLUSTER_PREFIX,
+  URI_USER_PREFIX,
+} from "./pki.js";
 
 export type PeerIdentity =
-  | { kind: "cluster"; cluster: string; serial: string }
+  /** `incarnation` is missing only on certificates issued before incarnations existed. */
+  | { kind: "cluster"; cluster: string; incarnation?: string; serial: string }
   | { kind: "user"; user: string; groups: string[]; serial: string };
 
 const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
@@ -51,9 +61,12 @@ export function identityFromCertificate(cert: X509Certificate | { raw: Buffer })
     const cn = cns[0]!;
 
     if (uri.startsWith(URI_CLUSTER_PREFIX)) {
-      const cluster = uri.slice(URI_CLUSTER_PREFIX.length);
-      if (!isValidClusterName(cluster) || cn !== CLUSTER_CN_PREFIX + cluster) return undefined;
-      return { kind: "cluster", cluster, serial };
+      const segments = uri.slice(URI_CLUSTER_PREFIX.length).split("/");
+      const [cluster, incarnation] = segments;
+      if (segments.length > 2 || !isValidClusterName(cluster) || cn !== CLUSTER_CN_PREFIX + cluster)
+        return undefined;
+      if (segments.length === 1) return { kind: "cluster", cluster, serial };
+      return isIncarnation(incarnation) ? { kind: "cluster", cluster, incarnation, serial } : undefined;
     }
     if (uri.startsWith(URI_USER_PREFIX)) {
       const encoded = uri.slice(URI_USER_PREFIX.length);

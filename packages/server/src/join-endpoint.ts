@@ -1,22 +1,22 @@
 // How an agent gets and keeps its certificate. Joining is two plain HTTPS
 // requests: GET the CA certificate (public; the agent checks it against the
 // pinned hash before sending anything secret), then POST a CSR with the
-// one-time join token. Renewal runs over the agent's authenticated tunnel, so
-// the cluster a renewed certificate names comes from the session, never from
-// the request.
+// one-time join token. Renewal (renewal.ts) runs over the agent's
+// authenticated tunnel, so the cluster a renewed certificate names comes from
+// the session, never from the request. Every certificate names the
+// incarnation of the cluster's current registration (incarnation.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Duplex } from "node:stream";
 import { type StatusReason, sendStatus } from "./k8s-status.js";
 import type { Logger } from "./logger.js";
 import { type CertificateAuthority, CLUSTER_CERT_TTL_MS, csrPublicKey, isValidClusterName } from "./pki.js";
-import type { Store } from "./state-store.js";
+import type { ClusterRecord, Store } from "./state-store.js";
 import { hashToken } from "./tokens.js";
 
 export const JOIN_CA_PATH = "/join/v1/ca";
 export const JOIN_CERTIFICATE_PATH = "/join/v1/certificate";
 /** The one service an agent may open toward the server. */
 export const RENEW_SERVICE = "tether-renew";
-const MAX_BODY = 64 * 1024;
+export const MAX_BODY = 64 * 1024;
 
 export interface IssuedForAgent {
   certificate: string;
@@ -38,7 +38,7 @@ export class JoinError extends Error {
  * Reads at most MAX_BODY bytes. Events, not `for await`: the async iterator
  * destroys a Duplex when it finishes, which would reset the reply direction.
  */
-export function readBounded(stream: NodeJS.ReadableStream | Duplex): Promise<string> {
+export function readBounded(stream: NodeJS.ReadableStream): Promise<string> {
   return new Promise((resolve, reject) => {
     let size = 0;
     const chunks: Buffer[] = [];
@@ -74,7 +74,7 @@ export class JoinEndpoint {
   }
 
   /** The public key of a CSR whose signature checks out, or a BadRequest. */
-  private async publicKeyOf(csrPem: unknown): Promise<string> {
+  async publicKeyOf(csrPem: unknown): Promise<string> {
     if (typeof csrPem !== "string") throw new JoinError("BadRequest", "csr must be a PEM string");
     try {
       return await csrPublicKey(csrPem);
@@ -83,11 +83,15 @@ export class JoinEndpoint {
     }
   }
 
-  /** Issues a certificate for `cluster`, recording its serial before handing it out. */
-  private async issue(cluster: string, publicKeyPem: string): Promise<IssuedForAgent> {
-    const cert = await this.deps.ca.issueClusterCertificate(cluster, { publicKeyPem, ttlMs: this.certTtlMs });
+  /** Issues a certificate for the current registration of a cluster, recording its serial before handing it out. */
+  async issue(cluster: ClusterRecord, publicKeyPem: string): Promise<IssuedForAgent> {
+    const cert = await this.deps.ca.issueClusterCertificate(cluster.name, {
+      publicKeyPem,
+      ttlMs: this.certTtlMs,
+      incarnation: cluster.uid,
+    });
     // Recorded first, so a crash cannot leave a certificate that revocation misses.
-    await this.deps.store.recordIssued(cert.serial, cluster, cert.notAfter.toISOString());
+    await this.deps.store.recordIssued(cert.serial, cluster.name, cert.notAfter.toISOString());
     return {
       certificate: cert.certPem,
       ca: this.deps.ca.certPem,
@@ -128,7 +132,9 @@ export class JoinEndpoint {
             `run "tether-server join-token ${cluster}" on the host for a new one`,
         );
       }
-      const issued = await this.issue(cluster, publicKeyPem);
+      const record = await this.deps.store.getCluster(cluster);
+      if (!record) throw new JoinError("Forbidden", `cluster "${cluster}" was removed`);
+      const issued = await this.issue(record, publicKeyPem);
       this.deps.log.info({ cluster, serial: issued.serial, notAfter: issued.notAfter }, "cluster joined");
       const text = JSON.stringify(issued);
       res
@@ -139,28 +145,6 @@ export class JoinEndpoint {
       else if (err instanceof SyntaxError)
         sendStatus(res, "BadRequest", "the join request is not valid JSON");
       else throw err;
-    }
-  }
-
-  /** Serves one renewal stream opened by the agent of `cluster`. */
-  async renew(cluster: string, stream: Duplex): Promise<IssuedForAgent | undefined> {
-    stream.on("error", () => {});
-    try {
-      const body = JSON.parse(await readBounded(stream)) as { csr?: unknown };
-      if (!(await this.deps.store.getCluster(cluster)))
-        throw new JoinError("Forbidden", `cluster "${cluster}" was removed`);
-      const issued = await this.issue(cluster, await this.publicKeyOf(body.csr));
-      stream.end(JSON.stringify(issued));
-      this.deps.log.info(
-        { cluster, serial: issued.serial, notAfter: issued.notAfter },
-        "certificate renewed",
-      );
-      return issued;
-    } catch (err) {
-      const message = err instanceof JoinError || err instanceof SyntaxError ? err.message : "renewal failed";
-      this.deps.log.warn({ cluster, err: (err as Error).message }, "renewal refused");
-      stream.end(JSON.stringify({ error: message }));
-      return undefined;
     }
   }
 }

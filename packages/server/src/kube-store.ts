@@ -2,7 +2,8 @@
 // objects in the host cluster, so the server needs no volume and several
 // replicas can share it.
 //
-//   Cluster clusters.tether.io/v1alpha1 (cluster-scoped)   one per member; labels = its labels
+//   Cluster clusters.tether.io/v1alpha1 (cluster-scoped)   one per member; labels = its labels,
+//                                                         metadata.uid = its incarnation
 //   Secret    tether-ca (kubernetes.io/tls)                 the CA
 //   Secret    tether-serving (kubernetes.io/tls)            the serving certificate
 //   Secret    tether-token-<sha256 hex>                     one per token: its record, never the token
@@ -24,6 +25,7 @@ import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./ku
 import type { Logger } from "./logger.js";
 import { CertificateAuthority, isValidClusterName, type KeyPairPem } from "./pki.js";
 import {
+  type ClusterInput,
   type ClusterRecord,
   checkIsoDate,
   normalizeCluster,
@@ -43,6 +45,7 @@ const RETRIES = 5;
 
 interface ObjectMeta {
   name: string;
+  uid?: string;
   namespace?: string;
   resourceVersion?: string;
   labels?: Record<string, string>;
@@ -91,6 +94,8 @@ function clusterFrom(obj: ClusterObject): ClusterRecord | undefined {
       allowedGroups: obj.spec?.allowedGroups ?? [],
       createdAt:
         obj.metadata.annotations?.[CREATED_AT] ?? obj.metadata.creationTimestamp ?? new Date(0).toISOString(),
+      // The apiserver makes a new one whenever the object is created: the incarnation.
+      uid: obj.metadata.uid ?? "",
     });
   } catch {
     return undefined; // an object someone edited into nonsense is not a cluster Tether serves
@@ -375,7 +380,7 @@ export class KubeStore implements Store, ClusterStatusSink {
     return c && structuredClone(c);
   }
 
-  private clusterObject(record: ClusterRecord, resourceVersion?: string): ClusterObject {
+  private clusterObject(record: ClusterInput, resourceVersion?: string): ClusterObject {
     return {
       apiVersion: "tether.io/v1alpha1",
       kind: "Cluster",
@@ -389,16 +394,22 @@ export class KubeStore implements Store, ClusterStatusSink {
     };
   }
 
-  async addCluster(record: ClusterRecord): Promise<boolean> {
+  async addCluster(record: ClusterInput): Promise<boolean> {
     const r = normalizeCluster(record);
     const answer = await this.api.expect<ClusterObject>("POST", CLUSTERS_PATH, this.clusterObject(r), [409]);
     if (answer.status === 409) return false;
-    this.remember(answer.body);
-    this.clusters.set(r.name, r);
+    this.cacheWritten(answer.body);
     return true;
   }
 
-  async putCluster(record: ClusterRecord): Promise<void> {
+  /** Caches a cluster object the apiserver returned from a write (with its uid). */
+  private cacheWritten(o: ClusterObject): void {
+    this.remember(o);
+    const c = clusterFrom(o);
+    if (c) this.clusters.set(c.name, c);
+  }
+
+  async putCluster(record: ClusterInput): Promise<void> {
     const r = normalizeCluster(record);
     for (let attempt = 0; attempt < RETRIES; attempt++) {
       const existing = await this.api.expect<ClusterObject>(
@@ -420,8 +431,7 @@ export class KubeStore implements Store, ClusterStatusSink {
               [409],
             );
       if (answer.status !== 409) {
-        this.remember(answer.body as ClusterObject);
-        this.clusters.set(r.name, r);
+        this.cacheWritten(answer.body as ClusterObject);
         return;
       }
     }

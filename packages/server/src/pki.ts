@@ -7,7 +7,9 @@
 //   - the CA itself (pathLen 0: it signs leaves only);
 //   - the server's serving certificate (serverAuth);
 //   - one client certificate per member cluster agent, CN `cluster:<name>`,
-//     URI SAN `tether://cluster/<name>`, short-lived (7 days by default);
+//     URI SAN `tether://cluster/<name>/<incarnation>` (the UID of the
+//     cluster's registration, see incarnation.ts; certificates from before
+//     incarnations existed lack the last segment), short-lived (7 days by default);
 //   - user client certificates, CN `<user>`, O `<group>`…, URI SAN
 //     `tether://user/<url-encoded user>` (24 h by default).
 // Private keys are never logged; they only leave this module as PKCS#8 PEM
@@ -68,6 +70,21 @@ export interface IssuedCertificate extends KeyPairPem {
 }
 
 const CLUSTER_NAME_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+/** A registration's UID: lowercase RFC 4122 text, as Kubernetes' metadata.uid and crypto.randomUUID() write it. */
+const INCARNATION_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Whether `uid` can be a cluster incarnation (lowercase UUID text). */
+export function isIncarnation(uid: unknown): uid is string {
+  return typeof uid === "string" && INCARNATION_RE.test(uid);
+}
+
+/**
+ * When a leaf was issued: its notBefore is backdated by CLOCK_SKEW_MS. X.509
+ * times have whole seconds, so this is up to 1 s early.
+ */
+export function issuedAtOf(notBefore: Date): Date {
+  return new Date(notBefore.getTime() + CLOCK_SKEW_MS);
+}
 
 /** Whether `name` is a valid cluster name (a DNS-1123 label). */
 export function isValidClusterName(name: unknown): name is string {
@@ -300,17 +317,22 @@ export class CertificateAuthority {
    * 7 days by default. With `publicKeyPem` (an EC P-256 SPKI PEM, e.g. from
    * {@link csrPublicKey}) the certificate is issued for that key and no
    * `keyPem` is returned; otherwise a key pair is generated and returned.
+   * `incarnation` (the registration's UID) goes into the URI SAN; without it
+   * the certificate has the pre-incarnation form, which only tests still make.
    */
   async issueClusterCertificate(
     cluster: string,
-    opts: { ttlMs?: number; publicKeyPem?: string } = {},
+    opts: { ttlMs?: number; publicKeyPem?: string; incarnation?: string } = {},
   ): Promise<IssuedCertificate> {
     validateClusterName(cluster);
+    if (opts.incarnation !== undefined && !isIncarnation(opts.incarnation)) {
+      throw codedError(ERR_TETHER_INVALID_CERT_REQUEST, "a cluster incarnation must be a lowercase UUID");
+    }
     return this.#issueClient(
       {
         commonName: CLUSTER_CN_PREFIX + cluster,
         organizations: [],
-        uri: URI_CLUSTER_PREFIX + cluster,
+        uri: URI_CLUSTER_PREFIX + cluster + (opts.incarnation === undefined ? "" : `/${opts.incarnation}`),
         ttlMs: opts.ttlMs ?? CLUSTER_CERT_TTL_MS,
       },
       opts.publicKeyPem,

@@ -21,10 +21,12 @@ import {
 } from "./cluster-status.js";
 import { IDENTITY_PREFIX } from "./forwarded-headers.js";
 import { identityFromPeerCertificate } from "./identity.js";
-import { JoinEndpoint, RENEW_SERVICE } from "./join-endpoint.js";
+import { foreignIncarnation } from "./incarnation.js";
+import { JoinEndpoint } from "./join-endpoint.js";
 import { sendStatus, statusResponseHead } from "./k8s-status.js";
 import { createLogger, type Logger } from "./logger.js";
-import type { CertificateAuthority } from "./pki.js";
+import { type CertificateAuthority, issuedAtOf } from "./pki.js";
+import { type RenewalOptions, Renewals } from "./renewal.js";
 import type { Store } from "./state-store.js";
 
 /** Where agents open their tunnel. */
@@ -45,6 +47,10 @@ export interface ServerOptions {
   clusterCertTtlMs?: number;
   /** How often live sessions are checked against the store (removed clusters, revocations, expiry). Default 1 s. */
   sessionCheckIntervalMs?: number;
+  /** How long a replaced session (its agent reconnected) may drain before it is closed. Default 30 s. */
+  drainTimeoutMs?: number;
+  /** Bounds of certificate renewal over the tunnel (renewal.ts). */
+  renewal?: RenewalOptions;
   /**
    * Where each cluster's status goes (the Kubernetes store's Cluster
    * objects). Writes are coalesced and rate-limited by ClusterStatusReporter.
@@ -54,7 +60,7 @@ export interface ServerOptions {
 }
 
 export class TetherServer {
-  readonly sessions = new AgentSessions();
+  readonly sessions: AgentSessions;
   private readonly https: Server;
   private readonly wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
   private readonly proxy: ClusterProxy;
@@ -62,6 +68,7 @@ export class TetherServer {
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
   private readonly join: JoinEndpoint;
+  private readonly renewals: Renewals;
   private readonly admin: AdminApi;
   private readonly status: ClusterStatusReporter | undefined;
   private readonly externalUrl: string | undefined;
@@ -78,6 +85,9 @@ export class TetherServer {
     this.store = options.store;
     this.log = options.log ?? createLogger();
     this.tunnel = options.tunnel ?? {};
+    this.sessions = new AgentSessions(
+      options.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: options.drainTimeoutMs },
+    );
     this.proxy = new ClusterProxy({ store: this.store, sessions: this.sessions, log: this.log });
     this.join = new JoinEndpoint({
       store: this.store,
@@ -85,6 +95,7 @@ export class TetherServer {
       log: this.log,
       ...(options.clusterCertTtlMs ? { clusterCertTtlMs: options.clusterCertTtlMs } : {}),
     });
+    this.renewals = new Renewals({ store: this.store, join: this.join, log: this.log }, options.renewal);
     // Printed agent commands and kubeconfigs name the URL callers use.
     const publicUrl = async () =>
       normalizeServerUrl(options.externalUrl ?? (await this.store.serverUrl()) ?? this.url, "server URL");
@@ -92,6 +103,10 @@ export class TetherServer {
       store: this.store,
       admin: new StoreClusterAdmin(this.store, publicUrl),
       log: this.log,
+      onClusterRemoved: (cluster) => {
+        this.sessions.disconnect(cluster);
+        this.renewals.forget(cluster);
+      },
     });
     this.externalUrl = options.externalUrl;
     if (options.clusterStatus) {
@@ -232,7 +247,8 @@ export class TetherServer {
       return;
     }
     // The cluster is whatever the certificate says — never what the agent claims.
-    const identity = identityFromPeerCertificate(tls.getPeerCertificate(true));
+    const peer = tls.getPeerCertificate(true);
+    const identity = identityFromPeerCertificate(peer);
     if (identity?.kind !== "cluster") {
       refuse("Forbidden", "this certificate does not identify a cluster");
       return;
@@ -241,17 +257,31 @@ export class TetherServer {
       refuse("Forbidden", `the certificate of cluster "${identity.cluster}" has been revoked`);
       return;
     }
-    if (!(await this.store.getCluster(identity.cluster))) {
+    const record = await this.store.getCluster(identity.cluster);
+    if (!record) {
       refuse("Forbidden", `cluster "${identity.cluster}" is not registered`);
       return;
     }
-    const certNotAfter = new Date(tls.getPeerCertificate().valid_to);
+    const certificate = {
+      serial: identity.serial,
+      certNotAfter: new Date(peer.valid_to),
+      certIssuedAt: issuedAtOf(new Date(peer.valid_from)),
+      ...(identity.incarnation ? { incarnation: identity.incarnation } : {}),
+    };
+    const foreign = foreignIncarnation(certificate, record);
+    if (foreign) {
+      refuse(
+        "Forbidden",
+        `${foreign}, which was removed: join again with a new token (tether-server join-token ${record.name})`,
+      );
+      return;
+    }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const session = sessionFromWebSocket(ws, {
         ...this.tunnel,
         role: "server",
-        // An agent may only renew its certificate: nothing else on the host is its to reach.
-        accept: (open) => open.service === RENEW_SERVICE,
+        // An agent may only renew its certificate, one stream at a time: nothing else on the host is its to reach.
+        accept: (open) => this.renewals.accept(session, open),
       });
       const cluster = identity.cluster;
       session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
@@ -262,31 +292,30 @@ export class TetherServer {
       const agentVersion = req.headers["x-tether-agent-version"];
       const entry = this.sessions.attach(cluster, session, {
         remoteAddress,
-        serial: identity.serial,
-        certNotAfter,
+        ...certificate,
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
       });
       if (this.status) void this.probeKubernetesVersion(entry);
-      session.on("stream", (stream) => {
-        void this.join.renew(cluster, stream).then((issued) => {
-          if (!issued) return;
-          entry.serial = issued.serial;
-          entry.certNotAfter = new Date(issued.notAfter);
-        });
-      });
+      session.on("stream", (stream) => void this.renewals.serve(entry, stream));
       this.log.info({ cluster, remoteAddress }, "agent connected");
     });
   }
 
-  /** Cuts off sessions whose cluster was removed, whose certificate was revoked or has expired. */
+  /**
+   * Cuts off sessions, draining ones too, whose cluster was removed or
+   * registered again (a new incarnation), whose certificate was revoked or
+   * has expired.
+   */
   private async checkSessions(): Promise<void> {
     for (const entry of this.sessions.list()) {
       if (entry.session.closed) continue;
       let why: string | undefined;
       try {
-        if (!(await this.store.getCluster(entry.cluster))) why = "the cluster was removed";
+        const record = await this.store.getCluster(entry.cluster);
+        if (!record) why = "the cluster was removed";
         else if (await this.store.isRevoked(entry.serial)) why = "its certificate was revoked";
         else if (entry.certNotAfter.getTime() <= Date.now()) why = "its certificate expired";
+        else why = foreignIncarnation(entry, record);
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, "session check could not read the store");
         continue;

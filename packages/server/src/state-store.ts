@@ -32,10 +32,12 @@ import {
   CertificateAuthority,
   canonicalIp,
   certificateNames,
+  isIncarnation,
   isValidClusterName,
   type KeyPairPem,
   validateClusterName,
 } from "./pki.js";
+import { newIncarnation } from "./incarnation.js";
 import { isTokenHash } from "./tokens.js";
 
 export type AuthMode = "impersonate" | "passthrough";
@@ -47,7 +49,15 @@ export interface ClusterRecord {
   allowedUsers: string[];
   allowedGroups: string[];
   createdAt: string;
+  /**
+   * The registration's incarnation (incarnation.ts), assigned by the store
+   * when the cluster is added: a name removed and added again gets a new one.
+   */
+  uid: string;
 }
+
+/** A cluster as callers hand it to a store, which assigns (or keeps) its uid and ignores any given one. */
+export type ClusterInput = Omit<ClusterRecord, "uid"> & { uid?: string };
 
 export interface TokenRecord {
   hash: string;
@@ -74,9 +84,10 @@ export interface Store {
   }): Promise<KeyPairPem & { keyPem: string }>;
   listClusters(): Promise<ClusterRecord[]>;
   getCluster(name: string): Promise<ClusterRecord | undefined>;
-  putCluster(record: ClusterRecord): Promise<void>;
-  /** Registers a new cluster; false (and nothing written) when the name is taken. Check and write are one step. */
-  addCluster(record: ClusterRecord): Promise<boolean>;
+  /** Creates or updates; an update keeps the cluster's uid. */
+  putCluster(record: ClusterInput): Promise<void>;
+  /** Registers a new cluster with a new uid; false (and nothing written) when the name is taken. Check and write are one step. */
+  addCluster(record: ClusterInput): Promise<boolean>;
   deleteCluster(name: string): Promise<boolean>;
   addToken(record: TokenRecord): Promise<void>;
   /** Expired tokens are not returned. */
@@ -221,7 +232,7 @@ export function checkIsoDate(what: string, v: unknown): string {
   return v;
 }
 
-export function normalizeCluster(r: ClusterRecord): ClusterRecord {
+export function normalizeCluster<R extends ClusterInput>(r: R): R {
   validateClusterName(r.name);
   if (r.auth !== "impersonate" && r.auth !== "passthrough") {
     throw invalid(`cluster ${r.name}: auth must be "impersonate" or "passthrough"`);
@@ -232,6 +243,8 @@ export function normalizeCluster(r: ClusterRecord): ClusterRecord {
   if (!isStringArray(r.allowedUsers) || !isStringArray(r.allowedGroups)) {
     throw invalid(`cluster ${r.name}: allowedUsers and allowedGroups must be arrays of strings`);
   }
+  if (r.uid !== undefined && !isIncarnation(r.uid))
+    throw invalid(`cluster ${r.name}: uid must be a lowercase UUID`);
   return {
     name: r.name,
     auth: r.auth,
@@ -239,7 +252,8 @@ export function normalizeCluster(r: ClusterRecord): ClusterRecord {
     allowedUsers: [...r.allowedUsers],
     allowedGroups: [...r.allowedGroups],
     createdAt: checkIsoDate("createdAt", r.createdAt),
-  };
+    ...(r.uid === undefined ? {} : { uid: r.uid }),
+  } as R;
 }
 
 export function normalizeToken(r: TokenRecord): TokenRecord {
@@ -475,7 +489,29 @@ export class FileStore implements Store {
     } catch (err) {
       throw fail(err);
     }
-    return new FileStore(abs, options);
+    const store = new FileStore(abs, options);
+    await store.#assignIncarnations();
+    return store;
+  }
+
+  /** Gives clusters registered before incarnations existed one (see incarnation.ts for their certificates). */
+  async #assignIncarnations(): Promise<void> {
+    let doc: ClustersDoc;
+    try {
+      doc = await this.#read(CLUSTERS);
+    } catch {
+      return; // a damaged document is reported by the reads that need it, with what to do
+    }
+    if (Object.values(doc.clusters).every((c) => isIncarnation(c.uid))) return;
+    await this.#mutate(CLUSTERS, (fresh) => {
+      let changed = false;
+      for (const c of Object.values(fresh.clusters)) {
+        if (isIncarnation(c.uid)) continue;
+        c.uid = newIncarnation();
+        changed = true;
+      }
+      return [undefined, changed];
+    });
   }
 
   // --- CA and serving certificate ---------------------------------------------------------
@@ -545,19 +581,20 @@ export class FileStore implements Store {
     return has(doc.clusters, name) ? structuredClone(doc.clusters[name]) : undefined;
   }
 
-  async putCluster(record: ClusterRecord): Promise<void> {
+  async putCluster(record: ClusterInput): Promise<void> {
     const r = normalizeCluster(record);
     await this.#mutate(CLUSTERS, (doc) => {
-      doc.clusters[r.name] = r;
+      const uid = has(doc.clusters, r.name) ? doc.clusters[r.name]!.uid : undefined;
+      doc.clusters[r.name] = { ...r, uid: isIncarnation(uid) ? uid : newIncarnation() };
       return [undefined, true];
     });
   }
 
-  async addCluster(record: ClusterRecord): Promise<boolean> {
+  async addCluster(record: ClusterInput): Promise<boolean> {
     const r = normalizeCluster(record);
     return this.#mutate(CLUSTERS, (doc) => {
       if (has(doc.clusters, r.name)) return [false, false];
-      doc.clusters[r.name] = r;
+      doc.clusters[r.name] = { ...r, uid: newIncarnation() };
       return [true, true];
     });
   }

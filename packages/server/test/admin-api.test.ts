@@ -269,7 +269,7 @@ t.test("the admin CLI with --credential drives the running server", async (t) =>
     name: "m1",
     server: server.url,
     token: /^tether_/,
-    agentCommand: /^tether-agent --server /,
+    agentCommand: /^TETHER_JOIN_TOKEN=tether_\S+ tether-agent --server /,
   });
   const listedLocally = JSON.parse((await cli("cluster", "list", "-o", "json", ...local)).stdout);
   t.same(

@@ -148,7 +148,7 @@ t.test("cluster add -o json: every field, a join token that works exactly once",
   t.equal(info.caHash, caHashOf(await readFile(join(dir, "ca.crt"), "utf8")));
   t.equal(
     info.agentCommand,
-    `tether-agent --server ${SERVER} --cluster prod-eu --token ${info.token} --ca-hash ${info.caHash}`,
+    `TETHER_JOIN_TOKEN=${info.token} tether-agent --server ${SERVER} --cluster prod-eu --ca-hash ${info.caHash}`,
   );
 
   const store = await FileStore.open(dir);
@@ -187,7 +187,7 @@ t.test("cluster add (human output) uses the URL serve recorded", async (t) => {
   t.match(
     r.stdout,
     new RegExp(
-      `^ {2}tether-agent --server https://10\\.0\\.0\\.7:8443 --cluster edge-1 --token ${token} --ca-hash sha256:[0-9a-f]{64}$`,
+      `^ {2}TETHER_JOIN_TOKEN=${token} tether-agent --server https://10\\.0\\.0\\.7:8443 --cluster edge-1 --ca-hash sha256:[0-9a-f]{64}$`,
       "m",
     ),
   );
@@ -589,3 +589,54 @@ t.test("a corrupt server.json is reported, not guessed around", async (t) => {
   await writeFile(join(dir, "server.json"), JSON.stringify({ url: "ftp://x" }));
   assertFailed(t, await cli("cluster", "add", "c1", "--state-dir", dir), /must be an https:\/\/ URL/);
 });
+
+t.test(
+  "the printed agent command keeps the join token out of the agent's argv (ps shows argv)",
+  async (t) => {
+    const dir = await tempStateDir(t);
+    // A stand-in tether-agent that reports what it was started with.
+    const bin = join(dir, "bin");
+    const { mkdir, chmod } = await import("node:fs/promises");
+    await mkdir(bin);
+    await writeFile(
+      join(bin, "tether-agent"),
+      `#!/bin/sh\nprintf '%s\\n' "$@" > "$REPORT.argv"\nprintf '%s' "$TETHER_JOIN_TOKEN" > "$REPORT.env"\n`,
+    );
+    await chmod(join(bin, "tether-agent"), 0o755);
+    const run = async (command: string, report: string) => {
+      const child = spawn("/bin/sh", ["-c", command], {
+        env: { PATH: `${bin}:/usr/bin:/bin`, REPORT: report },
+        stdio: "ignore",
+      });
+      await new Promise((resolve) => child.once("close", resolve));
+      return {
+        argv: (await readFile(`${report}.argv`, "utf8")).trimEnd().split("\n"),
+        env: await readFile(`${report}.env`, "utf8"),
+      };
+    };
+    const added = JSON.parse(
+      (await cli("cluster", "add", "m1", "--state-dir", dir, "--server", SERVER, "-o", "json")).stdout,
+    );
+    const again = JSON.parse(
+      (await cli("join-token", "m1", "--state-dir", dir, "--server", SERVER, "-o", "json")).stdout,
+    );
+    const human = await cli("join-token", "m1", "--state-dir", dir, "--server", SERVER);
+    const printed = /^ {2}(.*tether-agent .*)$/m.exec(human.stdout)?.[1];
+    const token = /^Join token: +(tether_\S+)$/m.exec(human.stdout)?.[1];
+    t.ok(printed && token, "the human output has a command and a token");
+    for (const [what, command, joinToken] of [
+      ["cluster add", added.agentCommand, added.token],
+      ["join-token", again.agentCommand, again.token],
+      ["join-token (human output)", printed!, token!],
+    ] as const) {
+      const seen = await run(command, join(dir, what.replace(/\W+/g, "-")));
+      t.same(
+        seen.argv,
+        ["--server", SERVER, "--cluster", "m1", "--ca-hash", added.caHash],
+        `${what}: the agent's argv holds no token`,
+      );
+      t.notMatch(seen.argv.join(" "), /tether_/, `${what}: nothing token-like in argv`);
+      t.equal(seen.env, joinToken, `${what}: the token reaches the agent as TETHER_JOIN_TOKEN`);
+    }
+  },
+);

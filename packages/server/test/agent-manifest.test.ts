@@ -312,6 +312,17 @@ t.test("agent-manifest on a state directory", async (t) => {
   t.equal(issued?.kind, "join", "the token is a join token of the store");
   t.equal(issued?.cluster, "m1", "for this cluster");
   t.equal(issued?.usedAt, undefined, "unused");
+  // ps shows a container's command line: the token may only be in the Secret the env refers to.
+  for (const o of printed.objects as Obj[]) {
+    const where = o.kind === "Secret" ? "" : JSON.stringify(o);
+    t.notMatch(where, printed.join.token!, `${o.kind} ${o.metadata.name} does not hold the token`);
+  }
+  const container = (printed.objects as Obj[]).find((o) => o.kind === "Deployment")!.spec.template.spec
+    .containers[0];
+  t.notOk(
+    [...(container.command ?? []), ...container.args].some((a: string) => /token/i.test(a)),
+    "no token flag or token in the agent's argv",
+  );
 
   const second = await cli(
     "agent-manifest",

@@ -9,6 +9,7 @@ import { CertificateAuthority } from "../src/pki.js";
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
 const ca = await CertificateAuthority.create();
+const UID = "3f1c2b7e-9a41-4c1e-8d2f-0b5e6a7c8d9e";
 
 /** Signs an arbitrary leaf with the CA's key, to build certificates the CA's API would never issue. */
 async function craft(
@@ -109,6 +110,20 @@ t.test("ambiguous or inconsistent certificates give no identity", async (t) => {
     ["user CN mismatch", [{ CN: ["root"] }], [{ type: "url", value: "tether://user/alice" }]],
     ["bad encoding", [{ CN: ["a%"] }], [{ type: "url", value: "tether://user/a%" }]],
     ["empty user", [{ CN: [""] }], [{ type: "url", value: "tether://user/" }]],
+    ...(
+      [
+        ["incarnation not a UUID", "tether://cluster/a/not-a-uuid"],
+        ["incarnation in capitals", `tether://cluster/a/${UID.toUpperCase()}`],
+        ["two incarnations", `tether://cluster/a/${UID}/${UID}`],
+        ["empty incarnation", "tether://cluster/a/"],
+        ["a query after the name", `tether://cluster/a?uid=${UID}`],
+        ["a query after the incarnation", `tether://cluster/a/${UID}?x`],
+        ["the incarnation where the name goes", `tether://cluster/${UID}`],
+      ] as const
+    ).map(
+      ([what, uri]) =>
+        [what, [{ CN: ["cluster:a"] }], [{ type: "url", value: uri }]] as (typeof cases)[number],
+    ),
     [
       "serverAuth only",
       [{ CN: ["cluster:a"] }],
@@ -130,4 +145,29 @@ t.test("ambiguous or inconsistent certificates give no identity", async (t) => {
       serial: "01020304",
     },
   );
+  t.same(
+    identityFromCertificate(
+      await craft([{ CN: ["cluster:a"] }], [{ type: "url", value: `tether://cluster/a/${UID}` }]),
+    ),
+    { kind: "cluster", cluster: "a", incarnation: UID, serial: "01020304" },
+  );
 });
+
+t.test(
+  "a cluster certificate with an incarnation names it; the agent still reads its cluster from the CN",
+  async (t) => {
+    const issued = await ca.issueClusterCertificate("member-7", { incarnation: UID });
+    const cert = new X509Certificate(issued.certPem);
+    t.same(identityFromCertificate(cert), {
+      kind: "cluster",
+      cluster: "member-7",
+      incarnation: UID,
+      serial: issued.serial,
+    });
+    t.match(cert.subject, /^CN=cluster:member-7$/m);
+    t.match(cert.subjectAltName, `URI:tether://cluster/member-7/${UID}`);
+    await t.rejects(ca.issueClusterCertificate("member-7", { incarnation: "x" }), {
+      code: "ERR_TETHER_INVALID_CERT_REQUEST",
+    });
+  },
+);

@@ -9,14 +9,14 @@ import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { caHashOf } from "../src/pki.js";
-import { type ClusterRecord, defaultStateDir, FileStore, type TokenRecord } from "../src/state-store.js";
+import { type ClusterInput, defaultStateDir, FileStore, type TokenRecord } from "../src/state-store.js";
 import { hashToken, issueToken } from "../src/tokens.js";
 
 const SELF = fileURLToPath(import.meta.url);
 const FAR = "2999-01-01T00:00:00.000Z";
 const PAST = "2000-01-01T00:00:00.000Z";
 
-const cluster = (name: string, extra: Partial<ClusterRecord> = {}): ClusterRecord => ({
+const cluster = (name: string, extra: Partial<ClusterInput> = {}): ClusterInput => ({
   name,
   auth: "impersonate",
   labels: {},
@@ -203,13 +203,14 @@ async function runTests(): Promise<void> {
     });
     await store.putCluster(b);
     await store.putCluster(cluster("a"));
-    t.same(await store.getCluster("b"), b);
+    t.same(await store.getCluster("b"), { ...b, uid: (await store.getCluster("b"))?.uid });
+    t.match((await store.getCluster("b"))?.uid, /^[0-9a-f-]{36}$/, "the store gave it an incarnation");
     t.same(
       (await store.listClusters()).map((c) => c.name),
       ["a", "b"],
     );
     const fresh = await FileStore.open(dir);
-    t.same(await fresh.getCluster("b"), b);
+    t.same(await fresh.getCluster("b"), await store.getCluster("b"));
     await store.putCluster({ ...b, labels: { env: "staging" } });
     t.same((await fresh.getCluster("b"))?.labels, { env: "staging" }, "another instance sees the update");
     const got = await store.getCluster("b");
@@ -229,6 +230,40 @@ async function runTests(): Promise<void> {
       clusters: { a: { name: "a" } },
     });
   });
+
+  t.test(
+    "incarnations: a new uid per registration, kept by updates, given to clusters from before",
+    async (t) => {
+      const dir = t.testdir();
+      const store = await FileStore.open(dir);
+      t.equal(await store.addCluster(cluster("m1", { uid: "00000000-0000-4000-8000-000000000000" })), true);
+      const first = (await store.getCluster("m1"))!.uid;
+      t.match(first, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+      t.not(first, "00000000-0000-4000-8000-000000000000", "a caller cannot choose the uid");
+      await store.putCluster({ ...cluster("m1"), labels: { env: "prod" } });
+      t.equal((await store.getCluster("m1"))!.uid, first, "an update keeps the incarnation");
+      await store.deleteCluster("m1");
+      await store.addCluster(cluster("m1"));
+      t.not((await store.getCluster("m1"))!.uid, first, "registered again: a new incarnation");
+      await t.rejects(store.putCluster(cluster("m2", { uid: "NOT-A-UUID" })), {
+        code: "ERR_TETHER_INVALID_RECORD",
+      });
+
+      // clusters.json as Tether wrote it before incarnations existed.
+      const old = t.testdir({
+        "clusters.json": JSON.stringify({ version: 1, clusters: { legacy: cluster("legacy") } }),
+      });
+      const upgraded = await FileStore.open(old);
+      const uid = (await upgraded.getCluster("legacy"))?.uid;
+      t.match(uid, /^[0-9a-f-]{36}$/, "opening the state gives an old cluster an incarnation");
+      t.equal((await (await FileStore.open(old)).getCluster("legacy"))?.uid, uid, "once");
+      t.equal(
+        JSON.parse(await readFile(join(old, "clusters.json"), "utf8")).clusters.legacy.uid,
+        uid,
+        "written to the file",
+      );
+    },
+  );
 
   t.test("tokens: only hashes stored, 0600, expired ones not found", async (t) => {
     const dir = t.testdir();
