@@ -10,7 +10,7 @@
 # manager, user 65532 (nonroot). Pin the base images by digest for releases.
 
 # Compile the TypeScript (needs the dev dependencies: typescript).
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.base.json ./
 COPY packages/tunnel/package.json packages/tunnel/
@@ -26,7 +26,7 @@ RUN npx tsc -b packages/tunnel packages/server packages/agent
 # Only the production dependencies of the three workspaces. node_modules/@tether/*
 # are symlinks to ../../packages/*, which the runtime stage provides at the same place.
 # No install scripts run: the one native addon (bufferutil, optional) ships prebuilt binaries.
-FROM node:20-bookworm-slim AS production-dependencies
+FROM node:24-bookworm-slim AS production-dependencies
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY packages/tunnel/package.json packages/tunnel/
@@ -34,7 +34,7 @@ COPY packages/server/package.json packages/server/
 COPY packages/agent/package.json packages/agent/
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
-FROM gcr.io/distroless/nodejs20-debian12:nonroot
+FROM gcr.io/distroless/nodejs24-debian12:nonroot
 WORKDIR /app
 ENV NODE_ENV=production
 COPY --from=production-dependencies /app/package.json ./

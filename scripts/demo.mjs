@@ -3,6 +3,9 @@
 // given after `--` (e.g. `npm run demo -- --once`).
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { onPinnedNode } from "./node-runtime.mjs";
+
+await onPinnedNode(import.meta.url);
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const bin = (name) => `${root}node_modules/.bin/${name}`;

@@ -5,6 +5,9 @@ import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { onPinnedNode } from "./node-runtime.mjs";
+
+await onPinnedNode(import.meta.url);
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const marker = `${root}node_modules/.tether-lock-hash`;

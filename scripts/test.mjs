@@ -3,6 +3,9 @@
 // "N passed, N failed" (N counts assertions, as tap does).
 import { spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { onPinnedNode } from "./node-runtime.mjs";
+
+await onPinnedNode(import.meta.url);
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const bin = (name) => `${root}node_modules/.bin/${name}`;
