@@ -3,26 +3,41 @@
 // http-proxy-3 over a pool of tunnel streams; upgrades (SPDY is a POST, so
 // http-proxy would drop it) are spliced at the stream level.
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createProxyServer } from "http-proxy-3";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
+import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
+import { type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { requestHead, rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
-import type { Logger } from "./logger.js";
+import { type Logger, loggablePath } from "./logger.js";
+import { sessionFullStatus } from "./session-full.js";
 import type { AuthMode, Store } from "./state-store.js";
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 type Admission =
-  | { ok: true; mode: AuthMode; caller?: AuthenticatedCaller; entry: AgentSession; path: string }
-  | { ok: false; reason: StatusReason; message: string };
+  | {
+      ok: true;
+      mode: AuthMode;
+      caller?: AuthenticatedCaller;
+      entry: AgentSession;
+      path: string;
+      /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
+      release: () => void;
+    }
+  | { ok: false; reason: StatusReason; message: string; retryAfterSeconds?: number };
 
 export interface ClusterProxyDeps {
   store: Store;
   sessions: AgentSessions;
   log: Logger;
+  quota: CallerQuota;
+  failures: FailureRateLimit;
+  streamIdleTimeoutMs: number;
 }
 
 export class ClusterProxy {
@@ -35,7 +50,9 @@ export class ClusterProxy {
     // http-proxy sets the head and pipes the body in this same tick; Node then
     // holds the head back until the first body byte. A watch may have none for
     // minutes, and clients wait for the head before they act: send it now.
-    this.proxy.on("proxyRes", (_proxyRes, _req, res) => {
+    this.proxy.on("proxyRes", (proxyRes, req, res) => {
+      // In passthrough mode the member judges the credential: its 401 is a failed authentication here too.
+      if (proxyRes.statusCode === 401) this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -57,10 +74,21 @@ export class ClusterProxy {
         message: `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
       };
     }
+    const source = sourceKey(req.socket.remoteAddress);
+    const wait = this.deps.failures.retryAfter(source);
+    if (wait > 0) {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        message: "too many failed authentications from your address: try again later",
+        retryAfterSeconds: wait,
+      };
+    }
     let caller: AuthenticatedCaller | undefined;
     if (cluster.auth === "impersonate") {
       caller = await authenticate(req, this.deps.store);
       if (!caller) {
+        this.countFailure(source);
         return {
           ok: false,
           reason: "Unauthorized",
@@ -76,6 +104,7 @@ export class ClusterProxy {
         };
       }
     } else if (!req.headers.authorization) {
+      this.countFailure(source);
       return {
         ok: false,
         reason: "Unauthorized",
@@ -90,22 +119,49 @@ export class ClusterProxy {
         message: `cluster "${name}" has no connected Tether agent; check the agent's logs in that cluster`,
       };
     }
-    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path };
+    const release = this.deps.quota.acquire(name, callerKey(req, caller));
+    if (!release) {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        message: `you hold ${this.deps.quota.max} requests and connections on cluster "${name}" already: close some and retry`,
+        retryAfterSeconds: 1,
+      };
+    }
+    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path, release };
+  }
+
+  /** Counts a failed authentication, and says once when it makes the source wait. */
+  private countFailure(source: string): void {
+    if (this.deps.failures.fail(source)) {
+      this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
+    }
+  }
+
+  /** Refusals of the limits are logged at debug level: a flood of them must not flood the log. */
+  private logRefusal(req: IncomingMessage, reason: StatusReason, message: string): void {
+    const fields = { path: loggablePath(req.url), reason };
+    if (reason === "TooManyRequests") this.deps.log.debug(fields, message);
+    else this.deps.log.info(fields, message);
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const admission = await this.admit(req);
     if (!admission.ok) {
-      this.deps.log.info({ url: req.url, reason: admission.reason }, "refused");
-      sendStatus(res, admission.reason, admission.message);
+      this.logRefusal(req, admission.reason, "refused");
+      sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
     }
+    releaseOnClose(res, admission.release);
     const { mode, caller, entry, path } = admission;
     rewriteHeaders(req.headers, mode, caller);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
-      if (!res.headersSent) {
+      const full = sessionFullStatus(err, entry.cluster);
+      if (full) {
+        sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
+      } else if (!res.headersSent) {
         const gone = entry.session.closed || entry.session.goingAway;
         sendStatus(
           res,
@@ -124,10 +180,13 @@ export class ClusterProxy {
     socket.on("error", () => socket.destroy());
     const admission = await this.admit(req);
     if (!admission.ok) {
-      this.deps.log.info({ url: req.url, reason: admission.reason }, "refused upgrade");
-      socket.end(statusResponseHead(admission.reason, admission.message));
+      this.logRefusal(req, admission.reason, "refused upgrade");
+      socket.end(statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
       return;
     }
+    releaseOnClose(socket, admission.release);
+    // No bytes either way for this long: the exec or port-forward is abandoned.
+    (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
     let requestText: string;
     try {
@@ -137,7 +196,7 @@ export class ClusterProxy {
       return;
     }
     const stream = entry.openStream(mode);
-    stream.on("error", () => socket.destroy());
+    stream.on("error", (err) => refuseFullSession(socket, err, entry.cluster) || socket.destroy());
     socket.on("close", () => stream.destroy());
     // After a clean end the pipe has already ended the socket: let it flush.
     stream.on("close", () => {
@@ -148,4 +207,12 @@ export class ClusterProxy {
     socket.pipe(stream);
     stream.pipe(socket);
   }
+}
+
+/** Answers an upgrade whose stream found the session full with a 503 Status; false for any other error. */
+function refuseFullSession(socket: Duplex, err: Error, cluster: string): boolean {
+  const full = sessionFullStatus(err, cluster);
+  if (!full || socket.writableEnded) return false;
+  socket.end(statusResponseHead(full.reason, full.message, full.retryAfterSeconds));
+  return true;
 }
