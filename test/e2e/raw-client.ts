@@ -48,9 +48,23 @@ export function whenClosed(socket: { once(e: "close", f: () => void): unknown; d
   return socket.destroyed ? Promise.resolve() : new Promise<void>((r) => socket.once("close", () => r()));
 }
 
+/** A liveness bound on every read, so that a server that never answers fails the test instead of hanging it. */
+const ANSWER_WITHIN_MS = 15_000;
+
+function bounded<T>(what: string, promise: Promise<T>, onTimeout: () => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new Error(`${what}: no answer within ${ANSWER_WITHIN_MS} ms`));
+    }, ANSWER_WITHIN_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /** Reads one HTTP/1.1 response head (and a Content-Length body) from a socket. */
 function readResponse(socket: TLSSocket): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
+  const read = new Promise<RawResponse>((resolve, reject) => {
     let buf = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       buf = Buffer.concat([buf, chunk]);
@@ -73,6 +87,7 @@ function readResponse(socket: TLSSocket): Promise<RawResponse> {
     socket.on("data", onData);
     socket.once("close", onClose);
   });
+  return bounded("upgrade response", read, () => socket.destroy());
 }
 
 /**
@@ -113,8 +128,9 @@ export function rawRequest(
   path: string,
   options: { method?: string; headers?: Record<string, string>; body?: string; localAddress?: string } = {},
 ): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const req = request(
+  let req: ReturnType<typeof request> | undefined;
+  const answer = new Promise<RawResponse>((resolve, reject) => {
+    req = request(
       `${target.url}${path}`,
       {
         method: options.method ?? "GET",
@@ -139,6 +155,7 @@ export function rawRequest(
     req.on("error", reject);
     req.end(options.body);
   });
+  return bounded(`${options.method ?? "GET"} ${path}`, answer, () => req?.destroy());
 }
 
 export interface HeldRequest {
@@ -151,8 +168,9 @@ export interface HeldRequest {
 
 /** A request whose response is held open (a watch) until close(). */
 export function heldRequest(target: RawTarget, path: string, token: string): Promise<HeldRequest> {
-  return new Promise((resolve, reject) => {
-    const req = request(
+  let req: ReturnType<typeof request> | undefined;
+  const head = new Promise<HeldRequest>((resolve, reject) => {
+    req = request(
       `${target.url}${path}`,
       { ca: target.caPem, agent: false, headers: { authorization: `Bearer ${token}` } },
       (res) => {
@@ -167,11 +185,12 @@ export function heldRequest(target: RawTarget, path: string, token: string): Pro
           status: res.statusCode ?? 0,
           headers: res.headers as Record<string, string>,
           body,
-          close: () => req.destroy(),
+          close: () => req?.destroy(),
         });
       },
     );
     req.on("error", (err) => reject(err));
     req.end();
   });
+  return bounded(`held GET ${path}`, head, () => req?.destroy());
 }
