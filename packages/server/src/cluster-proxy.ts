@@ -9,7 +9,7 @@ import { createProxyServer } from "http-proxy-3";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
-import { type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
+import { type Attempt, type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { requestHead, rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
 import { type Logger, loggablePath } from "./logger.js";
@@ -75,20 +75,23 @@ export class ClusterProxy {
       };
     }
     const source = sourceKey(req.socket.remoteAddress);
-    const wait = this.deps.failures.retryAfter(source);
-    if (wait > 0) {
+    const attempt = this.deps.failures.begin(source);
+    if (typeof attempt === "number") {
       return {
         ok: false,
         reason: "TooManyRequests",
         message: "too many failed authentications from your address: try again later",
-        retryAfterSeconds: wait,
+        retryAfterSeconds: attempt,
       };
     }
     let caller: AuthenticatedCaller | undefined;
     if (cluster.auth === "impersonate") {
-      caller = await authenticate(req, this.deps.store);
+      caller = await authenticate(req, this.deps.store).catch((err: unknown) => {
+        attempt.succeeded();
+        throw err;
+      });
       if (!caller) {
-        this.countFailure(source);
+        this.countFailure(attempt, source);
         return {
           ok: false,
           reason: "Unauthorized",
@@ -96,6 +99,7 @@ export class ClusterProxy {
             "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
         };
       }
+      attempt.succeeded();
       if (!mayUseCluster(caller, cluster)) {
         return {
           ok: false,
@@ -104,13 +108,15 @@ export class ClusterProxy {
         };
       }
     } else if (!req.headers.authorization) {
-      this.countFailure(source);
+      this.countFailure(attempt, source);
       return {
         ok: false,
         reason: "Unauthorized",
         message: `cluster "${name}" uses passthrough authentication: send the member cluster's own bearer token`,
       };
     }
+    // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
+    attempt.succeeded();
     const entry = this.deps.sessions.get(name);
     if (!entry) {
       return {
@@ -132,8 +138,8 @@ export class ClusterProxy {
   }
 
   /** Counts a failed authentication, and says once when it makes the source wait. */
-  private countFailure(source: string): void {
-    if (this.deps.failures.fail(source)) {
+  private countFailure(attempt: Attempt, source: string): void {
+    if (attempt.failed()) {
       this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
     }
   }

@@ -2,8 +2,11 @@
 // `limit` times within `windowMs` is refused (429) before its next credential
 // is even looked at, until its oldest failure leaves the window: guessing
 // tokens goes at `limit` per window instead of thousands per second.
-// Memory is bounded: at most `limit` timestamps per source and `maxSources`
-// sources (the least recently failing one is forgotten first).
+// Attempts still being checked count against the limit too, or a flood sent
+// in parallel would have every guess checked before the first failure is
+// known. Memory is bounded: at most `limit` timestamps per source and
+// `maxSources` sources (the least recently failing one is forgotten first);
+// attempts in flight are bounded by the connections.
 
 export interface FailureRateLimitOptions {
   limit: number;
@@ -34,9 +37,17 @@ export function sourceKey(address: string | undefined): string {
     .join(":")}::/64`;
 }
 
+/** One attempt let through by `begin`; settle it once its credential is judged (later calls do nothing). */
+export interface Attempt {
+  /** Counts the failure; returns true when it used up the source's allowance. */
+  failed(): boolean;
+  succeeded(): void;
+}
+
 export class FailureRateLimit {
   /** Failure times per source, oldest first; the map is ordered by each source's latest failure. */
   private readonly failures = new Map<string, number[]>();
+  private readonly checking = new Map<string, number>();
   private readonly limit: number;
   private readonly windowMs: number;
   private readonly maxSources: number;
@@ -49,21 +60,43 @@ export class FailureRateLimit {
     this.now = options.now ?? Date.now;
   }
 
-  /** Seconds `source` must wait before its next attempt, or 0 when it may go ahead. */
-  retryAfter(source: string): number {
-    const times = this.failures.get(source);
-    if (!times) return 0;
-    const now = this.now();
-    this.expire(times, now);
-    if (times.length === 0) {
-      this.failures.delete(source);
-      return 0;
-    }
-    if (times.length < this.limit) return 0;
-    return Math.max(1, Math.ceil((times[0]! + this.windowMs - now) / 1000));
+  /**
+   * Starts an attempt of `source`: the seconds it must wait (> 0) when it has
+   * used up its allowance — failures and attempts still being checked — or
+   * the attempt, to settle once judged.
+   */
+  begin(source: string): number | Attempt {
+    const wait = this.retryAfter(source);
+    if (wait > 0) return wait;
+    this.checking.set(source, (this.checking.get(source) ?? 0) + 1);
+    let settled = false;
+    const settle = () => {
+      if (settled) return false;
+      settled = true;
+      const left = (this.checking.get(source) ?? 1) - 1;
+      if (left > 0) this.checking.set(source, left);
+      else this.checking.delete(source);
+      return true;
+    };
+    return {
+      failed: () => settle() && this.fail(source),
+      succeeded: () => void settle(),
+    };
   }
 
-  /** Counts a failure of `source`; returns true when this one used up its allowance. */
+  /** Seconds `source` must wait before its next attempt, or 0 when it may go ahead. */
+  retryAfter(source: string): number {
+    const times = this.failures.get(source) ?? [];
+    const now = this.now();
+    this.expire(times, now);
+    if (times.length === 0) this.failures.delete(source);
+    if (times.length >= this.limit) return Math.max(1, Math.ceil((times[0]! + this.windowMs - now) / 1000));
+    // Full only with attempts still being checked: they settle within moments.
+    if (times.length + (this.checking.get(source) ?? 0) >= this.limit) return 1;
+    return 0;
+  }
+
+  /** Counts a failure of `source` judged outside an attempt (a member's 401); true when it used up the allowance. */
   fail(source: string): boolean {
     const now = this.now();
     this.forgetStale(now);
@@ -79,9 +112,9 @@ export class FailureRateLimit {
     return times.length === this.limit;
   }
 
-  /** Sources tracked now. */
+  /** Sources tracked now: with failures in the window or attempts being checked. */
   get size(): number {
-    return this.failures.size;
+    return new Set([...this.failures.keys(), ...this.checking.keys()]).size;
   }
 
   private expire(times: number[], now: number): void {

@@ -12,7 +12,7 @@ import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin-api.js";
 import { normalizeServerUrl } from "./admin-input.js";
 import { type AgentSession, AgentSessions } from "./agent-sessions.js";
-import { CallerQuota } from "./caller-quota.js";
+import { CallerQuota, releaseOnClose } from "./caller-quota.js";
 import { StoreClusterAdmin } from "./cluster-admin.js";
 import { ClusterProxy } from "./cluster-proxy.js";
 import {
@@ -327,13 +327,19 @@ export class TetherServer {
    */
   private refuseFailingSource(req: IncomingMessage, res: ServerResponse): boolean {
     const source = sourceKey(req.socket.remoteAddress);
-    const wait = this.authFailures.retryAfter(source);
-    if (wait > 0) {
-      sendStatus(res, "TooManyRequests", "too many failed attempts from your address: try again later", wait);
+    const attempt = this.authFailures.begin(source);
+    if (typeof attempt === "number") {
+      sendStatus(
+        res,
+        "TooManyRequests",
+        "too many failed attempts from your address: try again later",
+        attempt,
+      );
       return true;
     }
-    res.once("finish", () => {
-      if (res.statusCode === 401 && this.authFailures.fail(source)) {
+    releaseOnClose(res, () => {
+      if (res.statusCode !== 401) attempt.succeeded();
+      else if (attempt.failed()) {
         this.log.warn({ source }, "too many failed authentications: the source address must wait");
       }
     });

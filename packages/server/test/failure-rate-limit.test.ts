@@ -24,6 +24,35 @@ t.test("limit failures per window, then a wait until the oldest leaves it", asyn
   t.equal(rl.size, 0, "a source with no failure in the window is forgotten");
 });
 
+t.test(
+  "attempts still being checked count: a parallel flood gets no more than the limit checked",
+  async (t) => {
+    const rl = new FailureRateLimit({ limit: 3, windowMs: 10_000, now: () => 0 });
+    const started = Array.from({ length: 10 }, () => rl.begin("a"));
+    const let_through = started.filter((x) => typeof x !== "number");
+    t.equal(let_through.length, 3, "three in flight at once, the rest told to wait");
+    t.same(
+      started.filter((x) => typeof x === "number"),
+      Array(7).fill(1),
+      "Retry-After 1 while only in-flight attempts fill the allowance",
+    );
+    for (const a of let_through) if (typeof a !== "number") a.failed();
+    t.equal(rl.retryAfter("a"), 10, "then the failures themselves");
+    const b1 = rl.begin("b");
+    const b2 = rl.begin("b");
+    if (typeof b1 === "number" || typeof b2 === "number") throw new Error("b was refused");
+    b1.succeeded();
+    b1.failed();
+    t.equal(rl.retryAfter("b"), 0, "an attempt settles once: a later failed() does not count");
+    b2.succeeded();
+    t.equal(rl.size, 1, "settled attempts leave nothing behind");
+    t.equal(typeof rl.begin("c"), "object");
+    t.equal(typeof rl.begin("c"), "object");
+    t.equal(typeof rl.begin("c"), "object");
+    t.equal(rl.begin("c"), 1, "successes in flight hold places too, until settled");
+  },
+);
+
 t.test("memory is bounded: timestamps per source and sources", async (t) => {
   let now = 0;
   const rl = new FailureRateLimit({ limit: 2, windowMs: 1000, maxSources: 3, now: () => now });
