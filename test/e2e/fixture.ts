@@ -90,12 +90,8 @@ export async function prepareMember(member: Cluster, saDir: string): Promise<Nod
   return { KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
 }
 
-export async function startTether(
-  options: Pick<
-    ServerOptions,
-    "clusterCertTtlMs" | "drainTimeoutMs" | "renewal" | "sessionCheckIntervalMs"
-  > = {},
-): Promise<Fixture> {
+/** A server on 127.0.0.1 with the test tunnel timing; `options` override any ServerOptions but the store. */
+export async function startTether(options: Omit<Partial<ServerOptions>, "store"> = {}): Promise<Fixture> {
   const dir = await mkdtemp(join(tmpdir(), "tether-e2e-"));
   const store = await FileStore.open(join(dir, "state"));
   const log = createLogger({ level: process.env.TETHER_TEST_LOG ?? "silent" });

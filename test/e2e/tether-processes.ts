@@ -40,6 +40,8 @@ export async function spawnServer(
   caPem: string,
   logFile: string,
   timing: TunnelTiming = FAST_TIMING,
+  /** More `serve` flags (limits, ...). */
+  extraArgs: string[] = [],
 ): Promise<{ proc: ManagedProcess; url: string }> {
   const port = await freePort();
   const url = `https://127.0.0.1:${port}`;
@@ -57,6 +59,7 @@ export async function spawnServer(
       String(timing.keepaliveSeconds),
       "--dead-peer-timeout",
       String(timing.deadPeerTimeoutSeconds),
+      ...extraArgs,
     ],
     logFile,
   );

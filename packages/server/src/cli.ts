@@ -24,6 +24,7 @@ import {
 import { AGENT_NAMESPACE, agentManifest } from "./agent-manifest.js";
 import { KubeStore } from "./kube-store.js";
 import { DEFAULT_KUBEFED_USER, KUBEFED_NAMESPACE, kubefed } from "./kubefed.js";
+import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
 import { createLogger } from "./logger.js";
 import type { OutputFormat } from "./output-format.js";
 import {
@@ -140,7 +141,7 @@ export function buildProgram(io: CliIo = processIo): Command {
 }
 
 function addServe(program: Command): void {
-  addStoreOptions(program.command("serve"))
+  addLimitOptions(addStoreOptions(program.command("serve")))
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
@@ -190,6 +191,7 @@ function addServe(program: Command): void {
           log,
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           drainTimeoutMs: opts.drainTimeout,
+          limits: limitsFromOptions(opts),
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });

@@ -3,13 +3,17 @@
 // http-proxy-3 over a pool of tunnel streams; upgrades (SPDY is a POST, so
 // http-proxy would drop it) are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createProxyServer } from "http-proxy-3";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
+import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
+import { type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
-import type { Logger } from "./logger.js";
+import { type Logger, loggablePath } from "./logger.js";
+import { sessionFullStatus } from "./session-full.js";
 import type { AuthMode, Store } from "./state-store.js";
 import { checkUpgrade, relayUpgrade } from "./upgrade-relay.js";
 
@@ -18,13 +22,24 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
 
 type Admission =
-  | { ok: true; mode: AuthMode; caller?: AuthenticatedCaller; entry: AgentSession; path: string }
-  | { ok: false; reason: StatusReason; message: string };
+  | {
+      ok: true;
+      mode: AuthMode;
+      caller?: AuthenticatedCaller;
+      entry: AgentSession;
+      path: string;
+      /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
+      release: () => void;
+    }
+  | { ok: false; reason: StatusReason; message: string; retryAfterSeconds?: number };
 
 export interface ClusterProxyDeps {
   store: Store;
   sessions: AgentSessions;
   log: Logger;
+  quota: CallerQuota;
+  failures: FailureRateLimit;
+  streamIdleTimeoutMs: number;
 }
 
 export class ClusterProxy {
@@ -45,12 +60,14 @@ export class ClusterProxy {
     // http-proxy sets the head and pipes the body in this same tick; Node then
     // holds the head back until the first body byte. A watch may have none for
     // minutes, and clients wait for the head before they act: send it now.
-    this.proxy.on("proxyRes", (proxyRes, _req, res) => {
+    this.proxy.on("proxyRes", (proxyRes, req, res) => {
       if (proxyRes.statusCode === 101) {
         proxyRes.destroy();
         sendStatus(res, "BadGateway", UNASKED_SWITCH);
         return;
       }
+      // In passthrough mode the member judges the credential: its 401 is a failed authentication here too.
+      if (proxyRes.statusCode === 401) this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -72,10 +89,24 @@ export class ClusterProxy {
         message: `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
       };
     }
+    const source = sourceKey(req.socket.remoteAddress);
+    const attempt = this.deps.failures.begin(source);
+    if (typeof attempt === "number") {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        message: "too many failed authentications from your address: try again later",
+        retryAfterSeconds: attempt,
+      };
+    }
     let caller: AuthenticatedCaller | undefined;
     if (cluster.auth === "impersonate") {
-      caller = await authenticate(req, this.deps.store);
+      caller = await authenticate(req, this.deps.store).catch((err: unknown) => {
+        attempt.succeeded();
+        throw err;
+      });
       if (!caller) {
+        this.countFailure(attempt, source);
         return {
           ok: false,
           reason: "Unauthorized",
@@ -83,6 +114,7 @@ export class ClusterProxy {
             "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
         };
       }
+      attempt.succeeded();
       if (!mayUseCluster(caller, cluster)) {
         return {
           ok: false,
@@ -91,12 +123,15 @@ export class ClusterProxy {
         };
       }
     } else if (!req.headers.authorization) {
+      this.countFailure(attempt, source);
       return {
         ok: false,
         reason: "Unauthorized",
         message: `cluster "${name}" uses passthrough authentication: send the member cluster's own bearer token`,
       };
     }
+    // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
+    attempt.succeeded();
     const entry = this.deps.sessions.get(name);
     if (!entry) {
       return {
@@ -105,22 +140,49 @@ export class ClusterProxy {
         message: `cluster "${name}" has no connected Tether agent; check the agent's logs in that cluster`,
       };
     }
-    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path };
+    const release = this.deps.quota.acquire(name, callerKey(req, caller));
+    if (!release) {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        message: `you hold ${this.deps.quota.max} requests and connections on cluster "${name}" already: close some and retry`,
+        retryAfterSeconds: 1,
+      };
+    }
+    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path, release };
+  }
+
+  /** Counts a failed authentication, and says once when it makes the source wait. */
+  private countFailure(attempt: Attempt, source: string): void {
+    if (attempt.failed()) {
+      this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
+    }
+  }
+
+  /** Refusals of the limits are logged at debug level: a flood of them must not flood the log. */
+  private logRefusal(req: IncomingMessage, reason: StatusReason, message: string): void {
+    const fields = { path: loggablePath(req.url), reason };
+    if (reason === "TooManyRequests") this.deps.log.debug(fields, message);
+    else this.deps.log.info(fields, message);
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const admission = await this.admit(req);
     if (!admission.ok) {
-      this.deps.log.info({ url: req.url, reason: admission.reason }, "refused");
-      sendStatus(res, admission.reason, admission.message);
+      this.logRefusal(req, admission.reason, "refused");
+      sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
     }
+    releaseOnClose(res, admission.release);
     const { mode, caller, entry, path } = admission;
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
-      if (!res.headersSent) {
+      const full = sessionFullStatus(err, entry.cluster);
+      if (full) {
+        sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
+      } else if (!res.headersSent) {
         const gone = entry.session.closed || entry.session.goingAway;
         sendStatus(
           res,
@@ -139,16 +201,19 @@ export class ClusterProxy {
     socket.on("error", () => socket.destroy());
     const upgrade = checkUpgrade(req);
     if (!upgrade.ok) {
-      this.deps.log.info({ url: req.url, reason: "BadRequest" }, "refused upgrade");
+      this.logRefusal(req, "BadRequest", "refused upgrade");
       socket.end(statusResponseHead("BadRequest", upgrade.message));
       return;
     }
     const admission = await this.admit(req);
     if (!admission.ok) {
-      this.deps.log.info({ url: req.url, reason: admission.reason }, "refused upgrade");
-      socket.end(statusResponseHead(admission.reason, admission.message));
+      this.logRefusal(req, admission.reason, "refused upgrade");
+      socket.end(statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
       return;
     }
+    releaseOnClose(socket, admission.release);
+    // No bytes either way for this long: the exec or port-forward is abandoned.
+    (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
     relayUpgrade({
       socket,
@@ -160,6 +225,8 @@ export class ClusterProxy {
       open: () => entry.openStream(mode),
       failure: (err) => {
         this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
+        const full = sessionFullStatus(err, entry.cluster);
+        if (full) return [full.reason, full.message, full.retryAfterSeconds];
         const gone = entry.session.closed || entry.session.goingAway;
         return gone
           ? [
@@ -171,3 +238,4 @@ export class ClusterProxy {
     });
   }
 }
+

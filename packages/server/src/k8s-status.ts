@@ -7,6 +7,7 @@ export type StatusReason =
   | "Unauthorized"
   | "Forbidden"
   | "NotFound"
+  | "TooManyRequests"
   | "ServiceUnavailable"
   | "InternalError"
   | "BadGateway";
@@ -16,12 +17,13 @@ const CODES: Record<StatusReason, number> = {
   Unauthorized: 401,
   Forbidden: 403,
   NotFound: 404,
+  TooManyRequests: 429,
   InternalError: 500,
   BadGateway: 502,
   ServiceUnavailable: 503,
 };
 
-export function statusBody(reason: StatusReason, message: string): string {
+export function statusBody(reason: StatusReason, message: string, retryAfterSeconds?: number): string {
   return JSON.stringify({
     kind: "Status",
     apiVersion: "v1",
@@ -29,36 +31,50 @@ export function statusBody(reason: StatusReason, message: string): string {
     status: "Failure",
     message,
     reason,
+    ...(retryAfterSeconds === undefined ? {} : { details: { retryAfterSeconds } }),
     code: CODES[reason],
   });
 }
 
 /**
  * Writes a Status response (or just cuts the response when its head is already
- * out). A 503 carries no Retry-After on purpose: client-go would retry
- * silently for most of a minute instead of saying that the agent is away.
+ * out). A 503 for an agent that is away carries no Retry-After on purpose:
+ * client-go would retry silently for most of a minute instead of saying so.
+ * Limits that free up soon (429, a full session's 503) pass `retryAfterSeconds`,
+ * sent as Retry-After and as the Status's details.retryAfterSeconds.
  */
-export function sendStatus(res: ServerResponse, reason: StatusReason, message: string): void {
+export function sendStatus(
+  res: ServerResponse,
+  reason: StatusReason,
+  message: string,
+  retryAfterSeconds?: number,
+): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const body = statusBody(reason, message);
+  const body = statusBody(reason, message, retryAfterSeconds);
   res.writeHead(CODES[reason], {
     "content-type": "application/json",
     "content-length": Buffer.byteLength(body),
     ...(reason === "Unauthorized" ? { "www-authenticate": 'Bearer realm="tether"' } : {}),
+    ...(retryAfterSeconds === undefined ? {} : { "retry-after": String(retryAfterSeconds) }),
   });
   res.end(body);
 }
 
 /** The same, as raw HTTP/1.1 on a socket whose request asked for an upgrade. */
-export function statusResponseHead(reason: StatusReason, message: string): string {
-  const body = statusBody(reason, message);
+export function statusResponseHead(
+  reason: StatusReason,
+  message: string,
+  retryAfterSeconds?: number,
+): string {
+  const body = statusBody(reason, message, retryAfterSeconds);
   return (
     `HTTP/1.1 ${CODES[reason]} ${reason}\r\n` +
     "Content-Type: application/json\r\n" +
     `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    (retryAfterSeconds === undefined ? "" : `Retry-After: ${retryAfterSeconds}\r\n`) +
     "Connection: close\r\n\r\n" +
     body
   );

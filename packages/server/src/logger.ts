@@ -42,4 +42,14 @@ export function loggableHeaders(
   return out;
 }
 
+/**
+ * A request URL fit for a log line: the path only. Query strings carry
+ * credentials (`?access_token=`, a join token pasted into a URL) and exec
+ * commands; no log line needs them.
+ */
+export function loggablePath(url: string | undefined): string {
+  const path = (url ?? "").split(/[?#]/, 1)[0]!;
+  return path.length > 256 ? `${path.slice(0, 256)}…` : path;
+}
+
 export type { Logger };

@@ -4,7 +4,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { request as httpRequest } from "node:http";
 import { createServer, type Server } from "node:https";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
@@ -12,6 +12,7 @@ import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin-api.js";
 import { normalizeServerUrl } from "./admin-input.js";
 import { type AgentSession, AgentSessions } from "./agent-sessions.js";
+import { CallerQuota, releaseOnClose } from "./caller-quota.js";
 import { StoreClusterAdmin } from "./cluster-admin.js";
 import { ClusterProxy } from "./cluster-proxy.js";
 import {
@@ -19,12 +20,14 @@ import {
   type ClusterStatusSink,
   type StatusReporterOptions,
 } from "./cluster-status.js";
+import { FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { IDENTITY_PREFIX } from "./forwarded-headers.js";
 import { identityFromPeerCertificate } from "./identity.js";
 import { foreignIncarnation } from "./incarnation.js";
 import { JoinEndpoint } from "./join-endpoint.js";
 import { sendStatus, statusResponseHead } from "./k8s-status.js";
-import { createLogger, type Logger } from "./logger.js";
+import { type Limits, resolveLimits } from "./limits.js";
+import { createLogger, type Logger, loggablePath } from "./logger.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki.js";
 import { type RenewalOptions, Renewals } from "./renewal.js";
 import type { Store } from "./state-store.js";
@@ -57,6 +60,8 @@ export interface ServerOptions {
    */
   clusterStatus?: ClusterStatusSink;
   clusterStatusOptions?: StatusReporterOptions;
+  /** What one caller, source or connection may hold; defaults in limits.ts. */
+  limits?: Partial<Limits>;
 }
 
 export class TetherServer {
@@ -64,6 +69,8 @@ export class TetherServer {
   private readonly https: Server;
   private readonly wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
   private readonly proxy: ClusterProxy;
+  private readonly limits: Limits;
+  private readonly authFailures: FailureRateLimit;
   private readonly log: Logger;
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
@@ -88,7 +95,19 @@ export class TetherServer {
     this.sessions = new AgentSessions(
       options.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: options.drainTimeoutMs },
     );
-    this.proxy = new ClusterProxy({ store: this.store, sessions: this.sessions, log: this.log });
+    this.limits = resolveLimits(options.limits);
+    this.authFailures = new FailureRateLimit({
+      limit: this.limits.authFailureLimit,
+      windowMs: this.limits.authFailureWindowMs,
+    });
+    this.proxy = new ClusterProxy({
+      store: this.store,
+      sessions: this.sessions,
+      log: this.log,
+      quota: new CallerQuota(this.limits.maxStreamsPerCaller),
+      failures: this.authFailures,
+      streamIdleTimeoutMs: this.limits.streamIdleTimeoutMs,
+    });
     this.join = new JoinEndpoint({
       store: this.store,
       ca,
@@ -134,11 +153,28 @@ export class TetherServer {
         // Agents must present a certificate; host callers may use a token instead.
         requestCert: true,
         rejectUnauthorized: false,
-        // Watches and logs -f run for as long as the caller wants.
+        // Watches and logs -f run for as long as the caller wants. That also turns Node's
+        // headersTimeout off unless it is set: it bounds slowloris heads, checked this often.
         requestTimeout: 0,
+        headersTimeout: this.limits.headersTimeoutMs,
+        connectionsCheckingInterval: Math.min(30_000, Math.max(100, this.limits.headersTimeoutMs / 10)),
+        keepAliveTimeout: this.limits.idleTimeoutMs,
+        handshakeTimeout: this.limits.tlsHandshakeTimeoutMs,
       },
       (req, res) => void this.handleRequest(req, res),
     );
+    // A connection that never sends a request; handleRequest lifts it while one is in flight.
+    this.https.timeout = this.limits.idleTimeoutMs;
+    this.https.maxConnections = this.limits.maxConnections;
+    let lastDropLog = 0;
+    this.https.on("drop", () => {
+      if (Date.now() - lastDropLog < 10_000) return;
+      lastDropLog = Date.now();
+      this.log.warn(
+        { maxConnections: this.limits.maxConnections },
+        "connections refused: at --max-connections",
+      );
+    });
     this.https.on("upgrade", (req, socket, head) => void this.handleUpgrade(req, socket, head));
     this.https.on("tlsClientError", (err) => this.log.debug({ err: err.message }, "TLS handshake failed"));
   }
@@ -194,8 +230,12 @@ export class TetherServer {
   }
 
   private async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    req.socket.setTimeout(0);
     try {
       const path = (req.url ?? "/").split("?")[0];
+      if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX)) {
+        if (this.refuseFailingSource(req, res)) return;
+      }
       if (path === "/healthz" || path === "/livez") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path === "/readyz") {
@@ -215,20 +255,22 @@ export class TetherServer {
         );
       }
     } catch (err) {
-      this.log.error({ err: (err as Error).message, url: req.url }, "request failed");
+      this.log.error({ err: (err as Error).message, path: loggablePath(req.url) }, "request failed");
       sendStatus(res, "InternalError", "tether-server failed to handle the request; see its log");
     }
   }
 
   private async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    // Until the upgrade is answered (refusals too: a caller may never read them).
+    (socket as Socket).setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
     try {
       const path = (req.url ?? "/").split("?")[0];
       if (path === AGENT_PATH) await this.acceptAgent(req, socket, head);
       else if (path?.startsWith("/clusters/")) await this.proxy.handleUpgrade(req, socket, head);
       else socket.end(statusResponseHead("NotFound", "no such upgrade path on tether-server"));
     } catch (err) {
-      this.log.error({ err: (err as Error).message, url: req.url }, "upgrade failed");
+      this.log.error({ err: (err as Error).message, path: loggablePath(req.url) }, "upgrade failed");
       socket.end(
         statusResponseHead("InternalError", "tether-server failed to handle the upgrade; see its log"),
       );
@@ -299,6 +341,32 @@ export class TetherServer {
       session.on("stream", (stream) => void this.renewals.serve(entry, stream));
       this.log.info({ cluster, remoteAddress }, "agent connected");
     });
+  }
+
+  /**
+   * The join and admin endpoints answer a bad credential with 401; a source
+   * with too many of those gets 429 until its failures leave the window.
+   * Returns true when it refused the request.
+   */
+  private refuseFailingSource(req: IncomingMessage, res: ServerResponse): boolean {
+    const source = sourceKey(req.socket.remoteAddress);
+    const attempt = this.authFailures.begin(source);
+    if (typeof attempt === "number") {
+      sendStatus(
+        res,
+        "TooManyRequests",
+        "too many failed attempts from your address: try again later",
+        attempt,
+      );
+      return true;
+    }
+    releaseOnClose(res, () => {
+      if (res.statusCode !== 401) attempt.succeeded();
+      else if (attempt.failed()) {
+        this.log.warn({ source }, "too many failed authentications: the source address must wait");
+      }
+    });
+    return false;
   }
 
   /**

@@ -65,7 +65,7 @@ export interface UpgradeRelay {
   /** Opens the tunnel stream the request travels on. */
   open(): Duplex;
   /** How to answer when the stream fails before the member answered. */
-  failure(err: Error): [StatusReason, string];
+  failure(err: Error): [reason: StatusReason, message: string, retryAfterSeconds?: number];
 }
 
 function headLines(res: IncomingMessage, keep: (name: string) => boolean): string {
@@ -157,8 +157,8 @@ export function relayUpgrade(r: UpgradeRelay): void {
       return;
     }
     answered = true;
-    const [reason, message] = r.failure(err);
-    closeWith(socket, statusResponseHead(reason, message));
+    const [reason, message, retryAfterSeconds] = r.failure(err);
+    closeWith(socket, statusResponseHead(reason, message, retryAfterSeconds));
   });
   upstream.end();
 }

@@ -1,6 +1,6 @@
 import { Writable } from "node:stream";
 import t from "tap";
-import { createLogger, loggableHeaders } from "../src/logger.js";
+import { createLogger, loggableHeaders, loggablePath } from "../src/logger.js";
 
 function capture() {
   const lines: string[] = [];
@@ -41,4 +41,12 @@ t.test("loggableHeaders drops credentials and impersonation", async (t) => {
     }),
     { accept: "x" },
   );
+});
+
+t.test("loggablePath keeps the path and drops the query and fragment", async (t) => {
+  t.equal(loggablePath("/clusters/m1/api/v1/pods?access_token=secret&watch=1"), "/clusters/m1/api/v1/pods");
+  t.equal(loggablePath("/x#token=secret"), "/x");
+  t.equal(loggablePath(undefined), "");
+  const long = loggablePath(`/${"a".repeat(1000)}`);
+  t.ok(long.length < 300, "bounded");
 });

@@ -1,0 +1,163 @@
+// Every bound tether-server puts on what one caller, one source address or
+// one connection may hold: the defaults, the `serve` flag of each, and their
+// validation, in one place (docs/security-model.md "Limits" lists them).
+
+export interface Limits {
+  /** Concurrent requests and upgrades one caller holds on one cluster; the excess gets 429. */
+  maxStreamsPerCaller: number;
+  /** An upgraded connection (exec, attach, port-forward) with no bytes either way this long is closed. */
+  streamIdleTimeoutMs: number;
+  /** A request head must be complete this long after its first byte (slowloris); the connection is closed. */
+  headersTimeoutMs: number;
+  /** A connection with no request in flight — a fresh one too — is closed after this long. */
+  idleTimeoutMs: number;
+  /** A TLS handshake must finish this long after the TCP connection opened. */
+  tlsHandshakeTimeoutMs: number;
+  /** Connections beyond this many (agents' tunnels included) are closed as they arrive. */
+  maxConnections: number;
+  /** Failed authentications or joins per source address within authFailureWindowMs before it gets 429. */
+  authFailureLimit: number;
+  authFailureWindowMs: number;
+}
+
+export const ERR_TETHER_INVALID_LIMIT = "ERR_TETHER_INVALID_LIMIT";
+
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
+  // Well below the tunnel's 1,024 streams per session: one caller cannot fill a cluster.
+  maxStreamsPerCaller: 128,
+  // The kubelet's streamingConnectionIdleTimeout.
+  streamIdleTimeoutMs: 4 * 3600_000,
+  headersTimeoutMs: 30_000,
+  // Above client-go's 90 s IdleConnTimeout would keep idle connections for nothing; below it the server
+  // would close connections a client is about to reuse.
+  idleTimeoutMs: 90_000,
+  tlsHandshakeTimeoutMs: 10_000,
+  maxConnections: 10_000,
+  authFailureLimit: 20,
+  authFailureWindowMs: 10_000,
+});
+
+export interface LimitFlag {
+  key: keyof Limits;
+  flag: string;
+  kind: "count" | "duration";
+  help: string;
+}
+
+/** The `serve` flag of each limit, in the order `--help` and the docs list them. */
+export const LIMIT_FLAGS: readonly LimitFlag[] = [
+  {
+    key: "maxStreamsPerCaller",
+    flag: "--max-streams-per-caller <n>",
+    kind: "count",
+    help: "concurrent requests and upgrades one caller may hold on one cluster (the excess gets 429)",
+  },
+  {
+    key: "streamIdleTimeoutMs",
+    flag: "--stream-idle-timeout <duration>",
+    kind: "duration",
+    help: "close an exec/attach/port-forward connection with no traffic either way for this long",
+  },
+  {
+    key: "headersTimeoutMs",
+    flag: "--headers-timeout <duration>",
+    kind: "duration",
+    help: "close a connection whose request head is not complete this long after it began",
+  },
+  {
+    key: "idleTimeoutMs",
+    flag: "--idle-timeout <duration>",
+    kind: "duration",
+    help: "close a connection with no request in flight (a fresh one too) after this long",
+  },
+  {
+    key: "tlsHandshakeTimeoutMs",
+    flag: "--tls-handshake-timeout <duration>",
+    kind: "duration",
+    help: "close a connection whose TLS handshake has not finished this long after it opened",
+  },
+  {
+    key: "maxConnections",
+    flag: "--max-connections <n>",
+    kind: "count",
+    help: "refuse connections beyond this many (agents' tunnels included)",
+  },
+  {
+    key: "authFailureLimit",
+    flag: "--auth-failure-limit <n>",
+    kind: "count",
+    help: "failed authentications or joins one source address may make per --auth-failure-window (then 429)",
+  },
+  {
+    key: "authFailureWindowMs",
+    flag: "--auth-failure-window <duration>",
+    kind: "duration",
+    help: "the window of --auth-failure-limit",
+  },
+];
+
+function invalid(message: string): never {
+  throw Object.assign(new TypeError(message), { code: ERR_TETHER_INVALID_LIMIT });
+}
+
+// Node's timers hold at most 2^31-1 ms; a larger value would fire at once.
+const MAX_DURATION_MS = 2 ** 31 - 1;
+
+/** The defaults with `overrides` applied; every limit must be a positive integer (a duration in ms). */
+export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
+  const limits = { ...DEFAULT_LIMITS };
+  for (const [key, value] of Object.entries(overrides) as [keyof Limits, unknown][]) {
+    if (!Object.hasOwn(DEFAULT_LIMITS, key)) invalid(`unknown limit ${JSON.stringify(key)}`);
+    if (value === undefined) continue;
+    const max = key.endsWith("Ms") ? MAX_DURATION_MS : Number.MAX_SAFE_INTEGER;
+    if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max) {
+      invalid(`limit ${key} must be an integer from 1 to ${max}, not ${String(value)}`);
+    }
+    limits[key] = value;
+  }
+  return limits;
+}
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3600_000 };
+
+/**
+ * A duration as Go and kubectl write them ("90s", "4h", "1h30m", "500ms"), or
+ * a bare number of seconds as the other `serve` flags take; returns ms.
+ */
+export function parseDuration(text: string): number {
+  const s = text.trim();
+  let ms: number;
+  if (/^\d+(\.\d+)?$/.test(s)) {
+    ms = Number(s) * 1000;
+  } else {
+    if (!/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(s)) {
+      invalid(`"${text.slice(0, 40)}" is not a duration (e.g. 30s, 10m, 4h, 1h30m, 500ms)`);
+    }
+    ms = 0;
+    for (const [, n, unit] of s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) ms += Number(n) * UNIT_MS[unit!]!;
+  }
+  ms = Math.round(ms);
+  if (ms < 1 || ms > MAX_DURATION_MS) invalid(`"${text.slice(0, 40)}" is out of range (1ms to 596h)`);
+  return ms;
+}
+
+/** `ms` in the largest unit that holds it whole ("4h", "90s", "500ms"); `parseDuration` reads it back. */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ["h", 3600_000],
+    ["m", 60_000],
+    ["s", 1000],
+  ] as const) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** A count flag's value: a positive integer. */
+export function parseCount(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < 1) {
+    invalid(`"${text.slice(0, 40)}" is not a positive integer`);
+  }
+  return n;
+}
