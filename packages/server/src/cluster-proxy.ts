@@ -9,7 +9,7 @@ import { createProxyServer } from "http-proxy-3";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
-import { type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
+import { type Attempt, type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
 import { type Logger, loggablePath } from "./logger.js";
