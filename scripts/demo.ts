@@ -200,7 +200,7 @@ try {
     say(`\nAll checks passed in ${elapsed()}.`);
     if (flags.once) await shutdown(0);
   }
-  const tetherCli = `node ${SERVER_BIN}`;
+  const tetherCli = `${process.execPath} ${SERVER_BIN}`;
   say(`
 Try next (in another terminal):
   export KUBECONFIG=${kubeconfig}

@@ -3,7 +3,8 @@
 // `#!/usr/bin/env node` tools (tsx, tsc, tap) find on PATH all run on it; engines and the image follow
 // its major. scripts/node-runtime.mjs, which makes that so on a machine whose node is older, runs the
 // calling script again under the cached pinned build: same arguments, that build first on PATH, its exit
-// status or signal passed back, and nothing after the call runs in the older node.
+// status or signal passed back, and nothing after the call runs in the older node. The two commands
+// refuse an older node with a coded one-line error before loading anything.
 import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -86,3 +87,24 @@ t.test("an older node runs the script again under the cached pinned build", asyn
   const killed = run([`--import=${older}`], "TERM");
   t.equal(killed.signal, "SIGTERM", "a signal that ends the pinned build ends the script the same way");
 });
+
+t.test(
+  "tether-server and tether-agent name the Node they need instead of failing in a dependency",
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), "tether-node-runtime-"));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const older = join(dir, "older.mjs");
+    writeFileSync(older, `Object.defineProperty(process, "version", { value: "v20.20.2" });\n`);
+    for (const name of ["server", "agent"]) {
+      const bin = join(root, `packages/${name}/bin/tether-${name}.js`);
+      const refused = spawnSync(process.execPath, [`--import=${older}`, bin, "--help"], { encoding: "utf8" });
+      t.equal(refused.status, 1, `tether-${name} exits 1 on v20.20.2`);
+      t.equal(
+        refused.stderr,
+        `ERR_TETHER_NODE_VERSION: tether-${name} needs Node.js ${major} or newer (this is v20.20.2)\n`,
+      );
+      const help = spawnSync(process.execPath, [bin, "--help"], { encoding: "utf8" });
+      t.equal(help.status, 0, `tether-${name} --help runs on ${process.version}`);
+    }
+  },
+);
