@@ -14,14 +14,16 @@ FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.base.json ./
 COPY packages/tunnel/package.json packages/tunnel/
+COPY packages/common/package.json packages/common/
 COPY packages/server/package.json packages/server/
 COPY packages/agent/package.json packages/agent/
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY packages/tunnel/ packages/tunnel/
+COPY packages/common/ packages/common/
 COPY packages/server/ packages/server/
 COPY packages/agent/ packages/agent/
 # Dependencies first: server and agent resolve @tether/tunnel's types from its dist/.
-RUN npx tsc -b packages/tunnel packages/server packages/agent
+RUN npx tsc -b packages/tunnel packages/common packages/server packages/agent
 
 # Only the production dependencies of the three workspaces. node_modules/@tether/*
 # are symlinks to ../../packages/*, which the runtime stage provides at the same place.
@@ -30,6 +32,7 @@ FROM node:24-bookworm-slim AS production-dependencies
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY packages/tunnel/package.json packages/tunnel/
+COPY packages/common/package.json packages/common/
 COPY packages/server/package.json packages/server/
 COPY packages/agent/package.json packages/agent/
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
@@ -41,6 +44,8 @@ COPY --from=production-dependencies /app/package.json ./
 COPY --from=production-dependencies /app/node_modules node_modules/
 COPY --from=build /src/packages/tunnel/package.json packages/tunnel/
 COPY --from=build /src/packages/tunnel/dist packages/tunnel/dist/
+COPY --from=build /src/packages/common/package.json packages/common/
+COPY --from=build /src/packages/common/dist packages/common/dist/
 COPY --from=build /src/packages/server/package.json packages/server/
 COPY --from=build /src/packages/server/dist packages/server/dist/
 COPY --from=build /src/packages/agent/package.json packages/agent/

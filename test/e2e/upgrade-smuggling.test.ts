@@ -9,7 +9,7 @@ import "reflect-metadata";
 import { once } from "node:events";
 import { createServer } from "node:http";
 import { connect as tlsConnect } from "node:tls";
-import { AGENT_PATH } from "@tether/agent";
+import { AGENT_PATH } from "@tether/common";
 import { issueToken } from "@tether/server";
 import { sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import t, { type Test } from "tap";

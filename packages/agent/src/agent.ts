@@ -1,6 +1,8 @@
 // tether-agent's connection: dial the server over wss with this cluster's
 // client certificate, serve the streams it opens, and redial when the
 // session ends — at once after a graceful go-away, otherwise with backoff.
+
+import { AGENT_PATH, AGENT_VERSION_HEADER, KUBERNETES_SERVICE, RENEW_SERVICE } from "@tether/common";
 import {
   ResetCode,
   type Session,
@@ -22,12 +24,9 @@ import { Forwarder } from "./forwarder.js";
 import type { KubeTarget } from "./kube-target.js";
 import { VERSION } from "./version.js";
 
-export const AGENT_PATH = "/agent/v1/connect";
-/** The stream service over which the agent renews its certificate. */
-export const RENEW_SERVICE = "tether-renew";
 const MAX_REPLY = 64 * 1024;
 /** Services this agent serves. Streams for anything else are refused. */
-export const DEFAULT_SERVICES = ["kubernetes"] as const;
+export const DEFAULT_SERVICES = [KUBERNETES_SERVICE] as const;
 
 export interface AgentLog {
   info(obj: object, msg: string): void;
@@ -104,7 +103,7 @@ export class TetherAgent {
       cert: creds.certPem,
       key: creds.keyPem,
       handshakeTimeout: 15_000,
-      headers: { "x-tether-agent-version": VERSION },
+      headers: { [AGENT_VERSION_HEADER]: VERSION },
     });
     this.socket = ws;
     let goAway = false;

@@ -3,11 +3,12 @@
 // Kept as one file in a state directory, written atomically and 0600, so a
 // kill -9 mid-renewal leaves the previous, matching key and certificate.
 import "reflect-metadata";
-import { createPrivateKey, randomBytes, webcrypto, X509Certificate } from "node:crypto";
+import { createPrivateKey, webcrypto, X509Certificate } from "node:crypto";
 import { constants } from "node:fs";
-import { access, mkdir, open, readFile, rename, rm } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { access, mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
+import { writeFileAtomic } from "@tether/common";
 
 // @peculiar's types name the DOM's Crypto; Node's WebCrypto is the same API.
 // biome-ignore lint/suspicious/noExplicitAny: bridging DOM and Node typings
@@ -51,23 +52,6 @@ export async function keyAndCsr(cluster: string): Promise<{ keyPem: string; csrP
 export function renewalDelayMs(certPem: string, now = Date.now()): number {
   const remaining = Date.parse(new X509Certificate(certPem).validTo) - now;
   return Math.max(0, Math.floor(remaining * 0.6));
-}
-
-async function writeAtomic(path: string, data: string, mode: number): Promise<void> {
-  const tmp = join(dirname(path), `.${randomBytes(6).toString("hex")}.tmp`);
-  const fh = await open(tmp, "w", mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
 }
 
 export const CREDENTIALS_FILE = "agent-credentials.json";
@@ -125,7 +109,7 @@ export class CredentialsDir implements CredentialStore {
   async save(creds: Credentials): Promise<void> {
     await this.writing(async () => {
       await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      await writeAtomic(this.path, JSON.stringify(creds), 0o600);
+      await writeFileAtomic(this.path, JSON.stringify(creds), 0o600);
     });
   }
 

@@ -19,9 +19,17 @@ import {
 } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import type { Duplex } from "node:stream";
+import {
+  AUTH_METADATA,
+  type AuthMode,
+  isAuthMode,
+  type StatusReason,
+  sendStatus,
+  statusResponseHead,
+} from "@tether/common";
 import { type KubeTarget, serverVerification } from "./kube-target.js";
 
-export type AuthMode = "impersonate" | "passthrough";
+export type { AuthMode };
 
 const HOP_BY_HOP = new Set([
   "connection",
@@ -43,21 +51,9 @@ const UPGRADE_FRAMING = new Set([...HOP_BY_HOP, "authorization", "content-length
 
 const UNASKED_SWITCH = "the apiserver switched protocols on a request that asked for no upgrade";
 
-function statusJson(code: number, reason: string, message: string): string {
-  return JSON.stringify({
-    kind: "Status",
-    apiVersion: "v1",
-    metadata: {},
-    status: "Failure",
-    message,
-    reason,
-    code,
-  });
-}
-
 function modeOf(socket: unknown): AuthMode | undefined {
-  const auth = (socket as { metadata?: Record<string, string> }).metadata?.auth;
-  return auth === "impersonate" || auth === "passthrough" ? auth : undefined;
+  const auth = (socket as { metadata?: Record<string, string> }).metadata?.[AUTH_METADATA];
+  return isAuthMode(auth) ? auth : undefined;
 }
 
 /** Applies the auth mode to request headers (lower-cased names); returns an error message if the request must be refused. */
@@ -122,7 +118,7 @@ export class Forwarder {
   private forward(req: IncomingMessage, res: ServerResponse): void {
     const mode = modeOf(req.socket);
     if (!mode) {
-      this.refuse(res, 400, "BadRequest", "stream opened without an auth mode");
+      sendStatus(res, "BadRequest", "stream opened without an auth mode");
       return;
     }
     const headers: IncomingHttpHeaders = {};
@@ -137,7 +133,7 @@ export class Forwarder {
     }
     const refusal = credentialHeaders(headers, mode, this.target);
     if (refusal) {
-      this.refuse(res, 400, "BadRequest", refusal);
+      sendStatus(res, "BadRequest", refusal);
       return;
     }
     let answered = false;
@@ -152,7 +148,7 @@ export class Forwarder {
     });
     const unasked = () => {
       answered = true;
-      this.refuse(res, 502, "BadGateway", UNASKED_SWITCH);
+      sendStatus(res, "BadGateway", UNASKED_SWITCH);
     };
     upstream.on("upgrade", (_up, socket) => {
       socket.destroy();
@@ -179,7 +175,7 @@ export class Forwarder {
     upstream.on("error", (err) => {
       this.onError(err);
       if (!answered && !res.headersSent)
-        this.refuse(res, 502, "BadGateway", `the apiserver could not be reached: ${err.message}`);
+        sendStatus(res, "BadGateway", `the apiserver could not be reached: ${err.message}`);
       else if (!res.writableEnded) res.destroy();
     });
     // The caller went away (the stream was reset): stop the upstream request too.
@@ -189,38 +185,27 @@ export class Forwarder {
     req.pipe(upstream);
   }
 
-  private refuse(res: ServerResponse, code: number, reason: string, message: string): void {
-    const body = statusJson(code, reason, message);
-    res.writeHead(code, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
-    res.end(body);
-  }
-
   private splice(req: IncomingMessage, stream: Duplex, head: Buffer): void {
     // The last answer on this stream; what the server still sends is discarded.
     const finish = (text?: string) => {
       stream.resume();
       stream.end(text);
     };
-    const fail = (code: number, reason: string, message: string) => {
-      const body = statusJson(code, reason, message);
-      finish(
-        `HTTP/1.1 ${code} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
-    };
+    const fail = (reason: StatusReason, message: string) => finish(statusResponseHead(reason, message));
     const mode = modeOf(stream);
     if (!mode) {
-      fail(400, "BadRequest", "stream opened without an auth mode");
+      fail("BadRequest", "stream opened without an auth mode");
       return;
     }
     const asked = req.headersDistinct.upgrade ?? [];
     const protocol = asked.length === 1 ? asked[0]!.trim() : "";
     if (!UPGRADE_PROTOCOLS.has(protocol.toLowerCase())) {
-      fail(400, "BadRequest", `upgrade to "${asked.join(", ")}" is not supported`);
+      fail("BadRequest", `upgrade to "${asked.join(", ")}" is not supported`);
       return;
     }
     const length = req.headers["content-length"];
     if (req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")) {
-      fail(400, "BadRequest", "an upgrade request carries no body");
+      fail("BadRequest", "an upgrade request carries no body");
       return;
     }
     const pairs: [string, string][] = [];
@@ -236,7 +221,7 @@ export class Forwarder {
     if (mode === "passthrough" && req.headers.authorization) lower.authorization = req.headers.authorization;
     const refusal = credentialHeaders(lower, mode, this.target);
     if (refusal) {
-      fail(400, "BadRequest", refusal);
+      fail("BadRequest", refusal);
       return;
     }
     pairs.unshift(["Host", this.target.url.host]);
@@ -263,11 +248,7 @@ export class Forwarder {
       const offered = String(res.headers.upgrade ?? "");
       if (offered.toLowerCase() !== protocol.toLowerCase()) {
         socket.destroy();
-        fail(
-          502,
-          "BadGateway",
-          `the apiserver answered an upgrade to ${protocol} by switching to "${offered}"`,
-        );
+        fail("BadGateway", `the apiserver answered an upgrade to ${protocol} by switching to "${offered}"`);
         return;
       }
       socket.on("error", (err) => {
@@ -289,7 +270,7 @@ export class Forwarder {
       answered = true;
       if (res.statusCode === 101) {
         upstream.destroy();
-        fail(502, "BadGateway", "the apiserver switched protocols without naming one");
+        fail("BadGateway", "the apiserver switched protocols without naming one");
         return;
       }
       stream.write(`${responseHead(res, (name) => !HOP_BY_HOP.has(name))}Connection: close\r\n\r\n`);
@@ -308,7 +289,7 @@ export class Forwarder {
         return;
       }
       answered = true;
-      fail(502, "BadGateway", `the apiserver could not be reached: ${err.message}`);
+      fail("BadGateway", `the apiserver could not be reached: ${err.message}`);
     });
     upstream.end();
   }

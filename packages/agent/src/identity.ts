@@ -5,6 +5,7 @@
 // contents, a key that doesn't match, an expired certificate, another
 // cluster's name or another CA than the pinned one all mean "join again".
 import { X509Certificate } from "node:crypto";
+import { caHashOf } from "@tether/common";
 import {
   type CredentialStore,
   type Credentials,
@@ -12,7 +13,7 @@ import {
   clusterOf,
   keyMatches,
 } from "./credentials.js";
-import { caHashOf, type JoinOptions, join } from "./join.js";
+import { type JoinOptions, join } from "./join.js";
 
 export const ERR_NOT_JOINED = "ERR_TETHER_AGENT_NOT_JOINED";
 export const ERR_IDENTITY_UNUSABLE = "ERR_TETHER_AGENT_IDENTITY_UNUSABLE";

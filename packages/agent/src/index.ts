@@ -1,4 +1,4 @@
-export { AGENT_PATH, type AgentOptions, DEFAULT_SERVICES, RENEW_SERVICE, TetherAgent } from "./agent.js";
+export { type AgentOptions, DEFAULT_SERVICES, TetherAgent } from "./agent.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { buildProgram, main, VERSION } from "./cli.js";
 export {

@@ -1,12 +1,7 @@
-// Joining: fetch the server's CA, check it against the pinned hash BEFORE
-// anything secret is sent, then trade the one-time token and a CSR (the key
-// stays here) for a short-lived client certificate.
-import { createHash, X509Certificate } from "node:crypto";
 import { request } from "node:https";
+import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH } from "@tether/common";
 import { type Credentials, keyAndCsr } from "./credentials.js";
 
-export const JOIN_CA_PATH = "/join/v1/ca";
-export const JOIN_CERTIFICATE_PATH = "/join/v1/certificate";
 /** Certificates are backdated this much by the server; more skew than that breaks TLS. */
 const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
 
@@ -25,12 +20,6 @@ export interface JoinOptions {
   token: string;
   /** "sha256:<hex>" of the CA's SubjectPublicKeyInfo, as `tether-server cluster add` prints it. */
   caHash: string;
-}
-
-/** The pin of a CA certificate: sha256 of its SubjectPublicKeyInfo, as `tether-server cluster add` prints it. */
-export function caHashOf(pem: string): string {
-  const spki = new X509Certificate(pem).publicKey.export({ type: "spki", format: "der" });
-  return `sha256:${createHash("sha256").update(spki).digest("hex")}`;
 }
 
 interface Reply {

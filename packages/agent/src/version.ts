@@ -1,7 +1,5 @@
 // The agent's version, from its package.json: printed by --version and sent to
 // the server (X-Tether-Agent-Version) for the cluster's status.
-import { readFileSync } from "node:fs";
+import { packageVersion } from "@tether/common";
 
-export const VERSION: string = JSON.parse(
-  readFileSync(new URL("../package.json", import.meta.url), "utf8"),
-).version;
+export const VERSION: string = packageVersion(import.meta.url);

@@ -2,10 +2,12 @@
 // good one is used and the join token ignored; anything wrong with it joins
 // again when a token is given and says what to do when not; and the token is
 // never spent when the result couldn't be saved.
+
+import { caHashOf } from "@tether/common";
 import t from "tap";
 import { type CredentialStore, type Credentials, CredentialsError } from "../src/credentials.js";
 import { startupIdentity, unusable } from "../src/identity.js";
-import { caHashOf, type JoinOptions } from "../src/join.js";
+import type { JoinOptions } from "../src/join.js";
 import { makeCert, type TestCert } from "./lib/certs.js";
 
 const HOUR = 3600_000;

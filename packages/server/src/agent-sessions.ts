@@ -5,11 +5,10 @@
 // that reconnects over and over cannot pile up sessions.
 import { Agent as HttpAgent } from "node:http";
 import type { Duplex } from "node:stream";
+import { AUTH_METADATA, KUBERNETES_SERVICE } from "@tether/common";
 import type { Session } from "@tether/tunnel";
 import type { AuthMode } from "./state-store.js";
 
-/** The service name under which an agent exposes its apiserver. */
-export const KUBERNETES_SERVICE = "kubernetes";
 /** How long a replaced session may drain before it is closed. */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 
@@ -59,7 +58,7 @@ export class AgentSessions {
     info: SessionCertificate & { remoteAddress: string; agentVersion?: string },
   ): AgentSession {
     const agents = new Map<AuthMode, HttpAgent>();
-    const openStream = (mode: AuthMode) => session.open(KUBERNETES_SERVICE, { auth: mode });
+    const openStream = (mode: AuthMode) => session.open(KUBERNETES_SERVICE, { [AUTH_METADATA]: mode });
     const entry: AgentSession = {
       cluster,
       session,

@@ -5,13 +5,13 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
 import { createProxyServer } from "http-proxy-3";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { type Attempt, type FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
-import { type StatusReason, sendStatus, statusResponseHead } from "./k8s-status.js";
 import { type Logger, loggablePath } from "./logger.js";
 import { sessionFullStatus } from "./session-full.js";
 import type { AuthMode, Store } from "./state-store.js";
@@ -238,4 +238,3 @@ export class ClusterProxy {
     });
   }
 }
-

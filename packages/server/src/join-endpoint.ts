@@ -6,24 +6,20 @@
 // the session, never from the request. Every certificate names the
 // incarnation of the cluster's current registration (incarnation.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { type StatusReason, sendStatus } from "./k8s-status.js";
+import {
+  type IssuedForAgent,
+  JOIN_CA_PATH,
+  JOIN_CERTIFICATE_PATH,
+  MAX_JOIN_BODY,
+  type StatusReason,
+  sendStatus,
+} from "@tether/common";
 import type { Logger } from "./logger.js";
 import { type CertificateAuthority, CLUSTER_CERT_TTL_MS, csrPublicKey, isValidClusterName } from "./pki.js";
 import type { ClusterRecord, Store } from "./state-store.js";
 import { hashToken } from "./tokens.js";
 
-export const JOIN_CA_PATH = "/join/v1/ca";
-export const JOIN_CERTIFICATE_PATH = "/join/v1/certificate";
-/** The one service an agent may open toward the server. */
-export const RENEW_SERVICE = "tether-renew";
-export const MAX_BODY = 64 * 1024;
-
-export interface IssuedForAgent {
-  certificate: string;
-  ca: string;
-  notAfter: string;
-  serial: string;
-}
+export const MAX_BODY = MAX_JOIN_BODY;
 
 export class JoinError extends Error {
   constructor(

@@ -5,7 +5,7 @@
 // 409 answers are explicit where the store relies on them.
 import type { RequestOptions } from "node:https";
 import { KubeConfig } from "@kubernetes/client-node";
-import { type JsonAnswer, requestJson } from "./json-request.js";
+import { type JsonAnswer, requestJson } from "@tether/common";
 
 const MAX_RESPONSE_BYTES = 64 << 20;
 const TIMEOUT_MS = 30_000;

@@ -15,9 +15,10 @@
 // Private keys are never logged; they only leave this module as PKCS#8 PEM
 // for the state store, which writes them with mode 0600.
 import "reflect-metadata";
-import { createHash, createPrivateKey, createPublicKey, webcrypto, X509Certificate } from "node:crypto";
+import { createPrivateKey, createPublicKey, webcrypto, X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import * as x509 from "@peculiar/x509";
+import { caHashOf } from "@tether/common";
 
 // @peculiar's typings use the DOM's WebCrypto types; the server is compiled
 // without the DOM lib, so Node's webcrypto objects are passed through casts.
@@ -99,15 +100,6 @@ export function validateClusterName(name: string): void {
     `invalid cluster name ${JSON.stringify(String(name)).slice(0, 80)}: a cluster name must be a DNS-1123 label — ` +
       `1 to 63 characters, lowercase letters, digits and '-', starting and ending with a letter or digit`,
   );
-}
-
-/** "sha256:<hex>" of the DER SubjectPublicKeyInfo of `certPem` (kubeadm's discovery-token-ca-cert-hash). */
-export function caHashOf(certPem: string): string {
-  const spki = new X509Certificate(certPem).publicKey.export({
-    type: "spki",
-    format: "der",
-  });
-  return "sha256:" + createHash("sha256").update(spki).digest("hex");
 }
 
 /** A random positive 16-byte serial whose DER encoding is exactly those 16 bytes (first byte 0x01–0x7f). */

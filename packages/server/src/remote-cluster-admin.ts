@@ -3,10 +3,11 @@
 // the CA in the credential; the token goes only to that server. Errors come
 // back with the server's code and message, or say what to check when the
 // server can't be reached.
+
+import { type JsonAnswer, requestJson } from "@tether/common";
 import type { AdminCredential } from "./admin-credential.js";
 import { TetherCliError } from "./admin-input.js";
 import type { ClusterAdmin, ClusterSpec, JoinInfo, RemoveResult, UserToken } from "./cluster-admin.js";
-import { type JsonAnswer, requestJson } from "./json-request.js";
 import type { ClusterRecord } from "./state-store.js";
 
 export const ERR_TETHER_SERVER_UNREACHABLE = "ERR_TETHER_SERVER_UNREACHABLE";

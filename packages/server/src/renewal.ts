@@ -13,17 +13,13 @@
 // The cluster, its incarnation and the certificate's state come from the
 // session, never from the request: a revoked certificate or one of an
 // earlier registration of the name gets nothing.
+
+import { type IssuedForAgent, RENEW_SERVICE } from "@tether/common";
 import type { AcceptDecision, OpenRequest, TunnelStream } from "@tether/tunnel";
 import { ResetCode } from "@tether/tunnel";
 import type { AgentSession } from "./agent-sessions.js";
 import { foreignIncarnation } from "./incarnation.js";
-import {
-  type IssuedForAgent,
-  type JoinEndpoint,
-  JoinError,
-  MAX_BODY,
-  RENEW_SERVICE,
-} from "./join-endpoint.js";
+import { type JoinEndpoint, JoinError, MAX_BODY } from "./join-endpoint.js";
 import type { Logger } from "./logger.js";
 import type { ClusterRecord, Store } from "./state-store.js";
 

@@ -7,6 +7,7 @@ import { createServer, type Server } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
+import { AGENT_PATH, AGENT_VERSION_HEADER, sendStatus, statusResponseHead } from "@tether/common";
 import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin-api.js";
@@ -25,15 +26,11 @@ import { IDENTITY_PREFIX } from "./forwarded-headers.js";
 import { identityFromPeerCertificate } from "./identity.js";
 import { foreignIncarnation } from "./incarnation.js";
 import { JoinEndpoint } from "./join-endpoint.js";
-import { sendStatus, statusResponseHead } from "./k8s-status.js";
 import { type Limits, resolveLimits } from "./limits.js";
 import { createLogger, type Logger, loggablePath } from "./logger.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki.js";
 import { type RenewalOptions, Renewals } from "./renewal.js";
 import type { Store } from "./state-store.js";
-
-/** Where agents open their tunnel. */
-export const AGENT_PATH = "/agent/v1/connect";
 
 export interface ServerOptions {
   store: Store;
@@ -331,7 +328,7 @@ export class TetherServer {
         this.log.info({ cluster, remoteAddress }, "agent disconnected");
         this.reportStatus(cluster);
       });
-      const agentVersion = req.headers["x-tether-agent-version"];
+      const agentVersion = req.headers[AGENT_VERSION_HEADER];
       const entry = this.sessions.attach(cluster, session, {
         remoteAddress,
         ...certificate,

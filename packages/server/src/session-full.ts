@@ -2,8 +2,9 @@
 // maxStreams, on either end). A request or upgrade that finds it full is told
 // so — 503 with Retry-After, as a Status — rather than dropped: streams free
 // up as other callers finish, so the caller may simply try again.
+
+import type { StatusReason } from "@tether/common";
 import { ErrorCode, isTetherError, ResetCode } from "@tether/tunnel";
-import type { StatusReason } from "./k8s-status.js";
 
 export const SESSION_FULL_RETRY_AFTER_SECONDS = 1;
 

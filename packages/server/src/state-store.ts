@@ -23,11 +23,13 @@ import { chmod, link, mkdir, open, readFile, stat, unlink, writeFile } from "nod
 import { hostname } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import {
+  type AuthMode,
   ERR_TETHER_STATE_CORRUPT,
   parseJsonText,
   removeStaleTempFiles,
   writeFileAtomic,
-} from "./atomic-file.js";
+} from "@tether/common";
+import { newIncarnation } from "./incarnation.js";
 import {
   CertificateAuthority,
   canonicalIp,
@@ -37,10 +39,9 @@ import {
   type KeyPairPem,
   validateClusterName,
 } from "./pki.js";
-import { newIncarnation } from "./incarnation.js";
 import { isTokenHash } from "./tokens.js";
 
-export type AuthMode = "impersonate" | "passthrough";
+export type { AuthMode };
 
 export interface ClusterRecord {
   name: string;

@@ -5,9 +5,9 @@
 // the connection into a byte pipe. Any other answer is relayed as an ordinary
 // response with Connection: close and the connection ends, so bytes a caller
 // sends after the request head can never reach the member as a raw request.
-import { type IncomingMessage, request as httpRequest } from "node:http";
+import { request as httpRequest, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
-import { type StatusReason, statusResponseHead } from "./k8s-status.js";
+import { type StatusReason, statusResponseHead } from "@tether/common";
 
 /** The upgrade protocols Kubernetes speaks (exec, attach, port-forward, proxy to pods). */
 const PROTOCOLS = new Set(["websocket", "spdy/3.1"]);

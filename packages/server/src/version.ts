@@ -1,7 +1,5 @@
 // tether-server's version, from its package.json: printed by --version and the
 // tag of the container image the generated manifests reference.
-import { readFileSync } from "node:fs";
+import { packageVersion } from "@tether/common";
 
-export const VERSION: string = JSON.parse(
-  readFileSync(new URL("../package.json", import.meta.url), "utf8"),
-).version;
+export const VERSION: string = packageVersion(import.meta.url);

@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { caHashOf } from "@tether/common";
 import t, { type Test } from "tap";
 import { parse as parseYaml } from "yaml";
 import { clusterAdd, clusterRemove, joinToken, kubeconfig } from "../src/admin-commands.js";
@@ -22,7 +23,7 @@ import {
 } from "../src/admin-input.js";
 import { runCliCaptured } from "../src/cli.js";
 import { formatTable } from "../src/output-format.js";
-import { caHashOf, ERR_TETHER_INVALID_CLUSTER_NAME } from "../src/pki.js";
+import { ERR_TETHER_INVALID_CLUSTER_NAME } from "../src/pki.js";
 import { FileStore } from "../src/state-store.js";
 import { adminFor } from "../src/store-options.js";
 import { hashToken } from "../src/tokens.js";

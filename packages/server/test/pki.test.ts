@@ -6,15 +6,10 @@ import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { inspect } from "node:util";
 import * as x509 from "@peculiar/x509";
+import { caHashOf } from "@tether/common";
 import t from "tap";
 import { identityFromPeerCertificate } from "../src/identity.js";
-import {
-  CertificateAuthority,
-  caHashOf,
-  csrPublicKey,
-  type KeyPairPem,
-  validateClusterName,
-} from "../src/pki.js";
+import { CertificateAuthority, csrPublicKey, type KeyPairPem, validateClusterName } from "../src/pki.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 

@@ -8,7 +8,7 @@ import { X509Certificate } from "node:crypto";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { caHashOf } from "../src/pki.js";
+import { caHashOf } from "@tether/common";
 import { type ClusterInput, defaultStateDir, FileStore, type TokenRecord } from "../src/state-store.js";
 import { hashToken, issueToken } from "../src/tokens.js";
 

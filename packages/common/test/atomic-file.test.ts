@@ -1,9 +1,9 @@
-// writeFileAtomic / readJsonFile / removeStaleTempFiles.
+// writeFileAtomic / removeStaleTempFiles.
 import { spawnSync } from "node:child_process";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import t from "tap";
-import { readJsonFile, removeStaleTempFiles, writeFileAtomic } from "../src/atomic-file.js";
+import { removeStaleTempFiles, writeFileAtomic } from "../src/atomic-file.js";
 
 t.test("writes, replaces, and applies the mode exactly (not filtered by the umask)", async (t) => {
   const dir = t.testdir();
@@ -38,21 +38,6 @@ t.test("on failure the target is untouched and the temp file removed", async (t)
   t.same((await readdir(dir)).sort(), ["target"]);
   t.equal(await readFile(join(p, "child"), "utf8"), "x");
   await t.rejects(writeFileAtomic(join(dir, "missing-dir", "f"), "data"), { code: "ENOENT" });
-});
-
-t.test("readJsonFile", async (t) => {
-  const dir = t.testdir({ "ok.json": '{"a":[1,2]}', "bad.json": '{"a":', "empty.json": "" });
-  t.same(await readJsonFile(join(dir, "ok.json")), { a: [1, 2] });
-  t.equal(await readJsonFile(join(dir, "nope.json")), undefined);
-  for (const f of ["bad.json", "empty.json"]) {
-    const err = await readJsonFile(join(dir, f)).then(
-      () => undefined,
-      (e: Error & { code?: string }) => e,
-    );
-    t.equal(err?.code, "ERR_TETHER_STATE_CORRUPT", f);
-    t.match(err?.message, join(dir, f), "names the file");
-  }
-  await t.rejects(readJsonFile(dir), { code: "EISDIR" });
 });
 
 t.test("removeStaleTempFiles removes dead writers' temp files only", async (t) => {

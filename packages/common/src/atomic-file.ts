@@ -5,17 +5,12 @@
 // or the new one, never a torn mix. Temporary files left behind by a crash are
 // named after their writer's pid so they can be recognised and removed.
 import { randomBytes } from "node:crypto";
-import { open, readdir, readFile, rename, unlink } from "node:fs/promises";
+import { open, readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { codedError } from "./coded-error.js";
 
 /** Error code of a state file that exists but does not hold valid JSON. */
 export const ERR_TETHER_STATE_CORRUPT = "ERR_TETHER_STATE_CORRUPT";
-
-function codedError(code: string, message: string, cause?: unknown): Error & { code: string } {
-  const err = new Error(message, cause === undefined ? undefined : { cause }) as Error & { code: string };
-  err.code = code;
-  return err;
-}
 
 // `.<target>.<pid>.<random>.tmp`: dot-prefixed so listings and globs skip it.
 const TEMP_RE = /^\.(.+)\.(\d+)\.([0-9a-f]{16})\.tmp$/;
@@ -64,22 +59,6 @@ export async function writeFileAtomic(path: string, data: string | Buffer, mode 
     if (created) await unlink(tmp).catch(() => {});
     throw err;
   }
-}
-
-/**
- * Reads and parses a JSON file. Returns undefined when the file does not
- * exist; throws an error with code `ERR_TETHER_STATE_CORRUPT` naming the file
- * when it is not valid JSON. Other fs errors are rethrown as they are.
- */
-export async function readJsonFile<T>(path: string): Promise<T | undefined> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw err;
-  }
-  return parseJsonText<T>(path, text);
 }
 
 /** Parses the text of the state file `path`; shared with callers that read through a file handle. */

@@ -1,0 +1,61 @@
+// The wire contract between tether-server and tether-agent: where the agent
+// dials, what it may open, and the JSON it exchanges when it joins and renews.
+// Both sides import these names, so renaming a path or a field fails to compile
+// on both at once.
+
+/** Where agents open their tunnel (a WebSocket upgrade over mutual TLS). */
+export const AGENT_PATH = "/agent/v1/connect";
+/** The agent's version, sent with the tunnel upgrade, for the cluster's status. */
+export const AGENT_VERSION_HEADER = "x-tether-agent-version";
+
+/** GET: Tether's CA certificate (public; the agent pins its hash before sending anything secret). */
+export const JOIN_CA_PATH = "/join/v1/ca";
+/** POST a {@link JoinRequest} with a one-time join token; answered with {@link IssuedForAgent}. */
+export const JOIN_CERTIFICATE_PATH = "/join/v1/certificate";
+
+/** The one stream service an agent may open toward the server: certificate renewal. */
+export const RENEW_SERVICE = "tether-renew";
+/** The stream service under which an agent exposes its cluster's apiserver. */
+export const KUBERNETES_SERVICE = "kubernetes";
+/** Stream metadata key that says how the agent authenticates a request to the apiserver. */
+export const AUTH_METADATA = "auth";
+
+/**
+ * How a member apiserver learns who the caller is.
+ * impersonate — the server authenticates the caller and sets Impersonate-*; the agent adds its own credential.
+ * passthrough — the caller's own Authorization goes through; the agent adds no credential of its own.
+ */
+export type AuthMode = "impersonate" | "passthrough";
+export const AUTH_MODES: readonly AuthMode[] = ["impersonate", "passthrough"];
+
+export function isAuthMode(v: unknown): v is AuthMode {
+  return v === "impersonate" || v === "passthrough";
+}
+
+/** Body of POST {@link JOIN_CERTIFICATE_PATH}. */
+export interface JoinRequest {
+  cluster: string;
+  token: string;
+  csr: string;
+}
+
+/** Body the agent writes on a {@link RENEW_SERVICE} stream. */
+export interface RenewRequest {
+  csr: string;
+}
+
+/** What a join or a renewal hands the agent. */
+export interface IssuedForAgent {
+  certificate: string;
+  ca: string;
+  notAfter: string;
+  serial: string;
+}
+
+/** A refused renewal: the stream's whole answer. */
+export interface RenewRefusal {
+  error: string;
+}
+
+/** Largest join or renewal body either side accepts. */
+export const MAX_JOIN_BODY = 64 * 1024;
