@@ -116,5 +116,5 @@ t.test("--token-file names a file with the join token; it and --token exclude ea
   const r = run("--server", "https://x", "--token", "a", "--token-file", "/run/t");
   t.not(r.status, 0);
   t.match(r.stderr, /--token-file <path>' cannot be used with option '--token <token>'/);
-  t.match(buildProgram().helpInformation(), /prefer TETHER_JOIN_TOKEN or --token-file/);
+  t.match(buildProgram().helpInformation().replace(/\s+/g, " "), /prefer TETHER_JOIN_TOKEN or --token-file/);
 });

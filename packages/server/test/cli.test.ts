@@ -54,6 +54,15 @@ t.test("every error is one line 'tether-server: …' and exit code 1", async (t)
   t.match(run("cluster", "add", "ok", "--state-dir", dir).stderr, /no server URL: pass --server/);
 });
 
+t.test("serve --drain-timeout takes a duration longer than 0", async (t) => {
+  for (const bad of ["0s", "soon"]) {
+    const r = run("serve", "--drain-timeout", bad);
+    t.equal(r.status, 1, `--drain-timeout ${bad}`);
+    t.match(r.stderr, /^tether-server: .*--drain-timeout <duration>.* must be a duration longer than 0/);
+  }
+  t.match(run("serve", "--help").stdout, /--drain-timeout <duration>.*\(default: 30s\)/s);
+});
+
 t.test("the bin runs the admin commands", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "tether-cli-"));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
