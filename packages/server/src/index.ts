@@ -1,15 +1,21 @@
 export { statusBody } from "@tether/common";
-export { type AgentSession, AgentSessions } from "./agent-sessions.js";
-export { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
-export { buildProgram, main, runCli, runCliCaptured, VERSION } from "./cli.js";
-export { CLUSTER_PATH, ClusterProxy } from "./cluster-proxy.js";
-export { type ClusterStatus, ClusterStatusReporter } from "./cluster-status.js";
-export { type Caller, IDENTITY_PREFIX, impersonationHeaders, rewriteHeaders } from "./forwarded-headers.js";
-export { identityFromCertificate, identityFromPeerCertificate, type PeerIdentity } from "./identity.js";
-export { DEFAULT_NAMESPACE, KubeStore, type KubeStoreOptions } from "./kube-store.js";
+export { buildProgram, main, runCli, runCliCaptured, VERSION } from "./cli/cli.js";
 export { createLogger, type Logger, loggableHeaders, REDACT_PATHS } from "./logger.js";
-export { CertificateAuthority, csrPublicKey, type KeyPairPem, validateClusterName } from "./pki.js";
+export { identityFromCertificate, identityFromPeerCertificate, type PeerIdentity } from "./pki/identity.js";
+export { CertificateAuthority, csrPublicKey, type KeyPairPem, validateClusterName } from "./pki/pki.js";
+export { hashToken, issueToken } from "./pki/tokens.js";
+export { type AgentSession, AgentSessions } from "./proxy/agent-sessions.js";
+export { type AuthenticatedCaller, authenticate, mayUseCluster } from "./proxy/authenticate.js";
+export { CLUSTER_PATH, ClusterProxy } from "./proxy/cluster-proxy.js";
+export {
+  type Caller,
+  IDENTITY_PREFIX,
+  impersonationHeaders,
+  rewriteHeaders,
+} from "./proxy/forwarded-headers.js";
 export { type ServerOptions, TetherServer } from "./server.js";
+export { type ClusterStatus, ClusterStatusReporter } from "./store/cluster-status.js";
+export { DEFAULT_NAMESPACE, KubeStore, type KubeStoreOptions } from "./store/kube-store.js";
 export {
   type AuthMode,
   type ClusterRecord,
@@ -17,5 +23,4 @@ export {
   FileStore,
   type Store,
   type TokenRecord,
-} from "./state-store.js";
-export { hashToken, issueToken } from "./tokens.js";
+} from "./store/state-store.js";

@@ -10,27 +10,27 @@ import type { TLSSocket } from "node:tls";
 import { AGENT_PATH, AGENT_VERSION_HEADER, sendStatus, statusResponseHead } from "@tether/common";
 import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import { WebSocketServer } from "ws";
-import { ADMIN_API_PREFIX, AdminApi } from "./admin-api.js";
-import { normalizeServerUrl } from "./admin-input.js";
-import { type AgentSession, AgentSessions } from "./agent-sessions.js";
-import { CallerQuota, releaseOnClose } from "./caller-quota.js";
-import { StoreClusterAdmin } from "./cluster-admin.js";
-import { ClusterProxy } from "./cluster-proxy.js";
+import { ADMIN_API_PREFIX, AdminApi } from "./admin/admin-api.js";
+import { normalizeServerUrl } from "./admin/admin-input.js";
+import { StoreClusterAdmin } from "./admin/cluster-admin.js";
+import { FailureRateLimit, sourceKey } from "./http/failure-rate-limit.js";
+import { type Limits, resolveLimits } from "./http/limits.js";
+import { JoinEndpoint } from "./join/join-endpoint.js";
+import { type RenewalOptions, Renewals } from "./join/renewal.js";
+import { createLogger, type Logger, loggablePath } from "./logger.js";
+import { identityFromPeerCertificate } from "./pki/identity.js";
+import { foreignIncarnation } from "./pki/incarnation.js";
+import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
+import { type AgentSession, AgentSessions } from "./proxy/agent-sessions.js";
+import { CallerQuota, releaseOnClose } from "./proxy/caller-quota.js";
+import { ClusterProxy } from "./proxy/cluster-proxy.js";
+import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
 import {
   ClusterStatusReporter,
   type ClusterStatusSink,
   type StatusReporterOptions,
-} from "./cluster-status.js";
-import { FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
-import { IDENTITY_PREFIX } from "./forwarded-headers.js";
-import { identityFromPeerCertificate } from "./identity.js";
-import { foreignIncarnation } from "./incarnation.js";
-import { JoinEndpoint } from "./join-endpoint.js";
-import { type Limits, resolveLimits } from "./limits.js";
-import { createLogger, type Logger, loggablePath } from "./logger.js";
-import { type CertificateAuthority, issuedAtOf } from "./pki.js";
-import { type RenewalOptions, Renewals } from "./renewal.js";
-import type { Store } from "./state-store.js";
+} from "./store/cluster-status.js";
+import type { Store } from "./store/state-store.js";
 
 export interface ServerOptions {
   store: Store;

@@ -1,0 +1,226 @@
+// The admin API under /admin/v1/: the admin commands, reachable over HTTPS
+// for `tether-server ... --credential FILE`. It authenticates admin tokens
+// only (admin-credential.ts) and hands the work to StoreClusterAdmin, which
+// validates every input; bodies are bounded and must have exactly the
+// expected fields. Answers are JSON; errors are {code, message} with the
+// same codes and messages the local CLI prints.
+//
+//   GET    /admin/v1/clusters                          -> {clusters}
+//   POST   /admin/v1/clusters             {name, auth?, labels?, allowedUsers?, allowedGroups?, tokenTtlMs}
+//   DELETE /admin/v1/clusters/NAME                     -> RemoveResult
+//   POST   /admin/v1/clusters/NAME/join-tokens  {ttlMs} -> JoinInfo
+//   POST   /admin/v1/clusters/NAME/user-tokens  {user, groups?, ttlMs} -> UserToken
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { TLSSocket } from "node:tls";
+import { readBounded } from "../join/join-endpoint.js";
+import type { Logger } from "../logger.js";
+import { ERR_TETHER_INVALID_CLUSTER_NAME } from "../pki/pki.js";
+import { hashToken, looksLikeToken } from "../pki/tokens.js";
+import type { Store } from "../store/state-store.js";
+import { ERR_TETHER_CLUSTER_EXISTS, ERR_TETHER_UNKNOWN_CLUSTER, TetherCliError } from "./admin-input.js";
+import type { ClusterAdmin } from "./cluster-admin.js";
+
+export const ADMIN_API_PREFIX = "/admin/v1/";
+export const ERR_TETHER_ADMIN_UNAUTHORIZED = "ERR_TETHER_ADMIN_UNAUTHORIZED";
+export const ERR_TETHER_ADMIN_FORBIDDEN = "ERR_TETHER_ADMIN_FORBIDDEN";
+export const ERR_TETHER_ADMIN_BAD_REQUEST = "ERR_TETHER_ADMIN_BAD_REQUEST";
+export const ERR_TETHER_ADMIN_NOT_FOUND = "ERR_TETHER_ADMIN_NOT_FOUND";
+
+const STATUS_OF: Record<string, number> = {
+  [ERR_TETHER_ADMIN_UNAUTHORIZED]: 401,
+  [ERR_TETHER_ADMIN_FORBIDDEN]: 403,
+  [ERR_TETHER_ADMIN_NOT_FOUND]: 404,
+  [ERR_TETHER_UNKNOWN_CLUSTER]: 404,
+  [ERR_TETHER_CLUSTER_EXISTS]: 409,
+};
+
+export interface AdminApiDeps {
+  store: Store;
+  admin: ClusterAdmin;
+  log: Logger;
+  /** Runs once a cluster is removed: the server closes its live sessions at once. */
+  onClusterRemoved?: (name: string) => void;
+}
+
+type Body = Record<string, unknown>;
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+
+const bad = (message: string): never => {
+  throw new TetherCliError(ERR_TETHER_ADMIN_BAD_REQUEST, message);
+};
+
+/** `body` with exactly the allowed keys, each of the type its checker accepts. */
+function fields(body: Body, spec: Record<string, (v: unknown) => boolean>, required: string[]): Body {
+  for (const key of Object.keys(body)) {
+    if (!Object.hasOwn(spec, key)) bad(`unknown field ${JSON.stringify(key.slice(0, 40))}`);
+    if (!spec[key]!(body[key])) bad(`field ${key} has the wrong type`);
+  }
+  for (const key of required) if (!Object.hasOwn(body, key)) bad(`field ${key} is required`);
+  return body;
+}
+
+const isString = (v: unknown) => typeof v === "string";
+const isStrings = (v: unknown) =>
+  Array.isArray(v) && v.length <= 256 && v.every((s) => typeof s === "string");
+const isMs = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v);
+const isLabels = (v: unknown) =>
+  typeof v === "object" &&
+  v !== null &&
+  !Array.isArray(v) &&
+  Object.keys(v).length <= 64 &&
+  Object.values(v).every((s) => typeof s === "string");
+
+export class AdminApi {
+  constructor(private readonly deps: AdminApiDeps) {}
+
+  async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    try {
+      await this.authorize(req);
+      const result = await this.route(req, path);
+      send(res, result.status, result.body);
+    } catch (err) {
+      if (err instanceof TetherCliError || codeOf(err) === ERR_TETHER_INVALID_CLUSTER_NAME) {
+        const { code, message } = err as { code: string; message: string };
+        const status = STATUS_OF[code] ?? 400;
+        if (status >= 401 && status <= 403) this.deps.log.info({ code }, "admin API request refused");
+        send(res, status, { code, message });
+      } else {
+        this.deps.log.error({ err: (err as Error).message }, "admin API request failed");
+        send(res, 500, { code: "ERR_TETHER_INTERNAL", message: "tether-server failed; see its log" });
+      }
+    }
+  }
+
+  private async authorize(req: IncomingMessage): Promise<void> {
+    const token = BEARER.exec(req.headers.authorization ?? "")?.[1];
+    if (!token && (req.socket as TLSSocket).authorized) {
+      // A cluster or user certificate from Tether's CA: a known caller, but never an admin.
+      throw new TetherCliError(
+        ERR_TETHER_ADMIN_FORBIDDEN,
+        "a certificate may not use the admin API: it needs the admin token, from the admin credential `serve` wrote",
+      );
+    }
+    if (!token || !looksLikeToken(token)) {
+      throw new TetherCliError(
+        ERR_TETHER_ADMIN_UNAUTHORIZED,
+        "the admin API needs the admin token: pass --credential with the admin credential file `serve` wrote",
+      );
+    }
+    const record = await this.deps.store.findToken(hashToken(token));
+    if (!record) {
+      throw new TetherCliError(
+        ERR_TETHER_ADMIN_UNAUTHORIZED,
+        "unknown or expired token: get the current admin credential from the server's state",
+      );
+    }
+    if (record.kind !== "admin") {
+      throw new TetherCliError(ERR_TETHER_ADMIN_FORBIDDEN, "this token may not use the admin API");
+    }
+  }
+
+  private async route(req: IncomingMessage, path: string): Promise<{ status: number; body: unknown }> {
+    const { admin } = this.deps;
+    const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
+    const method = req.method ?? "GET";
+    if (parts[0] !== "clusters" || parts.length > 3) return notFound(method, path);
+    const name = parts[1] === undefined ? undefined : decodeSegment(parts[1]);
+    if (parts.length === 1) {
+      if (method === "GET") return { status: 200, body: { clusters: await admin.listClusters() } };
+      if (method === "POST") {
+        const b = fields(
+          await readJson(req),
+          {
+            name: isString,
+            auth: isString,
+            labels: isLabels,
+            allowedUsers: isStrings,
+            allowedGroups: isStrings,
+            tokenTtlMs: isMs,
+          },
+          ["name", "tokenTtlMs"],
+        );
+        const info = await admin.addCluster(
+          {
+            name: b.name as string,
+            ...(b.auth === undefined ? {} : { auth: b.auth as "impersonate" }),
+            ...(b.labels === undefined ? {} : { labels: b.labels as Record<string, string> }),
+            ...(b.allowedUsers === undefined ? {} : { allowedUsers: b.allowedUsers as string[] }),
+            ...(b.allowedGroups === undefined ? {} : { allowedGroups: b.allowedGroups as string[] }),
+          },
+          b.tokenTtlMs as number,
+        );
+        return { status: 201, body: info };
+      }
+    } else if (parts.length === 2 && name !== undefined) {
+      if (method === "DELETE") {
+        const removed = await admin.removeCluster(name);
+        this.deps.onClusterRemoved?.(name);
+        return { status: 200, body: removed };
+      }
+    } else if (parts[2] === "join-tokens" && name !== undefined) {
+      if (method === "POST") {
+        const b = fields(await readJson(req), { ttlMs: isMs }, ["ttlMs"]);
+        return { status: 201, body: await admin.newJoinToken(name, b.ttlMs as number) };
+      }
+    } else if (parts[2] === "user-tokens" && name !== undefined) {
+      if (method === "POST") {
+        const b = fields(await readJson(req), { user: isString, groups: isStrings, ttlMs: isMs }, [
+          "user",
+          "ttlMs",
+        ]);
+        const issued = await admin.issueUserToken(
+          name,
+          b.user as string,
+          (b.groups as string[] | undefined) ?? [],
+          b.ttlMs as number,
+        );
+        return { status: 201, body: issued };
+      }
+    }
+    return notFound(method, path);
+  }
+}
+
+function notFound(method: string, path: string): never {
+  throw new TetherCliError(ERR_TETHER_ADMIN_NOT_FOUND, `no admin API route ${method} ${path.slice(0, 100)}`);
+}
+
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return bad(`the path segment ${JSON.stringify(segment.slice(0, 100))} is not valid percent-encoding`);
+  }
+}
+
+function codeOf(err: unknown): unknown {
+  return (err as { code?: unknown } | undefined)?.code;
+}
+
+async function readJson(req: IncomingMessage): Promise<Body> {
+  let text: string;
+  try {
+    text = await readBounded(req);
+  } catch (err) {
+    return bad((err as Error).message);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    return bad("the body must be a JSON object");
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) bad("the body must be a JSON object");
+  return body as Body;
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text),
+    "cache-control": "no-store",
+  });
+  res.end(text);
+}

@@ -1,0 +1,93 @@
+// A ClusterAdmin that drives a running tether-server through its admin API
+// (admin-api.ts), for `tether-server ... --credential FILE`. TLS trusts only
+// the CA in the credential; the token goes only to that server. Errors come
+// back with the server's code and message, or say what to check when the
+// server can't be reached.
+
+import { type JsonAnswer, requestJson } from "@tether/common";
+import type { ClusterRecord } from "../store/state-store.js";
+import type { AdminCredential } from "./admin-credential.js";
+import { TetherCliError } from "./admin-input.js";
+import type { ClusterAdmin, ClusterSpec, JoinInfo, RemoveResult, UserToken } from "./cluster-admin.js";
+
+export const ERR_TETHER_SERVER_UNREACHABLE = "ERR_TETHER_SERVER_UNREACHABLE";
+const MAX_RESPONSE_BYTES = 16 << 20;
+const TIMEOUT_MS = 30_000;
+
+export class RemoteClusterAdmin implements ClusterAdmin {
+  readonly where: string;
+  private readonly base: URL;
+
+  /** `server` overrides the URL in the credential (e.g. another address of the same server). */
+  constructor(
+    private readonly credential: AdminCredential,
+    server = credential.server,
+  ) {
+    this.base = new URL(server);
+    this.where = server;
+  }
+
+  addCluster(spec: ClusterSpec, joinTokenTtlMs: number): Promise<JoinInfo> {
+    return this.call("POST", "clusters", { ...spec, tokenTtlMs: joinTokenTtlMs });
+  }
+
+  async listClusters(): Promise<ClusterRecord[]> {
+    return (await this.call<{ clusters: ClusterRecord[] }>("GET", "clusters")).clusters;
+  }
+
+  removeCluster(name: string): Promise<RemoveResult> {
+    return this.call("DELETE", `clusters/${encodeURIComponent(name)}`);
+  }
+
+  newJoinToken(name: string, ttlMs: number): Promise<JoinInfo> {
+    return this.call("POST", `clusters/${encodeURIComponent(name)}/join-tokens`, { ttlMs });
+  }
+
+  issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken> {
+    return this.call("POST", `clusters/${encodeURIComponent(name)}/user-tokens`, { user, groups, ttlMs });
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let answer: JsonAnswer;
+    try {
+      answer = await requestJson(
+        new URL(`/admin/v1/${path}`, this.base),
+        {
+          method,
+          ca: this.credential.caCertificate,
+          timeout: TIMEOUT_MS,
+          headers: { authorization: `Bearer ${this.credential.token}` },
+        },
+        body,
+        MAX_RESPONSE_BYTES,
+      );
+    } catch (err) {
+      throw this.unreachable(err as Error);
+    }
+    if (answer.status >= 200 && answer.status < 300 && answer.body !== undefined) return answer.body as T;
+    const err = answer.body as { code?: unknown; message?: unknown } | undefined;
+    if (typeof err?.code === "string" && typeof err.message === "string") {
+      throw new TetherCliError(err.code, err.message);
+    }
+    throw new TetherCliError(
+      ERR_TETHER_SERVER_UNREACHABLE,
+      `${this.where} answered HTTP ${answer.status} without an admin API error: is it tether-server, at this URL?`,
+    );
+  }
+
+  private unreachable(err: Error): TetherCliError {
+    const code = (err as NodeJS.ErrnoException).code ?? "";
+    const hint =
+      code === "ECONNREFUSED"
+        ? `; is "tether-server serve" running there?`
+        : code === "ERR_TLS_CERT_ALTNAME_INVALID"
+          ? `; use the address in the credential, or start serve with --external-url naming ${this.base.hostname}`
+          : /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)
+            ? "; the server's certificate is not from the CA in the credential: is the credential for this server?"
+            : "; check --server and the network";
+    return new TetherCliError(
+      ERR_TETHER_SERVER_UNREACHABLE,
+      `cannot reach tether-server at ${this.where}: ${err.message}${hint}`,
+    );
+  }
+}

@@ -1,0 +1,54 @@
+// Who is calling: a Tether-issued bearer token or a user certificate from
+// Tether's CA (verified by the TLS handshake). Cluster certificates are agent
+// identities and never authenticate a host caller.
+import type { IncomingMessage } from "node:http";
+import type { TLSSocket } from "node:tls";
+import { identityFromPeerCertificate } from "../pki/identity.js";
+import { hashToken } from "../pki/tokens.js";
+import type { ClusterRecord, Store } from "../store/state-store.js";
+import type { Caller } from "./forwarded-headers.js";
+
+export interface AuthenticatedCaller extends Caller {
+  via: "token" | "certificate";
+  /** Clusters a token is scoped to ("*" for all); undefined for certificates. */
+  clusters?: string[];
+}
+
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+
+export async function authenticate(
+  req: IncomingMessage,
+  store: Store,
+): Promise<AuthenticatedCaller | undefined> {
+  const auth = req.headers.authorization;
+  if (auth) {
+    const token = BEARER.exec(auth)?.[1];
+    if (!token) return undefined;
+    const record = await store.findToken(hashToken(token));
+    if (record?.kind !== "user" || !record.user) return undefined;
+    return { user: record.user, groups: record.groups ?? [], via: "token", clusters: record.clusters ?? [] };
+  }
+  const socket = req.socket as TLSSocket;
+  if (typeof socket.getPeerCertificate !== "function" || !socket.authorized) return undefined;
+  const identity = identityFromPeerCertificate(socket.getPeerCertificate(true));
+  if (identity?.kind !== "user") return undefined;
+  if (await store.isRevoked(identity.serial)) return undefined;
+  return { user: identity.user, groups: identity.groups, via: "certificate" };
+}
+
+/**
+ * Whether a caller may use a cluster. A token reaches only the clusters it is
+ * scoped to; a cluster's allowed users and groups narrow that further (when
+ * the cluster lists any, the caller must be one of them or in one of them) and
+ * never widen it. A user certificate carries no scope: the allowed users and
+ * groups are what it may reach.
+ */
+export function mayUseCluster(caller: AuthenticatedCaller, cluster: ClusterRecord): boolean {
+  const listed =
+    cluster.allowedUsers.includes(caller.user) ||
+    caller.groups.some((g) => cluster.allowedGroups.includes(g));
+  if (caller.via === "certificate") return listed;
+  const scope = caller.clusters ?? [];
+  if (!scope.includes("*") && !scope.includes(cluster.name)) return false;
+  return listed || (cluster.allowedUsers.length === 0 && cluster.allowedGroups.length === 0);
+}

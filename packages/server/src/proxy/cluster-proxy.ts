@@ -1,0 +1,240 @@
+// /clusters/<name>/… : admits a host caller to a member cluster and forwards
+// the request through that cluster's tunnel. Plain requests go through
+// http-proxy-3 over a pool of tunnel streams; upgrades (SPDY is a POST, so
+// http-proxy would drop it) are relayed one per stream (upgrade-relay.ts).
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
+import { createProxyServer } from "http-proxy-3";
+import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
+import { type Logger, loggablePath } from "../logger.js";
+import type { AuthMode, Store } from "../store/state-store.js";
+import type { AgentSession, AgentSessions } from "./agent-sessions.js";
+import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
+import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
+import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { sessionFullStatus } from "./session-full.js";
+import { checkUpgrade, relayUpgrade } from "./upgrade-relay.js";
+
+export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
+
+type Admission =
+  | {
+      ok: true;
+      mode: AuthMode;
+      caller?: AuthenticatedCaller;
+      entry: AgentSession;
+      path: string;
+      /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
+      release: () => void;
+    }
+  | { ok: false; reason: StatusReason; message: string; retryAfterSeconds?: number };
+
+export interface ClusterProxyDeps {
+  store: Store;
+  sessions: AgentSessions;
+  log: Logger;
+  quota: CallerQuota;
+  failures: FailureRateLimit;
+  streamIdleTimeoutMs: number;
+}
+
+export class ClusterProxy {
+  private readonly proxy = createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0, timeout: 0 });
+
+  constructor(private readonly deps: ClusterProxyDeps) {
+    // Errors are answered per request (see handleRequest); this keeps
+    // http-proxy from throwing on an error nobody handles.
+    this.proxy.on("error", () => {});
+    // A 101 to a request that asked for no upgrade: Node hands the stream to an
+    // 'upgrade' listener or, with none, drops it and the caller would wait forever.
+    this.proxy.on("proxyReq", (proxyReq, _req, res) => {
+      proxyReq.on("upgrade", (_upRes, stream) => {
+        stream.destroy();
+        sendStatus(res, "BadGateway", UNASKED_SWITCH);
+      });
+    });
+    // http-proxy sets the head and pipes the body in this same tick; Node then
+    // holds the head back until the first body byte. A watch may have none for
+    // minutes, and clients wait for the head before they act: send it now.
+    this.proxy.on("proxyRes", (proxyRes, req, res) => {
+      if (proxyRes.statusCode === 101) {
+        proxyRes.destroy();
+        sendStatus(res, "BadGateway", UNASKED_SWITCH);
+        return;
+      }
+      // In passthrough mode the member judges the credential: its 401 is a failed authentication here too.
+      if (proxyRes.statusCode === 401) this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+      process.nextTick(() => {
+        if (!res.headersSent && !res.writableEnded) res.flushHeaders();
+      });
+    });
+  }
+
+  private async admit(req: IncomingMessage): Promise<Admission> {
+    const m = CLUSTER_PATH.exec(req.url ?? "");
+    const name = m?.[1] ?? "";
+    if (!DNS_LABEL.test(name)) {
+      return { ok: false, reason: "NotFound", message: `"${name}" is not a valid cluster name` };
+    }
+    const path = (m?.[2] || "/") + (m?.[3] ?? "");
+    const cluster = await this.deps.store.getCluster(name);
+    if (!cluster) {
+      return {
+        ok: false,
+        reason: "NotFound",
+        message: `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
+      };
+    }
+    const source = sourceKey(req.socket.remoteAddress);
+    const attempt = this.deps.failures.begin(source);
+    if (typeof attempt === "number") {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        message: "too many failed authentications from your address: try again later",
+        retryAfterSeconds: attempt,
+      };
+    }
+    let caller: AuthenticatedCaller | undefined;
+    if (cluster.auth === "impersonate") {
+      caller = await authenticate(req, this.deps.store).catch((err: unknown) => {
+        attempt.succeeded();
+        throw err;
+      });
+      if (!caller) {
+        this.countFailure(attempt, source);
+        return {
+          ok: false,
+          reason: "Unauthorized",
+          message:
+            "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
+        };
+      }
+      attempt.succeeded();
+      if (!mayUseCluster(caller, cluster)) {
+        return {
+          ok: false,
+          reason: "Forbidden",
+          message: `user "${caller.user}" may not use cluster "${name}" through Tether`,
+        };
+      }
+    } else if (!req.headers.authorization) {
+      this.countFailure(attempt, source);
+      return {
+        ok: false,
+        reason: "Unauthorized",
+        message: `cluster "${name}" uses passthrough authentication: send the member cluster's own bearer token`,
+      };
+    }
+    // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
+    attempt.succeeded();
+    const entry = this.deps.sessions.get(name);
+    if (!entry) {
+      return {
+        ok: false,
+        reason: "ServiceUnavailable",
+        message: `cluster "${name}" has no connected Tether agent; check the agent's logs in that cluster`,
+      };
+    }
+    const release = this.deps.quota.acquire(name, callerKey(req, caller));
+    if (!release) {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        message: `you hold ${this.deps.quota.max} requests and connections on cluster "${name}" already: close some and retry`,
+        retryAfterSeconds: 1,
+      };
+    }
+    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path, release };
+  }
+
+  /** Counts a failed authentication, and says once when it makes the source wait. */
+  private countFailure(attempt: Attempt, source: string): void {
+    if (attempt.failed()) {
+      this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
+    }
+  }
+
+  /** Refusals of the limits are logged at debug level: a flood of them must not flood the log. */
+  private logRefusal(req: IncomingMessage, reason: StatusReason, message: string): void {
+    const fields = { path: loggablePath(req.url), reason };
+    if (reason === "TooManyRequests") this.deps.log.debug(fields, message);
+    else this.deps.log.info(fields, message);
+  }
+
+  async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const admission = await this.admit(req);
+    if (!admission.ok) {
+      this.logRefusal(req, admission.reason, "refused");
+      sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
+      return;
+    }
+    releaseOnClose(res, admission.release);
+    const { mode, caller, entry, path } = admission;
+    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
+    req.url = path;
+    this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
+      this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
+      const full = sessionFullStatus(err, entry.cluster);
+      if (full) {
+        sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
+      } else if (!res.headersSent) {
+        const gone = entry.session.closed || entry.session.goingAway;
+        sendStatus(
+          res,
+          gone ? "ServiceUnavailable" : "BadGateway",
+          gone
+            ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
+            : `forwarding to cluster "${entry.cluster}" failed: ${err.message}`,
+        );
+      } else {
+        res.destroy();
+      }
+    });
+  }
+
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => socket.destroy());
+    const upgrade = checkUpgrade(req);
+    if (!upgrade.ok) {
+      this.logRefusal(req, "BadRequest", "refused upgrade");
+      socket.end(statusResponseHead("BadRequest", upgrade.message));
+      return;
+    }
+    const admission = await this.admit(req);
+    if (!admission.ok) {
+      this.logRefusal(req, admission.reason, "refused upgrade");
+      socket.end(statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
+      return;
+    }
+    releaseOnClose(socket, admission.release);
+    // No bytes either way for this long: the exec or port-forward is abandoned.
+    (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
+    const { mode, caller, entry, path } = admission;
+    relayUpgrade({
+      socket,
+      head,
+      method: req.method ?? "GET",
+      path,
+      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress),
+      protocol: upgrade.protocol,
+      open: () => entry.openStream(mode),
+      failure: (err) => {
+        this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
+        const full = sessionFullStatus(err, entry.cluster);
+        if (full) return [full.reason, full.message, full.retryAfterSeconds];
+        const gone = entry.session.closed || entry.session.goingAway;
+        return gone
+          ? [
+              "ServiceUnavailable",
+              `the Tether agent of cluster "${entry.cluster}" disconnected during the request`,
+            ]
+          : ["BadGateway", `forwarding to cluster "${entry.cluster}" failed: ${err.message}`];
+      },
+    });
+  }
+}

@@ -1,0 +1,81 @@
+// What a member apiserver is allowed to see of a caller's headers. In
+// impersonate mode nothing the caller sends may carry identity: every
+// Authorization and Impersonate-* header is dropped and Tether's own
+// impersonation headers, naming the authenticated caller, take their place.
+// In both modes what a caller says about where it connects from is replaced
+// by what Tether saw: audit logs on the member must not record a forged source.
+import type { IncomingHttpHeaders } from "node:http";
+import type { AuthMode } from "../store/state-store.js";
+
+/** Host identities are prefixed so they can never collide with a member's own users and groups. */
+export const IDENTITY_PREFIX = "tether:";
+
+export interface Caller {
+  user: string;
+  groups: string[];
+}
+
+const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|impersonate-.*)$/i;
+const FORWARDING_HEADER = /^(x-forwarded-.*|forwarded|x-real-ip)$/i;
+
+export function impersonationHeaders(caller: Caller): {
+  "impersonate-user": string;
+  "impersonate-group"?: string[];
+} {
+  const groups = caller.groups.map((g) => IDENTITY_PREFIX + g);
+  return {
+    "impersonate-user": IDENTITY_PREFIX + caller.user,
+    ...(groups.length > 0 ? { "impersonate-group": groups } : {}),
+  };
+}
+
+/**
+ * Connection-level headers of the caller's connection to Tether; they say
+ * nothing about the tunnel stream (a caller's "Connection: close" must not
+ * close a pooled stream).
+ */
+const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/**
+ * Rewrites parsed headers of a plain (non-upgrade) request in place for
+ * forwarding. `peer` is the caller's address as Tether's socket saw it.
+ */
+export function rewriteHeaders(
+  headers: IncomingHttpHeaders,
+  mode: AuthMode,
+  caller: Caller | undefined,
+  peer: string | undefined,
+): void {
+  for (const name of String(headers.connection ?? "").split(",")) {
+    const token = name.trim().toLowerCase();
+    if (token) delete headers[token];
+  }
+  for (const name of HOP_BY_HOP) delete headers[name];
+  for (const name of Object.keys(headers)) if (FORWARDING_HEADER.test(name)) delete headers[name];
+  if (peer) headers["x-forwarded-for"] = peer;
+  if (mode === "passthrough") return;
+  for (const name of Object.keys(headers)) if (CREDENTIAL_HEADER.test(name)) delete headers[name];
+  if (!caller) throw new Error("impersonate mode needs an authenticated caller");
+  Object.assign(headers, impersonationHeaders(caller));
+}
+
+/** The same for raw header pairs ([name, value, name, value, …]), as an upgrade request needs. */
+export function rewriteRawHeaders(
+  raw: string[],
+  mode: AuthMode,
+  caller: Caller | undefined,
+  peer: string | undefined,
+): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (!FORWARDING_HEADER.test(raw[i]!)) pairs.push([raw[i]!, raw[i + 1]!]);
+  }
+  if (peer) pairs.push(["X-Forwarded-For", peer]);
+  if (mode === "passthrough") return pairs;
+  if (!caller) throw new Error("impersonate mode needs an authenticated caller");
+  const kept = pairs.filter(([name]) => !CREDENTIAL_HEADER.test(name));
+  const imp = impersonationHeaders(caller);
+  kept.push(["Impersonate-User", imp["impersonate-user"]]);
+  for (const g of imp["impersonate-group"] ?? []) kept.push(["Impersonate-Group", g]);
+  return kept;
+}

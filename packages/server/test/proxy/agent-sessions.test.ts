@@ -1,0 +1,107 @@
+// AgentSessions: a reconnect replaces the session at once; the replaced one
+// drains and is closed after the drain timeout even while it holds streams;
+// disconnect closes draining sessions too.
+import { Session, type Transport } from "@tether/tunnel";
+import t from "tap";
+import { AgentSessions } from "../../src/proxy/agent-sessions.js";
+
+/** Two sessions over an in-memory link (messages arrive one macrotask later). */
+function link(): { agent: Session; server: Session } {
+  const ends: { session?: Session; closed: boolean }[] = [{ closed: false }, { closed: false }];
+  const transport = (from: number): Transport => ({
+    send(message, done) {
+      const copy = Buffer.from(message);
+      setImmediate(() => {
+        if (!ends[1 - from]!.closed) ends[1 - from]!.session?.receive(copy);
+        done();
+      });
+    },
+    close() {
+      if (ends[from]!.closed) return;
+      ends[from]!.closed = true;
+      setImmediate(() => {
+        ends[1 - from]!.closed = true;
+        ends[1 - from]!.session?.transportClosed();
+      });
+    },
+  });
+  const quiet = { keepAliveInterval: 0, deadPeerTimeout: 0 };
+  const agent = new Session(transport(0), { ...quiet, role: "client", accept: () => true });
+  const server = new Session(transport(1), { ...quiet, role: "server", accept: () => true });
+  ends[0]!.session = agent;
+  ends[1]!.session = server;
+  // Both sides take streams (and hold them: nobody reads or ends them).
+  agent.on("stream", () => {});
+  server.on("stream", () => {});
+  return { agent, server };
+}
+
+/** A stream the agent opens and never ends; it fails when its session goes. */
+function hold(agent: Session): void {
+  const stream = agent.open("tether-renew");
+  stream.on("error", () => {});
+  stream.write("{");
+}
+
+const cert = () => ({
+  remoteAddress: "10.0.0.1",
+  serial: "01",
+  certNotAfter: new Date(Date.now() + 3600_000),
+  certIssuedAt: new Date(),
+});
+const closes = (s: Session) =>
+  new Promise<boolean>((resolve) => {
+    if (s.closed) return resolve(true);
+    const timer = setTimeout(() => resolve(false), 10_000);
+    s.once("close", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+
+t.test("a replaced session that holds a stream is closed after the drain timeout", async (t) => {
+  const sessions = new AgentSessions({ drainTimeoutMs: 200 });
+  const first = link();
+  const entry = sessions.attach("m1", first.server, cert());
+  hold(first.agent); // held open by the agent, never ended
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(first.server.streamCount, 1, "the old session holds a stream");
+  const second = link();
+  const current = sessions.attach("m1", second.server, cert());
+  t.equal(sessions.get("m1"), current, "the new session serves at once");
+  t.ok(first.server.goingAway, "the old one was sent go-away");
+  t.same(sessions.list(), [entry, current], "both are live while the old one drains");
+  t.ok(await closes(first.server), "the old session is closed although its stream never ended");
+  t.same(sessions.list(), [current]);
+  second.server.close();
+});
+
+t.test("without a stream, a replaced session closes as soon as it has drained", async (t) => {
+  const sessions = new AgentSessions({ drainTimeoutMs: 3600_000 });
+  const first = link();
+  sessions.attach("m1", first.server, cert());
+  const second = link();
+  sessions.attach("m1", second.server, cert());
+  t.ok(await closes(first.server));
+  second.server.close();
+});
+
+t.test("disconnect closes the cluster's draining sessions too, and only that cluster's", async (t) => {
+  const sessions = new AgentSessions({ drainTimeoutMs: 3600_000 });
+  const a = link();
+  sessions.attach("m1", a.server, cert());
+  hold(a.agent);
+  await new Promise((r) => setTimeout(r, 50));
+  const b = link();
+  sessions.attach("m1", b.server, cert());
+  const other = link();
+  sessions.attach("m2", other.server, cert());
+  t.equal(sessions.list().length, 3);
+  sessions.disconnect("m1");
+  t.ok(await closes(a.server), "the draining one");
+  t.ok(await closes(b.server), "the current one");
+  t.notOk(other.server.closed, "m2 keeps its session");
+  t.equal(sessions.get("m2")?.session, other.server);
+  sessions.closeAll();
+  t.ok(await closes(other.server));
+});

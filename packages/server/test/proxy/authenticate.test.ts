@@ -1,0 +1,54 @@
+// mayUseCluster: a token reaches only its scope; a cluster's allowed users and groups narrow, never widen.
+import t from "tap";
+import { type AuthenticatedCaller, mayUseCluster } from "../../src/proxy/authenticate.js";
+import type { ClusterRecord } from "../../src/store/state-store.js";
+
+const cluster = (name: string, allowedUsers: string[] = [], allowedGroups: string[] = []): ClusterRecord => ({
+  name,
+  auth: "impersonate",
+  labels: {},
+  allowedUsers,
+  allowedGroups,
+  createdAt: "2026-01-01T00:00:00.000Z",
+  uid: "3f1c2b7e-9a41-4c1e-8d2f-0b5e6a7c8d9e",
+});
+const token = (user: string, groups: string[], clusters: string[]): AuthenticatedCaller => ({
+  user,
+  groups,
+  via: "token",
+  clusters,
+});
+const certificate = (user: string, groups: string[]): AuthenticatedCaller => ({
+  user,
+  groups,
+  via: "certificate",
+});
+
+t.test("a scoped token reaches only its scope, whatever other clusters allow", async (t) => {
+  const alice = token("alice", ["devs"], ["m1"]);
+  t.ok(mayUseCluster(alice, cluster("m1")), "its own cluster");
+  t.notOk(mayUseCluster(alice, cluster("m2", [], ["devs"])), "m2 allows her group: still not hers");
+  t.notOk(mayUseCluster(alice, cluster("m2", ["alice"])), "m2 allows her by name: still not hers");
+  t.notOk(mayUseCluster(alice, cluster("m2")), "m2 allows nobody in particular");
+  const everywhere = token("bob", ["devs"], ["*"]);
+  t.ok(mayUseCluster(everywhere, cluster("m2")), `"*" reaches every cluster`);
+});
+
+t.test("allowed users and groups narrow a token's scope", async (t) => {
+  const ops = cluster("m1", ["carol"], ["ops"]);
+  t.notOk(
+    mayUseCluster(token("alice", ["devs"], ["m1"]), ops),
+    "in scope, but neither listed nor in a group",
+  );
+  t.ok(mayUseCluster(token("alice", ["devs", "ops"], ["m1"]), ops), "in scope and in an allowed group");
+  t.ok(mayUseCluster(token("carol", [], ["m1"]), ops), "in scope and listed by name");
+  t.notOk(mayUseCluster(token("alice", ["devs"], ["*"]), ops), `"*" is narrowed too`);
+  t.notOk(mayUseCluster(token("alice", ["ops"], []), ops), "an empty scope reaches nothing");
+});
+
+t.test("a user certificate has no scope: the allowed users and groups are what it reaches", async (t) => {
+  t.ok(mayUseCluster(certificate("carol", ["admins"]), cluster("m1", [], ["admins"])));
+  t.ok(mayUseCluster(certificate("carol", []), cluster("m1", ["carol"])));
+  t.notOk(mayUseCluster(certificate("carol", ["devs"]), cluster("m1", [], ["admins"])));
+  t.notOk(mayUseCluster(certificate("carol", []), cluster("m1")), "a cluster that lists nobody");
+});

@@ -1,0 +1,153 @@
+// ClusterStatusReporter with a fake clock and a recording writer: writes are
+// coalesced per cluster, rate-limited across clusters, connection changes go
+// first, heartbeats are periodic, failures are retried, removed clusters are
+// dropped.
+import t from "tap";
+import {
+  type AgentState,
+  type ClusterStatus,
+  ClusterStatusReporter,
+} from "../../src/store/cluster-status.js";
+
+function setup(options: { rate?: number; burst?: number; heartbeatMs?: number } = {}) {
+  let now = 1_000_000;
+  const writes: { cluster: string; status: ClusterStatus }[] = [];
+  let fail = false;
+  let exists = true;
+  const reporter = new ClusterStatusReporter(
+    async (cluster, status) => {
+      if (fail) throw new Error("apiserver down");
+      writes.push({ cluster, status });
+      return exists;
+    },
+    {
+      autoPump: false,
+      now: () => now,
+      ratePerSecond: options.rate ?? 10,
+      burst: options.burst ?? 5,
+      heartbeatMs: options.heartbeatMs ?? 30_000,
+    },
+  );
+  return {
+    reporter,
+    writes,
+    advance: (ms: number) => {
+      now += ms;
+    },
+    setFail: (v: boolean) => {
+      fail = v;
+    },
+    setExists: (v: boolean) => {
+      exists = v;
+    },
+  };
+}
+
+const up = (extra: Partial<AgentState> = {}): AgentState => ({
+  connected: true,
+  endpoint: "https://t/clusters/a",
+  rttMs: 1.234,
+  kubernetesVersion: "v1.35.4",
+  ...extra,
+});
+const down: AgentState = { connected: false, endpoint: "https://t/clusters/a" };
+const cond = (s: ClusterStatus, type: string) => s.conditions.find((c) => c.type === type);
+
+t.test("many reports of one cluster become one write with the latest state", async (t) => {
+  const { reporter, writes } = setup();
+  for (let i = 0; i < 100; i++) reporter.report("a", up({ rttMs: i }));
+  t.equal(await reporter.pump(), 1);
+  t.equal(writes.length, 1);
+  t.equal(writes[0]!.status.rttMilliseconds, 99, "the latest RTT");
+  t.equal(cond(writes[0]!.status, "AgentConnected")?.status, "True");
+  t.equal(cond(writes[0]!.status, "Ready")?.status, "True");
+  reporter.report("a", up({ rttMs: 5 }));
+  t.equal(await reporter.pump(), 0, "an RTT change alone waits for the heartbeat");
+});
+
+t.test("the token bucket spreads writes over time", async (t) => {
+  const { reporter, writes, advance } = setup({ rate: 10, burst: 5 });
+  for (let i = 0; i < 20; i++) reporter.report(`c${i}`, up());
+  t.equal(await reporter.pump(), 5, "a burst of 5");
+  t.equal(await reporter.pump(), 0, "then nothing until tokens refill");
+  advance(500);
+  t.equal(await reporter.pump(), 5, "10/s: 5 more after 500 ms");
+  advance(10_000);
+  t.equal(await reporter.pump(), 5, "never more than the burst at once");
+  t.equal(new Set(writes.map((w) => w.cluster)).size, 15, "each cluster written once");
+});
+
+t.test("connection changes go before heartbeats", async (t) => {
+  const { reporter, writes, advance } = setup({ rate: 1, burst: 2, heartbeatMs: 1_000 });
+  reporter.report("a", up());
+  reporter.report("b", up());
+  await reporter.pump();
+  advance(2_000);
+  reporter.report("a", up());
+  reporter.report("b", up());
+  reporter.report("c", up());
+  reporter.report("d", down);
+  writes.length = 0;
+  await reporter.pump();
+  t.same(
+    writes.map((w) => w.cluster).sort(),
+    ["c", "d"],
+    "new and changed clusters are written before a and b's heartbeats",
+  );
+});
+
+t.test("heartbeats, disconnection and transitions", async (t) => {
+  const { reporter, writes, advance } = setup({ heartbeatMs: 30_000 });
+  reporter.report("a", up());
+  await reporter.pump();
+  const connectedAt = cond(writes[0]!.status, "AgentConnected")!.lastTransitionTime;
+  advance(29_000);
+  reporter.report("a", up());
+  t.equal(await reporter.pump(), 0, "no write before the heartbeat is due");
+  advance(2_000);
+  reporter.report("a", up());
+  t.equal(await reporter.pump(), 1, "a heartbeat after 30 s");
+  t.equal(cond(writes[1]!.status, "AgentConnected")!.lastTransitionTime, connectedAt, "no transition");
+  t.not(writes[1]!.status.lastHeartbeatTime, writes[0]!.status.lastHeartbeatTime);
+  advance(1_000);
+  reporter.report("a", down);
+  t.equal(await reporter.pump(), 1, "a disconnection is written at once");
+  const last = writes[2]!.status;
+  t.equal(cond(last, "AgentConnected")?.status, "False");
+  t.equal(cond(last, "Ready")?.status, "False");
+  t.not(cond(last, "AgentConnected")!.lastTransitionTime, connectedAt, "a new transition time");
+  t.equal(last.rttMilliseconds, null, "the stale RTT is cleared");
+  t.equal(last.lastHeartbeatTime, undefined);
+  advance(60_000);
+  reporter.report("a", down);
+  t.equal(await reporter.pump(), 0, "a disconnected cluster has no heartbeat");
+});
+
+t.test("connected but the member API unknown: not Ready", async (t) => {
+  const { reporter, writes } = setup();
+  reporter.report("a", up({ kubernetesVersion: undefined }));
+  await reporter.pump();
+  t.equal(cond(writes[0]!.status, "AgentConnected")?.status, "True");
+  t.equal(cond(writes[0]!.status, "Ready")?.status, "False");
+  t.equal(cond(writes[0]!.status, "Ready")?.reason, "MemberAPIUnknown");
+});
+
+t.test("a failed write is retried later; a removed cluster is dropped", async (t) => {
+  const { reporter, writes, advance, setFail, setExists } = setup();
+  setFail(true);
+  reporter.report("a", up());
+  await reporter.pump();
+  t.equal(writes.length, 0);
+  setFail(false);
+  t.equal(await reporter.pump(), 0, "not retried at once");
+  advance(5_000);
+  t.equal(await reporter.pump(), 1, "retried after the back-off");
+  setExists(false);
+  reporter.report("a", down);
+  await reporter.pump();
+  advance(60_000);
+  reporter.report("a", down);
+  t.equal(writes.length, 2);
+  reporter.forget("a");
+  t.equal(await reporter.pump(), 0);
+});
