@@ -15,12 +15,6 @@ export {
 } from "./proxy/forwarded-headers.js";
 export { type ServerOptions, TetherServer } from "./server.js";
 export { type ClusterStatus, ClusterStatusReporter } from "./store/cluster-status.js";
+export { defaultStateDir, FileStore } from "./store/file-store.js";
 export { DEFAULT_NAMESPACE, KubeStore, type KubeStoreOptions } from "./store/kube-store.js";
-export {
-  type AuthMode,
-  type ClusterRecord,
-  defaultStateDir,
-  FileStore,
-  type Store,
-  type TokenRecord,
-} from "./store/state-store.js";
+export type { AuthMode, ClusterRecord, Store, TokenRecord } from "./store/state-store.js";

@@ -15,7 +15,8 @@ import {
   q,
 } from "../admin/admin-input.js";
 import type { ClusterAdmin, JoinInfo, RemoveResult, UserToken } from "../admin/cluster-admin.js";
-import { ADMIN_CREDENTIAL_FILE, type ClusterRecord, FileStore, type Store } from "../store/state-store.js";
+import { FileStore } from "../store/file-store.js";
+import { ADMIN_CREDENTIAL_FILE, type ClusterRecord, type Store } from "../store/state-store.js";
 import {
   formatAs,
   formatFields,

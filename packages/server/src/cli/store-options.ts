@@ -8,8 +8,9 @@ import { normalizeServerUrl } from "../admin/admin-input.js";
 import { type ClusterAdmin, storeAdmin } from "../admin/cluster-admin.js";
 import { RemoteClusterAdmin } from "../admin/remote-cluster-admin.js";
 import type { Logger } from "../logger.js";
+import { defaultStateDir, FileStore } from "../store/file-store.js";
 import { DEFAULT_NAMESPACE, KubeStore } from "../store/kube-store.js";
-import { defaultStateDir, FileStore, type Store } from "../store/state-store.js";
+import type { Store } from "../store/state-store.js";
 
 export interface StoreOptions {
   stateDir: string;

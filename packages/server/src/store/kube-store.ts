@@ -23,18 +23,10 @@ import { type KubernetesObject, makeInformer } from "@kubernetes/client-node";
 import type { Logger } from "../logger.js";
 import { CertificateAuthority, isValidClusterName, type KeyPairPem } from "../pki/pki.js";
 import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
+import { servingCertUsable } from "./file-store.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
-import {
-  type ClusterInput,
-  type ClusterRecord,
-  checkIsoDate,
-  normalizeCluster,
-  normalizeSerial,
-  normalizeToken,
-  type Store,
-  servingCertUsable,
-  type TokenRecord,
-} from "./state-store.js";
+import { checkIsoDate, normalizeCluster, normalizeSerial, normalizeToken } from "./records.js";
+import type { ClusterInput, ClusterRecord, Store, TokenRecord } from "./state-store.js";
 
 export const DEFAULT_NAMESPACE = "tether-system";
 const CLUSTERS_PATH = "/apis/tether.io/v1alpha1/clusters";

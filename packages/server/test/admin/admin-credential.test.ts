@@ -17,7 +17,8 @@ import { createLogger } from "../../src/logger.js";
 import { CertificateAuthority } from "../../src/pki/pki.js";
 import { hashToken } from "../../src/pki/tokens.js";
 import { TetherServer } from "../../src/server.js";
-import { ADMIN_CREDENTIAL_FILE, FileStore } from "../../src/store/state-store.js";
+import { FileStore } from "../../src/store/file-store.js";
+import { ADMIN_CREDENTIAL_FILE } from "../../src/store/state-store.js";
 
 const cli = (...args: string[]) => runCliCaptured(args);
 const silent = createLogger({ level: "silent" });

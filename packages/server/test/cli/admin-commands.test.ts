@@ -26,7 +26,7 @@ import { formatTable } from "../../src/cli/output-format.js";
 import { adminFor } from "../../src/cli/store-options.js";
 import { ERR_TETHER_INVALID_CLUSTER_NAME } from "../../src/pki/pki.js";
 import { hashToken } from "../../src/pki/tokens.js";
-import { FileStore } from "../../src/store/state-store.js";
+import { FileStore } from "../../src/store/file-store.js";
 
 const cli = (...args: string[]) => runCliCaptured(args);
 

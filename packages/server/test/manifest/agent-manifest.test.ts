@@ -32,7 +32,8 @@ import {
 } from "../../src/manifest/agent-manifest.js";
 import { hashToken } from "../../src/pki/tokens.js";
 import { TetherServer } from "../../src/server.js";
-import { ADMIN_CREDENTIAL_FILE, FileStore } from "../../src/store/state-store.js";
+import { FileStore } from "../../src/store/file-store.js";
+import { ADMIN_CREDENTIAL_FILE } from "../../src/store/state-store.js";
 
 const JOIN = {
   server: "https://tether.example.com:8443",

@@ -8,7 +8,7 @@ import t from "tap";
 import { parseAllDocuments } from "yaml";
 import { runCliCaptured } from "../../src/cli/cli.js";
 import { hashToken } from "../../src/pki/tokens.js";
-import { FileStore } from "../../src/store/state-store.js";
+import { FileStore } from "../../src/store/file-store.js";
 
 const cli = (...args: string[]) => runCliCaptured(args);
 

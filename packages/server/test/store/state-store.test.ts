@@ -10,12 +10,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { caHashOf } from "@tether/common";
 import { hashToken, issueToken } from "../../src/pki/tokens.js";
-import {
-  type ClusterInput,
-  defaultStateDir,
-  FileStore,
-  type TokenRecord,
-} from "../../src/store/state-store.js";
+import { defaultStateDir, FileStore } from "../../src/store/file-store.js";
+import type { ClusterInput, TokenRecord } from "../../src/store/state-store.js";
 
 const SELF = fileURLToPath(import.meta.url);
 const FAR = "2999-01-01T00:00:00.000Z";
