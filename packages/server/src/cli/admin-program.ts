@@ -1,0 +1,277 @@
+// The admin commands' flags (cluster add|list|remove, join-token, kubeconfig,
+// agent-manifest, kubefed, rotate-admin-credential); the work is in
+// admin-commands.ts, behind a ClusterAdmin.
+
+import { type Command, Option } from "commander";
+import {
+  DEFAULT_JOIN_TOKEN_TTL,
+  DEFAULT_KUBEFED_TOKEN_TTL,
+  DEFAULT_USER_TOKEN_TTL,
+} from "../admin/admin-input.js";
+import { AGENT_NAMESPACE, agentManifest } from "../manifest/agent-manifest.js";
+import { DEFAULT_KUBEFED_USER, KUBEFED_NAMESPACE, kubefed } from "../manifest/kubefed.js";
+import { KubeStore } from "../store/kube-store.js";
+import {
+  type AdminContext,
+  adminCredentialRotate,
+  clusterAdd,
+  clusterList,
+  clusterRemove,
+  joinToken,
+  kubeconfig,
+} from "./admin-commands.js";
+import type { CliIo } from "./cli-io.js";
+import { collect, serverOption } from "./option-parsers.js";
+import type { OutputFormat } from "./output-format.js";
+import { addAdminOptions, addStoreOptions, adminFor, openStore, type StoreOptions } from "./store-options.js";
+
+function adminContext(opts: StoreOptions, out: (text: string) => void): AdminContext {
+  return { out, admin: (serverFlag) => adminFor(opts, serverFlag) };
+}
+
+export function addClusterCommands(program: Command, out: (text: string) => void): void {
+  const cluster = program
+    .command("cluster")
+    .description("register, list and remove member clusters")
+    .helpOption("-h, --help", "show help");
+  addAdminOptions(cluster.command("add"))
+    .description("register a member cluster and print a one-time join token and the tether-agent command")
+    .argument("<name>", "the cluster's name: a DNS-1123 label, as in https://<server>/clusters/<name>/")
+    .addOption(new Option("--label <key=value>", "a label (repeatable)").default([]).argParser(collect))
+    .addOption(
+      new Option("--auth <mode>", "how callers reach the member's API server")
+        .choices(["impersonate", "passthrough"])
+        .default("impersonate"),
+    )
+    .addOption(
+      new Option("--allow-user <user>", "a user allowed to use this cluster (repeatable)")
+        .default([])
+        .argParser(collect),
+    )
+    .addOption(
+      new Option("--allow-group <group>", "a group allowed to use this cluster (repeatable)")
+        .default([])
+        .argParser(collect),
+    )
+    .addOption(
+      new Option(
+        "--token-ttl <duration>",
+        "how long the join token is valid: 90s, 15m, 24h, 7d (at most 30d)",
+      ).default(DEFAULT_JOIN_TOKEN_TTL),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "print as json or yaml").choices(["json", "yaml"]))
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & {
+          label: string[];
+          auth: string;
+          allowUser: string[];
+          allowGroup: string[];
+          tokenTtl: string;
+          server?: string;
+          output?: "json" | "yaml";
+        },
+      ) => {
+        await clusterAdd(adminContext(o, out), name, {
+          labels: o.label,
+          auth: o.auth,
+          allowUsers: o.allowUser,
+          allowGroups: o.allowGroup,
+          tokenTtl: o.tokenTtl,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+  addAdminOptions(cluster.command("list"))
+    .alias("ls")
+    .description("list the registered clusters")
+    .addOption(
+      new Option("-o, --output <format>", "table, json or yaml")
+        .choices(["table", "json", "yaml"])
+        .default("table"),
+    )
+    .addOption(serverOption())
+    .action(async (o: StoreOptions & { output: OutputFormat; server?: string }) => {
+      await clusterList(adminContext(o, out), {
+        output: o.output,
+        ...(o.server ? { server: o.server } : {}),
+      });
+    });
+  addAdminOptions(cluster.command("remove"))
+    .alias("rm")
+    .description("remove a cluster: revoke its agent certificates, delete its tokens and its record")
+    .argument("<name>", "the cluster's name")
+    .addOption(serverOption())
+    .action(async (name: string, o: StoreOptions & { server?: string }) => {
+      await clusterRemove(adminContext(o, out), name, o.server ? { server: o.server } : {});
+    });
+}
+
+export function addJoinToken(program: Command, out: (text: string) => void): void {
+  addAdminOptions(program.command("join-token"))
+    .description("print a new one-time join token (and the tether-agent command) for a registered cluster")
+    .argument("<name>", "the cluster's name")
+    .addOption(
+      new Option(
+        "--token-ttl <duration>",
+        "how long the token is valid: 90s, 15m, 24h, 7d (at most 30d)",
+      ).default(DEFAULT_JOIN_TOKEN_TTL),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "print as json or yaml").choices(["json", "yaml"]))
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & { tokenTtl: string; server?: string; output?: "json" | "yaml" },
+      ) => {
+        await joinToken(adminContext(o, out), name, {
+          tokenTtl: o.tokenTtl,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+}
+
+export function addAgentManifest(program: Command, io: CliIo): void {
+  addAdminOptions(program.command("agent-manifest"))
+    .description(
+      "print the YAML that runs tether-agent in a member cluster (namespace, RBAC, a Secret with a new join token, " +
+        "Deployment), registering the cluster first if needed: tether-server agent-manifest NAME | kubectl --context NAME apply -f -",
+    )
+    .argument("<name>", "the cluster's name")
+    .addOption(new Option("--image <ref>", "the agent's container image (default: this version's image)"))
+    .addOption(
+      new Option("--agent-namespace <ns>", "the member cluster's namespace for the agent").default(
+        AGENT_NAMESPACE,
+      ),
+    )
+    .addOption(
+      new Option(
+        "--token-ttl <duration>",
+        "how long the join token is valid: 90s, 15m, 24h, 7d (at most 30d)",
+      ).default(DEFAULT_JOIN_TOKEN_TTL),
+    )
+    .addOption(serverOption())
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & { image?: string; agentNamespace: string; tokenTtl: string; server?: string },
+      ) => {
+        await agentManifest({ ...adminContext(o, io.stdout), note: io.stderr }, name, {
+          namespace: o.agentNamespace,
+          tokenTtl: o.tokenTtl,
+          ...(o.image ? { image: o.image } : {}),
+          ...(o.server ? { server: o.server } : {}),
+        });
+      },
+    );
+}
+
+export function addKubefed(program: Command, out: (text: string) => void): void {
+  addAdminOptions(program.command("kubefed"))
+    .description(
+      "print a KubeFedCluster and its token Secret that reach the cluster through Tether: " +
+        "tether-server kubefed NAME | kubectl --context HOST apply -f -",
+    )
+    .argument("<name>", "the cluster's name")
+    .addOption(
+      new Option("--user <user>", "the user KubeFed acts as (tether:<user> on the member)").default(
+        DEFAULT_KUBEFED_USER,
+      ),
+    )
+    .addOption(
+      new Option("--group <group>", "a group of that user (repeatable)").default([]).argParser(collect),
+    )
+    .addOption(
+      new Option(
+        "--ttl <duration>",
+        "how long the token is valid (at most 365d); re-run and re-apply before it ends",
+      ).default(DEFAULT_KUBEFED_TOKEN_TTL),
+    )
+    .addOption(
+      new Option("--kubefed-namespace <ns>", "KubeFed's namespace in the host cluster").default(
+        KUBEFED_NAMESPACE,
+      ),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & {
+          user: string;
+          group: string[];
+          ttl: string;
+          kubefedNamespace: string;
+          server?: string;
+          output: "yaml" | "json";
+        },
+      ) => {
+        await kubefed(adminContext(o, out), name, {
+          user: o.user,
+          groups: o.group,
+          ttl: o.ttl,
+          namespace: o.kubefedNamespace,
+          output: o.output,
+          ...(o.server ? { server: o.server } : {}),
+        });
+      },
+    );
+}
+
+export function addKubeconfig(program: Command, out: (text: string) => void): void {
+  addAdminOptions(program.command("kubeconfig"))
+    .description("issue a user token for one cluster and print a kubeconfig that uses it")
+    .argument("<name>", "the cluster's name")
+    .requiredOption("--user <user>", "the user the token authenticates as")
+    .addOption(
+      new Option("--group <group>", "a group of the user (repeatable)").default([]).argParser(collect),
+    )
+    .addOption(
+      new Option("--ttl <duration>", "how long the token is valid: 90s, 15m, 24h, 7d (at most 365d)").default(
+        DEFAULT_USER_TOKEN_TTL,
+      ),
+    )
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
+    .action(
+      async (
+        name: string,
+        o: StoreOptions & {
+          user: string;
+          group: string[];
+          ttl: string;
+          server?: string;
+          output: "yaml" | "json";
+        },
+      ) => {
+        await kubeconfig(adminContext(o, out), name, {
+          user: o.user,
+          groups: o.group,
+          ttl: o.ttl,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+}
+
+export function addRotateAdminCredential(program: Command, out: (text: string) => void): void {
+  addStoreOptions(program.command("rotate-admin-credential"))
+    .description(
+      "replace the admin credential's token and revoke every earlier admin token (for a credential that leaked); " +
+        "acts on the state directly, safe while the server runs",
+    )
+    .action(async (o: StoreOptions) => {
+      const store = await openStore(o);
+      try {
+        await adminCredentialRotate(store, out);
+      } finally {
+        if (store instanceof KubeStore) await store.close();
+      }
+    });
+}

@@ -1,0 +1,89 @@
+// `tether-server serve`: the flags of the server process and its lifecycle
+// (signals, the admin credential, certificate reloads).
+
+import { type Command, Option } from "commander";
+import { maintainAdminCredential } from "../admin/admin-credential.js";
+import { serveUrl } from "../admin/admin-input.js";
+import { createLogger } from "../logger.js";
+import { KubeStore } from "../store/kube-store.js";
+import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
+import { listenAddress, positiveDuration, seconds } from "./option-parsers.js";
+import { addStoreOptions, openStore, type StoreOptions } from "./store-options.js";
+
+export function addServe(program: Command): void {
+  addLimitOptions(addStoreOptions(program.command("serve")))
+    .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
+    .addOption(
+      new Option("--listen <host:port>", "address to listen on")
+        .default("0.0.0.0:8443")
+        .argParser(listenAddress),
+    )
+    .addOption(
+      new Option(
+        "--external-url <url>",
+        "the URL agents and callers use; its host goes into the serving certificate",
+      ).env("TETHER_EXTERNAL_URL"),
+    )
+    .addOption(
+      new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
+    )
+    .addOption(
+      new Option("--dead-peer-timeout <seconds>", "seconds of silence before an agent is taken for dead")
+        .default(30)
+        .argParser(seconds),
+    )
+    .addOption(
+      new Option(
+        "--drain-timeout <duration>",
+        "how long a replaced agent session (the agent reconnected) may drain before it is closed",
+      )
+        .default(30_000, "30s")
+        .argParser(positiveDuration),
+    )
+    .action(
+      async (
+        opts: StoreOptions & {
+          listen: { host: string; port: number };
+          externalUrl?: string;
+          keepalive: number;
+          deadPeerTimeout: number;
+          drainTimeout: number;
+        },
+      ) => {
+        // Loaded here so that the admin commands start without the proxy and tunnel code.
+        const { TetherServer } = await import("../server.js");
+        const log = createLogger();
+        const store = await openStore(opts, log);
+        const server = await TetherServer.start({
+          store,
+          host: opts.listen.host,
+          port: opts.listen.port,
+          log,
+          tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
+          drainTimeoutMs: opts.drainTimeout,
+          limits: limitsFromOptions(opts),
+          ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
+          ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
+        });
+        // For the admin commands' printed agent commands and kubeconfigs.
+        const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
+        await store
+          .recordServerUrl(url)
+          .catch((err: Error) =>
+            log.warn({ err: err.message }, "could not record the server URL in the state directory"),
+          );
+        await maintainAdminCredential(store, url, server.ca.certPem, log);
+        const stop = () => {
+          log.info("stopping");
+          void server.close().then(() => process.exit(0));
+        };
+        process.once("SIGTERM", stop);
+        process.once("SIGINT", stop);
+        process.on("SIGHUP", () => {
+          server
+            .reloadServingCertificate()
+            .catch((err: Error) => log.error({ err: err.message }, "serving certificate reload failed"));
+        });
+      },
+    );
+}
