@@ -184,6 +184,7 @@ t.test(
       }
       t.same(codes, [401, 401, 401, 401, 401, 429, 429]);
       t.ok(Number(res!.headers["retry-after"]) >= 1);
+      t.match(JSON.parse(res!.body), { code: "ERR_TETHER_RATE_LIMITED" }, "in the admin API's error shape");
     });
 
     await t.test("join endpoint: guessing join tokens", async (t) => {

@@ -20,7 +20,7 @@ import {
   type ClusterStatusSink,
   type StatusReporterOptions,
 } from "./cluster-status.js";
-import { FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
+import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./failure-rate-limit.js";
 import { IDENTITY_PREFIX } from "./forwarded-headers.js";
 import { identityFromPeerCertificate } from "./identity.js";
 import { JoinEndpoint, RENEW_SERVICE } from "./join-endpoint.js";
@@ -219,7 +219,7 @@ export class TetherServer {
     try {
       const path = (req.url ?? "/").split("?")[0];
       if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX)) {
-        if (this.refuseFailingSource(req, res)) return;
+        if (this.refuseFailingSource(req, res, path.startsWith(ADMIN_API_PREFIX))) return;
       }
       if (path === "/healthz" || path === "/livez") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
@@ -325,16 +325,24 @@ export class TetherServer {
    * with too many of those gets 429 until its failures leave the window.
    * Returns true when it refused the request.
    */
-  private refuseFailingSource(req: IncomingMessage, res: ServerResponse): boolean {
+  private refuseFailingSource(req: IncomingMessage, res: ServerResponse, admin: boolean): boolean {
     const source = sourceKey(req.socket.remoteAddress);
     const attempt = this.authFailures.begin(source);
     if (typeof attempt === "number") {
-      sendStatus(
-        res,
-        "TooManyRequests",
-        "too many failed attempts from your address: try again later",
-        attempt,
-      );
+      const message = `too many failed attempts from your address: try again in ${attempt} s`;
+      if (!admin) sendStatus(res, "TooManyRequests", message, attempt);
+      else {
+        // The admin API's own error shape, which the admin CLI prints.
+        const body = JSON.stringify({ code: ERR_TETHER_RATE_LIMITED, message });
+        res
+          .writeHead(429, {
+            "content-type": "application/json",
+            "content-length": Buffer.byteLength(body),
+            "retry-after": String(attempt),
+            "cache-control": "no-store",
+          })
+          .end(body);
+      }
       return true;
     }
     releaseOnClose(res, () => {
