@@ -320,6 +320,19 @@ t.test("an idle exec is closed after --stream-idle-timeout; an active one is not
   await stillServing(t);
 });
 
+t.test("a quiet watch outlives the headers and idle timeouts (a request is in flight)", async (t) => {
+  const w = await heldRequest(target(c), watchPath("limits-c"), dave);
+  t.equal(w.status, 200);
+  t.teardown(() => w.close());
+  // Three idle timeouts of silence, then an event must still arrive on it.
+  await new Promise((r) => setTimeout(r, 4_500));
+  const name = `late-${Date.now()}`;
+  await member.api("POST", "/api/v1/namespaces/default/configmaps", { metadata: { name } });
+  t.teardown(() => member.api("DELETE", `/api/v1/namespaces/default/configmaps/${name}`, undefined, [404]));
+  await until("the watch delivers the event", () => w.received().includes(name));
+  t.pass("the watch was still open and delivered the event");
+});
+
 t.test("slowloris: a request head dribbled for ever is cut off", async (t) => {
   const socket = await rawTls(target(c));
   socket.on("error", () => {});
