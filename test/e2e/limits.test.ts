@@ -333,21 +333,29 @@ t.test("a quiet watch outlives the headers and idle timeouts (a request is in fl
   t.pass("the watch was still open and delivered the event");
 });
 
-t.test("slowloris: a request head dribbled for ever is cut off", async (t) => {
-  const socket = await rawTls(target(c));
-  socket.on("error", () => {});
-  let reply = "";
-  socket.on("data", (d: Buffer) => {
-    reply += d.toString();
+for (const [what, head] of [
+  ["a request", "GET /healthz HTTP/1.1\r\nHost: localhost\r\n"],
+  [
+    "the agent endpoint's upgrade request",
+    "GET /agent/v1/connect HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n",
+  ],
+] as const) {
+  t.test(`slowloris: ${what} head dribbled for ever is cut off`, async (t) => {
+    const socket = await rawTls(target(c));
+    socket.on("error", () => {});
+    let reply = "";
+    socket.on("data", (d: Buffer) => {
+      reply += d.toString();
+    });
+    socket.write(head);
+    const timer = setInterval(() => socket.write("X-Dribble: y\r\n"), 200);
+    t.teardown(() => clearInterval(timer));
+    await until("the dribbling connection closed", () => socket.destroyed, 20_000);
+    clearInterval(timer);
+    t.match(reply, /^HTTP\/1\.1 408/, "answered 408 Request Timeout");
+    await stillServing(t);
   });
-  socket.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
-  const timer = setInterval(() => socket.write("X-Dribble: y\r\n"), 200);
-  t.teardown(() => clearInterval(timer));
-  await until("the dribbling connection closed", () => socket.destroyed, 20_000);
-  clearInterval(timer);
-  t.match(reply, /^HTTP\/1\.1 408/, "answered 408 Request Timeout");
-  await stillServing(t);
-});
+}
 
 t.test("a TLS connection that never sends a request is closed", async (t) => {
   const socket = await rawTls(target(c));
