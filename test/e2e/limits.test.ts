@@ -184,6 +184,7 @@ t.test(
       }
       t.same(codes, [401, 401, 401, 401, 401, 429, 429]);
       t.ok(Number(res!.headers["retry-after"]) >= 1);
+      t.match(JSON.parse(res!.body), { code: "ERR_TETHER_RATE_LIMITED" }, "in the admin API's error shape");
     });
 
     await t.test("join endpoint: guessing join tokens", async (t) => {
@@ -319,21 +320,42 @@ t.test("an idle exec is closed after --stream-idle-timeout; an active one is not
   await stillServing(t);
 });
 
-t.test("slowloris: a request head dribbled for ever is cut off", async (t) => {
-  const socket = await rawTls(target(c));
-  socket.on("error", () => {});
-  let reply = "";
-  socket.on("data", (d: Buffer) => {
-    reply += d.toString();
-  });
-  socket.write("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
-  const timer = setInterval(() => socket.write("X-Dribble: y\r\n"), 200);
-  t.teardown(() => clearInterval(timer));
-  await until("the dribbling connection closed", () => socket.destroyed, 20_000);
-  clearInterval(timer);
-  t.match(reply, /^HTTP\/1\.1 408/, "answered 408 Request Timeout");
-  await stillServing(t);
+t.test("a quiet watch outlives the headers and idle timeouts (a request is in flight)", async (t) => {
+  const w = await heldRequest(target(c), watchPath("limits-c"), dave);
+  t.equal(w.status, 200);
+  t.teardown(() => w.close());
+  // Three idle timeouts of silence, then an event must still arrive on it.
+  await new Promise((r) => setTimeout(r, 4_500));
+  const name = `late-${Date.now()}`;
+  await member.api("POST", "/api/v1/namespaces/default/configmaps", { metadata: { name } });
+  t.teardown(() => member.api("DELETE", `/api/v1/namespaces/default/configmaps/${name}`, undefined, [404]));
+  await until("the watch delivers the event", () => w.received().includes(name));
+  t.pass("the watch was still open and delivered the event");
 });
+
+for (const [what, head] of [
+  ["a request", "GET /healthz HTTP/1.1\r\nHost: localhost\r\n"],
+  [
+    "the agent endpoint's upgrade request",
+    "GET /agent/v1/connect HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n",
+  ],
+] as const) {
+  t.test(`slowloris: ${what} head dribbled for ever is cut off`, async (t) => {
+    const socket = await rawTls(target(c));
+    socket.on("error", () => {});
+    let reply = "";
+    socket.on("data", (d: Buffer) => {
+      reply += d.toString();
+    });
+    socket.write(head);
+    const timer = setInterval(() => socket.write("X-Dribble: y\r\n"), 200);
+    t.teardown(() => clearInterval(timer));
+    await until("the dribbling connection closed", () => socket.destroyed, 20_000);
+    clearInterval(timer);
+    t.match(reply, /^HTTP\/1\.1 408/, "answered 408 Request Timeout");
+    await stillServing(t);
+  });
+}
 
 t.test("a TLS connection that never sends a request is closed", async (t) => {
   const socket = await rawTls(target(c));
@@ -361,6 +383,7 @@ t.test("a TCP connection that never finishes the TLS handshake is closed", async
   await stillServing(t);
 });
 
+// Not a regression test (Node closed these after 5 s before): --idle-timeout now sets that time.
 t.test("a kept-alive connection idle after its response is closed", async (t) => {
   const socket = await rawTls(target(c));
   socket.on("error", () => {});

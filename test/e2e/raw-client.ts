@@ -163,6 +163,8 @@ export interface HeldRequest {
   headers: Record<string, string>;
   /** The body, when the server ended the response (a refusal). */
   body: Promise<string>;
+  /** What arrived so far (watch events). */
+  received(): string;
   close(): void;
 }
 
@@ -185,6 +187,7 @@ export function heldRequest(target: RawTarget, path: string, token: string): Pro
           status: res.statusCode ?? 0,
           headers: res.headers as Record<string, string>,
           body,
+          received: () => Buffer.concat(chunks).toString("utf8"),
           close: () => req?.destroy(),
         });
       },

@@ -13,7 +13,7 @@ import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin/admin-api.js";
 import { normalizeServerUrl } from "./admin/admin-input.js";
 import { StoreClusterAdmin } from "./admin/cluster-admin.js";
-import { FailureRateLimit, sourceKey } from "./http/failure-rate-limit.js";
+import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./http/failure-rate-limit.js";
 import { type Limits, resolveLimits } from "./http/limits.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
 import { type RenewalOptions, Renewals } from "./join/renewal.js";
@@ -231,7 +231,7 @@ export class TetherServer {
     try {
       const path = (req.url ?? "/").split("?")[0];
       if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX)) {
-        if (this.refuseFailingSource(req, res)) return;
+        if (this.refuseFailingSource(req, res, path.startsWith(ADMIN_API_PREFIX))) return;
       }
       if (path === "/healthz" || path === "/livez") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
@@ -345,16 +345,24 @@ export class TetherServer {
    * with too many of those gets 429 until its failures leave the window.
    * Returns true when it refused the request.
    */
-  private refuseFailingSource(req: IncomingMessage, res: ServerResponse): boolean {
+  private refuseFailingSource(req: IncomingMessage, res: ServerResponse, admin: boolean): boolean {
     const source = sourceKey(req.socket.remoteAddress);
     const attempt = this.authFailures.begin(source);
     if (typeof attempt === "number") {
-      sendStatus(
-        res,
-        "TooManyRequests",
-        "too many failed attempts from your address: try again later",
-        attempt,
-      );
+      const message = `too many failed attempts from your address: try again in ${attempt} s`;
+      if (!admin) sendStatus(res, "TooManyRequests", message, attempt);
+      else {
+        // The admin API's own error shape, which the admin CLI prints.
+        const body = JSON.stringify({ code: ERR_TETHER_RATE_LIMITED, message });
+        res
+          .writeHead(429, {
+            "content-type": "application/json",
+            "content-length": Buffer.byteLength(body),
+            "retry-after": String(attempt),
+            "cache-control": "no-store",
+          })
+          .end(body);
+      }
       return true;
     }
     releaseOnClose(res, () => {

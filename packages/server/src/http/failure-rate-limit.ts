@@ -8,6 +8,9 @@
 // `maxSources` sources (the least recently failing one is forgotten first);
 // attempts in flight are bounded by the connections.
 
+/** The admin API's error code for a source that must wait. */
+export const ERR_TETHER_RATE_LIMITED = "ERR_TETHER_RATE_LIMITED";
+
 export interface FailureRateLimitOptions {
   limit: number;
   windowMs: number;

@@ -44,6 +44,7 @@ export interface ClusterProxyDeps {
 
 export class ClusterProxy {
   private readonly proxy = createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0, timeout: 0 });
+  private lastFullWarning = 0;
 
   constructor(private readonly deps: ClusterProxyDeps) {
     // Errors are answered per request (see handleRequest); this keeps
@@ -95,7 +96,7 @@ export class ClusterProxy {
       return {
         ok: false,
         reason: "TooManyRequests",
-        message: "too many failed authentications from your address: try again later",
+        message: `too many failed authentications from your address: try again in ${attempt} s`,
         retryAfterSeconds: attempt,
       };
     }
@@ -159,6 +160,13 @@ export class ClusterProxy {
     }
   }
 
+  /** A full session is worth a warning, but not one per refused request: at most one every 10 s. */
+  private warnSessionFull(cluster: string): void {
+    if (Date.now() - this.lastFullWarning < 10_000) return;
+    this.lastFullWarning = Date.now();
+    this.deps.log.warn({ cluster }, "the cluster's tunnel is full: requests get 503 until streams close");
+  }
+
   /** Refusals of the limits are logged at debug level: a flood of them must not flood the log. */
   private logRefusal(req: IncomingMessage, reason: StatusReason, message: string): void {
     const fields = { path: loggablePath(req.url), reason };
@@ -178,9 +186,10 @@ export class ClusterProxy {
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
-      this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
       const full = sessionFullStatus(err, entry.cluster);
+      if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
       if (full) {
+        this.warnSessionFull(entry.cluster);
         sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
       } else if (!res.headersSent) {
         const gone = entry.session.closed || entry.session.goingAway;
@@ -224,9 +233,12 @@ export class ClusterProxy {
       protocol: upgrade.protocol,
       open: () => entry.openStream(mode),
       failure: (err) => {
-        this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
         const full = sessionFullStatus(err, entry.cluster);
-        if (full) return [full.reason, full.message, full.retryAfterSeconds];
+        if (full) {
+          this.warnSessionFull(entry.cluster);
+          return [full.reason, full.message, full.retryAfterSeconds];
+        }
+        this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
         const gone = entry.session.closed || entry.session.goingAway;
         return gone
           ? [
