@@ -42,13 +42,22 @@ export async function spawnServer(
   logFile: string,
   timing: TunnelTiming = FAST_TIMING,
   extraArgs: string[] = [],
+  /**
+   * Start node without NODE_OPTIONS. Under tap it carries a process-info
+   * loader (re-added to every child's environment, so only `env -u` at exec
+   * time removes it) that grows the server's RSS by some 250 MiB: measurements
+   * of the server's memory want it gone.
+   */
+  { withoutNodeOptions = false }: { withoutNodeOptions?: boolean } = {},
 ): Promise<{ proc: ManagedProcess; url: string }> {
   const port = await freePort();
   const url = `https://127.0.0.1:${port}`;
+  const node = withoutNodeOptions ? ["-u", "NODE_OPTIONS", process.execPath] : [];
   const proc = new ManagedProcess(
     "tether-server",
-    process.execPath,
+    withoutNodeOptions ? "env" : process.execPath,
     [
+      ...node,
       SERVER_BIN,
       "serve",
       "--state-dir",
