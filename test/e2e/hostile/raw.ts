@@ -57,9 +57,13 @@ export class RawConnection {
     return Buffer.concat(this.chunks).toString("latin1");
   }
 
-  /** Status codes of every HTTP response head received, in order. */
+  /**
+   * Status codes of every HTTP response head received, in order. A second
+   * head may follow the first body directly (no CRLF after a JSON body), so
+   * status lines are looked for anywhere.
+   */
   get statuses(): number[] {
-    return [...this.text.matchAll(/(?:^|\r\n)HTTP\/1\.[01] (\d{3}) /g)].map((m) => Number(m[1]));
+    return [...this.text.matchAll(/HTTP\/1\.[01] (\d{3}) /g)].map((m) => Number(m[1]));
   }
 
   /** The first response head, if it is complete. */
