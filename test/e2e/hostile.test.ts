@@ -335,6 +335,8 @@ interface Figure {
 }
 const figures: Figure[] = [];
 
+type Legit = [cluster: string, kubeconfig: string, check: Check];
+
 /**
  * Runs `attack` (which must take the hostile party away when it ends), then
  * checks that legitimate callers of the attacked clusters are served and that
@@ -343,7 +345,7 @@ const figures: Figure[] = [];
 function hostile(
   name: string,
   attack: (t: Test) => Promise<void>,
-  legit: [cluster: string, kubeconfig: string, check: Check][] = [["m1", alice.m1.kubeconfig, "full"]],
+  legit: Legit[] | (() => Legit[]) = [["m1", alice.m1.kubeconfig, "full"]],
 ): void {
   t.test(name, async (t) => {
     const before = rssMiB(pid);
@@ -354,7 +356,8 @@ function hostile(
       sampler.stop();
     }
     await t.test("afterwards", async (t) => {
-      for (const [cluster, kubeconfig, check] of legit) await legitimateCaller(t, cluster, kubeconfig, check);
+      for (const [cluster, kubeconfig, check] of typeof legit === "function" ? legit() : legit)
+        await legitimateCaller(t, cluster, kubeconfig, check);
       server.assertRunning();
       const after = await settleRss(pid, baseline.rss, RSS_RATIO, SETTLE_BOUND_MS, nudge);
       sampler.sample();
@@ -921,6 +924,47 @@ hostile("5/9: a hostile agent with m1's certificate", async (t) => {
     m1Agent = await startAgent(creds.m1, saTarget);
   }
 });
+
+// ---- 6: a removed cluster, its name registered again ---------------------
+
+const m3 = { kubeconfig: "" };
+hostile(
+  "6: cluster remove while its agent is connected; the name registered again",
+  async (t) => {
+    const old = await addAndJoin("m3");
+    const fake = await connectFakeAgent(url, old);
+    try {
+      await admin(["cluster", "remove", "m3"]);
+      const closed = await Promise.race([
+        fake.closed.then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), 15_000)),
+      ]);
+      t.ok(closed, "the removed cluster's live session is closed by the running server");
+      const info = JSON.parse(await admin(["cluster", "add", "m3", "--server", url, "-o", "json"])) as {
+        token: string;
+        caHash: string;
+      };
+      const again = await connectFakeAgent(url, old).then(
+        (f) => {
+          f.ws.terminate();
+          return "connected";
+        },
+        (err: Error) => err.message,
+      );
+      t.match(again, /HTTP 403/, `the old certificate is refused by the name registered again: ${again}`);
+      // The new registration's own agent joins and serves.
+      const fresh = await joinCluster({ server: url, cluster: "m3", token: info.token, caHash: info.caHash });
+      await startAgent(fresh, saTarget);
+      m3.kubeconfig = (await user("m3", "alice", ["admins"])).kubeconfig;
+    } finally {
+      fake.ws.terminate();
+    }
+  },
+  () => [
+    ["m3", m3.kubeconfig, "full"],
+    ["m1", alice.m1.kubeconfig, "get"],
+  ],
+);
 
 // ---- 8, 9: failed authentication, joins, scope, logs ---------------------
 
