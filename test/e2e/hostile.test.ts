@@ -473,6 +473,26 @@ hostile(
       t.match(fakeMember.all, /GET \/version HTTP\/1\.1/, "the upgrade request itself reached the member");
       t.notMatch(fakeMember.all, marker, "the pipelined request did not");
     });
+    await t.test("the upgrade tokens Kubernetes uses are accepted in any case", async (t) => {
+      for (const token of ["WebSocket", "WEBSOCKET"]) {
+        const { conn, head } = await exchange(
+          legitTarget,
+          requestHead(
+            "GET",
+            "/clusters/m1/api/v1/namespaces/default/pods/box/exec?command=true&stdout=true",
+            [
+              host,
+              auth(alice.m1.token),
+              ...websocketUpgrade().map(([n, v]): [string, string] =>
+                n === "Upgrade" ? [n, token] : [n, v],
+              ),
+            ],
+          ),
+        );
+        conn.destroy();
+        t.equal(head?.status, 101, `Upgrade: ${token} → ${head?.status}`);
+      }
+    });
     await t.test("an upgrade token Kubernetes does not use is refused with 400", async (t) => {
       for (const token of ["h2c", "TLS/1.2", "websocket-but-not"]) {
         const { conn, head } = await exchange(
@@ -615,6 +635,36 @@ hostile(
       t.equal(r.code, 0, `carol (devs, admins) may list pods as tether:admins ${r.stderr.trim()}`);
     });
 
+    await t.test("the member switches to another protocol than asked: no splice", async (t) => {
+      fakeMember.mode = "switch-always";
+      try {
+        const marker = `/after-a-wrong-101-${randomBytes(4).toString("hex")}`;
+        const { conn, head } = await exchange(
+          hostileTarget,
+          requestHead(
+            "POST",
+            "/clusters/fake/api/v1/namespaces/default/pods/box/exec?command=sh&stdin=true",
+            [
+              host,
+              auth(alice.fake.token),
+              ["Connection", "Upgrade"],
+              ["Upgrade", "SPDY/3.1"],
+              ["X-Stream-Protocol-Version", "v4.channel.k8s.io"],
+            ],
+          ) + requestHead("GET", marker, [host]),
+          10_000,
+        );
+        // The fake member answers "101, Upgrade: websocket" to a request for SPDY/3.1.
+        await conn.waitUntil((c) => c.closed, 5_000);
+        conn.destroy();
+        t.not(head?.status, 101, `the caller is not switched (got ${head?.status ?? "nothing"})`);
+        t.ok(conn.closed, "and the connection is closed");
+        t.notMatch(fakeMember.all, marker, "the caller's later bytes never reach the member");
+      } finally {
+        fakeMember.mode = "normal";
+      }
+    });
+
     await t.test("the member answers 101 to a plain request: 502, not a hang", async (t) => {
       fakeMember.mode = "switch-always";
       try {
@@ -678,6 +728,24 @@ hostile("3: one caller holding more streams than its quota", async (t) => {
     t.ok(isStatus(up.head, 429), "a Status body");
     t.ok(up.head?.headers["retry-after"], "with Retry-After");
     await legitimateCaller(t, "m1 (while mallory holds her quota)", alice.m1.kubeconfig);
+    // Passthrough: the caller is its Authorization header (its SHA-256).
+    for (let i = 0; i < PER_CALLER; i++) {
+      const w = await holdWatch("m1pass", member.admin.token);
+      held.push(w.conn);
+      t.equal(w.head?.status, 200, `passthrough watch ${i + 1} of ${PER_CALLER} is served`);
+    }
+    const over = await holdWatch("m1pass", member.admin.token);
+    held.push(over.conn);
+    await over.conn.response(5_000);
+    t.equal(
+      over.head?.status,
+      429,
+      `passthrough watch ${PER_CALLER + 1}, same bearer token: ${over.head?.status}`,
+    );
+    t.ok(isStatus(over.conn.head, 429), "a Status body");
+    const other = await holdWatch("m1pass", `${member.admin.token}-but-another`);
+    held.push(other.conn);
+    t.not(other.head?.status, 429, `another bearer token has its own quota (${other.head?.status})`);
   } finally {
     for (const c of held) c.destroy();
   }

@@ -198,9 +198,22 @@ export async function exchange(
   return { conn, head };
 }
 
-/** Whether a response body (chunked or not) is a Kubernetes Status with this code. */
+const REASONS: Record<number, string> = {
+  400: "BadRequest",
+  401: "Unauthorized",
+  403: "Forbidden",
+  429: "TooManyRequests",
+  502: "BadGateway",
+  503: "ServiceUnavailable",
+};
+
+/** Whether a response body (chunked or not) is a Kubernetes Status with this code and its reason. */
 export function isStatus(head: ResponseHead | undefined, code: number): boolean {
+  const reason = REASONS[code];
   return (
-    head !== undefined && /"kind":"Status"/.test(head.rest) && new RegExp(`"code":${code}\\b`).test(head.rest)
+    head !== undefined &&
+    /"kind":"Status"/.test(head.rest) &&
+    new RegExp(`"code":${code}\\b`).test(head.rest) &&
+    (reason === undefined || head.rest.includes(`"reason":"${reason}"`))
   );
 }
