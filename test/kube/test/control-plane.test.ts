@@ -109,11 +109,9 @@ t.test("a RoleBinding to the aggregated ClusterRole view grants get on configmap
   t.match(elsewhere.stderr, /Forbidden/, "and only in the RoleBinding's namespace");
 });
 
-t.test("kubectl delete namespace completes, pods and all", async (t) => {
-  const ns = "doomed";
+t.test("a new namespace gets a default service account and kube-root-ca.crt", async (t) => {
+  const ns = "fresh";
   t.equal((await cluster.kubectl(["create", "namespace", ns])).code, 0);
-  t.equal((await cluster.kubectl(["-n", ns, "create", "configmap", "c", "--from-literal=k=v"])).code, 0);
-  await cluster.createPod(ns, "resident");
   const root = await until("kube-root-ca.crt published", async () => {
     const res = await cluster.kubectl(["-n", ns, "get", "configmap", "kube-root-ca.crt", "-o", "json"]);
     return res.code === 0 ? (JSON.parse(res.stdout) as { data: Record<string, string> }) : undefined;
@@ -123,6 +121,18 @@ t.test("kubectl delete namespace completes, pods and all", async (t) => {
     cluster.caPem,
     "the root CA publisher copies the cluster CA into the namespace",
   );
+  const sa = await until("default service account", async () => {
+    const res = await cluster.kubectl(["-n", ns, "get", "serviceaccount", "default"]);
+    return res.code === 0 ? res : undefined;
+  });
+  t.equal(sa.code, 0);
+});
+
+t.test("kubectl delete namespace completes, pods and all", async (t) => {
+  const ns = "doomed";
+  t.equal((await cluster.kubectl(["create", "namespace", ns])).code, 0);
+  t.equal((await cluster.kubectl(["-n", ns, "create", "configmap", "c", "--from-literal=k=v"])).code, 0);
+  await cluster.createPod(ns, "resident");
   const del = await cluster.kubectl(["delete", "namespace", ns, "--timeout=90s"], { timeoutMs: 100_000 });
   t.equal(del.code, 0, del.stderr);
   const gone = await cluster.kubectl(["get", "namespace", ns]);
