@@ -313,9 +313,9 @@ async function startCluster(
       });
     },
     async stop() {
-      await Promise.all([controllerManager.stop(), scheduler.stop()]);
+      // The apiserver's graceful shutdown waits for open watches: its clients go first.
+      await Promise.all([controllerManager.stop(), scheduler.stop(), kubelet.stop()]);
       await apiserver.stop();
-      await kubelet.stop();
     },
   };
   return cluster;
