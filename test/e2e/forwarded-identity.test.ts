@@ -15,7 +15,7 @@ import t from "tap";
 import { createClusterPki } from "../kube/pki.js";
 import { type Fixture, startTether, TEST_TUNNEL, until } from "./fixture.js";
 
-const pki = await createClusterPki("fake-member");
+const pki = await createClusterPki("fake-member", "standin");
 interface Seen {
   url: string;
   raw: string[];

@@ -1,7 +1,8 @@
-// Builds the harness's real peers — kube-apiserver, kubectl, the kubelet
-// stand-in, etcd and toxiproxy — from pinned Go modules, once, into a cache
-// outside the clone. The cache key hashes every Go source, go.mod and go.sum,
-// so changing a pin or the stand-in rebuilds and nothing stale is ever used.
+// Builds the harness's real peers — kube-apiserver, kube-controller-manager,
+// kube-scheduler, kubectl, the kubelet stand-in, etcd and toxiproxy — from
+// pinned Go modules, once, into a cache outside the clone. The cache key hashes
+// every Go source, go.mod and go.sum and the build recipe, so changing a pin,
+// the stand-in or a flag rebuilds and nothing stale is ever used.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -18,6 +19,8 @@ const GO_ROOT = join(dirname(fileURLToPath(import.meta.url)), "go");
 export interface Binaries {
   dir: string;
   kubeApiserver: string;
+  kubeControllerManager: string;
+  kubeScheduler: string;
   kubectl: string;
   kubeletStandin: string;
   etcd: string;
@@ -45,8 +48,11 @@ async function goSources(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+// Bump when the build commands change in a way the sources do not show.
+const RECIPE = "ldflags-version-stripped-1";
+
 async function sourceHash(): Promise<string> {
-  const hash = createHash("sha256");
+  const hash = createHash("sha256").update(RECIPE).update("\0");
   for (const file of await goSources(GO_ROOT)) {
     hash
       .update(relative(GO_ROOT, file))
@@ -62,6 +68,48 @@ async function pinnedVersion(module: string, dependency: string): Promise<string
   const m = mod.match(new RegExp(`^\\s*(?:require\\s+)?${dependency.replace(/\./g, "\\.")}\\s+(v\\S+)`, "m"));
   if (!m?.[1]) throw new HarnessBuildError("ERR_HARNESS_PIN", `no pin for ${dependency} in ${module}/go.mod`);
   return m[1];
+}
+
+/**
+ * The -X flags a Kubernetes release build sets (hack/lib/version.sh), from the
+ * pinned module: its version, the commit its tag names and the tag's time as
+ * the build date, so `kubectl version` and Helm's kubeVersion checks see a
+ * real release and the link stays reproducible. -s -w drop symbols and DWARF,
+ * which shortens the links of these large binaries.
+ */
+async function versionLdflags(kubernetesVersion: string): Promise<string> {
+  const moduleDir = join(GO_ROOT, "kube");
+  let info: { Time?: string; Origin?: { Hash?: string } } = {};
+  try {
+    const { stdout } = await run(
+      "go",
+      ["mod", "download", "-json", `k8s.io/kubernetes@${kubernetesVersion}`],
+      {
+        cwd: moduleDir,
+      },
+    );
+    const infoFile = (JSON.parse(stdout) as { Info?: string }).Info;
+    if (infoFile) info = JSON.parse(await readFile(infoFile, "utf8"));
+  } catch (err) {
+    throw new HarnessBuildError(
+      "ERR_HARNESS_BUILD",
+      `cannot read the module information of k8s.io/kubernetes@${kubernetesVersion}: ${(err as Error).message}`,
+    );
+  }
+  const [major, minor] = kubernetesVersion.replace(/^v/, "").split(".");
+  const buildDate = (info.Time ?? "1970-01-01T00:00:00Z").replace(/\.\d+Z$/, "Z");
+  const values: Record<string, string> = {
+    gitVersion: kubernetesVersion,
+    gitMajor: major ?? "",
+    gitMinor: minor ?? "",
+    gitCommit: info.Origin?.Hash ?? "",
+    gitTreeState: "clean",
+    buildDate,
+  };
+  const flags = ["-s", "-w"];
+  for (const pkg of ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"])
+    for (const [name, value] of Object.entries(values)) flags.push(`-X ${pkg}.${name}=${value}`);
+  return flags.join(" ");
 }
 
 export function cacheRoot(): string {
@@ -122,6 +170,8 @@ function layout(dir: string, kubernetesVersion: string, etcdVersion: string): Bi
   return {
     dir,
     kubeApiserver: join(dir, "kube-apiserver"),
+    kubeControllerManager: join(dir, "kube-controller-manager"),
+    kubeScheduler: join(dir, "kube-scheduler"),
     kubectl: join(dir, "kubectl"),
     kubeletStandin: join(dir, "kubelet-standin"),
     etcd: join(dir, "etcd"),
@@ -152,11 +202,12 @@ export async function ensureBinaries(log: (line: string) => void = () => {}): Pr
     const tmp = `${dir}.tmp-${process.pid}`;
     await rm(tmp, { recursive: true, force: true });
     await mkdir(tmp, { recursive: true });
-    await goBuild(join(GO_ROOT, "kube"), ["-o", `${tmp}/`, "./cmd/..."], log);
-    await goBuild(join(GO_ROOT, "etcd"), ["-o", join(tmp, "etcd"), "."], log);
+    const ldflags = await versionLdflags(kubernetesVersion);
+    await goBuild(join(GO_ROOT, "kube"), ["-ldflags", ldflags, "-o", `${tmp}/`, "./cmd/..."], log);
+    await goBuild(join(GO_ROOT, "etcd"), ["-ldflags=-s -w", "-o", join(tmp, "etcd"), "."], log);
     await goBuild(
       join(GO_ROOT, "toxiproxy"),
-      ["-o", join(tmp, "toxiproxy-server"), "github.com/Shopify/toxiproxy/v2/cmd/server"],
+      ["-ldflags=-s -w", "-o", join(tmp, "toxiproxy-server"), "github.com/Shopify/toxiproxy/v2/cmd/server"],
       log,
     );
     await writeFile(join(tmp, ".complete"), `${new Date().toISOString()}\n`);

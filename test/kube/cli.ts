@@ -12,7 +12,9 @@ function positiveInt(value: string): number {
 }
 
 const program = new Command("kube")
-  .description("Real Kubernetes clusters (kube-apiserver + etcd + a kubelet stand-in) for Tether's tests")
+  .description(
+    "Real Kubernetes clusters (kube-apiserver, controller manager, scheduler, etcd and a kubelet stand-in) for Tether's tests",
+  )
   .showHelpAfterError();
 
 program
@@ -58,7 +60,7 @@ program
 program
   .command("build")
   .description(
-    "build (or find in the cache) kube-apiserver, kubectl, etcd, toxiproxy and the kubelet stand-in",
+    "build (or find in the cache) kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, toxiproxy and the kubelet stand-in",
   )
   .action(async () => {
     const started = Date.now();

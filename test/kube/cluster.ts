@@ -1,18 +1,20 @@
-// Real Kubernetes clusters for tests: kube-apiserver (RBAC on, own CA, own
-// service-account keys) over one shared etcd with a prefix per cluster, plus
-// a kubelet stand-in registered as a Node so exec, attach, port-forward and
-// logs go through the apiserver's real proxy and upgrade path.
+// Real Kubernetes clusters for tests: kube-apiserver (own CA, own
+// service-account keys), kube-controller-manager and kube-scheduler over one
+// shared etcd with a prefix per cluster, plus a kubelet stand-in that is the
+// Node, so pods run (as far as the API can tell) and exec, attach,
+// port-forward and logs go through the apiserver's real proxy and upgrade path.
+// control-plane.ts holds each process's configuration.
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { stringify as toYaml } from "yaml";
 import { type Binaries, ensureBinaries } from "./binaries.js";
 import { KubectlProcess } from "./kubectl-process.js";
+import { clusterFiles } from "./control-plane.js";
+import { writeKubeconfig } from "./kubeconfig.js";
 import { createClusterPki } from "./pki.js";
 import { isAlive, ManagedProcess } from "./processes.js";
 
@@ -189,42 +191,6 @@ function apiCall<T>(
   });
 }
 
-export interface KubeconfigSpec {
-  name: string;
-  server: string;
-  caPem: string;
-  /** A bearer token, or a client certificate and key, or neither (anonymous). */
-  token?: string;
-  certPem?: string;
-  keyPem?: string;
-}
-
-export function kubeconfigYaml(spec: KubeconfigSpec): string {
-  const b64 = (s: string) => Buffer.from(s).toString("base64");
-  const user: Record<string, string> = {};
-  if (spec.token) user.token = spec.token;
-  if (spec.certPem && spec.keyPem) {
-    user["client-certificate-data"] = b64(spec.certPem);
-    user["client-key-data"] = b64(spec.keyPem);
-  }
-  return toYaml({
-    apiVersion: "v1",
-    kind: "Config",
-    clusters: [
-      { name: spec.name, cluster: { server: spec.server, "certificate-authority-data": b64(spec.caPem) } },
-    ],
-    users: [{ name: spec.name, user }],
-    contexts: [{ name: spec.name, context: { cluster: spec.name, user: spec.name } }],
-    "current-context": spec.name,
-  });
-}
-
-/** Writes a kubeconfig (mode 0600) and returns its path. */
-export async function writeKubeconfig(path: string, spec: KubeconfigSpec): Promise<string> {
-  await writeFile(path, kubeconfigYaml(spec), { mode: 0o600 });
-  return path;
-}
-
 async function startCluster(
   bins: Binaries,
   root: string,
@@ -233,85 +199,29 @@ async function startCluster(
   track: (p: ManagedProcess) => ManagedProcess,
 ): Promise<Cluster> {
   const dir = join(root, name);
-  const logsRoot = join(dir, "container-logs");
-  await mkdir(logsRoot, { recursive: true });
-  const pki = await createClusterPki(name);
-  const file = async (base: string, content: string, mode = 0o600) => {
-    const path = join(dir, base);
-    await writeFile(path, content, { mode });
-    return path;
-  };
-  const caFile = await file("ca.crt", pki.ca.certPem, 0o644);
-  const adminToken = randomBytes(24).toString("hex");
-  const tokenFile = await file(
-    "tokens.csv",
-    `${adminToken},tether-harness-admin-token,admin-token,"system:masters"\n`,
-  );
-
-  // The stand-in kubelet comes first: its port goes into the Node object.
-  const kubeletPortFile = join(dir, "kubelet.port");
-  const kubelet = track(
-    new ManagedProcess(
-      `${name}/kubelet-standin`,
-      bins.kubeletStandin,
-      [
-        "--listen=127.0.0.1:0",
-        `--tls-cert-file=${await file("kubelet.crt", pki.kubeletServing.certPem, 0o644)}`,
-        `--tls-private-key-file=${await file("kubelet.key", pki.kubeletServing.keyPem)}`,
-        `--client-ca-file=${caFile}`,
-        `--log-root=${logsRoot}`,
-        `--port-file=${kubeletPortFile}`,
-      ],
-      join(dir, "kubelet-standin.log"),
-    ),
-  );
-  let kubeletPort = 0;
-  await waitFor(`${name} kubelet stand-in`, kubelet, async () => {
-    kubeletPort = Number(await readFile(kubeletPortFile, "utf8"));
-    return kubeletPort > 0;
-  });
-
+  await mkdir(dir, { recursive: true });
+  const pki = await createClusterPki(name, NODE_NAME);
   const port = await freePort();
   const server = `https://127.0.0.1:${port}`;
-  const apiserver = track(
-    new ManagedProcess(
-      `${name}/kube-apiserver`,
-      bins.kubeApiserver,
-      [
-        `--etcd-servers=${etcdUrl}`,
-        `--etcd-prefix=/registry-${name}`,
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
-        `--secure-port=${port}`,
-        `--cert-dir=${join(dir, "apiserver-certs")}`,
-        `--tls-cert-file=${await file("apiserver.crt", pki.apiserver.certPem, 0o644)}`,
-        `--tls-private-key-file=${await file("apiserver.key", pki.apiserver.keyPem)}`,
-        `--client-ca-file=${caFile}`,
-        `--token-auth-file=${tokenFile}`,
-        "--authorization-mode=RBAC",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--service-account-issuer=https://kubernetes.default.svc",
-        `--service-account-key-file=${await file("sa.pub", pki.serviceAccount.publicPem, 0o644)}`,
-        `--service-account-signing-key-file=${await file("sa.key", pki.serviceAccount.privatePem)}`,
-        `--kubelet-client-certificate=${await file("kubelet-client.crt", pki.kubeletClient.certPem, 0o644)}`,
-        `--kubelet-client-key=${await file("kubelet-client.key", pki.kubeletClient.keyPem)}`,
-        `--kubelet-certificate-authority=${caFile}`,
-        "--kubelet-preferred-address-types=InternalIP",
-        // No kube-controller-manager runs, so no namespace gets a `default`
-        // service account; the admission plugin would refuse every pod.
-        "--disable-admission-plugins=ServiceAccount",
-        "--profiling=false",
-        "--endpoint-reconciler-type=none",
-      ],
-      join(dir, "kube-apiserver.log"),
-    ),
-  );
+  const files = await clusterFiles({ dir, name, nodeName: NODE_NAME, pki, server, port, etcdUrl });
+  const { logsRoot } = files;
+  await mkdir(logsRoot, { recursive: true });
+  const start = (component: string, bin: string, args: string[]) =>
+    track(new ManagedProcess(`${name}/${component}`, bin, args, join(dir, `${component}.log`)));
 
+  const apiserver = start("kube-apiserver", bins.kubeApiserver, files.apiserver);
   const tls = { ca: pki.ca.certPem, cert: pki.admin.certPem, key: pki.admin.keyPem };
   await waitFor(`${name} kube-apiserver`, apiserver, async () => {
     const res = await apiCall<string>(server, tls, "GET", "/readyz");
     return res.status === 200;
   });
+  const kubelet = start("kubelet-standin", bins.kubeletStandin, files.kubeletStandin);
+  const controllerManager = start(
+    "kube-controller-manager",
+    bins.kubeControllerManager,
+    files.controllerManager,
+  );
+  const scheduler = start("kube-scheduler", bins.kubeScheduler, files.scheduler);
 
   const api = async <T>(method: string, path: string, body?: unknown, allowStatus: number[] = []) => {
     const contentType = method === "PATCH" ? "application/merge-patch+json" : "application/json";
@@ -322,16 +232,21 @@ async function startCluster(
     return res;
   };
 
-  await api("POST", "/api/v1/nodes", {
-    apiVersion: "v1",
-    kind: "Node",
-    metadata: { name: NODE_NAME, labels: { "kubernetes.io/hostname": NODE_NAME } },
-    status: {
-      addresses: [{ type: "InternalIP", address: "127.0.0.1" }],
-      daemonEndpoints: { kubeletEndpoint: { Port: kubeletPort } },
-      conditions: [{ type: "Ready", status: "True", reason: "KubeletReady", message: "kubelet stand-in" }],
-    },
-  });
+  const hasDefaultServiceAccount = async (namespace: string) =>
+    (await api("GET", `/api/v1/namespaces/${namespace}/serviceaccounts/default`, undefined, [404])).status ===
+    200;
+  const ready = (res: ApiResult<{ status?: { conditions?: { type: string; status: string }[] } }>) =>
+    res.status === 200 &&
+    !!res.body.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True");
+  // The stand-in registers its own Node; the controller manager is up once
+  // its service-account controller has made `default` a service account.
+  await Promise.all([
+    waitFor(`${name} node ${NODE_NAME}`, kubelet, async () =>
+      ready(await api("GET", `/api/v1/nodes/${NODE_NAME}`, undefined, [404])),
+    ),
+    waitFor(`${name} kube-controller-manager`, controllerManager, () => hasDefaultServiceAccount("default")),
+  ]);
+  scheduler.assertRunning();
 
   const kubeconfig = await writeKubeconfig(join(dir, "kubeconfig"), {
     name,
@@ -345,7 +260,7 @@ async function startCluster(
     name,
     server,
     caPem: pki.ca.certPem,
-    admin: { certPem: pki.admin.certPem, keyPem: pki.admin.keyPem, token: adminToken },
+    admin: { certPem: pki.admin.certPem, keyPem: pki.admin.keyPem, token: files.adminToken },
     kubeconfig,
     dir,
     logFile: (namespace, pod, container) => join(logsRoot, namespace, pod, `${container}.log`),
@@ -374,6 +289,10 @@ async function startCluster(
       ),
     api,
     async createPod(namespace, podName, containers = ["main"]) {
+      // The ServiceAccount admission plugin refuses pods until the namespace's `default` exists.
+      await waitFor(`${name} service account ${namespace}/default`, controllerManager, () =>
+        hasDefaultServiceAccount(namespace),
+      );
       await api("POST", `/api/v1/namespaces/${namespace}/pods`, {
         apiVersion: "v1",
         kind: "Pod",
@@ -384,30 +303,19 @@ async function startCluster(
           containers: containers.map((c) => ({ name: c, image: "tether.dev/standin:latest" })),
         },
       });
-      const now = new Date().toISOString();
       await mkdir(join(logsRoot, namespace, podName), { recursive: true });
-      await api("PATCH", `/api/v1/namespaces/${namespace}/pods/${podName}/status`, {
-        status: {
-          phase: "Running",
-          hostIP: "127.0.0.1",
-          podIP: "127.0.0.1",
-          startTime: now,
-          conditions: [{ type: "Ready", status: "True", lastTransitionTime: now }],
-          containerStatuses: containers.map((c) => ({
-            name: c,
-            ready: true,
-            started: true,
-            restartCount: 0,
-            image: "tether.dev/standin:latest",
-            imageID: "",
-            state: { running: { startedAt: now } },
-          })),
-        },
+      await waitFor(`${name} pod ${namespace}/${podName} Running`, kubelet, async () => {
+        const res = await api<{ status?: { phase?: string } }>(
+          "GET",
+          `/api/v1/namespaces/${namespace}/pods/${podName}`,
+        );
+        return res.body.status?.phase === "Running";
       });
     },
     async stop() {
+      // The apiserver's graceful shutdown waits for open watches: its clients go first.
+      await Promise.all([controllerManager.stop(), scheduler.stop(), kubelet.stop()]);
       await apiserver.stop();
-      await kubelet.stop();
     },
   };
   return cluster;

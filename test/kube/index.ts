@@ -4,9 +4,6 @@ export {
   type Cluster,
   type ClusterSet,
   freePort,
-  type KubeconfigSpec,
-  kubeconfigYaml,
-  writeKubeconfig,
   type KubectlOptions,
   type KubectlResult,
   NODE_NAME,
@@ -14,4 +11,5 @@ export {
   startClusters,
   sweepAbandoned,
 } from "./cluster.js";
+export { type KubeconfigSpec, kubeconfigYaml, writeKubeconfig } from "./kubeconfig.js";
 export { KubectlProcess } from "./kubectl-process.js";

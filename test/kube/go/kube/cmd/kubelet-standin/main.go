@@ -4,7 +4,8 @@
 // the real apiserver upgrade and proxy path. "Containers" are the local host:
 // exec runs the command here, port-forward dials 127.0.0.1:<port>, attach
 // echoes stdin back (a container whose main process is `cat`), and logs serve
-// <root>/<namespace>/<pod>/<container>.log, following appended lines.
+// <root>/<namespace>/<pod>/<container>.log, following appended lines. With
+// --kubeconfig it is also the Node itself (node.go).
 package main
 
 import (
@@ -21,7 +22,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -145,62 +145,6 @@ func (h *host) servePortForward(w http.ResponseWriter, r *http.Request) {
 	portforward.ServePortForward(w, r, h, p[1], "", opts, streamIdleTimeout, streamCreationTimeout, portforward.SupportedProtocols)
 }
 
-func (h *host) serveLogs(w http.ResponseWriter, r *http.Request) {
-	p, ok := pathParts(r.URL.Path, 3)
-	if !ok {
-		http.Error(w, "want /containerLogs/<namespace>/<pod>/<container>", http.StatusBadRequest)
-		return
-	}
-	f, err := os.Open(filepath.Join(h.logRoot, p[0], p[1], p[2]+".log"))
-	if errors.Is(err, os.ErrNotExist) {
-		w.Header().Set("Content-Type", "text/plain")
-		if r.URL.Query().Get("follow") != "true" {
-			return
-		}
-	} else if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	} else {
-		defer f.Close()
-	}
-	w.Header().Set("Content-Type", "text/plain")
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	buf := make([]byte, 32*1024)
-	for {
-		if f != nil {
-			for {
-				n, err := f.Read(buf)
-				if n > 0 {
-					if _, werr := w.Write(buf[:n]); werr != nil {
-						return
-					}
-				}
-				if err != nil {
-					break
-				}
-			}
-			if flusher != nil {
-				flusher.Flush()
-			}
-		}
-		if r.URL.Query().Get("follow") != "true" {
-			return
-		}
-		select {
-		case <-r.Context().Done():
-			return
-		case <-time.After(logPollInterval):
-		}
-		if f == nil {
-			f, _ = os.Open(filepath.Join(h.logRoot, p[0], p[1], p[2]+".log"))
-			if f != nil {
-				defer f.Close()
-			}
-		}
-	}
-}
-
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve the kubelet API on")
 	certFile := flag.String("tls-cert-file", "", "serving certificate (PEM)")
@@ -208,6 +152,8 @@ func main() {
 	clientCA := flag.String("client-ca-file", "", "CA that signs the apiserver's kubelet client certificate")
 	logRoot := flag.String("log-root", "", "directory holding <namespace>/<pod>/<container>.log")
 	portFile := flag.String("port-file", "", "write the bound port here once listening")
+	kubeconfig := flag.String("kubeconfig", "", "the node's credentials; when set, registers the Node, renews its Lease and runs its pods")
+	nodeName := flag.String("node-name", "standin", "the Node's name (the credentials must be system:node:<name>)")
 	flag.Parse()
 	if *certFile == "" || *keyFile == "" || *clientCA == "" || *logRoot == "" {
 		log.Fatal("--tls-cert-file, --tls-private-key-file, --client-ca-file and --log-root are required")
@@ -257,10 +203,19 @@ func main() {
 			log.Fatal(err)
 		}
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if *kubeconfig != "" {
+		n, err := newNode(*kubeconfig, *nodeName, port, *logRoot)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go n.run(ctx)
+		go n.renewLease(ctx)
+		go n.syncPods(ctx)
+	}
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-		<-sig
+		<-ctx.Done()
 		srv.Close()
 	}()
 	if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -1,0 +1,17 @@
+// kube-controller-manager, built unchanged from k8s.io/kubernetes for the test harness.
+package main
+
+import (
+	"os"
+	_ "time/tzdata" // CronJob time zones, as upstream's main imports it
+
+	"k8s.io/component-base/cli"
+	_ "k8s.io/component-base/logs/json/register"
+	_ "k8s.io/component-base/metrics/prometheus/clientgo"
+	_ "k8s.io/component-base/metrics/prometheus/version"
+	"k8s.io/kubernetes/cmd/kube-controller-manager/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewControllerManagerCommand()))
+}
