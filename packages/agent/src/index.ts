@@ -1,23 +1,8 @@
-export { type AgentOptions, DEFAULT_SERVICES, TetherAgent } from "./agent.js";
-export { Backoff, type BackoffOptions } from "./backoff.js";
-export { buildProgram, main, VERSION } from "./cli.js";
-export {
-  CREDENTIALS_FILE,
-  type CredentialStore,
-  type Credentials,
-  CredentialsDir,
-  clusterOf,
-  keyAndCsr,
-  keyMatches,
-  renewalDelayMs,
-} from "./credentials.js";
-export { Forwarder } from "./forwarder.js";
-export { JoinError, type JoinOptions, join } from "./join.js";
-export {
-  inClusterTarget,
-  type KubeTarget,
-  kubeconfigTarget,
-  TargetConfigError,
-  TokenFile,
-} from "./kube-target.js";
-export { SecretCredentials } from "./secret-credentials.js";
+// @tether/agent for embedders: the agent itself, how it joins, where it keeps
+// its identity and which apiserver it forwards to.
+export { type AgentOptions, TetherAgent } from "./agent.js";
+export type { BackoffOptions } from "./backoff.js";
+export { main } from "./cli.js";
+export { type CredentialStore, type Credentials, CredentialsDir, keyAndCsr } from "./credentials.js";
+export { type JoinOptions, join } from "./join.js";
+export { inClusterTarget, type KubeTarget, kubeconfigTarget } from "./kube-target.js";

@@ -1,3 +1,6 @@
+// Joining: fetch the server's CA, check it against the pinned hash BEFORE
+// anything secret is sent, then trade the one-time token and a CSR (the key
+// stays here) for a short-lived client certificate.
 import { request } from "node:https";
 import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH } from "@tether/common";
 import { type Credentials, keyAndCsr } from "./credentials.js";

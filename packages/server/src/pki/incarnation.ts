@@ -12,7 +12,6 @@
 // certificates expire within the agent certificate lifetime (7 days by
 // default) after the upgrade; then only the incarnation rule is left.
 import { randomUUID } from "node:crypto";
-import type { ClusterRecord } from "../store/state-store.js";
 
 /** X.509 times have whole seconds: a certificate issued in the second its cluster was created may read as earlier. */
 const ISSUED_AT_GRANULARITY_MS = 1_000;
@@ -28,7 +27,14 @@ export interface CertificateIncarnation {
 }
 
 /** Why `cert` does not belong to the current registration `record` of its name, or undefined when it does. */
-export function foreignIncarnation(cert: CertificateIncarnation, record: ClusterRecord): string | undefined {
+/** The registration a certificate is held against (a store's ClusterRecord is one). */
+export interface Registration {
+  name: string;
+  uid: string;
+  createdAt: string;
+}
+
+export function foreignIncarnation(cert: CertificateIncarnation, record: Registration): string | undefined {
   if (cert.incarnation !== undefined) {
     return cert.incarnation === record.uid
       ? undefined

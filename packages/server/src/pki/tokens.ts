@@ -2,7 +2,7 @@
 // host-side clients). A token is `tether_` + 32 random bytes in base64url
 // (256 bits from the OS CSPRNG). Only its SHA-256 is ever stored; a high-
 // entropy token needs no slow KDF. Comparisons are constant-time.
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 
 export const TOKEN_PREFIX = "tether_";
 const TOKEN_BYTES = 32;
@@ -27,14 +27,4 @@ export function looksLikeToken(token: unknown): token is string {
 /** Whether `hash` has the shape hashToken() produces. */
 export function isTokenHash(hash: unknown): hash is string {
   return typeof hash === "string" && /^sha256:[0-9a-f]{64}$/.test(hash);
-}
-
-/**
- * Constant-time equality of two secrets: both are hashed first, so neither
- * their content nor their length leaks through timing.
- */
-export function tokensEqual(a: string, b: string): boolean {
-  const ha = createHash("sha256").update(a, "utf8").digest();
-  const hb = createHash("sha256").update(b, "utf8").digest();
-  return timingSafeEqual(ha, hb);
 }

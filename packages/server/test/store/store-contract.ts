@@ -1,0 +1,133 @@
+// What every Store promises, whichever backend keeps the state: the same
+// calls give the same answers and the same error codes. Run against FileStore
+// (file-store-contract.test.ts) and against KubeStore on a real host cluster
+// (test/e2e/kube-store-contract.test.ts). Each run gets a fresh, empty store.
+import type { Test } from "tap";
+import { hashToken, issueToken } from "../../src/pki/tokens.js";
+import type { ClusterInput, Store } from "../../src/store/state-store.js";
+
+const hour = 3600_000;
+const cluster = (name: string, extra: Partial<ClusterInput> = {}): ClusterInput => ({
+  name,
+  auth: "impersonate",
+  labels: { env: "test" },
+  allowedUsers: [],
+  allowedGroups: ["admins"],
+  createdAt: new Date().toISOString(),
+  ...extra,
+});
+const later = (ms = hour) => new Date(Date.now() + ms).toISOString();
+
+export async function storeContract(t: Test, open: () => Promise<Store>): Promise<void> {
+  const store = await open();
+
+  await t.test("clusters: add once, read back, update keeps the uid, remove", async (t) => {
+    t.equal(await store.addCluster(cluster("alpha")), true);
+    t.equal(await store.addCluster(cluster("alpha", { auth: "passthrough" })), false, "the name is taken");
+    const got = await store.getCluster("alpha");
+    t.match(got, { name: "alpha", auth: "impersonate", labels: { env: "test" }, allowedGroups: ["admins"] });
+    t.match(got?.uid, /^[0-9a-f-]{36}$/, "a uid is assigned");
+    await store.putCluster(cluster("alpha", { auth: "passthrough" }));
+    const updated = await store.getCluster("alpha");
+    t.equal(updated?.auth, "passthrough");
+    t.equal(updated?.uid, got?.uid, "an update keeps the incarnation");
+    t.same(
+      (await store.listClusters()).map((c) => c.name),
+      ["alpha"],
+    );
+    t.equal(await store.deleteCluster("alpha"), true);
+    t.equal(await store.deleteCluster("alpha"), false);
+    t.equal(await store.getCluster("alpha"), undefined);
+    t.equal(await store.addCluster(cluster("alpha")), true, "the name can be registered again");
+    t.not((await store.getCluster("alpha"))?.uid, got?.uid, "as a new incarnation");
+  });
+
+  await t.test("invalid records are refused with the same code", async (t) => {
+    await t.rejects(store.addCluster(cluster("Not_A_Name")), { code: "ERR_TETHER_INVALID_CLUSTER_NAME" });
+    await t.rejects(store.addCluster(cluster("beta", { auth: "root" as never })), {
+      code: "ERR_TETHER_INVALID_RECORD",
+    });
+    await t.rejects(store.addToken({ hash: "nope", kind: "user", user: "u", expiresAt: later() }), {
+      code: "ERR_TETHER_INVALID_RECORD",
+    });
+    t.equal(await store.getCluster("beta"), undefined, "nothing was written");
+  });
+
+  await t.test("tokens: found until they expire, deleted on request", async (t) => {
+    const user = issueToken();
+    await store.addToken({
+      hash: user.hash,
+      kind: "user",
+      user: "alice",
+      groups: ["admins"],
+      clusters: ["alpha"],
+      expiresAt: later(),
+    });
+    t.match(await store.findToken(user.hash), { kind: "user", user: "alice", clusters: ["alpha"] });
+    t.equal(await store.findToken(hashToken("unknown")), undefined);
+    await t.rejects(
+      store.addToken({ hash: user.hash, kind: "user", user: "mallory", expiresAt: later() }),
+      { code: "ERR_TETHER_INVALID_RECORD" },
+      "a hash is never reused",
+    );
+    const old = issueToken();
+    await store.addToken({ hash: old.hash, kind: "user", user: "bob", expiresAt: later(-1000) });
+    t.equal(await store.findToken(old.hash), undefined, "an expired token is not found");
+    t.notOk(
+      (await store.listTokens()).some((r) => r.hash === old.hash),
+      "nor listed",
+    );
+    t.equal(await store.deleteToken(user.hash), true);
+    t.equal(await store.findToken(user.hash), undefined);
+    t.equal(await store.deleteToken(user.hash), false);
+  });
+
+  await t.test("a join token is consumed once, for its own cluster only", async (t) => {
+    const join = issueToken();
+    await store.addToken({ hash: join.hash, kind: "join", cluster: "alpha", expiresAt: later() });
+    t.equal(await store.consumeJoinToken(join.hash, "gamma"), undefined, "not for another cluster");
+    const used = await Promise.all([
+      store.consumeJoinToken(join.hash, "alpha"),
+      store.consumeJoinToken(join.hash, "alpha"),
+    ]);
+    t.equal(used.filter((u) => u !== undefined).length, 1, "two at once: one winner");
+    t.equal(await store.consumeJoinToken(join.hash, "alpha"), undefined, "and never again");
+  });
+
+  await t.test("revoking a cluster revokes every serial issued for it", async (t) => {
+    await store.recordIssued("0a1b", "alpha", later());
+    await store.recordIssued("0a1c", "alpha", later());
+    await store.recordIssued("0d0e", "delta", later());
+    t.equal(await store.isRevoked("0a1b"), false);
+    await store.revokeCluster("alpha");
+    t.equal(await store.isRevoked("0a1b"), true);
+    t.equal(await store.isRevoked("0A1C"), true, "serials compare without case");
+    t.equal(await store.isRevoked("0d0e"), false, "other clusters keep theirs");
+  });
+
+  await t.test("the server URL and the admin credential", async (t) => {
+    t.equal(await store.serverUrl(), undefined);
+    await store.recordServerUrl("https://tether.example:8443");
+    t.equal(await store.serverUrl(), "https://tether.example:8443");
+    t.equal(await store.adminCredential(), undefined);
+    t.equal(await store.saveAdminCredential("first"), "first");
+    t.equal(await store.saveAdminCredential("second"), "first", "an existing credential is kept");
+    t.equal(await store.saveAdminCredential("third", "stale"), "first", "replace only what is still there");
+    t.equal(await store.saveAdminCredential("third", "first"), "third");
+    t.equal(await store.adminCredential(), "third");
+  });
+
+  await t.test("the CA is created once and then the same", async (t) => {
+    const ca = await store.loadOrCreateCa();
+    const again = await store.loadOrCreateCa();
+    t.equal(again.certPem, ca.certPem);
+    const serving = await store.loadOrCreateServingCertificate({
+      dnsNames: ["localhost"],
+      ips: ["127.0.0.1"],
+    });
+    const same = await store.loadOrCreateServingCertificate({ dnsNames: ["localhost"], ips: ["127.0.0.1"] });
+    t.equal(same.certPem, serving.certPem, "a usable serving certificate is kept");
+    const renamed = await store.loadOrCreateServingCertificate({ dnsNames: ["tether.example"], ips: [] });
+    t.not(renamed.certPem, serving.certPem, "new names, new certificate");
+  });
+}
