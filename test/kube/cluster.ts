@@ -321,12 +321,15 @@ async function startCluster(
   return cluster;
 }
 
-/** Removes the temp dirs of harness runs whose process was killed before it could clean up. */
-export async function sweepAbandoned(): Promise<void> {
-  for (const entry of await readdir(tmpdir()).catch(() => [])) {
+/**
+ * Removes the temp dirs (under `root`, by default the system's) of harness
+ * runs whose process was killed before it could clean up.
+ */
+export async function sweepAbandoned(root = tmpdir()): Promise<void> {
+  for (const entry of await readdir(root).catch(() => [])) {
     if (!entry.startsWith(DIR_PREFIX)) continue;
-    const owner = Number(await readFile(join(tmpdir(), entry, "owner.pid"), "utf8").catch(() => "0"));
-    if (owner > 0 && !isAlive(owner)) await rm(join(tmpdir(), entry), { recursive: true, force: true });
+    const owner = Number(await readFile(join(root, entry, "owner.pid"), "utf8").catch(() => "0"));
+    if (owner > 0 && !isAlive(owner)) await rm(join(root, entry), { recursive: true, force: true });
   }
 }
 

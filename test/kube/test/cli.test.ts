@@ -7,7 +7,8 @@ import { createConnection } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse as parseYaml } from "yaml";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import t from "tap";
 import { sweepAbandoned } from "../index.js";
 import { isAlive } from "../processes.js";
@@ -52,6 +53,12 @@ async function until(cond: () => Promise<boolean> | boolean, limitMs = 30_000): 
   return cond();
 }
 
+// The CLI's temp dirs go into a directory of this test's own, so that no
+// concurrent harness run (other test files, other clones) sweeps a killed
+// run's dir before this test looks for it.
+const scratch = await mkdtemp(join(tmpdir(), "tether-kube-cli-test-"));
+t.teardown(() => rm(scratch, { recursive: true, force: true }));
+
 function startCli(clusters: number) {
   const child = spawn(
     process.execPath,
@@ -59,6 +66,7 @@ function startCli(clusters: number) {
     {
       cwd: root,
       stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, TMPDIR: scratch },
     },
   );
   let out = "";
@@ -108,7 +116,8 @@ for (const how of ["SIGINT", "SIGKILL"] as const) {
     if (how === "SIGINT") t.notOk(existsSync(dir), "the temp dir is removed");
     else {
       t.ok(existsSync(dir), "a killed run cannot remove its temp dir itself");
-      await sweepAbandoned();
+      t.equal(dirname(dir), scratch);
+      await sweepAbandoned(scratch);
       t.notOk(existsSync(dir), "the next start sweeps it");
     }
   });
