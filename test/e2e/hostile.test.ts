@@ -57,6 +57,8 @@ const PER_CALLER = 8;
 /** The small cluster's agent takes this many streams at once (the session limit). */
 const SMALL_SESSION = 12;
 const RSS_RATIO = 1.2;
+/** Descriptors the server may hold beyond the baseline afterwards (new agent sessions, kept-alive kubectl connections). */
+const FD_SLACK = 10;
 /** Liveness bounds (never performance assertions). */
 const CLOSE_BOUND_MS = 45_000;
 const SETTLE_BOUND_MS = 40_000;
@@ -375,6 +377,18 @@ function hostile(
         `RSS MiB: baseline ${baseline.rss.toFixed(1)}, before ${f.before.toFixed(1)}, peak ${f.peak.toFixed(1)}, ` +
           `after ${f.after.toFixed(1)} (${after.waitedMs} ms to settle); fds: baseline ${baseline.fds}, ` +
           `peak ${f.fdsPeak}, after ${f.fdsAfter}`,
+      );
+      // Descriptors too: a connection or stream the attack left behind would show here.
+      const fdsBack = await until(
+        "server fds back near the baseline",
+        () => fdCount(pid) <= baseline.fds + FD_SLACK,
+        20_000,
+      )
+        .then(() => true)
+        .catch(() => false);
+      t.ok(
+        fdsBack,
+        `server fds back within ${FD_SLACK} of the baseline (${fdCount(pid)}, baseline ${baseline.fds})`,
       );
       t.ok(
         after.settled,
@@ -1097,7 +1111,7 @@ hostile("8/9: guessing tokens, scope, what the log keeps", async (t) => {
     kubeconfig: alice.m1.kubeconfig,
   });
   t.equal(other.code, 0, "a caller from another address is served meanwhile");
-  await until(
+  const lockedMs = await until(
     "the guessing address is served with a valid token once the window passes",
     async () => {
       const { conn, head } = await exchange(
@@ -1113,6 +1127,7 @@ hostile("8/9: guessing tokens, scope, what the log keeps", async (t) => {
     20_000,
   );
   t.pass("the guessing address is served again with a valid token");
+  t.comment(`a valid token from the guessing address was served ${lockedMs} ms after the last guess`);
 
   const scoped = await exchange(
     legitTarget,
