@@ -23,7 +23,7 @@ import { type KubernetesObject, makeInformer } from "@kubernetes/client-node";
 import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
 import type { Logger } from "./logger.js";
-import { CertificateAuthority, isValidClusterName, type KeyPairPem } from "./pki.js";
+import { CertificateAuthority, isValidClusterName, type KeyPairPem, validateClusterName } from "./pki.js";
 import {
   type ClusterInput,
   type ClusterRecord,
@@ -592,8 +592,7 @@ export class KubeStore implements Store, ClusterStatusSink {
 
   async recordIssued(serial: string, cluster: string, notAfter: string): Promise<void> {
     const s = normalizeSerial(serial);
-    if (!isValidClusterName(cluster))
-      throw new KubeApiError("ERR_TETHER_INVALID_RECORD", `invalid cluster ${cluster}`);
+    validateClusterName(cluster); // as FileStore: ERR_TETHER_INVALID_CLUSTER_NAME
     checkIsoDate("notAfter", notAfter);
     await this.updateSerials(cluster, (doc) => {
       doc.issued[s] = notAfter;
@@ -601,6 +600,7 @@ export class KubeStore implements Store, ClusterStatusSink {
   }
 
   async revokeCluster(cluster: string): Promise<void> {
+    if (!isValidClusterName(cluster)) return; // no certificate names it (recordIssued refuses), as in FileStore
     const revokedAt = new Date().toISOString();
     await this.updateSerials(cluster, (doc) => {
       for (const [s, notAfter] of Object.entries(doc.issued)) {
