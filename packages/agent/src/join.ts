@@ -1,17 +1,12 @@
 import { request } from "node:https";
-import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH } from "@tether/common";
+import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH, TetherError } from "@tether/common";
 import { type Credentials, keyAndCsr } from "./credentials.js";
 
 /** Certificates are backdated this much by the server; more skew than that breaks TLS. */
 const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
 
-export class JoinError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
+export class JoinError extends TetherError {
+  override name = "JoinError";
 }
 
 export interface JoinOptions {

@@ -24,6 +24,7 @@ import { hostname } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import {
   type AuthMode,
+  codedError,
   ERR_TETHER_STATE_CORRUPT,
   parseJsonText,
   removeStaleTempFiles,
@@ -132,12 +133,6 @@ export const ERR_TETHER_STATE_LOCKED = "ERR_TETHER_STATE_LOCKED";
 export const ERR_TETHER_STATE_VERSION = "ERR_TETHER_STATE_VERSION";
 export const ERR_TETHER_INVALID_RECORD = "ERR_TETHER_INVALID_RECORD";
 export { ERR_TETHER_STATE_CORRUPT };
-
-function codedError(code: string, message: string, cause?: unknown): Error & { code: string } {
-  const err = new Error(message, cause === undefined ? undefined : { cause }) as Error & { code: string };
-  err.code = code;
-  return err;
-}
 
 /** `$TETHER_STATE_DIR`, else `./.tether`, as an absolute path. */
 export function defaultStateDir(): string {
