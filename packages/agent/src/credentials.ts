@@ -8,7 +8,7 @@ import { constants } from "node:fs";
 import { access, mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { writeFileAtomic } from "@tether/common";
+import { TetherError, writeFileAtomic } from "@tether/common";
 
 // @peculiar's types name the DOM's Crypto; Node's WebCrypto is the same API.
 // biome-ignore lint/suspicious/noExplicitAny: bridging DOM and Node typings
@@ -23,13 +23,8 @@ export interface Credentials {
   keyPem: string;
 }
 
-export class CredentialsError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
+export class CredentialsError extends TetherError {
+  override name = "CredentialsError";
 }
 
 /** A fresh EC P-256 key and a CSR for it naming the cluster (the server decides what the certificate says). */

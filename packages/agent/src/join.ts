@@ -2,19 +2,14 @@
 // anything secret is sent, then trade the one-time token and a CSR (the key
 // stays here) for a short-lived client certificate.
 import { request } from "node:https";
-import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH } from "@tether/common";
+import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH, TetherError } from "@tether/common";
 import { type Credentials, keyAndCsr } from "./credentials.js";
 
 /** Certificates are backdated this much by the server; more skew than that breaks TLS. */
 const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
 
-export class JoinError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
+export class JoinError extends TetherError {
+  override name = "JoinError";
 }
 
 export interface JoinOptions {

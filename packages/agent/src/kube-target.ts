@@ -4,6 +4,7 @@
 // projected service-account tokens rotate; it never leaves this cluster.
 import { readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
+import { TetherError } from "@tether/common";
 import { parse as parseYaml } from "yaml";
 
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -32,8 +33,11 @@ export function serverVerification(tls: KubeTarget["tls"]): { ca?: string; serve
   };
 }
 
-export class TargetConfigError extends Error {
-  readonly code = "ERR_TETHER_KUBE_TARGET";
+export class TargetConfigError extends TetherError {
+  override name = "TargetConfigError";
+  constructor(message: string) {
+    super("ERR_TETHER_KUBE_TARGET", message);
+  }
 }
 
 /** A token file re-read whenever its mtime or size changes (checked at most once a second). */

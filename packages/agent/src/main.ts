@@ -1,9 +1,9 @@
 // Entry point of the tether-agent command.
+import { formatError } from "@tether/common";
 import { main } from "./cli.js";
 
-main(process.argv).catch((err: Error & { code?: unknown }) => {
+main(process.argv).catch((err: unknown) => {
   // Coded errors lead with their code, so logs and alerts can match on it.
-  const code = typeof err.code === "string" && err.code.startsWith("ERR_TETHER") ? `${err.code}: ` : "";
-  console.error(`tether-agent: ${code}${err.message}`);
+  console.error(`tether-agent: ${formatError(err)}`);
   process.exitCode = 1;
 });

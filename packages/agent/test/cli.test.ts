@@ -1,7 +1,9 @@
 // The tether-agent bin as installed: --version and --help work, and a bad flag
 // gets a clear error and a non-zero exit, not a stack trace.
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import t from "tap";
 import { buildProgram } from "../src/cli.js";
 
@@ -117,4 +119,12 @@ t.test("--token-file names a file with the join token; it and --token exclude ea
   t.not(r.status, 0);
   t.match(r.stderr, /--token-file <path>' cannot be used with option '--token <token>'/);
   t.match(buildProgram().helpInformation().replace(/\s+/g, " "), /prefer TETHER_JOIN_TOKEN or --token-file/);
+});
+
+t.test("the bin prints a coded error as 'tether-agent: CODE: message'", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-agent-cli-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const r = run("--server", "https://127.0.0.1:1", "--state-dir", dir);
+  t.equal(r.status, 1);
+  t.match(r.stderr, /^tether-agent: ERR_TETHER_AGENT_NOT_JOINED: not joined yet \(nothing in [^\n]*\n$/);
 });

@@ -8,6 +8,7 @@ export {
 } from "./atomic-file.js";
 export { caHashOf } from "./ca-hash.js";
 export { codedError, formatError, TetherError } from "./coded-error.js";
+export { COMMON_ERRORS, type ErrorCatalogue, type ErrorInfo } from "./errors.js";
 export {
   AGENT_PATH,
   AGENT_VERSION_HEADER,

@@ -25,8 +25,6 @@ export const ErrorCode = {
   CONTROL_OVERFLOW: "ERR_TETHER_CONTROL_OVERFLOW",
   /** A caller passed an invalid argument (bad service name, oversized metadata...). */
   INVALID_ARGUMENT: "ERR_TETHER_INVALID_ARGUMENT",
-  /** The stream's idle timeout (setTimeout) fired and nobody handled 'timeout'. */
-  STREAM_TIMEOUT: "ERR_TETHER_STREAM_TIMEOUT",
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -12,12 +12,12 @@
 //   POST   /admin/v1/clusters/NAME/user-tokens  {user, groups?, ttlMs} -> UserToken
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
+import { httpStatusOf } from "../errors.js";
 import { readBounded } from "../join/join-endpoint.js";
 import type { Logger } from "../logger.js";
-import { ERR_TETHER_INVALID_CLUSTER_NAME } from "../pki/pki.js";
 import { hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
-import { ERR_TETHER_CLUSTER_EXISTS, ERR_TETHER_UNKNOWN_CLUSTER, TetherCliError } from "./admin-input.js";
+import { TetherCliError } from "./admin-input.js";
 import type { ClusterAdmin } from "./cluster-admin.js";
 
 export const ADMIN_API_PREFIX = "/admin/v1/";
@@ -25,14 +25,6 @@ export const ERR_TETHER_ADMIN_UNAUTHORIZED = "ERR_TETHER_ADMIN_UNAUTHORIZED";
 export const ERR_TETHER_ADMIN_FORBIDDEN = "ERR_TETHER_ADMIN_FORBIDDEN";
 export const ERR_TETHER_ADMIN_BAD_REQUEST = "ERR_TETHER_ADMIN_BAD_REQUEST";
 export const ERR_TETHER_ADMIN_NOT_FOUND = "ERR_TETHER_ADMIN_NOT_FOUND";
-
-const STATUS_OF: Record<string, number> = {
-  [ERR_TETHER_ADMIN_UNAUTHORIZED]: 401,
-  [ERR_TETHER_ADMIN_FORBIDDEN]: 403,
-  [ERR_TETHER_ADMIN_NOT_FOUND]: 404,
-  [ERR_TETHER_UNKNOWN_CLUSTER]: 404,
-  [ERR_TETHER_CLUSTER_EXISTS]: 409,
-};
 
 export interface AdminApiDeps {
   store: Store;
@@ -75,15 +67,25 @@ export class AdminApi {
   constructor(private readonly deps: AdminApiDeps) {}
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    let authorized = false;
     try {
       await this.authorize(req);
+      authorized = true;
       const result = await this.route(req, path);
       send(res, result.status, result.body);
     } catch (err) {
-      if (err instanceof TetherCliError || codeOf(err) === ERR_TETHER_INVALID_CLUSTER_NAME) {
-        const { code, message } = err as { code: string; message: string };
-        const status = STATUS_OF[code] ?? 400;
+      // The status comes from the code (errors.ts), whichever class threw it.
+      // Until the caller is known to be the admin, only the refusal is told:
+      // a store's message may name hosts and paths.
+      const code = codeOf(err);
+      const status =
+        authorized || code === ERR_TETHER_ADMIN_UNAUTHORIZED || code === ERR_TETHER_ADMIN_FORBIDDEN
+          ? httpStatusOf(err)
+          : undefined;
+      if (status !== undefined && status !== 500) {
+        const message = (err as Error).message;
         if (status >= 401 && status <= 403) this.deps.log.info({ code }, "admin API request refused");
+        if (status >= 500) this.deps.log.warn({ code, err: message }, "admin API request failed");
         send(res, status, { code, message });
       } else {
         this.deps.log.error({ err: (err as Error).message }, "admin API request failed");

@@ -3,6 +3,7 @@
 // failure is a TetherCliError with a code and a one-line message that says
 // what a valid value looks like.
 import { isIP } from "node:net";
+import { TetherError } from "@tether/common";
 import type { AuthMode } from "../store/state-store.js";
 
 export const ERR_TETHER_CLUSTER_EXISTS = "ERR_TETHER_CLUSTER_EXISTS";
@@ -28,12 +29,10 @@ export const MAX_USER_TOKEN_TTL_MS = 365 * DAY;
 /** KubeFed keeps using its token until someone replaces the Secret: longer than a person's, still bounded. */
 export const DEFAULT_KUBEFED_TOKEN_TTL = "90d";
 
-export class TetherCliError extends Error {
-  readonly code: string;
+export class TetherCliError extends TetherError {
   constructor(code: string, message: string) {
-    super(message);
+    super(code, message);
     this.name = "TetherCliError";
-    this.code = code;
   }
 }
 

@@ -1,8 +1,9 @@
 // tether-server's command line: parsing only; the admin commands live in
 // admin-commands.ts. Every failure, commander's own usage errors included,
 // becomes one coded Error with a one-line message (main.ts prints it as
-// "tether-server: <message>" and exits 1); --help and --version succeed.
+// "tether-server: CODE: message" and exits 1); --help and --version succeed.
 
+import { formatError } from "@tether/common";
 import { Command, type CommanderError } from "commander";
 import { TetherCliError } from "../admin/admin-input.js";
 import { VERSION } from "../version.js";
@@ -95,7 +96,7 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<void>
 
 /**
  * `main` for in-process use: `args` are the user's arguments (no node/script),
- * an error is printed as "tether-server: <message>" on `io.stderr`. Returns
+ * an error is printed as "tether-server: CODE: message" on `io.stderr`. Returns
  * the exit code.
  */
 export async function runCli(args: string[], io: CliIo = processIo): Promise<number> {
@@ -125,9 +126,9 @@ export async function runCliCaptured(
   return { code, stdout, stderr };
 }
 
+/** `CODE: message` (formatError) on one line. */
 function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\s*\n\s*/g, " ");
+  return formatError(err).replace(/\s*\n\s*/g, " ");
 }
 
 export { TetherCliError };

@@ -18,7 +18,7 @@ import "reflect-metadata";
 import { createPrivateKey, createPublicKey, webcrypto, X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import * as x509 from "@peculiar/x509";
-import { caHashOf } from "@tether/common";
+import { caHashOf, codedError } from "@tether/common";
 
 // @peculiar's typings use the DOM's WebCrypto types; the server is compiled
 // without the DOM lib, so Node's webcrypto objects are passed through casts.
@@ -52,12 +52,6 @@ export const ERR_TETHER_INVALID_CLUSTER_NAME = "ERR_TETHER_INVALID_CLUSTER_NAME"
 export const ERR_TETHER_BAD_CSR = "ERR_TETHER_BAD_CSR";
 export const ERR_TETHER_BAD_CA = "ERR_TETHER_BAD_CA";
 export const ERR_TETHER_INVALID_CERT_REQUEST = "ERR_TETHER_INVALID_CERT_REQUEST";
-
-function codedError(code: string, message: string, cause?: unknown): Error & { code: string } {
-  const err = new Error(message, cause === undefined ? undefined : { cause }) as Error & { code: string };
-  err.code = code;
-  return err;
-}
 
 export interface KeyPairPem {
   certPem: string;

@@ -5,7 +5,7 @@
 // 409 answers are explicit where the store relies on them.
 import type { RequestOptions } from "node:https";
 import { KubeConfig } from "@kubernetes/client-node";
-import { type JsonAnswer, requestJson } from "@tether/common";
+import { type JsonAnswer, requestJson, TetherError } from "@tether/common";
 
 const MAX_RESPONSE_BYTES = 64 << 20;
 const TIMEOUT_MS = 30_000;
@@ -18,13 +18,15 @@ export interface KubeConnection {
 
 export type ApiAnswer<T = unknown> = JsonAnswer<T>;
 
-export class KubeApiError extends Error {
+/** A coded error about the host cluster; `status` is the apiserver's answer, when there was one. */
+export class KubeApiError extends TetherError {
   constructor(
-    readonly code: string,
+    code: string,
     message: string,
     readonly status?: number,
   ) {
-    super(message);
+    super(code, message);
+    this.name = "KubeApiError";
   }
 }
 

@@ -21,7 +21,12 @@
 // conflict with another's; expired entries are pruned on each write.
 import { type KubernetesObject, makeInformer } from "@kubernetes/client-node";
 import type { Logger } from "../logger.js";
-import { CertificateAuthority, isValidClusterName, type KeyPairPem } from "../pki/pki.js";
+import {
+  CertificateAuthority,
+  isValidClusterName,
+  type KeyPairPem,
+  validateClusterName,
+} from "../pki/pki.js";
 import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { servingCertUsable } from "./file-store.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
@@ -584,8 +589,7 @@ export class KubeStore implements Store, ClusterStatusSink {
 
   async recordIssued(serial: string, cluster: string, notAfter: string): Promise<void> {
     const s = normalizeSerial(serial);
-    if (!isValidClusterName(cluster))
-      throw new KubeApiError("ERR_TETHER_INVALID_RECORD", `invalid cluster ${cluster}`);
+    validateClusterName(cluster); // as FileStore: ERR_TETHER_INVALID_CLUSTER_NAME
     checkIsoDate("notAfter", notAfter);
     await this.updateSerials(cluster, (doc) => {
       doc.issued[s] = notAfter;
@@ -593,6 +597,7 @@ export class KubeStore implements Store, ClusterStatusSink {
   }
 
   async revokeCluster(cluster: string): Promise<void> {
+    if (!isValidClusterName(cluster)) return; // no certificate names it (recordIssued refuses), as in FileStore
     const revokedAt = new Date().toISOString();
     await this.updateSerials(cluster, (doc) => {
       for (const [s, notAfter] of Object.entries(doc.issued)) {

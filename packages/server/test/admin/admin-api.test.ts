@@ -15,6 +15,7 @@ import { CertificateAuthority } from "../../src/pki/pki.js";
 import { hashToken, issueToken } from "../../src/pki/tokens.js";
 import { TetherServer } from "../../src/server.js";
 import { FileStore } from "../../src/store/file-store.js";
+import { KubeApiError } from "../../src/store/kube-api.js";
 import { ADMIN_CREDENTIAL_FILE } from "../../src/store/state-store.js";
 
 const cli = (...args: string[]) => runCliCaptured(args);
@@ -291,7 +292,11 @@ t.test("the admin CLI with --credential drives the running server", async (t) =>
 
   const dup = await cli("cluster", "add", "m1", ...remote);
   t.equal(dup.code, 1);
-  t.match(dup.stderr, /^tether-server: cluster m1 already exists/, "server errors read as local ones");
+  t.match(
+    dup.stderr,
+    /^tether-server: ERR_TETHER_CLUSTER_EXISTS: cluster m1 already exists/,
+    "server errors read as local ones, code first",
+  );
 
   const rm = await cli("cluster", "remove", "m1", ...remote);
   t.equal(rm.code, 0, rm.stderr);
@@ -323,6 +328,76 @@ t.test("the admin CLI with --credential drives the running server", async (t) =>
     t.equal(r3.code, 1);
     t.match(r3.stderr, /cannot reach tether-server at .*is "tether-server serve" running there\?/);
   });
+});
+
+t.test("a store's coded error answers with its catalogue status, whichever class threw it", async (t) => {
+  const { store, server, credential, credentialFile } = await startServer(t);
+  const ca = server.ca.certPem;
+  const as = (method: string, path: string, body?: unknown) =>
+    call(server.url, ca, method, path, {
+      token: credential.token,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+  const addCluster = store.addCluster.bind(store);
+  // What KubeStore throws when the Cluster object kept changing under it.
+  store.addCluster = async () => {
+    throw new KubeApiError("ERR_TETHER_KUBE_CONFLICT", "cluster m2 kept changing; try again");
+  };
+  const conflict = await as("POST", "/admin/v1/clusters", { name: "m2", tokenTtlMs: 3600_000 });
+  t.equal(conflict.status, 409, "a Kubernetes conflict is a 409, not a 500");
+  t.same(conflict.body, { code: "ERR_TETHER_KUBE_CONFLICT", message: "cluster m2 kept changing; try again" });
+  const remote = await cli("cluster", "add", "m2", "--credential", credentialFile);
+  t.equal(remote.code, 1);
+  t.equal(
+    remote.stderr,
+    "tether-server: ERR_TETHER_KUBE_CONFLICT: cluster m2 kept changing; try again\n",
+    "the remote CLI prints the server's code",
+  );
+
+  store.addCluster = async () => {
+    throw new KubeApiError(
+      "ERR_TETHER_KUBE_UNREACHABLE",
+      "cannot reach the host cluster's apiserver 10.0.0.1:6443",
+    );
+  };
+  const unreachable = await as("POST", "/admin/v1/clusters", { name: "m2", tokenTtlMs: 3600_000 });
+  t.equal(unreachable.status, 503, "the host cluster out of reach: 503");
+  t.equal(unreachable.body?.code, "ERR_TETHER_KUBE_UNREACHABLE");
+
+  store.addCluster = async () => {
+    throw Object.assign(new Error("EACCES: /var/lib/tether/clusters.json"), { code: "ERR_TETHER_STATE_DIR" });
+  };
+  const noStatus = await as("POST", "/admin/v1/clusters", { name: "m2", tokenTtlMs: 3600_000 });
+  t.same(
+    noStatus,
+    { status: 500, body: { code: "ERR_TETHER_INTERNAL", message: "tether-server failed; see its log" } },
+    "a code the catalogue gives no status stays inside the server",
+  );
+  store.addCluster = async () => {
+    throw new TypeError("x is undefined");
+  };
+  const unknown = await as("POST", "/admin/v1/clusters", { name: "m2", tokenTtlMs: 3600_000 });
+  t.same(unknown, noStatus, "an uncoded error: 500 ERR_TETHER_INTERNAL");
+  store.addCluster = addCluster;
+  t.equal(
+    (await as("POST", "/admin/v1/clusters", { name: "m2", tokenTtlMs: 3600_000 })).status,
+    201,
+    "still serving",
+  );
+
+  // Before the caller is known to be the admin, a store failure tells nothing.
+  store.findToken = async () => {
+    throw new KubeApiError(
+      "ERR_TETHER_KUBE_UNREACHABLE",
+      "cannot reach the host cluster's apiserver 10.0.0.1:6443",
+    );
+  };
+  const anonymous = await call(server.url, ca, "GET", "/admin/v1/clusters", { token: issueToken().token });
+  t.same(
+    anonymous,
+    { status: 500, body: { code: "ERR_TETHER_INTERNAL", message: "tether-server failed; see its log" } },
+    "an unauthenticated caller learns nothing of the store",
+  );
 });
 
 t.test("an address the serving certificate does not name", async (t) => {

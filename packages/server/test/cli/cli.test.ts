@@ -138,3 +138,16 @@ function freePort(): Promise<number> {
     });
   });
 }
+
+t.test("the bin prints a coded error as 'tether-server: CODE: message'", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-cli-code-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bad = run("cluster", "add", "Bad_Name", "--state-dir", dir, "--server", "https://h:1");
+  t.equal(bad.status, 1);
+  t.match(
+    bad.stderr,
+    /^tether-server: ERR_TETHER_INVALID_CLUSTER_NAME: invalid cluster name "Bad_Name"[^\n]*\n$/,
+  );
+  const noUrl = run("cluster", "add", "ok", "--state-dir", dir);
+  t.match(noUrl.stderr, /^tether-server: ERR_TETHER_NO_SERVER_URL: no server URL: pass --server/);
+});
