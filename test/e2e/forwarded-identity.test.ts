@@ -8,7 +8,7 @@ import "reflect-metadata";
 import { once } from "node:events";
 import { createServer as createHttpsServer } from "node:https";
 import type { Socket } from "node:net";
-import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { TetherAgent } from "@tether/agent";
 import { issueToken } from "@tether/server";
 import t from "tap";

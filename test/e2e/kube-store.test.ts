@@ -12,8 +12,8 @@ import t from "tap";
 import { freePort, startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
 import { bindTetherAdmins, prepareMember, TEST_TUNNEL, until } from "./fixture.js";
-import { connectAgent, dialAgent, issueAgentCert } from "./tunnel-client.js";
 import { AGENT_BIN, FAST_TIMING, SERVER_BIN } from "./tether-processes.js";
+import { connectAgent, dialAgent, issueAgentCert } from "./tunnel-client.js";
 
 const cli = (...args: string[]) => runCliCaptured(args);
 

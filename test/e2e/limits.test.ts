@@ -14,9 +14,9 @@ import t, { type Test } from "tap";
 import { startClusters } from "../kube/index.js";
 import { bindTetherAdmins, type Fixture, startTether, TEST_TUNNEL, until } from "./fixture.js";
 import {
-  heldRequest,
   type HeldRequest,
   type HeldUpgrade,
+  heldRequest,
   type RawTarget,
   rawRequest,
   rawTls,
@@ -433,3 +433,90 @@ t.test(
     t.comment(figures("after"));
   },
 );
+
+// ---- D: per-source connections, the request timeout, pipelined requests ----
+const d = await startTether({
+  limits: {
+    maxConnectionsPerSource: 3,
+    requestTimeoutMs: 2_000,
+    headersTimeoutMs: 1_000,
+    maxStreamsPerCaller: 2,
+  },
+});
+t.teardown(() => d.stop());
+await d.registerCluster("limits-d");
+await d.startAgent("limits-d", member);
+const erin = await userToken(d, "limits-d", "erin");
+
+t.test("one source address holds at most --max-connections-per-source; others are served", async (t) => {
+  const held: Awaited<ReturnType<typeof rawTls>>[] = [];
+  for (let i = 0; i < 3; i++) held.push(await rawTls(target(d), "127.0.0.2"));
+  t.teardown(() => {
+    for (const s of held) s.destroy();
+  });
+  const refused = await rawTls(target(d), "127.0.0.2").then(
+    (s) => {
+      s.destroy();
+      return false;
+    },
+    () => true,
+  );
+  t.ok(refused, "the 4th connection from 127.0.0.2 is closed before its handshake");
+  const other = await rawRequest(target(d), versionPath("limits-d"), { headers: bearer(erin) });
+  t.equal(other.status, 200, "a caller from 127.0.0.1 is served meanwhile");
+  for (const s of held) s.destroy();
+  await until("127.0.0.2 may connect again", async () => {
+    try {
+      (await rawTls(target(d), "127.0.0.2")).destroy();
+      return true;
+    } catch {
+      return false;
+    }
+  });
+});
+
+t.test("a request body trickled for ever gets 408; a quiet watch outlives --request-timeout", async (t) => {
+  const socket = await rawTls(target(d));
+  socket.on("error", () => {});
+  let reply = "";
+  socket.on("data", (b: Buffer) => {
+    reply += b.toString("utf8");
+  });
+  socket.write(
+    `POST /clusters/limits-d/api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${erin}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{`,
+  );
+  const trickle = setInterval(() => socket.write(" "), 300);
+  t.teardown(() => clearInterval(trickle));
+  await until("the trickling connection is closed", () => socket.destroyed, 20_000);
+  clearInterval(trickle);
+  t.match(reply, /^HTTP\/1\.1 408/, "answered 408 Request Timeout");
+
+  const w = await heldRequest(target(d), watchPath("limits-d"), erin);
+  t.equal(w.status, 200);
+  t.teardown(() => w.close());
+  await new Promise((r) => setTimeout(r, 3_000));
+  const name = `after-request-timeout-${Date.now()}`;
+  await member.api("POST", "/api/v1/namespaces/default/configmaps", { metadata: { name } });
+  t.teardown(() => member.api("DELETE", `/api/v1/namespaces/default/configmaps/${name}`, undefined, [404]));
+  await until("the watch delivers the event", () => w.received().includes(name));
+  t.pass("the watch outlived the request timeout and delivered the event");
+});
+
+t.test("pipelined requests cut off mid-queue give their quota slots back", async (t) => {
+  for (let round = 0; round < 3; round++) {
+    const socket = await rawTls(target(d));
+    socket.on("error", () => {});
+    const watch = `GET ${watchPath("limits-d")} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${erin}\r\n\r\n`;
+    socket.write(watch.repeat(3));
+    await new Promise((r) => setTimeout(r, 500));
+    socket.destroy();
+  }
+  await until("erin's two slots are free again", async () => {
+    const a1 = await heldRequest(target(d), watchPath("limits-d"), erin);
+    const a2 = await heldRequest(target(d), watchPath("limits-d"), erin);
+    a1.close();
+    a2.close();
+    return a1.status === 200 && a2.status === 200;
+  });
+  t.pass("the share is whole again once the connections are gone");
+});

@@ -2,7 +2,7 @@
 // held open, sent from a chosen loopback source address, read byte for byte.
 import { randomBytes } from "node:crypto";
 import { request } from "node:https";
-import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { type TLSSocket, connect as tlsConnect } from "node:tls";
 
 export interface RawTarget {
   /** https://127.0.0.1:<port> */

@@ -12,9 +12,9 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Binaries, ensureBinaries } from "./binaries.js";
-import { KubectlProcess } from "./kubectl-process.js";
 import { clusterFiles } from "./control-plane.js";
 import { writeKubeconfig } from "./kubeconfig.js";
+import { KubectlProcess } from "./kubectl-process.js";
 import { createClusterPki } from "./pki.js";
 import { isAlive, ManagedProcess } from "./processes.js";
 

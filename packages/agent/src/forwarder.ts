@@ -131,6 +131,10 @@ export class Forwarder {
     for (const [k, v] of Object.entries(req.headersDistinct)) {
       if (!HOP_BY_HOP.has(k) && !connectionTokens.includes(k) && v) headers[k] = v.length === 1 ? v[0] : v;
     }
+    // The body keeps its framing: without it Node sends a GET's decoded body
+    // bytes unframed, and the apiserver would read them as the next request on
+    // this kept-alive connection — with the agent's own TLS identity.
+    if (req.headers["transfer-encoding"] !== undefined) headers["transfer-encoding"] = "chunked";
     const refusal = credentialHeaders(headers, mode, this.target);
     if (refusal) {
       sendStatus(res, "BadRequest", refusal);

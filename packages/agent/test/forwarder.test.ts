@@ -229,3 +229,27 @@ t.test("only websocket and SPDY/3.1 upgrades; a 101 to another protocol is refus
   t.match(wrong.text, /^HTTP\/1\.1 502/);
   t.ok(wrong.closed);
 });
+
+t.test(
+  "a chunked body keeps its framing: a request hidden in a GET's body never reaches the apiserver",
+  async (t) => {
+    const hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    const chunk = `${Buffer.byteLength(hidden).toString(16)}\r\n${hidden}\r\n0\r\n\r\n`;
+    for (const auth of ["impersonate", "passthrough"] as const) {
+      const reply = await exchange(
+        auth,
+        "GET /chunked HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer caller\r\nImpersonate-User: tether:alice\r\n" +
+          `Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunk}`,
+      );
+      t.match(reply.text, /^HTTP\/1\.1 200/, `${auth}: the GET is answered`);
+      // A second request on the kept-alive upstream connection would arrive right behind the first.
+      await new Promise((r) => setTimeout(r, 300));
+      t.equal(lastSeen("/smuggled"), undefined, `${auth}: the hidden request was never parsed as one`);
+      t.same(
+        headerValues(lastSeen("/chunked"), "transfer-encoding"),
+        ["chunked"],
+        `${auth}: framed as chunked`,
+      );
+    }
+  },
+);

@@ -25,6 +25,7 @@ import { type AgentSession, AgentSessions } from "./proxy/agent-sessions.js";
 import { CallerQuota, releaseOnClose } from "./proxy/caller-quota.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
+import { closeWith } from "./proxy/upgrade-relay.js";
 import {
   ClusterStatusReporter,
   type ClusterStatusSink,
@@ -150,9 +151,9 @@ export class TetherServer {
         // Agents must present a certificate; host callers may use a token instead.
         requestCert: true,
         rejectUnauthorized: false,
-        // Watches and logs -f run for as long as the caller wants. That also turns Node's
-        // headersTimeout off unless it is set: it bounds slowloris heads, checked this often.
-        requestTimeout: 0,
+        // Bounds receiving a request (head and body), not the response: watches and logs -f run
+        // for as long as the caller wants. The headers timeout bounds slowloris heads, checked this often.
+        requestTimeout: this.limits.requestTimeoutMs,
         headersTimeout: this.limits.headersTimeoutMs,
         connectionsCheckingInterval: Math.min(30_000, Math.max(100, this.limits.headersTimeoutMs / 10)),
         keepAliveTimeout: this.limits.idleTimeoutMs,
@@ -163,6 +164,21 @@ export class TetherServer {
     // A connection that never sends a request; handleRequest lifts it while one is in flight.
     this.https.timeout = this.limits.idleTimeoutMs;
     this.https.maxConnections = this.limits.maxConnections;
+    const perSource = new Map<string, number>();
+    this.https.on("connection", (socket: Socket) => {
+      const source = sourceKey(socket.remoteAddress);
+      const held = perSource.get(source) ?? 0;
+      if (held >= this.limits.maxConnectionsPerSource) {
+        socket.destroy();
+        return;
+      }
+      perSource.set(source, held + 1);
+      socket.once("close", () => {
+        const left = (perSource.get(source) ?? 1) - 1;
+        if (left > 0) perSource.set(source, left);
+        else perSource.delete(source);
+      });
+    });
     let lastDropLog = 0;
     this.https.on("drop", () => {
       if (Date.now() - lastDropLog < 10_000) return;
@@ -265,10 +281,11 @@ export class TetherServer {
       const path = (req.url ?? "/").split("?")[0];
       if (path === AGENT_PATH) await this.acceptAgent(req, socket, head);
       else if (path?.startsWith("/clusters/")) await this.proxy.handleUpgrade(req, socket, head);
-      else socket.end(statusResponseHead("NotFound", "no such upgrade path on tether-server"));
+      else closeWith(socket, statusResponseHead("NotFound", "no such upgrade path on tether-server"));
     } catch (err) {
       this.log.error({ err: (err as Error).message, path: loggablePath(req.url) }, "upgrade failed");
-      socket.end(
+      closeWith(
+        socket,
         statusResponseHead("InternalError", "tether-server failed to handle the upgrade; see its log"),
       );
     }
@@ -279,7 +296,7 @@ export class TetherServer {
     const remoteAddress = tls.remoteAddress ?? "unknown";
     const refuse = (reason: "Unauthorized" | "Forbidden", message: string) => {
       this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
-      socket.end(statusResponseHead(reason, message));
+      closeWith(socket, statusResponseHead(reason, message));
     };
     if (!tls.authorized) {
       refuse("Unauthorized", "the agent endpoint needs a client certificate issued by this server's CA");

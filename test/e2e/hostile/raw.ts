@@ -5,7 +5,7 @@
 // and see whether the server closed the connection.
 import { randomBytes } from "node:crypto";
 import { connect as netConnect, type Socket } from "node:net";
-import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { type TLSSocket, connect as tlsConnect } from "node:tls";
 
 export interface Target {
   port: number;

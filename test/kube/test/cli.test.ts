@@ -3,13 +3,13 @@
 // the CLI itself is killed with SIGKILL.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parse as parseYaml } from "yaml";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import t from "tap";
+import { parse as parseYaml } from "yaml";
 import { sweepAbandoned } from "../index.js";
 import { isAlive } from "../processes.js";
 

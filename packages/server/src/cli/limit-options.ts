@@ -8,6 +8,7 @@ import {
   type Limits,
   parseCount,
   parseDuration,
+  resolveLimits,
 } from "../http/limits.js";
 
 function asFlagValue(parse: (text: string) => number): (text: string) => number {
@@ -36,10 +37,11 @@ export function addLimitOptions(cmd: Command): Command {
 
 /** The limits in the parsed options of a command `addLimitOptions` prepared. */
 export function limitsFromOptions(opts: object): Limits {
-  const limits = { ...DEFAULT_LIMITS };
+  const limits: Partial<Limits> = {};
   for (const spec of LIMIT_FLAGS) {
     const value = (opts as Record<string, unknown>)[new Option(spec.flag).attributeName()];
     if (typeof value === "number") limits[spec.key] = value;
   }
-  return limits;
+  // Checked together as well: some limits bound others.
+  return resolveLimits(limits);
 }

@@ -9,12 +9,16 @@ export interface Limits {
   streamIdleTimeoutMs: number;
   /** A request head must be complete this long after its first byte (slowloris); the connection is closed. */
   headersTimeoutMs: number;
+  /** A request must have arrived whole (head and body) this long after it began; it gets 408. Responses (watches) are not bounded. */
+  requestTimeoutMs: number;
   /** A connection with no request in flight — a fresh one too — is closed after this long. */
   idleTimeoutMs: number;
   /** A TLS handshake must finish this long after the TCP connection opened. */
   tlsHandshakeTimeoutMs: number;
   /** Connections beyond this many (agents' tunnels included) are closed as they arrive. */
   maxConnections: number;
+  /** Connections one source address (IPv4 address, IPv6 /64) may hold at once; more are closed as they arrive. */
+  maxConnectionsPerSource: number;
   /** Failed authentications or joins per source address within authFailureWindowMs before it gets 429. */
   authFailureLimit: number;
   authFailureWindowMs: number;
@@ -28,11 +32,15 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   // The kubelet's streamingConnectionIdleTimeout.
   streamIdleTimeoutMs: 4 * 3600_000,
   headersTimeoutMs: 30_000,
+  // Node's own default: no Kubernetes client takes minutes to send a request body.
+  requestTimeoutMs: 300_000,
   // Above client-go's 90 s IdleConnTimeout would keep idle connections for nothing; below it the server
   // would close connections a client is about to reuse.
   idleTimeoutMs: 90_000,
   tlsHandshakeTimeoutMs: 10_000,
   maxConnections: 10_000,
+  // One host cannot fill --max-connections by itself; member agents behind one NAT hold one each.
+  maxConnectionsPerSource: 1_000,
   authFailureLimit: 20,
   authFailureWindowMs: 10_000,
 });
@@ -65,6 +73,12 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     help: "close a connection whose request head is not complete this long after it began",
   },
   {
+    key: "requestTimeoutMs",
+    flag: "--request-timeout <duration>",
+    kind: "duration",
+    help: "answer 408 to a request (head and body) not received whole this long after it began; responses such as watches are not bounded",
+  },
+  {
     key: "idleTimeoutMs",
     flag: "--idle-timeout <duration>",
     kind: "duration",
@@ -81,6 +95,12 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     flag: "--max-connections <n>",
     kind: "count",
     help: "refuse connections beyond this many (agents' tunnels included)",
+  },
+  {
+    key: "maxConnectionsPerSource",
+    flag: "--max-connections-per-source <n>",
+    kind: "count",
+    help: "refuse connections beyond this many from one source address (IPv4 address, IPv6 /64)",
   },
   {
     key: "authFailureLimit",
@@ -114,6 +134,12 @@ export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
       invalid(`limit ${key} must be an integer from 1 to ${max}, not ${String(value)}`);
     }
     limits[key] = value;
+  }
+  // Node refuses a server whose head may take longer than the whole request.
+  if (limits.headersTimeoutMs > limits.requestTimeoutMs) {
+    invalid(
+      `the headers timeout (${formatDuration(limits.headersTimeoutMs)}) may not exceed the request timeout (${formatDuration(limits.requestTimeoutMs)})`,
+    );
   }
   return limits;
 }

@@ -13,9 +13,19 @@ import type { AuthenticatedCaller } from "./authenticate.js";
  */
 export function callerKey(req: IncomingMessage, caller: AuthenticatedCaller | undefined): string {
   if (caller) return `user:${caller.user}`;
-  return `credential:${createHash("sha256")
-    .update(req.headers.authorization ?? "")
-    .digest("base64url")}`;
+  return `credential:${createHash("sha256").update(passthroughCredential(req.headers.authorization)).digest("base64url")}`;
+}
+
+/**
+ * The part of an Authorization header the apiserver authenticates: for a
+ * bearer token the token alone (the apiserver ignores the scheme's case and
+ * anything after the token), so spelling one token differently is not a
+ * second caller.
+ */
+function passthroughCredential(authorization: string | undefined): string {
+  const value = authorization ?? "";
+  const bearer = /^bearer\s+(\S+)/i.exec(value);
+  return bearer ? `bearer ${bearer[1]}` : value;
 }
 
 /** Calls `release` when `target` closes — at once if it closed already (a caller that left during admission). */

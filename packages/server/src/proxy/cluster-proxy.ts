@@ -15,7 +15,10 @@ import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authent
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { sessionFullStatus } from "./session-full.js";
-import { checkUpgrade, relayUpgrade } from "./upgrade-relay.js";
+import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
+
+/** Plain requests forwarded in passthrough mode (whose member 401s count as failed authentications). */
+const passthroughRequests = new WeakSet<IncomingMessage>();
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -67,8 +70,10 @@ export class ClusterProxy {
         sendStatus(res, "BadGateway", UNASKED_SWITCH);
         return;
       }
-      // In passthrough mode the member judges the credential: its 401 is a failed authentication here too.
-      if (proxyRes.statusCode === 401) this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+      // In passthrough mode the member judges the caller's credential: its 401 is a failed authentication
+      // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
+      if (proxyRes.statusCode === 401 && passthroughRequests.has(req))
+        this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -182,7 +187,10 @@ export class ClusterProxy {
       return;
     }
     releaseOnClose(res, admission.release);
+    // A response still queued behind a pipelined one never emits 'close' when the connection goes.
+    releaseOnClose(req.socket, admission.release);
     const { mode, caller, entry, path } = admission;
+    if (mode === "passthrough") passthroughRequests.add(req);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
@@ -211,13 +219,13 @@ export class ClusterProxy {
     const upgrade = checkUpgrade(req);
     if (!upgrade.ok) {
       this.logRefusal(req, "BadRequest", "refused upgrade");
-      socket.end(statusResponseHead("BadRequest", upgrade.message));
+      closeWith(socket, statusResponseHead("BadRequest", upgrade.message));
       return;
     }
     const admission = await this.admit(req);
     if (!admission.ok) {
       this.logRefusal(req, admission.reason, "refused upgrade");
-      socket.end(statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
+      closeWith(socket, statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
       return;
     }
     releaseOnClose(socket, admission.release);

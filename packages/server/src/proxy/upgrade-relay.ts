@@ -78,7 +78,7 @@ function headLines(res: IncomingMessage, keep: (name: string) => boolean): strin
 }
 
 /** Sends a last answer on the caller's connection and closes it; what the caller still sends is discarded. */
-function closeWith(socket: Duplex, text?: string): void {
+export function closeWith(socket: Duplex, text?: string): void {
   socket.resume();
   socket.once("finish", () => socket.destroy());
   socket.end(text);

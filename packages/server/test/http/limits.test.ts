@@ -16,9 +16,11 @@ t.test("the defaults are the team's", async (t) => {
     maxStreamsPerCaller: 128,
     streamIdleTimeoutMs: 4 * 3600_000,
     headersTimeoutMs: 30_000,
+    requestTimeoutMs: 300_000,
     idleTimeoutMs: 90_000,
     tlsHandshakeTimeoutMs: 10_000,
     maxConnections: 10_000,
+    maxConnectionsPerSource: 1_000,
     authFailureLimit: 20,
     authFailureWindowMs: 10_000,
   });
@@ -79,12 +81,16 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     "2s",
     "--headers-timeout",
     "1s",
+    "--request-timeout",
+    "3s",
     "--idle-timeout",
     "2",
     "--tls-handshake-timeout",
     "500ms",
     "--max-connections",
     "40",
+    "--max-connections-per-source",
+    "20",
     "--auth-failure-limit",
     "5",
     "--auth-failure-window",
@@ -94,12 +100,19 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     maxStreamsPerCaller: 3,
     streamIdleTimeoutMs: 2000,
     headersTimeoutMs: 1000,
+    requestTimeoutMs: 3000,
     idleTimeoutMs: 2000,
     tlsHandshakeTimeoutMs: 500,
     maxConnections: 40,
+    maxConnectionsPerSource: 20,
     authFailureLimit: 5,
     authFailureWindowMs: 60_000,
   });
   t.throws(() => parse(["--headers-timeout", "soon"]), /is not a duration/);
   t.throws(() => parse(["--max-connections", "0"]), /not a positive integer/);
+  t.throws(
+    () => parse(["--headers-timeout", "10m"]),
+    /may not exceed the request timeout/,
+    "a head may not take longer than the whole request (Node would refuse to start)",
+  );
 });

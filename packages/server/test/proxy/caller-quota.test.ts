@@ -46,3 +46,24 @@ t.test("releaseOnClose releases at once for a target that is already closed", as
   releaseOnClose(Object.assign(new EventEmitter(), { destroyed: true }), () => released++);
   t.equal(released, 2);
 });
+
+t.test("passthrough: one bearer token is one caller however the header spells it", async (t) => {
+  const key = (authorization?: string) =>
+    callerKey(
+      { headers: authorization === undefined ? {} : { authorization } } as IncomingMessage,
+      undefined,
+    );
+  const base = key("Bearer abc");
+  for (const spelling of [
+    "bearer abc",
+    "BEARER abc",
+    "Bearer   abc",
+    "Bearer abc 1",
+    "Bearer abc extra words",
+  ]) {
+    t.equal(key(spelling), base, `"${spelling}" is the same caller`);
+  }
+  t.not(key("Bearer abd"), base, "another token, another caller");
+  t.not(key("Basic abc"), base, "another scheme is not that bearer token");
+  t.notMatch(base, /abc/, "the key holds no credential");
+});
