@@ -1,5 +1,5 @@
 // Tether runs on the Node.js line pinned in .node-version (the one place the version is written; engines,
-// CI and the Dockerfile follow its major, and scripts/test/node-runtime.test.ts checks that they do).
+// CI and the Dockerfile follow its major, and test/node-runtime.test.ts checks that they do).
 // `npm test` and `npm run demo` still work where the machine's own node is older: their scripts call
 // onPinnedNode(), which fetches that exact build from the npm registry once (the node-<platform>-<arch>
 // packages publish Node's official binaries; npm checks the tarball's integrity) into
@@ -13,8 +13,8 @@ import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
-export const pinnedVersion = readFileSync(join(root, ".node-version"), "utf8").trim();
-export const requiredMajor = Number(pinnedVersion.split(".")[0]);
+const pinnedVersion = readFileSync(join(root, ".node-version"), "utf8").trim();
+const requiredMajor = Number(pinnedVersion.split(".")[0]);
 
 const majorOf = (version) => Number(version.replace(/^v/, "").split(".")[0]);
 
@@ -25,7 +25,7 @@ function binaryPackage() {
 }
 
 /** A node binary of the required major: this one, or the pinned build, fetched into the cache if absent. */
-export function pinnedNode() {
+function pinnedNode() {
   if (majorOf(process.version) >= requiredMajor) return process.execPath;
   const pkg = binaryPackage();
   const cache = join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "tether", "node");

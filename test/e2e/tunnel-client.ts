@@ -2,6 +2,7 @@
 // over ws) with a cluster certificate, doing only what a test tells it to —
 // which a well-behaved TetherAgent never would.
 import { keyAndCsr } from "@tether/agent";
+import { AGENT_PATH, RENEW_SERVICE } from "@tether/common";
 import type { CertificateAuthority, Store } from "@tether/server";
 import {
   isTetherError,
@@ -12,8 +13,6 @@ import {
 } from "@tether/tunnel";
 import { WebSocket } from "ws";
 import { TEST_TUNNEL } from "./fixture.js";
-
-const RENEW = "tether-renew";
 
 export interface Cert {
   certPem: string;
@@ -37,7 +36,7 @@ export async function issueAgentCert(
 /** Dials the agent endpoint with `cert`: the tunnel session, or the HTTP status the server refused with. */
 export function dialAgent(serverUrl: string, caPem: string, cert: Cert): Promise<Session | number> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`${serverUrl.replace(/^https/, "wss")}/agent/v1/connect`, {
+    const ws = new WebSocket(`${serverUrl.replace(/^https/, "wss")}${AGENT_PATH}`, {
       ...WEBSOCKET_OPTIONS,
       ca: caPem,
       cert: cert.certPem,
@@ -66,7 +65,7 @@ export function renewal(
   session: Session,
   body?: string | Buffer,
 ): { done: Promise<string | number>; stream: ReturnType<Session["open"]> } {
-  const stream = session.open(RENEW);
+  const stream = session.open(RENEW_SERVICE);
   const done = new Promise<string | number>((resolve) => {
     let text = "";
     stream.on("data", (c: Buffer) => {

@@ -26,7 +26,6 @@ export const AUTH_METADATA = "auth";
  * passthrough — the caller's own Authorization goes through; the agent adds no credential of its own.
  */
 export type AuthMode = "impersonate" | "passthrough";
-export const AUTH_MODES: readonly AuthMode[] = ["impersonate", "passthrough"];
 
 export function isAuthMode(v: unknown): v is AuthMode {
   return v === "impersonate" || v === "passthrough";

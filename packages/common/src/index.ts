@@ -8,7 +8,6 @@ export {
 } from "./atomic-file.js";
 export { caHashOf } from "./ca-hash.js";
 export { codedError, formatError, TetherError } from "./coded-error.js";
-export { COMMON_ERRORS, type ErrorCatalogue, type ErrorInfo } from "./errors.js";
 export {
   AGENT_PATH,
   AGENT_VERSION_HEADER,
@@ -25,6 +24,7 @@ export {
   type RenewRefusal,
   type RenewRequest,
 } from "./contract.js";
+export { COMMON_ERRORS, type ErrorCatalogue, type ErrorInfo } from "./errors.js";
 export { type JsonAnswer, requestJson } from "./json-request.js";
 export { type StatusReason, sendStatus, statusBody, statusResponseHead } from "./k8s-status.js";
 export { packageVersion } from "./package-version.js";

@@ -164,20 +164,11 @@ export class TetherServer {
     // A connection that never sends a request; handleRequest lifts it while one is in flight.
     this.https.timeout = this.limits.idleTimeoutMs;
     this.https.maxConnections = this.limits.maxConnections;
-    const perSource = new Map<string, number>();
+    const perSource = new CallerQuota(this.limits.maxConnectionsPerSource);
     this.https.on("connection", (socket: Socket) => {
-      const source = sourceKey(socket.remoteAddress);
-      const held = perSource.get(source) ?? 0;
-      if (held >= this.limits.maxConnectionsPerSource) {
-        socket.destroy();
-        return;
-      }
-      perSource.set(source, held + 1);
-      socket.once("close", () => {
-        const left = (perSource.get(source) ?? 1) - 1;
-        if (left > 0) perSource.set(source, left);
-        else perSource.delete(source);
-      });
+      const release = perSource.acquire("connections", sourceKey(socket.remoteAddress));
+      if (release) releaseOnClose(socket, release);
+      else socket.destroy();
     });
     let lastDropLog = 0;
     this.https.on("drop", () => {

@@ -3,11 +3,9 @@
 // tells it — flood renewal streams, hold replaced sessions, answer the
 // server's requests with bytes no apiserver would send.
 import type { Duplex } from "node:stream";
+import { AGENT_PATH, RENEW_SERVICE } from "@tether/common";
 import { ResetCode, type Session, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import { WebSocket } from "ws";
-
-export const AGENT_PATH = "/agent/v1/connect";
-export const RENEW_SERVICE = "tether-renew";
 
 export interface FakeAgent {
   session: Session;

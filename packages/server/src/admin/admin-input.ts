@@ -3,7 +3,7 @@
 // failure is a TetherCliError with a code and a one-line message that says
 // what a valid value looks like.
 import { isIP } from "node:net";
-import { TetherError } from "@tether/common";
+import { isAuthMode, TetherError } from "@tether/common";
 import type { AuthMode } from "../store/state-store.js";
 
 export const ERR_TETHER_CLUSTER_EXISTS = "ERR_TETHER_CLUSTER_EXISTS";
@@ -137,7 +137,7 @@ export function parseLabels(items: string[]): Record<string, string> {
 }
 
 export function parseAuthMode(mode: string): AuthMode {
-  if (mode === "impersonate" || mode === "passthrough") return mode;
+  if (isAuthMode(mode)) return mode;
   return fail(ERR_TETHER_BAD_AUTH_MODE, `invalid --auth ${q(mode)}: use impersonate or passthrough`);
 }
 

@@ -2,7 +2,7 @@
 // into commander's InvalidArgumentError, so the message names the flag.
 
 import { InvalidArgumentError, Option } from "commander";
-import { parseDuration } from "../admin/admin-input.js";
+import { parseDuration } from "../http/limits.js";
 
 export function seconds(value: string): number {
   const n = Number(value);

@@ -4,7 +4,9 @@
 import { type Command, Option } from "commander";
 import { maintainAdminCredential } from "../admin/admin-credential.js";
 import { serveUrl } from "../admin/admin-input.js";
+import { formatDuration } from "../http/limits.js";
 import { createLogger } from "../logger.js";
+import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
 import { KubeStore } from "../store/kube-store.js";
 import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
 import { listenAddress, positiveDuration, seconds } from "./option-parsers.js";
@@ -37,7 +39,7 @@ export function addServe(program: Command): void {
         "--drain-timeout <duration>",
         "how long a replaced agent session (the agent reconnected) may drain before it is closed",
       )
-        .default(30_000, "30s")
+        .default(DEFAULT_DRAIN_TIMEOUT_MS, formatDuration(DEFAULT_DRAIN_TIMEOUT_MS))
         .argParser(positiveDuration),
     )
     .action(

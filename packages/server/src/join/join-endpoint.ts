@@ -24,8 +24,6 @@ import {
 import { hashToken } from "../pki/tokens.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 
-export const MAX_BODY = MAX_JOIN_BODY;
-
 export class JoinError extends Error {
   constructor(
     readonly reason: StatusReason,
@@ -36,7 +34,7 @@ export class JoinError extends Error {
 }
 
 /**
- * Reads at most MAX_BODY bytes. Events, not `for await`: the async iterator
+ * Reads at most MAX_JOIN_BODY bytes. Events, not `for await`: the async iterator
  * destroys a Duplex when it finishes, which would reset the reply direction.
  */
 export function readBounded(stream: NodeJS.ReadableStream): Promise<string> {
@@ -45,10 +43,10 @@ export function readBounded(stream: NodeJS.ReadableStream): Promise<string> {
     const chunks: Buffer[] = [];
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_BODY) {
+      if (size > MAX_JOIN_BODY) {
         stream.removeListener("data", onData);
         stream.pause();
-        reject(new JoinError("BadRequest", `request body larger than ${MAX_BODY} bytes`));
+        reject(new JoinError("BadRequest", `request body larger than ${MAX_JOIN_BODY} bytes`));
         return;
       }
       chunks.push(chunk);

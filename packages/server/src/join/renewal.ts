@@ -2,7 +2,7 @@
 // cannot pin the server's memory or grow its issued-certificate list:
 //   - one renewal stream per session at a time (the accept hook resets others
 //     with STREAM_LIMIT before they hold anything);
-//   - a body of at most MAX_BODY bytes: one byte more resets the stream
+//   - a body of at most MAX_JOIN_BODY bytes: one byte more resets the stream
 //     (PROTOCOL_ERROR) rather than leaving it paused and buffered;
 //   - a deadline for the whole exchange (reset with TIMEOUT);
 //   - refused while the session's certificate is younger than a quarter of
@@ -14,14 +14,14 @@
 // session, never from the request: a revoked certificate or one of an
 // earlier registration of the name gets nothing.
 
-import { type IssuedForAgent, RENEW_SERVICE } from "@tether/common";
+import { type IssuedForAgent, MAX_JOIN_BODY, RENEW_SERVICE } from "@tether/common";
 import type { AcceptDecision, OpenRequest, TunnelStream } from "@tether/tunnel";
 import { ResetCode } from "@tether/tunnel";
 import type { Logger } from "../logger.js";
 import { foreignIncarnation } from "../pki/incarnation.js";
 import type { AgentSession } from "../proxy/agent-sessions.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
-import { type JoinEndpoint, JoinError, MAX_BODY } from "./join-endpoint.js";
+import { type JoinEndpoint, JoinError } from "./join-endpoint.js";
 
 export const DEFAULT_RENEWAL_DEADLINE_MS = 30_000;
 /** Renewals a cluster may have in a row before the rate limit applies. */
@@ -151,17 +151,17 @@ export class Renewals {
   }
 }
 
-/** The whole body of `stream`, or a rejection after resetting it when it exceeds MAX_BODY or fails. */
+/** The whole body of `stream`, or a rejection after resetting it when it exceeds MAX_JOIN_BODY or fails. */
 function readOrReset(stream: TunnelStream): Promise<string> {
   return new Promise((resolve, reject) => {
     let size = 0;
     const chunks: Buffer[] = [];
     stream.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size > MAX_BODY) {
+      if (size > MAX_JOIN_BODY) {
         chunks.length = 0;
         stream.reset(ResetCode.PROTOCOL_ERROR);
-        reject(new Error(`renewal body larger than ${MAX_BODY} bytes`));
+        reject(new Error(`renewal body larger than ${MAX_JOIN_BODY} bytes`));
         return;
       }
       chunks.push(chunk);

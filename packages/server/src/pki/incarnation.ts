@@ -26,7 +26,6 @@ export interface CertificateIncarnation {
   certIssuedAt: Date;
 }
 
-/** Why `cert` does not belong to the current registration `record` of its name, or undefined when it does. */
 /** The registration a certificate is held against (a store's ClusterRecord is one). */
 export interface Registration {
   name: string;
@@ -34,6 +33,7 @@ export interface Registration {
   createdAt: string;
 }
 
+/** Why `cert` does not belong to the current registration `record` of its name, or undefined when it does. */
 export function foreignIncarnation(cert: CertificateIncarnation, record: Registration): string | undefined {
   if (cert.incarnation !== undefined) {
     return cert.incarnation === record.uid

@@ -186,9 +186,13 @@ export class ClusterProxy {
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
     }
-    releaseOnClose(res, admission.release);
-    // A response still queued behind a pipelined one never emits 'close' when the connection goes.
+    // A response still queued behind a pipelined one never emits 'close' when the connection goes, so
+    // the connection gives the slot back too; a kept-alive connection must not collect one listener per request.
     releaseOnClose(req.socket, admission.release);
+    releaseOnClose(res, () => {
+      req.socket.off("close", admission.release);
+      admission.release();
+    });
     const { mode, caller, entry, path } = admission;
     if (mode === "passthrough") passthroughRequests.add(req);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);

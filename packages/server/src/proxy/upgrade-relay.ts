@@ -12,18 +12,6 @@ import { type StatusReason, statusResponseHead } from "@tether/common";
 /** The upgrade protocols Kubernetes speaks (exec, attach, port-forward, proxy to pods). */
 const PROTOCOLS = new Set(["websocket", "spdy/3.1"]);
 
-/** Headers that frame the request or the connection; the relay sets its own. */
-const FRAMING = new Set([
-  "connection",
-  "upgrade",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "content-length",
-]);
-
 const HOP_BY_HOP = new Set([
   "connection",
   "keep-alive",
@@ -33,6 +21,9 @@ const HOP_BY_HOP = new Set([
   "trailer",
   "upgrade",
 ]);
+
+/** Headers that frame the request or the connection; the relay sets its own. */
+const FRAMING = new Set([...HOP_BY_HOP, "content-length"]);
 
 export type UpgradeCheck = { ok: true; protocol: string } | { ok: false; message: string };
 

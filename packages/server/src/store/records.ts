@@ -1,7 +1,7 @@
 // Validation of the records a store keeps: what is written is checked the
 // same way whichever store writes it, and a record that fails is refused with
 // ERR_TETHER_INVALID_RECORD before anything is written.
-import { codedError } from "@tether/common";
+import { codedError, isAuthMode } from "@tether/common";
 import { isIncarnation, isValidClusterName, validateClusterName } from "../pki/pki.js";
 import { isTokenHash } from "../pki/tokens.js";
 import { type ClusterInput, ERR_TETHER_INVALID_RECORD, type TokenRecord } from "./state-store.js";
@@ -26,7 +26,7 @@ export function checkIsoDate(what: string, v: unknown): string {
 
 export function normalizeCluster<R extends ClusterInput>(r: R): R {
   validateClusterName(r.name);
-  if (r.auth !== "impersonate" && r.auth !== "passthrough") {
+  if (!isAuthMode(r.auth)) {
     throw invalid(`cluster ${r.name}: auth must be "impersonate" or "passthrough"`);
   }
   if (!isPlainObject(r.labels) || !Object.values(r.labels).every((v) => typeof v === "string")) {
