@@ -70,6 +70,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private controlBytes = 0;
   private pongValue: number | undefined;
   private inFlight = 0;
+  private sentBytes = 0;
+  private receivedBytes = 0;
   private pumpQueued = false;
   private pumping = false;
 
@@ -113,6 +115,16 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** Streams currently open in either direction. */
   get streamCount(): number {
     return this.streams.size;
+  }
+
+  /** Bytes of frames written to the transport so far (headers included). */
+  get bytesSent(): number {
+    return this.sentBytes;
+  }
+
+  /** Bytes of frames received from the transport so far (headers included). */
+  get bytesReceived(): number {
+    return this.receivedBytes;
   }
 
   /** Smoothed round-trip time of pings in milliseconds; undefined before the first pong. */
@@ -209,6 +221,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   receive(message: Buffer): void {
     if (this.ended) return;
     this.lastInbound = performance.now();
+    this.receivedBytes += message.length;
     const problem = parseFrames(message, this.handleFrame);
     if (problem !== undefined && !this.ended) this.protocolError(problem);
   }
@@ -508,6 +521,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private write(message: Buffer): void {
     this.inFlight += message.length;
+    this.sentBytes += message.length;
     this.transport.send(message, this.onSent.bind(this, message));
   }
 

@@ -626,3 +626,27 @@ t.test("close() aborts open streams and the peer's fail", async (t) => {
   t.equal((await remoteErr)[0].code, ErrorCode.TRANSPORT_CLOSED, "the peer's stream fails");
   t.ok(link.server.closed);
 });
+
+t.test("bytesSent and bytesReceived count every frame byte each way", async (t) => {
+  const link = pair();
+  link.server.on("stream", (stream) => {
+    stream.resume();
+    stream.on("end", () => stream.end());
+  });
+  const before = { sent: link.client.bytesSent, received: link.server.bytesReceived };
+  const stream = link.client.open("count");
+  stream.end(Buffer.alloc(100_000, 1));
+  stream.resume();
+  await once(stream, "end");
+  await tick();
+  // 100,000 payload bytes need at least two 64 KiB frames, each with a 12-byte header, plus SYN and FIN.
+  t.ok(link.client.bytesSent - before.sent >= 100_000 + 4 * 12, "sender counted payload and headers");
+  t.equal(
+    link.server.bytesReceived - before.received,
+    link.client.bytesSent - before.sent,
+    "both ends agree",
+  );
+  t.ok(link.server.bytesSent > 0 && link.client.bytesReceived === link.server.bytesSent, "the other way too");
+  link.client.close();
+  link.server.close();
+});
