@@ -18,6 +18,10 @@ import { type Limits, resolveLimits } from "./http/limits.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
 import { type RenewalOptions, Renewals } from "./join/renewal.js";
 import { createLogger, type Logger, loggablePath } from "./logger.js";
+import { ClusterEvents } from "./observe/cluster-events.js";
+import { adminReader } from "./observe/status-access.js";
+import { connectionOf, StatusModel } from "./observe/status-model.js";
+import { STATUS_PATH, type StatusPageDeps, serveStatus } from "./observe/status-page.js";
 import { identityFromPeerCertificate } from "./pki/identity.js";
 import { foreignIncarnation } from "./pki/incarnation.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
@@ -80,6 +84,10 @@ export class TetherServer {
   private readonly checker: NodeJS.Timeout;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
+  /** Last disconnects and errors per cluster, and the status page's inputs. */
+  private readonly events = new ClusterEvents();
+  private readonly statusPage: StatusPageDeps;
+  private closing = false;
 
   private constructor(
     options: ServerOptions,
@@ -123,8 +131,17 @@ export class TetherServer {
       onClusterRemoved: (cluster) => {
         this.sessions.disconnect(cluster);
         this.renewals.forget(cluster);
+        this.events.forget(cluster);
       },
+      connection: (cluster) => connectionOf(this.sessions.get(cluster)),
     });
+    const model = new StatusModel({
+      store: this.store,
+      sessions: this.sessions,
+      events: this.events,
+      draining: () => this.closing,
+    });
+    this.statusPage = { mayRead: adminReader(this.store), snapshot: () => model.snapshot() };
     this.externalUrl = options.externalUrl;
     if (options.clusterStatus) {
       const sink = options.clusterStatus;
@@ -237,7 +254,7 @@ export class TetherServer {
     req.socket.setTimeout(0);
     try {
       const path = (req.url ?? "/").split("?")[0];
-      if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX)) {
+      if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX) || path === STATUS_PATH) {
         if (this.refuseFailingSource(req, res, path.startsWith(ADMIN_API_PREFIX))) return;
       }
       if (path === "/healthz" || path === "/livez") {
@@ -247,6 +264,8 @@ export class TetherServer {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path?.startsWith("/clusters/")) {
         await this.proxy.handleRequest(req, res);
+      } else if (path === STATUS_PATH) {
+        await serveStatus(this.statusPage, req, res);
       } else if (path?.startsWith("/join/")) {
         await this.join.handle(req, res, path);
       } else if (path?.startsWith(ADMIN_API_PREFIX)) {
@@ -285,8 +304,9 @@ export class TetherServer {
   private async acceptAgent(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const tls = req.socket as TLSSocket;
     const remoteAddress = tls.remoteAddress ?? "unknown";
-    const refuse = (reason: "Unauthorized" | "Forbidden", message: string) => {
+    const refuse = (reason: "Unauthorized" | "Forbidden", message: string, cluster?: string) => {
       this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
+      if (cluster) this.events.error(cluster, `agent refused: ${message}`);
       closeWith(socket, statusResponseHead(reason, message));
     };
     if (!tls.authorized) {
@@ -301,7 +321,11 @@ export class TetherServer {
       return;
     }
     if (await this.store.isRevoked(identity.serial)) {
-      refuse("Forbidden", `the certificate of cluster "${identity.cluster}" has been revoked`);
+      refuse(
+        "Forbidden",
+        `the certificate of cluster "${identity.cluster}" has been revoked`,
+        identity.cluster,
+      );
       return;
     }
     const record = await this.store.getCluster(identity.cluster);
@@ -320,6 +344,7 @@ export class TetherServer {
       refuse(
         "Forbidden",
         `${foreign}, which was removed: join again with a new token (tether-server join-token ${record.name})`,
+        record.name,
       );
       return;
     }
@@ -332,8 +357,10 @@ export class TetherServer {
       });
       const cluster = identity.cluster;
       session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
-      session.once("close", () => {
+      session.once("close", (err?: Error) => {
         this.log.info({ cluster, remoteAddress }, "agent disconnected");
+        this.events.disconnected(cluster);
+        if (err) this.events.error(cluster, `session ended: ${err.message}`);
         this.reportStatus(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
@@ -342,7 +369,7 @@ export class TetherServer {
         ...certificate,
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
       });
-      if (this.status) void this.probeKubernetesVersion(entry);
+      void this.probeKubernetesVersion(entry);
       session.on("stream", (stream) => void this.renewals.serve(entry, stream));
       this.log.info({ cluster, remoteAddress }, "agent connected");
     });
@@ -403,6 +430,7 @@ export class TetherServer {
       }
       if (why) {
         this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
+        this.events.error(entry.cluster, `session closed: ${why}`);
         entry.session.close();
       } else {
         this.reportStatus(entry.cluster);
@@ -431,7 +459,8 @@ export class TetherServer {
     const version = await new Promise<string | undefined>((resolve) => {
       const req = httpRequest(
         {
-          agent: entry.httpAgent(cluster.auth),
+          // A stream of its own, closed after the answer: none left idle in the callers' pool.
+          createConnection: () => entry.openStream(cluster.auth) as Socket,
           path: "/version",
           timeout: 10_000,
           // /version is public to authenticated users; an impersonated Tether identity is one.
@@ -462,11 +491,13 @@ export class TetherServer {
       this.reportStatus(entry.cluster);
     } else {
       this.log.info({ cluster: entry.cluster }, "could not read the member's /version for its status");
+      this.events.error(entry.cluster, "could not read the member's /version through the tunnel");
     }
   }
 
   /** Stops accepting, closes every agent session and waits for the listener to close. */
   async close(): Promise<void> {
+    this.closing = true;
     clearInterval(this.checker);
     clearInterval(this.rotation);
     const live = this.sessions.list().map((e) => e.cluster);

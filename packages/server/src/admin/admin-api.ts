@@ -5,7 +5,7 @@
 // expected fields. Answers are JSON; errors are {code, message} with the
 // same codes and messages the local CLI prints.
 //
-//   GET    /admin/v1/clusters                          -> {clusters}
+//   GET    /admin/v1/clusters                          -> {clusters} (each with its connection here)
 //   POST   /admin/v1/clusters             {name, auth?, labels?, allowedUsers?, allowedGroups?, tokenTtlMs}
 //   DELETE /admin/v1/clusters/NAME                     -> RemoveResult
 //   POST   /admin/v1/clusters/NAME/join-tokens  {ttlMs} -> JoinInfo
@@ -15,6 +15,7 @@ import type { TLSSocket } from "node:tls";
 import { httpStatusOf } from "../errors.js";
 import { readBounded } from "../join/join-endpoint.js";
 import type { Logger } from "../logger.js";
+import type { ClusterConnection } from "../observe/status-model.js";
 import { hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 import { TetherCliError } from "./admin-input.js";
@@ -32,6 +33,8 @@ export interface AdminApiDeps {
   log: Logger;
   /** Runs once a cluster is removed: the server closes its live sessions at once. */
   onClusterRemoved?: (name: string) => void;
+  /** The cluster's agent session on this server, for `cluster list`. */
+  connection?: (name: string) => ClusterConnection;
 }
 
 type Body = Record<string, unknown>;
@@ -128,7 +131,16 @@ export class AdminApi {
     if (parts[0] !== "clusters" || parts.length > 3) return notFound(method, path);
     const name = parts[1] === undefined ? undefined : decodeSegment(parts[1]);
     if (parts.length === 1) {
-      if (method === "GET") return { status: 200, body: { clusters: await admin.listClusters() } };
+      if (method === "GET") {
+        const { connection } = this.deps;
+        const clusters = await admin.listClusters();
+        return {
+          status: 200,
+          body: {
+            clusters: connection ? clusters.map((c) => ({ ...c, connection: connection(c.name) })) : clusters,
+          },
+        };
+      }
       if (method === "POST") {
         const b = fields(
           await readJson(req),

@@ -7,6 +7,7 @@
 // Every input is validated here, not only by the CLI's parsers, because the
 // admin API receives it from the network.
 
+import type { ClusterConnection } from "../observe/status-model.js";
 import { validateClusterName } from "../pki/pki.js";
 import { issueToken } from "../pki/tokens.js";
 import type { AuthMode, ClusterInput, ClusterRecord, Store, TokenRecord } from "../store/state-store.js";
@@ -65,11 +66,14 @@ export interface UserToken {
   caPem: string;
 }
 
+/** A cluster as listed: through a running server, with its agent session there; from the store alone, without. */
+export type ListedCluster = ClusterRecord & { connection?: ClusterConnection };
+
 export interface ClusterAdmin {
   /** Where the clusters live, for messages ("/var/lib/tether", "https://tether:8443"). */
   readonly where: string;
   addCluster(spec: ClusterSpec, joinTokenTtlMs: number): Promise<JoinInfo>;
-  listClusters(): Promise<ClusterRecord[]>;
+  listClusters(): Promise<ListedCluster[]>;
   removeCluster(name: string): Promise<RemoveResult>;
   newJoinToken(name: string, ttlMs: number): Promise<JoinInfo>;
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken>;

@@ -5,10 +5,16 @@
 // server can't be reached.
 
 import { type JsonAnswer, requestJson } from "@tether/common";
-import type { ClusterRecord } from "../store/state-store.js";
 import type { AdminCredential } from "./admin-credential.js";
 import { TetherCliError } from "./admin-input.js";
-import type { ClusterAdmin, ClusterSpec, JoinInfo, RemoveResult, UserToken } from "./cluster-admin.js";
+import type {
+  ClusterAdmin,
+  ClusterSpec,
+  JoinInfo,
+  ListedCluster,
+  RemoveResult,
+  UserToken,
+} from "./cluster-admin.js";
 
 export const ERR_TETHER_SERVER_UNREACHABLE = "ERR_TETHER_SERVER_UNREACHABLE";
 const MAX_RESPONSE_BYTES = 16 << 20;
@@ -31,8 +37,8 @@ export class RemoteClusterAdmin implements ClusterAdmin {
     return this.call("POST", "clusters", { ...spec, tokenTtlMs: joinTokenTtlMs });
   }
 
-  async listClusters(): Promise<ClusterRecord[]> {
-    return (await this.call<{ clusters: ClusterRecord[] }>("GET", "clusters")).clusters;
+  async listClusters(): Promise<ListedCluster[]> {
+    return (await this.call<{ clusters: ListedCluster[] }>("GET", "clusters")).clusters;
   }
 
   removeCluster(name: string): Promise<RemoveResult> {

@@ -14,9 +14,15 @@ import {
   parseTtl,
   q,
 } from "../admin/admin-input.js";
-import type { ClusterAdmin, JoinInfo, RemoveResult, UserToken } from "../admin/cluster-admin.js";
+import type {
+  ClusterAdmin,
+  JoinInfo,
+  ListedCluster,
+  RemoveResult,
+  UserToken,
+} from "../admin/cluster-admin.js";
 import { FileStore } from "../store/file-store.js";
-import { ADMIN_CREDENTIAL_FILE, type ClusterRecord, type Store } from "../store/state-store.js";
+import { ADMIN_CREDENTIAL_FILE, type Store } from "../store/state-store.js";
 import {
   formatAs,
   formatFields,
@@ -104,11 +110,15 @@ export async function joinToken(
   return info;
 }
 
-/** `cluster list`. */
+/**
+ * `cluster list`. Through a running server (--credential) each cluster comes
+ * with its agent session there; read from the store alone, nobody knows, and
+ * the connection columns say "unknown" (`connection: null` in json and yaml).
+ */
 export async function clusterList(
   ctx: AdminContext,
   opts: { output?: OutputFormat; server?: string } = {},
-): Promise<ClusterRecord[]> {
+): Promise<ListedCluster[]> {
   const admin = await ctx.admin(opts.server);
   const clusters = await admin.listClusters();
   const format = opts.output ?? "table";
@@ -116,16 +126,35 @@ export async function clusterList(
     ctx.out(`No clusters in ${admin.where}. Add one with: tether-server cluster add NAME\n`);
     return clusters;
   }
+  const listed = clusters.map((c) => ({ ...c, connection: c.connection ?? null }));
+  const live = (c: ListedCluster, value: (k: NonNullable<ListedCluster["connection"]>) => string) =>
+    c.connection ? value(c.connection) : "unknown";
+  const orDash = (v: string | number | undefined, unit = "") => (v === undefined ? "-" : `${v}${unit}`);
   ctx.out(
-    formatAs(format, { clusters }, () =>
+    formatAs(format, { clusters: listed }, () =>
       formatTable(
-        ["name", "auth", "labels", "allowed users", "allowed groups", "created"],
+        [
+          "name",
+          "auth",
+          "labels",
+          "connected",
+          "rtt",
+          "agent",
+          "kubernetes",
+          "allowed users",
+          "allowed groups",
+          "created",
+        ],
         clusters.map((c) => [
           c.name,
           c.auth,
           Object.entries(c.labels)
             .map(([k, v]) => `${k}=${v}`)
             .join(","),
+          live(c, (k) => (k.connected ? "yes" : "no")),
+          live(c, (k) => orDash(k.rttMs, "ms")),
+          live(c, (k) => orDash(k.agentVersion)),
+          live(c, (k) => orDash(k.kubernetesVersion)),
           c.allowedUsers.join(","),
           c.allowedGroups.join(","),
           c.createdAt,

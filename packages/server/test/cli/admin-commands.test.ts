@@ -280,9 +280,16 @@ t.test("cluster list: table, json and yaml", async (t) => {
   t.equal(table.code, 0, table.stderr);
   const lines = table.stdout.trimEnd().split("\n");
   t.equal(lines.length, 3);
-  t.match(lines[0], /^NAME +AUTH +LABELS +ALLOWED USERS +ALLOWED GROUPS +CREATED$/);
-  t.match(lines[1], /^alpha +impersonate +<none> +bob +<none> +\d{4}-/);
-  t.match(lines[2], /^beta +impersonate +env=prod +<none> +<none> +\d{4}-/);
+  t.match(
+    lines[0],
+    /^NAME +AUTH +LABELS +CONNECTED +RTT +AGENT +KUBERNETES +ALLOWED USERS +ALLOWED GROUPS +CREATED$/,
+  );
+  // From the store alone nobody knows whether an agent is connected: the columns say so.
+  t.match(lines[1], /^alpha +impersonate +<none> +unknown +unknown +unknown +unknown +bob +<none> +\d{4}-/);
+  t.match(
+    lines[2],
+    /^beta +impersonate +env=prod +unknown +unknown +unknown +unknown +<none> +<none> +\d{4}-/,
+  );
 
   const json = JSON.parse((await cli("cluster", "list", "--state-dir", dir, "-o", "json")).stdout);
   t.same(
@@ -291,6 +298,7 @@ t.test("cluster list: table, json and yaml", async (t) => {
   );
   t.match(json.clusters[1], { name: "beta", auth: "impersonate", labels: { env: "prod" }, allowedUsers: [] });
   t.match(json.clusters[0].createdAt, /^\d{4}-\d\d-\d\dT/);
+  t.equal(json.clusters[0].connection, null, "json: the connection is unknown, not false");
 
   const yaml = parseYaml((await cli("cluster", "ls", "--state-dir", dir, "--output", "yaml")).stdout);
   t.same(yaml, json, "yaml says the same as json");
