@@ -29,6 +29,7 @@ const MAX_REPLY = 64 * 1024;
 export const DEFAULT_SERVICES = [KUBERNETES_SERVICE] as const;
 
 export interface AgentLog {
+  debug(obj: object, msg: string): void;
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
 }
@@ -48,7 +49,7 @@ export interface AgentOptions {
   credentialStore?: CredentialStore;
 }
 
-const quiet: AgentLog = { info() {}, warn() {} };
+const quiet: AgentLog = { debug() {}, info() {}, warn() {} };
 
 export class TetherAgent {
   private readonly backoff: Backoff;
@@ -69,9 +70,11 @@ export class TetherAgent {
     this.creds = { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem };
     this.backoff = new Backoff(options.backoff);
     this.log = options.log ?? quiet;
-    this.forwarder = new Forwarder(options.target, (err) =>
-      this.log.warn({ err: err.message }, "forwarding error"),
-    );
+    this.forwarder = new Forwarder(options.target, (err, normal) => {
+      if (normal)
+        this.log.debug({ err: err.message }, "stream ended (the caller went away or the session ended)");
+      else this.log.warn({ err: err.message }, "forwarding error");
+    });
   }
 
   get session(): Session | undefined {

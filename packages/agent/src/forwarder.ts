@@ -28,6 +28,7 @@ import {
   statusResponseHead,
 } from "@tether/common";
 import { type KubeTarget, serverVerification } from "./kube-target.js";
+import { isNormalClose } from "./normal-close.js";
 
 export type { AuthMode };
 
@@ -71,6 +72,12 @@ export function credentialHeaders(
   return undefined;
 }
 
+/**
+ * Told of every error on a stream or an apiserver connection; `normal` when it
+ * is how a stream ends every day (the caller went away: normal-close.ts).
+ */
+export type ForwardingErrorHandler = (err: Error, normal: boolean) => void;
+
 export class Forwarder {
   private readonly http: Server;
   /** Keep-alive pools for plain requests, one per auth mode: a passthrough connection never holds the agent's certificate. */
@@ -83,7 +90,7 @@ export class Forwarder {
 
   constructor(
     private readonly target: KubeTarget,
-    private readonly onError: (err: Error) => void = () => {},
+    private readonly onError: ForwardingErrorHandler = () => {},
   ) {
     this.host = target.url.hostname.replace(/^\[|\]$/g, "");
     this.port = Number(target.url.port || 443);
@@ -105,9 +112,14 @@ export class Forwarder {
     );
     this.http.on("upgrade", (req, socket, head) => this.splice(req, socket, head));
     this.http.on("clientError", (err, socket) => {
-      this.onError(err);
+      this.report(err);
       socket.destroy();
     });
+  }
+
+  /** `callerGone`: the error followed the caller closing its side (we cut the apiserver request then). */
+  private report(err: Error, callerGone = false): void {
+    this.onError(err, callerGone || isNormalClose(err));
   }
 
   /** Serves one tunnel stream. */
@@ -141,6 +153,7 @@ export class Forwarder {
       return;
     }
     let answered = false;
+    let callerGone = false;
     const upstream = httpsRequest({
       protocol: "https:",
       hostname: this.host,
@@ -177,14 +190,16 @@ export class Forwarder {
       up.on("error", () => res.destroy());
     });
     upstream.on("error", (err) => {
-      this.onError(err);
+      this.report(err, callerGone);
       if (!answered && !res.headersSent)
         sendStatus(res, "BadGateway", `the apiserver could not be reached: ${err.message}`);
       else if (!res.writableEnded) res.destroy();
     });
     // The caller went away (the stream was reset): stop the upstream request too.
     res.on("close", () => {
-      if (!res.writableFinished) upstream.destroy();
+      if (res.writableFinished) return;
+      callerGone = true;
+      upstream.destroy();
     });
     req.pipe(upstream);
   }
@@ -235,6 +250,7 @@ export class Forwarder {
     if (req.method !== "GET" && req.method !== "HEAD") pairs.push(["Content-Length", "0"]);
 
     let answered = false;
+    let callerGone = false;
     const upstream = httpsRequest({
       protocol: "https:",
       hostname: this.host,
@@ -244,8 +260,12 @@ export class Forwarder {
       headers: pairs.flat(),
       agent: this.upgradeAgents[mode],
     });
-    stream.on("error", () => upstream.destroy());
-    stream.on("close", () => upstream.destroy());
+    const gone = () => {
+      callerGone = true;
+      upstream.destroy();
+    };
+    stream.on("error", gone);
+    stream.on("close", gone);
 
     upstream.on("upgrade", (res, socket, upstreamHead) => {
       answered = true;
@@ -256,7 +276,7 @@ export class Forwarder {
         return;
       }
       socket.on("error", (err) => {
-        this.onError(err);
+        this.report(err, callerGone);
         stream.destroy();
       });
       stream.on("close", () => socket.destroy());
@@ -287,7 +307,7 @@ export class Forwarder {
     });
 
     upstream.on("error", (err) => {
-      this.onError(err);
+      this.report(err, callerGone);
       if (answered) {
         stream.destroy();
         return;
