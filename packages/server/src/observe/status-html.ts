@@ -17,7 +17,7 @@ h1{font-size:1.35rem;margin:0}
 h2{font-size:1.05rem;margin:1.4rem 0 .6rem}
 h3{font-size:1rem;margin:0 0 .4rem;display:flex;flex-wrap:wrap;align-items:center;gap:.4rem}
 .sub{color:var(--muted);margin:.2rem 0 0;font-size:.85rem}
-.cards{display:grid;gap:.8rem;grid-template-columns:repeat(auto-fill,minmax(min(100%,21rem),1fr))}
+.cards{display:grid;gap:.8rem;align-items:start;grid-template-columns:repeat(auto-fill,minmax(min(100%,21rem),1fr))}
 .card{background:var(--card);border:1px solid var(--line);border-radius:.6rem;padding:.8rem .9rem;min-width:0}
 .cluster.up{border-left:.3rem solid var(--up)}
 .cluster.down{border-left:.3rem solid var(--down)}
@@ -31,6 +31,7 @@ dd{margin:0;overflow-wrap:anywhere;font-variant-numeric:tabular-nums}
 .labels{display:flex;flex-wrap:wrap;gap:.3rem;list-style:none;padding:0;margin:0 0 .3rem}
 .labels li{font-size:.8rem;background:var(--bg);border:1px solid var(--line);border-radius:.3rem;padding:0 .35rem;overflow-wrap:anywhere;max-width:100%}
 .none{color:var(--muted)}
+.auth{color:var(--muted);font-size:.8rem;font-weight:400}
 footer{color:var(--muted);font-size:.8rem;margin-top:1.2rem}
 `;
 
@@ -78,10 +79,13 @@ export function formatRate(bytesPerSecond: number): string {
 
 const none = (text: string) => `<span class="none">${escapeHtml(text)}</span>`;
 
+function time(iso: string): string {
+  return `<time datetime="${escapeHtml(iso)}">${escapeHtml(iso.replace("T", " ").replace(/\.\d+Z$/, "Z"))}</time>`;
+}
+
 /** An ISO time and how long ago it was, as of `now`. */
 function when(iso: string, now: number): string {
-  const ago = formatDuration((now - Date.parse(iso)) / 1000);
-  return `<time datetime="${escapeHtml(iso)}">${escapeHtml(iso.replace("T", " ").replace(/\.\d+Z$/, "Z"))}</time> (${ago} ago)`;
+  return `${time(iso)} (${formatDuration((now - Date.parse(iso)) / 1000)} ago)`;
 }
 
 function field(name: string, label: string, html: string): string {
@@ -140,7 +144,7 @@ function clusterCard(c: ClusterView, now: number): string {
   return (
     `<article class="card cluster ${k.connected ? "up" : "down"}" data-cluster="${escapeHtml(c.name)}" data-connected="${k.connected}">` +
     `<h3><span class="name">${escapeHtml(c.name)}</span><span class="state" data-field="state">${state}</span>` +
-    (c.auth ? `<span class="none">${escapeHtml(c.auth)}</span>` : "") +
+    (c.auth ? `<span class="auth">${escapeHtml(c.auth)}</span>` : "") +
     `</h3>${labels}<dl>${rows.join("")}</dl></article>`
   );
 }
@@ -153,7 +157,7 @@ export function renderStatusPage(s: StatusSnapshot): string {
     : `<span class="bad">unreachable</span> (${escapeHtml(r.store.where)}): ${escapeHtml(r.store.error ?? "")}`;
   const replica = [
     field("store", "Store", store),
-    field("uptime", "Uptime", `${formatDuration(r.uptimeSeconds)} (since ${when(r.startedAt, now)})`),
+    field("uptime", "Uptime", `${formatDuration(r.uptimeSeconds)} (since ${time(r.startedAt)})`),
     field("version", "Version", escapeHtml(r.version)),
     field("draining", "Draining", r.draining ? `<span class="bad">yes, shutting down</span>` : "no"),
     field("sessions", "Agent sessions", escapeHtml(r.sessions)),
@@ -169,7 +173,7 @@ export function renderStatusPage(s: StatusSnapshot): string {
     `<meta http-equiv="refresh" content="${REFRESH_SECONDS}">` +
     `<meta name="referrer" content="no-referrer">` +
     `<title>Tether status</title><style>${CSS}</style></head><body>` +
-    `<header><h1>Tether status</h1><p class="sub">This replica's view at ${when(s.generatedAt, now)}; reloads every ${REFRESH_SECONDS} s.</p></header>` +
+    `<header><h1>Tether status</h1><p class="sub">This replica's view at ${time(s.generatedAt)}; reloads every ${REFRESH_SECONDS} s.</p></header>` +
     `<h2>This replica</h2><section class="card" id="replica"><dl>${replica}</dl></section>` +
     `<h2>Clusters <span class="none">(${s.clusters.length} registered, ${connected} connected here)</span></h2>` +
     `<section id="clusters">${cards}</section>` +
