@@ -19,7 +19,7 @@ import { FileStore } from "../../src/store/file-store.js";
 
 const XSS = `<script>alert("x")</script>`;
 
-async function startServer(t: Test) {
+async function startServer(t: Test, limits: { authFailureLimit?: number } = {}) {
   const dir = await mkdtemp(join(tmpdir(), "tether-status-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const store = await FileStore.open(join(dir, "state"));
@@ -29,6 +29,7 @@ async function startServer(t: Test) {
     port: 0,
     log: createLogger({ level: "silent" }),
     sessionCheckIntervalMs: 100,
+    limits,
   });
   t.teardown(() => server.close());
   const credential = await ensureAdminCredential(store, server.url, server.ca.certPem);
@@ -158,6 +159,14 @@ t.test("only the admin token reads /status", async (t) => {
   const head = await get(server, "/status", bearer(token), "HEAD");
   t.equal(head.status, 200);
   t.equal(head.text, "", "HEAD has no body");
+});
+
+t.test("failed attempts count towards the source's limit, as on the admin API", async (t) => {
+  const { server, token } = await startServer(t, { authFailureLimit: 3 });
+  for (let i = 0; i < 3; i++) t.equal((await get(server, "/status", bearer(issueToken().token))).status, 401);
+  const limited = await get(server, "/status", bearer(token));
+  t.equal(limited.status, 429, "then even the right token waits");
+  t.match(JSON.parse(limited.text), { kind: "Status", reason: "TooManyRequests" });
 });
 
 t.test("headers: a CSP that allows only the page's own stylesheet", async (t) => {
