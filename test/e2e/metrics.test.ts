@@ -9,7 +9,7 @@ import { readFile } from "node:fs/promises";
 import { type ClientRequest, createServer, type IncomingMessage } from "node:http";
 import { request } from "node:https";
 import { join } from "node:path";
-import { keyAndCsr } from "@tether/agent";
+import { AgentMetrics, keyAndCsr } from "@tether/agent";
 import { hashToken, issueToken } from "@tether/server";
 import t from "tap";
 import { type Cluster, startClusters } from "../kube/index.js";
@@ -30,7 +30,11 @@ const tether: Fixture = await startTether({
 });
 t.teardown(() => tether.stop());
 await tether.registerCluster(CLUSTER);
-const agent = await tether.startAgent(CLUSTER, member);
+const agentMetrics = new AgentMetrics();
+const agentMetricsServer = await agentMetrics.listen("127.0.0.1", 0);
+t.teardown(() => new Promise<void>((r) => agentMetricsServer.close(() => r())));
+const agentMetricsUrl = `http://127.0.0.1:${(agentMetricsServer.address() as { port: number }).port}/metrics`;
+const agent = await tether.startAgent(CLUSTER, member, { metrics: agentMetrics });
 await bindTetherAdmins(member);
 await member.createPod("default", "box");
 const kubeconfig = await tether.userKubeconfig(CLUSTER, "alice", ["admins"]);
@@ -217,6 +221,7 @@ t.test("refusals: an unauthenticated caller and a caller over its quota", async 
 
 t.test("a join with a bad token and a renewal refused as too early", async (t) => {
   const before = await scrape();
+  const agentBefore = await (await fetch(agentMetricsUrl)).text();
   const { csrPem } = await keyAndCsr(CLUSTER);
   const join = send(
     "POST",
@@ -242,6 +247,8 @@ t.test("a join with a bad token and a renewal refused as too early", async (t) =
   );
   t.equal(delta(before, after, "tether_renewals_total", { result: "refused" }), 1);
   t.equal(delta(before, after, "tether_renewals_total", { result: "success" }), 0);
+  const agentAfter = await (await fetch(agentMetricsUrl)).text();
+  t.equal(delta(agentBefore, agentAfter, "tether_agent_renewals_total", { result: "failure" }), 1);
 });
 
 t.test("the whole exposition: sessions, strict format, no secrets, as documented", async (t) => {
@@ -262,15 +269,46 @@ t.test("the whole exposition: sessions, strict format, no secrets, as documented
   }
   t.notOk(/user="|alice|bob/.test(out), "no user in any label");
 
-  // docs/metrics.md's table rows: | `tether_name` | type | labels | meaning |
+  t.same(declaredFamilies(out), await documentedFamilies("server"), "docs/metrics.md lists exactly these");
+});
+
+t.test("the agent's exposition: its session, streams and bytes, strict format, as documented", async (t) => {
+  const res = await fetch(agentMetricsUrl);
+  t.equal(res.status, 200);
+  const out = await res.text();
+  t.equal(value(out, "tether_agent_connected"), 1);
+  t.equal(value(out, "tether_agent_dials_total", { result: "connected" }), 1);
+  t.equal(value(out, "tether_agent_reconnects_total"), 0);
+  t.ok(
+    value(out, "tether_agent_streams_total", { result: "accepted" }) >= QUOTA + 2,
+    "a stream for each of bob's concurrent watches, the exec and the port-forward (plain requests share pooled ones)",
+  );
+  t.equal(value(out, "tether_agent_streams_total", { result: "refused" }), 0);
+  t.ok(value(out, "tether_agent_tunnel_bytes_total", { direction: "received" }) >= 64 * 1024, "exec input");
+  t.ok(value(out, "tether_agent_tunnel_rtt_seconds") > 0);
+  t.equal((await fetch(agentMetricsUrl.replace("/metrics", "/other"))).status, 404);
+  const lint = await lintExposition(out);
+  t.ok(lint.ok, `expfmt and promlint: ${lint.output}`);
+  t.same(declaredFamilies(out), await documentedFamilies("agent"), "docs/metrics.md lists exactly these");
+});
+
+/** The tether_ families an exposition declares, with their types. */
+function declaredFamilies(exposition: string): Record<string, string> {
+  return Object.fromEntries(
+    [...exposition.matchAll(/^# TYPE (tether_[a-z_]+) (\w+)$/gm)].map((m) => [m[1]!, m[2]!]),
+  );
+}
+
+/** docs/metrics.md's table rows (| `tether_name` | type | labels | meaning |) for the server or the agent. */
+async function documentedFamilies(of: "server" | "agent"): Promise<Record<string, string>> {
   const doc = await readFile(join(import.meta.dirname, "../../docs/metrics.md"), "utf8");
-  const section = doc.slice(doc.indexOf("### Server metrics"), doc.indexOf("## tether-agent"));
-  const documented = new Map(
-    [...section.matchAll(/^\| `(tether_[a-z_]+)` \| (counter|gauge|histogram) \|/gm)].map((m) => [
+  const agentAt = doc.indexOf("## tether-agent");
+  const section =
+    of === "server" ? doc.slice(doc.indexOf("### Server metrics"), agentAt) : doc.slice(agentAt);
+  return Object.fromEntries(
+    [...section.matchAll(/^\| `(tether_[a-z_]+)` +\| +(counter|gauge|histogram) +\|/gm)].map((m) => [
       m[1]!,
       m[2]!,
     ]),
   );
-  const declared = new Map([...out.matchAll(/^# TYPE (tether_[a-z_]+) (\w+)$/gm)].map((m) => [m[1]!, m[2]!]));
-  t.same(Object.fromEntries(declared), Object.fromEntries(documented), "docs/metrics.md lists exactly these");
-});
+}

@@ -84,6 +84,8 @@ export class Forwarder {
   constructor(
     private readonly target: KubeTarget,
     private readonly onError: (err: Error) => void = () => {},
+    /** A request to the apiserver failed (not the caller's side going away). */
+    private readonly onApiserverError: () => void = () => {},
   ) {
     this.host = target.url.hostname.replace(/^\[|\]$/g, "");
     this.port = Number(target.url.port || 443);
@@ -178,6 +180,7 @@ export class Forwarder {
     });
     upstream.on("error", (err) => {
       this.onError(err);
+      if (!res.destroyed) this.onApiserverError();
       if (!answered && !res.headersSent)
         sendStatus(res, "BadGateway", `the apiserver could not be reached: ${err.message}`);
       else if (!res.writableEnded) res.destroy();
@@ -288,6 +291,7 @@ export class Forwarder {
 
     upstream.on("error", (err) => {
       this.onError(err);
+      if (!stream.destroyed) this.onApiserverError();
       if (answered) {
         stream.destroy();
         return;
