@@ -94,8 +94,13 @@ export class TetherMetrics {
   private readonly refusals: Counter<"reason">;
   private readonly authFailures: Counter<"endpoint" | "reason">;
   private readonly requestDuration: Histogram<"cluster" | "verb" | "code">;
-  private readonly longRequests: Gauge<"cluster">;
-  private readonly upgradesOpen: Gauge<"cluster" | "kind">;
+  /**
+   * Open watches and upgrades, counted here and copied into their gauges at
+   * scrape time: one that ends after its cluster was forgotten finds no entry
+   * and changes nothing, where a gauge's dec() would bring back a series at -1.
+   */
+  private readonly longOpen = new Map<string, number>();
+  private readonly upgradesOpenCount = new Map<string, { cluster: string; kind: string; open: number }>();
   private readonly upgradesTotal: Counter<"cluster" | "kind">;
   private readonly joins: Counter<"result">;
   private readonly renewals: Counter<"result">;
@@ -219,17 +224,26 @@ export class TetherMetrics {
       buckets: DURATION_BUCKETS,
       registers,
     });
-    this.longRequests = new Gauge({
+    new Gauge({
       name: "tether_proxy_long_requests_open",
       help: "Watches and followed logs being forwarded now.",
       labelNames: ["cluster"],
       registers,
+      collect() {
+        this.reset();
+        for (const [cluster, open] of metrics.longOpen) this.set({ cluster }, open);
+      },
     });
-    this.upgradesOpen = new Gauge({
+    new Gauge({
       name: "tether_upgrades_open",
       help: "Upgraded connections (exec, attach, port-forward, other) relayed now.",
       labelNames: ["cluster", "kind"],
       registers,
+      collect() {
+        this.reset();
+        for (const { cluster, kind, open } of metrics.upgradesOpenCount.values())
+          this.set({ cluster, kind }, open);
+      },
     });
     this.upgradesTotal = new Counter({
       name: "tether_upgrades_total",
@@ -262,7 +276,7 @@ export class TetherMetrics {
       labelNames: ["operation"],
       registers,
     });
-    this.perCluster = [this.requestDuration, this.longRequests, this.upgradesOpen, this.upgradesTotal];
+    this.perCluster = [this.requestDuration, this.upgradesTotal];
   }
 
   /** The Prometheus text exposition. */
@@ -329,9 +343,10 @@ export class TetherMetrics {
     const info = requestInfo(req.method ?? "GET", path);
     const verb = VERBS.has(info.verb) ? info.verb : "other";
     const long = verb === "watch" || (info.subresource === "log" && FOLLOW.test(path));
-    if (long) this.longRequests.inc({ cluster });
+    if (long) this.longOpen.set(cluster, (this.longOpen.get(cluster) ?? 0) + 1);
     res.once("close", () => {
-      if (long) this.longRequests.dec({ cluster });
+      const open = long ? this.longOpen.get(cluster) : undefined;
+      if (open !== undefined) this.longOpen.set(cluster, open - 1);
       const code = res.headersSent ? `${Math.floor(res.statusCode / 100)}xx` : "none";
       this.requestDuration.observe({ cluster, verb, code }, (performance.now() - start) / 1000);
     });
@@ -342,12 +357,16 @@ export class TetherMetrics {
     const sub = requestInfo("GET", path).subresource;
     const labels = { cluster, kind: UPGRADE_KINDS.has(sub) ? sub : "other" };
     this.upgradesTotal.inc(labels);
-    this.upgradesOpen.inc(labels);
+    const key = `${cluster}\u0000${labels.kind}`;
+    const entry = this.upgradesOpenCount.get(key) ?? { ...labels, open: 0 };
+    entry.open++;
+    this.upgradesOpenCount.set(key, entry);
     let done = false;
     return () => {
       if (done) return;
       done = true;
-      this.upgradesOpen.dec(labels);
+      // The entry of a forgotten cluster is gone; a later one of a re-added cluster is another object.
+      if (this.upgradesOpenCount.get(key) === entry) entry.open--;
     };
   }
 
@@ -375,6 +394,9 @@ export class TetherMetrics {
   /** Drops every series of a removed cluster; its counters start again from 0 if the name is registered again. */
   async forgetCluster(cluster: string): Promise<void> {
     this.closedBytes.delete(cluster);
+    this.longOpen.delete(cluster);
+    for (const [key, entry] of this.upgradesOpenCount)
+      if (entry.cluster === cluster) this.upgradesOpenCount.delete(key);
     for (const metric of this.perCluster) {
       const seen = new Map<string, Record<string, string | number>>();
       for (const { labels } of (await metric.get()).values) {

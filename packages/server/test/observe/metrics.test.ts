@@ -140,9 +140,22 @@ t.test("a removed cluster's series go", async (t) => {
     m.agentConnected(cluster, asSession(s));
     s.close();
   }
+  // A watch and a port-forward still open when the cluster goes, ending after.
+  const watch = fakeExchange("GET");
+  m.requestStarted(watch.req, watch.asRes, "gone", "/api/v1/pods?watch=1");
+  const endForward = m.upgradeStarted("gone", "/api/v1/namespaces/d/pods/p/portforward");
   let out = await text(m);
   t.ok(has(out, "tether_upgrades_total", { cluster: "gone", kind: "exec" }));
+  t.equal(value(out, "tether_proxy_long_requests_open", { cluster: "gone" }), 1);
   await m.forgetCluster("gone");
+  endForward();
+  watch.res.headersSent = true;
+  out = await text(m);
+  t.notOk(
+    has(out, "tether_upgrades_open", { cluster: "gone" }),
+    "an upgrade ending later brings no series back",
+  );
+  t.notOk(has(out, "tether_proxy_long_requests_open", { cluster: "gone" }));
   out = await text(m);
   t.notOk(/cluster="gone"/.test(out), "no series names the removed cluster");
   t.ok(has(out, "tether_upgrades_total", { cluster: "kept", kind: "exec" }), "others stay");
