@@ -38,11 +38,12 @@ void _complete;
 export function instrumentStore(store: Store, metrics: TetherMetrics): Store {
   const wrapped = new Map<PropertyKey, unknown>();
   for (const operation of OPERATIONS) {
-    const fn = store[operation] as (...args: unknown[]) => Promise<unknown>;
     const labels = { operation };
     wrapped.set(operation, async (...args: unknown[]) => {
       const end = metrics.storeDuration.startTimer(labels);
       try {
+        // Looked up per call: the wrapped store's methods may be replaced later (tests do).
+        const fn = store[operation] as (...args: unknown[]) => Promise<unknown>;
         return await fn.apply(store, args);
       } catch (err) {
         metrics.storeErrors.inc(labels);
