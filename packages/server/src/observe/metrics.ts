@@ -5,23 +5,11 @@
 // cluster label only ever holds registered clusters (its series go when the
 // cluster is removed), the others come from fixed sets; no user, path or pod.
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Session } from "@tether/tunnel";
-import { ErrorCode, isTetherError } from "@tether/tunnel";
+import { ErrorCode, isTetherError, type Session } from "@tether/tunnel";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { VERSION } from "../version.js";
+import type { ProxyObserver, RefusalReason } from "../proxy/cluster-proxy.js";
 import { requestInfo } from "../proxy/request-info.js";
-
-/** Why a proxied request or upgrade was refused before or instead of reaching the member. */
-export type RefusalReason =
-  | "bad_request"
-  | "not_found"
-  | "rate_limited"
-  | "unauthorized"
-  | "forbidden"
-  | "no_agent"
-  | "caller_quota"
-  | "session_full"
-  | "agent_stream_limit";
 
 /** Which endpoint judged a credential. */
 export type AuthEndpoint = "proxy" | "join" | "admin" | "metrics";
@@ -48,22 +36,17 @@ export type DisconnectReason =
 export type RenewalResult = "success" | "refused";
 
 /** Verbs the request histogram keeps; anything else (an exotic HTTP method) is "other". */
-const VERBS = new Set([
-  "get",
-  "list",
-  "watch",
-  "create",
-  "update",
-  "patch",
-  "delete",
-  "deletecollection",
-  "proxy",
-  "head",
-  "post",
-  "put",
-  "options",
-]);
+const VERBS = new Set(
+  "get list watch create update patch delete deletecollection proxy head post put options".split(" "),
+);
 const UPGRADE_KINDS = new Set(["exec", "attach", "portforward"]);
+const JOIN_RESULTS: Record<number, string> = {
+  200: "success",
+  400: "bad_request",
+  401: "invalid_token",
+  403: "forbidden",
+  429: "rate_limited",
+};
 const FOLLOW = /[?&]follow=(1|t|T|true|True|TRUE)(&|$)/;
 
 const NONCONFORMING_DEFAULTS = [
@@ -81,7 +64,7 @@ interface ClusterBytes {
   received: number;
 }
 
-export class TetherMetrics {
+export class TetherMetrics implements ProxyObserver {
   readonly registry = new Registry();
   /** Sessions not yet closed, by cluster: a replaced one drains beside its successor. */
   private readonly live = new Map<string, Set<Session>>();
@@ -285,8 +268,7 @@ export class TetherMetrics {
   }
 
   private bytesOf(cluster: string): ClusterBytes {
-    const closed = this.closedBytes.get(cluster) ?? { sent: 0, received: 0 };
-    let { sent, received } = closed;
+    let { sent, received } = this.closedBytes.get(cluster) ?? { sent: 0, received: 0 };
     for (const s of this.live.get(cluster) ?? []) {
       sent += s.bytesSent;
       received += s.bytesReceived;
@@ -372,19 +354,7 @@ export class TetherMetrics {
 
   /** Counts a join by the status the join endpoint answered with. */
   joinAnswered(status: number): void {
-    const result =
-      status === 200
-        ? "success"
-        : status === 401
-          ? "invalid_token"
-          : status === 403
-            ? "forbidden"
-            : status === 400
-              ? "bad_request"
-              : status === 429
-                ? "rate_limited"
-                : "error";
-    this.joins.inc({ result });
+    this.joins.inc({ result: JOIN_RESULTS[status] ?? "error" });
   }
 
   renewal(result: RenewalResult): void {

@@ -9,7 +9,6 @@ import { type StatusReason, sendStatus, statusResponseHead } from "@tether/commo
 import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
-import type { RefusalReason, TetherMetrics } from "../observe/metrics.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
@@ -24,6 +23,30 @@ const passthroughRequests = new WeakSet<IncomingMessage>();
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
+
+/** Why a request or upgrade was answered by Tether instead of the member. */
+export type RefusalReason =
+  | "bad_request"
+  | "not_found"
+  | "rate_limited"
+  | "unauthorized"
+  | "forbidden"
+  | "no_agent"
+  | "caller_quota"
+  | "session_full"
+  | "agent_stream_limit";
+
+/** What the proxy reports as it admits and forwards (observe/metrics.ts implements it). */
+export interface ProxyObserver {
+  refused(reason: RefusalReason): void;
+  /** A stream open refused because this end's or the agent's end of the tunnel was full. */
+  refusedFull(err: unknown): void;
+  authFailure(endpoint: "proxy", reason: "invalid_credential" | "member_rejected"): void;
+  /** A request about to be forwarded; `path` is the member path with its query. */
+  requestStarted(req: IncomingMessage, res: ServerResponse, cluster: string, path: string): void;
+  /** An upgrade about to be relayed; returns what to call when its connection closes. */
+  upgradeStarted(cluster: string, path: string): () => void;
+}
 
 type Admission =
   | {
@@ -44,7 +67,7 @@ export interface ClusterProxyDeps {
   quota: CallerQuota;
   failures: FailureRateLimit;
   streamIdleTimeoutMs: number;
-  metrics?: TetherMetrics;
+  metrics?: ProxyObserver;
 }
 
 export class ClusterProxy {
