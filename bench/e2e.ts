@@ -1,7 +1,9 @@
 /**
- * `npm run bench -- e2e`: the same apiserver reached three ways in one run —
+ * `npm run bench -- e2e`: the same apiserver reached four ways in one run —
  * directly, through Tether (server and agent as separate processes, agent in
- * in-cluster mode, impersonation on), and through an OpenSSH `ssh -R` reverse
+ * in-cluster mode, impersonation on) with its observability off
+ * (--no-metrics), through a second Tether with it on (metrics scraped every
+ * second, OBSERVED_SERVER_ARGS), and through an OpenSSH `ssh -R` reverse
  * tunnel where sshd is installed — measuring small-GET latency (p50/p99) and
  * the throughput of one large LIST. Requests are interleaved across the paths
  * round by round so that drift on a shared machine hits all of them alike.
@@ -23,13 +25,19 @@ import { ManagedProcess } from "../test/kube/processes.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
 
 interface Path {
-  name: "direct" | "tether" | "ssh";
+  name: "direct" | "tether" | "tether_observed" | "ssh";
   base: string;
   agent: HttpsAgent;
   token: string;
 }
 
 const SSHD = "/usr/sbin/sshd";
+/** The Tether path without observability: the baseline of observability_get_p50_ratio. */
+const PLAIN_SERVER_ARGS = ["--no-metrics"];
+/** `serve` flags of the observed Tether path, each a feature the overhead ratio covers; files go in `dir`. */
+function observedServerArgs(dir: string): string[] {
+  return ["--metrics-token-file", join(dir, "metrics-token")];
+}
 const LIST_NAMESPACE = "bench-data";
 
 function get(path: Path, url: string): Promise<{ bytes: number; status: number }> {
@@ -181,64 +189,46 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
   ];
   try {
     const member = set.clusters[0]!;
-    // Tether's state: the cluster, an agent certificate, a user token.
-    const stateDir = join(dir, "state");
-    const store = await FileStore.open(stateDir);
-    await store.putCluster({
-      name: "bench",
-      auth: "impersonate",
-      labels: {},
-      allowedUsers: [],
-      allowedGroups: [],
-      createdAt: new Date().toISOString(),
-    });
-    const ca = await store.loadOrCreateCa();
-    const cert = await ca.issueClusterCertificate("bench");
-    await store.recordIssued(cert.serial, "bench", cert.notAfter.toISOString());
-    const { token, hash } = issueToken();
-    await store.addToken({
-      hash,
-      kind: "user",
-      user: "bench",
-      groups: ["admins"],
-      clusters: ["bench"],
-      expiresAt: new Date(Date.now() + 3600_000).toISOString(),
-    });
-    const files = {
-      caFile: join(dir, "ca.crt"),
-      certFile: join(dir, "agent.crt"),
-      keyFile: join(dir, "agent.key"),
-    };
-    await writeFile(files.caFile, ca.certPem);
-    await writeFile(files.certFile, cert.certPem);
-    await writeFile(files.keyFile, cert.keyPem!, { mode: 0o600 });
     await bindTetherAdmins(member);
     const saDir = join(dir, "sa");
     const env = await prepareMember(member, saDir);
-
-    const timing = { keepaliveSeconds: 10, deadPeerTimeoutSeconds: 30 };
-    const server = await spawnServer(stateDir, ca.certPem, join(dir, "server.log"), timing);
-    cleanups.unshift(() => server.proc.stop());
-    const agent = spawnAgent({
-      server: server.url,
-      ...files,
-      env,
-      serviceAccountDir: saDir,
-      logFile: join(dir, "agent.log"),
-      timing,
-    });
-    cleanups.unshift(() => agent.stop());
+    const plain = await startTetherPath(join(dir, "plain"), env, saDir, PLAIN_SERVER_ARGS);
+    cleanups.unshift(plain.stop);
+    const observedDir = join(dir, "observed");
+    await mkdir(observedDir, { recursive: true });
+    const scrapeToken = randomBytes(32).toString("hex");
+    await writeFile(join(observedDir, "metrics-token"), scrapeToken, { mode: 0o600 });
+    const observed = await startTetherPath(observedDir, env, saDir, observedServerArgs(observedDir));
+    cleanups.unshift(observed.stop);
+    const scraper = startScraper(observed.url, observed.caPem, scrapeToken);
+    cleanups.unshift(async () => scraper.stop());
 
     const keepAlive = (ca: string) => new HttpsAgent({ keepAlive: true, maxSockets: 1, ca });
     const paths: Path[] = [
       { name: "direct", base: member.server, agent: keepAlive(member.caPem), token: member.admin.token },
-      { name: "tether", base: `${server.url}/clusters/bench`, agent: keepAlive(ca.certPem), token },
+      {
+        name: "tether",
+        base: `${plain.url}/clusters/bench`,
+        agent: keepAlive(plain.caPem),
+        token: plain.token,
+      },
+      {
+        name: "tether_observed",
+        base: `${observed.url}/clusters/bench`,
+        agent: keepAlive(observed.caPem),
+        token: observed.token,
+      },
     ];
-    const end = Date.now() + 30_000;
-    while ((await get(paths[1]!, "/api").catch(() => ({ status: 0 }))).status !== 200) {
-      agent.assertRunning();
-      if (Date.now() > end) throw new Error(`the agent did not connect; log:\n${agent.logTail()}`);
-      await new Promise((r) => setTimeout(r, 100));
+    for (const [p, t] of [
+      [paths[1]!, plain],
+      [paths[2]!, observed],
+    ] as const) {
+      const end = Date.now() + 30_000;
+      while ((await get(p, "/api").catch(() => ({ status: 0 }))).status !== 200) {
+        t.agent.assertRunning();
+        if (Date.now() > end) throw new Error(`the agent did not connect; log:\n${t.agent.logTail()}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
     }
     const ssh = await startSshTunnel(dir, Number(new URL(member.server).port));
     if (ssh) {
@@ -280,7 +270,15 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
       }
     }
 
-    const metrics: Record<string, number> = { requests, list_bytes: listBytes };
+    scraper.stop();
+    if (scraper.failures > 0 || scraper.scrapes === 0) {
+      throw new Error(`the scraper of /metrics: ${scraper.scrapes} scrapes, ${scraper.failures} failed`);
+    }
+    const metrics: Record<string, number> = {
+      requests,
+      list_bytes: listBytes,
+      observability_scrapes: scraper.scrapes,
+    };
     const rows: SuiteResult["rows"] = [];
     for (const p of paths) {
       const sorted = samples.get(p.name)!.sort((a, b) => a - b);
@@ -298,7 +296,18 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
         "",
       ]);
     }
-    for (const base of paths.filter((p) => p.name !== "tether")) {
+    metrics.observability_get_p50_ratio = round3(
+      metrics.get_p50_ms_tether_observed! / metrics.get_p50_ms_tether!,
+    );
+    metrics.observability_get_p99_ratio = round3(
+      metrics.get_p99_ms_tether_observed! / metrics.get_p99_ms_tether!,
+    );
+    rows.push([
+      "observed ÷ plain tether: GET p50, p99",
+      `${metrics.observability_get_p50_ratio}, ${metrics.observability_get_p99_ratio}`,
+      `target p50 ≤ 1.05; ${observedServerArgs("DIR").join(" ")}, /metrics scraped every second (${scraper.scrapes} scrapes)`,
+    ]);
+    for (const base of paths.filter((p) => p.name !== "tether" && p.name !== "tether_observed")) {
       const b = base.name;
       metrics[`get_p50_ratio_vs_${b}`] = round3(metrics.get_p50_ms_tether! / metrics[`get_p50_ms_${b}`]!);
       metrics[`get_p99_ratio_vs_${b}`] = round3(metrics.get_p99_ms_tether! / metrics[`get_p99_ms_${b}`]!);
@@ -322,6 +331,96 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
   } finally {
     for (const c of cleanups) await c().catch(() => {});
   }
+}
+
+interface TetherPath {
+  url: string;
+  caPem: string;
+  token: string;
+  agent: ManagedProcess;
+  stop: () => Promise<void>;
+}
+
+/** A tether-server with `serverArgs` and its agent (both processes) in front of `member`, with its own state in `dir`. */
+async function startTetherPath(
+  dir: string,
+  env: NodeJS.ProcessEnv,
+  saDir: string,
+  serverArgs: string[],
+): Promise<TetherPath> {
+  await mkdir(dir, { recursive: true });
+  const stateDir = join(dir, "state");
+  const store = await FileStore.open(stateDir);
+  await store.putCluster({
+    name: "bench",
+    auth: "impersonate",
+    labels: {},
+    allowedUsers: [],
+    allowedGroups: [],
+    createdAt: new Date().toISOString(),
+  });
+  const ca = await store.loadOrCreateCa();
+  const cert = await ca.issueClusterCertificate("bench");
+  await store.recordIssued(cert.serial, "bench", cert.notAfter.toISOString());
+  const { token, hash } = issueToken();
+  await store.addToken({
+    hash,
+    kind: "user",
+    user: "bench",
+    groups: ["admins"],
+    clusters: ["bench"],
+    expiresAt: new Date(Date.now() + 3600_000).toISOString(),
+  });
+  const files = {
+    caFile: join(dir, "ca.crt"),
+    certFile: join(dir, "agent.crt"),
+    keyFile: join(dir, "agent.key"),
+  };
+  await writeFile(files.caFile, ca.certPem);
+  await writeFile(files.certFile, cert.certPem);
+  await writeFile(files.keyFile, cert.keyPem!, { mode: 0o600 });
+  const timing = { keepaliveSeconds: 10, deadPeerTimeoutSeconds: 30 };
+  const server = await spawnServer(stateDir, ca.certPem, join(dir, "server.log"), timing, serverArgs);
+  const agent = spawnAgent({
+    server: server.url,
+    ...files,
+    env,
+    serviceAccountDir: saDir,
+    logFile: join(dir, "agent.log"),
+    timing,
+  });
+  return {
+    url: server.url,
+    caPem: ca.certPem,
+    token,
+    agent,
+    stop: async () => {
+      await agent.stop();
+      await server.proc.stop();
+    },
+  };
+}
+
+/** GETs /metrics every second, as a Prometheus scraping the server would. */
+function startScraper(url: string, caPem: string, token: string) {
+  const agent = new HttpsAgent({ keepAlive: true, maxSockets: 1, ca: caPem });
+  const state = { scrapes: 0, failures: 0, stop: () => {} };
+  const timer = setInterval(() => {
+    const req = request(`${url}/metrics`, { agent, headers: { authorization: `Bearer ${token}` } }, (res) => {
+      res.resume();
+      res.on("end", () => {
+        if (res.statusCode === 200) state.scrapes++;
+        else state.failures++;
+      });
+    });
+    req.on("error", () => state.failures++);
+    req.end();
+  }, 1000);
+  state.stop = () => {
+    clearInterval(timer);
+    agent.destroy();
+  };
+  return state;
 }
 
 function round3(x: number): number {

@@ -5,7 +5,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { inClusterTarget, kubeconfigTarget, TetherAgent } from "@tether/agent";
+import { type AgentMetrics, inClusterTarget, kubeconfigTarget, TetherAgent } from "@tether/agent";
 import {
   type AuthMode,
   type CertificateAuthority,
@@ -39,7 +39,7 @@ export interface Fixture {
   startAgent(
     name: string,
     member: Cluster,
-    options?: { credential?: "service-account" | "client-certificate" },
+    options?: { credential?: "service-account" | "client-certificate"; metrics?: AgentMetrics },
   ): Promise<TetherAgent>;
   /** A kubeconfig for /clusters/<cluster> with a Tether token for user (scoped to `scope`, default that cluster). */
   userKubeconfig(
@@ -138,6 +138,7 @@ export async function startTether(options: Omit<Partial<ServerOptions>, "store">
             : inClusterTarget(env, saDir),
         tunnel: TEST_TUNNEL,
         backoff: { baseMs: 100, capMs: 1_000 },
+        ...(options.metrics ? { metrics: options.metrics } : {}),
       });
       agents.push(agent);
       agent.start();

@@ -22,6 +22,7 @@ import {
 } from "./credentials.js";
 import { Forwarder } from "./forwarder.js";
 import type { KubeTarget } from "./kube-target.js";
+import type { AgentMetrics } from "./metrics.js";
 import { VERSION } from "./version.js";
 
 const MAX_REPLY = 64 * 1024;
@@ -47,6 +48,8 @@ export interface AgentOptions {
   log?: AgentLog;
   /** Where renewed credentials are saved; without it they live in memory only. */
   credentialStore?: CredentialStore;
+  /** Counts what the agent does, for --metrics-address (metrics.ts). */
+  metrics?: AgentMetrics;
 }
 
 const quiet: AgentLog = { debug() {}, info() {}, warn() {} };
@@ -70,11 +73,15 @@ export class TetherAgent {
     this.creds = { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem };
     this.backoff = new Backoff(options.backoff);
     this.log = options.log ?? quiet;
-    this.forwarder = new Forwarder(options.target, (err, normal) => {
-      if (normal)
-        this.log.debug({ err: err.message }, "stream ended (the caller went away or the session ended)");
-      else this.log.warn({ err: err.message }, "forwarding error");
-    });
+    this.forwarder = new Forwarder(
+      options.target,
+      (err, normal) => {
+        if (normal)
+          this.log.debug({ err: err.message }, "stream ended (the caller went away or the session ended)");
+        else this.log.warn({ err: err.message }, "forwarding error");
+      },
+      () => options.metrics?.apiserverError(),
+    );
   }
 
   get session(): Session | undefined {
@@ -111,7 +118,11 @@ export class TetherAgent {
     this.socket = ws;
     let goAway = false;
     let sessionStarted = false;
+    let refused = false;
+    const metrics = this.options.metrics;
     ws.once("unexpected-response", (_req, res) => {
+      refused = true;
+      metrics?.dialed("refused");
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (c: string) => {
@@ -131,10 +142,15 @@ export class TetherAgent {
       const session = sessionFromWebSocket(ws, {
         ...this.options.tunnel,
         role: "client",
-        accept: (req) =>
-          (DEFAULT_SERVICES as readonly string[]).includes(req.service) ? true : ResetCode.REFUSED,
+        accept: (req) => {
+          const served = (DEFAULT_SERVICES as readonly string[]).includes(req.service);
+          metrics?.stream(served);
+          return served ? true : ResetCode.REFUSED;
+        },
       });
       sessionStarted = true;
+      metrics?.dialed("connected");
+      metrics?.sessionStarted(session);
       this.current = session;
       this.backoff.reset();
       this.log.info({ server: this.options.server }, "connected");
@@ -146,6 +162,7 @@ export class TetherAgent {
       session.once("close", () => {
         if (this.current === session) this.current = undefined;
         this.log.info({ goAway }, "disconnected");
+        if (!this.stopped) metrics?.reconnecting(goAway ? "go_away" : "session_lost");
         this.reconnect(goAway ? 0 : this.backoff.next());
       });
       for (const w of this.connectedWaiters.splice(0)) w();
@@ -156,7 +173,9 @@ export class TetherAgent {
     });
     ws.once("close", () => {
       // Once a session ran, its own close handler redials.
-      if (!sessionStarted) this.reconnect(this.backoff.next());
+      if (sessionStarted) return;
+      if (!refused && !this.stopped) metrics?.dialed("failed");
+      this.reconnect(this.backoff.next());
     });
   }
 
@@ -198,9 +217,11 @@ export class TetherAgent {
       await this.options.credentialStore?.save(creds);
       this.creds = creds;
       this.renewals++;
+      this.options.metrics?.renewal(true);
       this.log.info({ renewals: this.renewals }, "certificate renewed");
       this.scheduleRenewal();
     } catch (err) {
+      this.options.metrics?.renewal(false);
       const retry = Math.min(60_000, Math.max(1_000, renewalDelayMs(this.creds.certPem) / 4));
       this.log.warn({ err: (err as Error).message, retryMs: retry }, "certificate renewal failed");
       this.scheduleRenewal(retry);

@@ -13,6 +13,7 @@ import {
   SERVICE_ACCOUNT_DIR,
   TargetConfigError,
 } from "./kube-target.js";
+import { AgentMetrics, portOf } from "./metrics.js";
 import { SecretCredentials } from "./secret-credentials.js";
 import { VERSION } from "./version.js";
 
@@ -34,6 +35,7 @@ interface RunOptions {
   serviceAccountDir: string;
   keepalive: number;
   deadPeerTimeout: number;
+  metricsAddress?: { host: string; port: number };
 }
 
 function readFlagFile(path: string, flag: string): string {
@@ -48,6 +50,13 @@ function seconds(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n < 0) throw new Error(`not a number of seconds: ${value}`);
   return n;
+}
+
+function hostPort(value: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  const port = Number(m?.[3]);
+  if (!m || port > 65535) throw new InvalidArgumentError("must be host:port, e.g. 127.0.0.1:9464");
+  return { host: m[1] ?? m[2]!, port };
 }
 
 function secretName(value: string): string {
@@ -155,6 +164,14 @@ export function buildProgram(): Command {
       new Option("--dead-peer-timeout <seconds>", "seconds of silence before the server is taken for dead")
         .default(30)
         .argParser(seconds),
+    )
+    .addOption(
+      new Option(
+        "--metrics-address <host:port>",
+        "serve Prometheus metrics at http://<host:port>/metrics, without authentication (off by default; e.g. 127.0.0.1:9464)",
+      )
+        .env("TETHER_METRICS_ADDRESS")
+        .argParser(hostPort),
     );
 }
 
@@ -182,6 +199,17 @@ export async function main(argv: string[]): Promise<void> {
         : new CredentialsDir(opts.stateDir);
     const { caPem, certPem, keyPem } = await credentials(opts, credentialStore, log);
     target ??= targetOf();
+    const metrics = opts.metricsAddress ? new AgentMetrics() : undefined;
+    const metricsServer =
+      metrics && opts.metricsAddress
+        ? await metrics.listen(opts.metricsAddress.host, opts.metricsAddress.port)
+        : undefined;
+    if (metricsServer && opts.metricsAddress) {
+      log.info(
+        { host: opts.metricsAddress.host, port: portOf(metricsServer) },
+        "serving metrics at /metrics",
+      );
+    }
     const agent = new TetherAgent({
       server: opts.server,
       caPem,
@@ -191,11 +219,13 @@ export async function main(argv: string[]): Promise<void> {
       credentialStore,
       tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
       log,
+      ...(metrics ? { metrics } : {}),
     });
     log.info({ target: target.description, server: opts.server, version: VERSION }, "starting");
     agent.start();
     const stop = () => {
       log.info({}, "stopping");
+      metricsServer?.close();
       void agent.stop().then(() => process.exit(0));
     };
     process.once("SIGTERM", stop);

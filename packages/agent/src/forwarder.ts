@@ -91,6 +91,8 @@ export class Forwarder {
   constructor(
     private readonly target: KubeTarget,
     private readonly onError: ForwardingErrorHandler = () => {},
+    /** A request to the apiserver failed (not the caller's side going away). */
+    private readonly onApiserverError: () => void = () => {},
   ) {
     this.host = target.url.hostname.replace(/^\[|\]$/g, "");
     this.port = Number(target.url.port || 443);
@@ -191,6 +193,7 @@ export class Forwarder {
     });
     upstream.on("error", (err) => {
       this.report(err, callerGone);
+      if (!res.destroyed) this.onApiserverError();
       if (!answered && !res.headersSent)
         sendStatus(res, "BadGateway", `the apiserver could not be reached: ${err.message}`);
       else if (!res.writableEnded) res.destroy();
@@ -308,6 +311,7 @@ export class Forwarder {
 
     upstream.on("error", (err) => {
       this.report(err, callerGone);
+      if (!stream.destroyed) this.onApiserverError();
       if (answered) {
         stream.destroy();
         return;

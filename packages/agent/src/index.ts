@@ -6,3 +6,4 @@ export { main } from "./cli.js";
 export { type CredentialStore, type Credentials, CredentialsDir, keyAndCsr } from "./credentials.js";
 export { type JoinOptions, join } from "./join.js";
 export { inClusterTarget, type KubeTarget, kubeconfigTarget } from "./kube-target.js";
+export { AgentMetrics } from "./metrics.js";

@@ -89,6 +89,9 @@ export const SERVER_ERRORS = {
   ERR_TETHER_INVALID_LIMIT: {
     hint: "give each limit option a count or duration in the range docs/operations.md states",
   },
+  ERR_TETHER_METRICS_TOKEN: {
+    hint: "--metrics-token-file must be readable and hold one token of at least 32 characters (e.g. openssl rand -hex 32 > FILE)",
+  },
 
   // PKI (pki.ts).
   ERR_TETHER_BAD_CA: {

@@ -8,3 +8,5 @@ export { type ServerOptions, TetherServer } from "./server.js";
 export { FileStore } from "./store/file-store.js";
 export { KubeStore, type KubeStoreOptions } from "./store/kube-store.js";
 export type { AuthMode, ClusterInput, ClusterRecord, Store, TokenRecord } from "./store/state-store.js";
+export { type ReadDecision, ReadAccess } from "./http/read-access.js";
+export { TetherMetrics } from "./observe/metrics.js";

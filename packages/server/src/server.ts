@@ -7,7 +7,13 @@ import { createServer, type Server } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { AGENT_PATH, AGENT_VERSION_HEADER, sendStatus, statusResponseHead } from "@tether/common";
+import {
+  AGENT_PATH,
+  AGENT_VERSION_HEADER,
+  JOIN_CERTIFICATE_PATH,
+  sendStatus,
+  statusResponseHead,
+} from "@tether/common";
 import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
 import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin/admin-api.js";
@@ -15,6 +21,7 @@ import { normalizeServerUrl } from "./admin/admin-input.js";
 import { StoreClusterAdmin } from "./admin/cluster-admin.js";
 import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./http/failure-rate-limit.js";
 import { type Limits, resolveLimits } from "./http/limits.js";
+import { ReadAccess } from "./http/read-access.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
 import { type RenewalOptions, Renewals } from "./join/renewal.js";
 import { createLogger, type Logger, loggablePath } from "./logger.js";
@@ -22,6 +29,14 @@ import { ClusterEvents } from "./observe/cluster-events.js";
 import { adminReader } from "./observe/status-access.js";
 import { connectionOf, StatusModel } from "./observe/status-model.js";
 import { STATUS_PATH, type StatusPageDeps, serveStatus } from "./observe/status-page.js";
+import { instrumentStore } from "./observe/instrumented-store.js";
+import {
+  type AgentRefusal,
+  type AuthEndpoint,
+  type DisconnectReason,
+  TetherMetrics,
+} from "./observe/metrics.js";
+import { METRICS_PATH, serveMetrics } from "./observe/metrics-endpoint.js";
 import { identityFromPeerCertificate } from "./pki/identity.js";
 import { foreignIncarnation } from "./pki/incarnation.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
@@ -64,10 +79,18 @@ export interface ServerOptions {
   clusterStatusOptions?: StatusReporterOptions;
   /** What one caller, source or connection may hold; defaults in limits.ts. */
   limits?: Partial<Limits>;
+  /** Prometheus metrics at /metrics (observe/metrics.ts). Default true. */
+  metrics?: boolean;
+  /** The read-only bearer token of /metrics and /status besides the admin token (--metrics-token-file). */
+  metricsToken?: string;
 }
 
 export class TetherServer {
   readonly sessions: AgentSessions;
+  /** Undefined with `metrics: false`. */
+  readonly metrics: TetherMetrics | undefined;
+  /** Who may read /metrics and /status. */
+  readonly readAccess: ReadAccess;
   private readonly https: Server;
   private readonly wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
   private readonly proxy: ClusterProxy;
@@ -95,7 +118,9 @@ export class TetherServer {
     serving: { certPem: string; keyPem: string },
     private readonly servingNames: { dnsNames: string[]; ips: string[] },
   ) {
-    this.store = options.store;
+    this.metrics = options.metrics === false ? undefined : new TetherMetrics();
+    this.store = this.metrics ? instrumentStore(options.store, this.metrics) : options.store;
+    this.readAccess = new ReadAccess(this.store, options.metricsToken);
     this.log = options.log ?? createLogger();
     this.tunnel = options.tunnel ?? {};
     this.sessions = new AgentSessions(
@@ -113,6 +138,7 @@ export class TetherServer {
       quota: new CallerQuota(this.limits.maxStreamsPerCaller),
       failures: this.authFailures,
       streamIdleTimeoutMs: this.limits.streamIdleTimeoutMs,
+      ...(this.metrics ? { metrics: this.metrics } : {}),
     });
     this.join = new JoinEndpoint({
       store: this.store,
@@ -129,9 +155,10 @@ export class TetherServer {
       admin: new StoreClusterAdmin(this.store, publicUrl),
       log: this.log,
       onClusterRemoved: (cluster) => {
-        this.sessions.disconnect(cluster);
+        this.closeSessionsOf(cluster, "cluster_removed");
         this.renewals.forget(cluster);
         this.events.forget(cluster);
+        void this.metrics?.forgetCluster(cluster);
       },
       connection: (cluster) => connectionOf(this.sessions.get(cluster)),
     });
@@ -254,8 +281,25 @@ export class TetherServer {
     req.socket.setTimeout(0);
     try {
       const path = (req.url ?? "/").split("?")[0];
-      if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX) || path === STATUS_PATH) {
-        if (this.refuseFailingSource(req, res, path.startsWith(ADMIN_API_PREFIX))) return;
+      if (
+        path?.startsWith("/join/") ||
+        path?.startsWith(ADMIN_API_PREFIX) ||
+        path === METRICS_PATH ||
+        path === STATUS_PATH
+      ) {
+        const endpoint =
+          path === METRICS_PATH
+            ? "metrics"
+            : path === STATUS_PATH
+              ? "status"
+              : path.startsWith("/join/")
+                ? "join"
+                : "admin";
+        if (path === JOIN_CERTIFICATE_PATH && this.metrics) {
+          const metrics = this.metrics;
+          res.once("close", () => metrics.joinAnswered(res.statusCode));
+        }
+        if (this.refuseFailingSource(req, res, endpoint)) return;
       }
       if (path === "/healthz" || path === "/livez") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
@@ -270,6 +314,8 @@ export class TetherServer {
         await this.join.handle(req, res, path);
       } else if (path?.startsWith(ADMIN_API_PREFIX)) {
         await this.admin.handle(req, res, path);
+      } else if (path === METRICS_PATH) {
+        await serveMetrics(req, res, this.readAccess, this.metrics);
       } else {
         sendStatus(
           res,
@@ -304,33 +350,44 @@ export class TetherServer {
   private async acceptAgent(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const tls = req.socket as TLSSocket;
     const remoteAddress = tls.remoteAddress ?? "unknown";
-    const refuse = (reason: "Unauthorized" | "Forbidden", message: string, cluster?: string) => {
+    const refuse = (
+      reason: "Unauthorized" | "Forbidden",
+      message: string,
+      why: AgentRefusal,
+      cluster?: string,
+    ) => {
+      this.metrics?.agentRefused(why);
       this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
       if (cluster) this.events.error(cluster, `agent refused: ${message}`);
       closeWith(socket, statusResponseHead(reason, message));
     };
     if (!tls.authorized) {
-      refuse("Unauthorized", "the agent endpoint needs a client certificate issued by this server's CA");
+      refuse(
+        "Unauthorized",
+        "the agent endpoint needs a client certificate issued by this server's CA",
+        "no_certificate",
+      );
       return;
     }
     // The cluster is whatever the certificate says — never what the agent claims.
     const peer = tls.getPeerCertificate(true);
     const identity = identityFromPeerCertificate(peer);
     if (identity?.kind !== "cluster") {
-      refuse("Forbidden", "this certificate does not identify a cluster");
+      refuse("Forbidden", "this certificate does not identify a cluster", "not_a_cluster");
       return;
     }
     if (await this.store.isRevoked(identity.serial)) {
       refuse(
         "Forbidden",
         `the certificate of cluster "${identity.cluster}" has been revoked`,
+        "revoked",
         identity.cluster,
       );
       return;
     }
     const record = await this.store.getCluster(identity.cluster);
     if (!record) {
-      refuse("Forbidden", `cluster "${identity.cluster}" is not registered`);
+      refuse("Forbidden", `cluster "${identity.cluster}" is not registered`, "unregistered");
       return;
     }
     const certificate = {
@@ -344,6 +401,7 @@ export class TetherServer {
       refuse(
         "Forbidden",
         `${foreign}, which was removed: join again with a new token (tether-server join-token ${record.name})`,
+        "reregistered",
         record.name,
       );
       return;
@@ -369,8 +427,13 @@ export class TetherServer {
         ...certificate,
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
       });
+      this.metrics?.agentConnected(cluster, session);
       void this.probeKubernetesVersion(entry);
-      session.on("stream", (stream) => void this.renewals.serve(entry, stream));
+      session.on("stream", (stream) => {
+        void this.renewals
+          .serve(entry, stream)
+          .then((issued) => this.metrics?.renewal(issued ? "success" : "refused"));
+      });
       this.log.info({ cluster, remoteAddress }, "agent connected");
     });
   }
@@ -380,10 +443,12 @@ export class TetherServer {
    * with too many of those gets 429 until its failures leave the window.
    * Returns true when it refused the request.
    */
-  private refuseFailingSource(req: IncomingMessage, res: ServerResponse, admin: boolean): boolean {
+  private refuseFailingSource(req: IncomingMessage, res: ServerResponse, endpoint: AuthEndpoint): boolean {
+    const admin = endpoint === "admin";
     const source = sourceKey(req.socket.remoteAddress);
     const attempt = this.authFailures.begin(source);
     if (typeof attempt === "number") {
+      this.metrics?.authFailure(endpoint, "rate_limited");
       const message = `too many failed attempts from your address: try again in ${attempt} s`;
       if (!admin) sendStatus(res, "TooManyRequests", message, attempt);
       else {
@@ -401,8 +466,12 @@ export class TetherServer {
       return true;
     }
     releaseOnClose(res, () => {
-      if (res.statusCode !== 401) attempt.succeeded();
-      else if (attempt.failed()) {
+      if (res.statusCode !== 401) {
+        attempt.succeeded();
+        return;
+      }
+      this.metrics?.authFailure(endpoint, "invalid_credential");
+      if (attempt.failed()) {
         this.log.warn({ source }, "too many failed authentications: the source address must wait");
       }
     });
@@ -418,12 +487,16 @@ export class TetherServer {
     for (const entry of this.sessions.list()) {
       if (entry.session.closed) continue;
       let why: string | undefined;
+      let reason: DisconnectReason = "reregistered";
       try {
         const record = await this.store.getCluster(entry.cluster);
-        if (!record) why = "the cluster was removed";
-        else if (await this.store.isRevoked(entry.serial)) why = "its certificate was revoked";
-        else if (entry.certNotAfter.getTime() <= Date.now()) why = "its certificate expired";
+        if (!record) [why, reason] = ["the cluster was removed", "cluster_removed"];
+        else if (await this.store.isRevoked(entry.serial))
+          [why, reason] = ["its certificate was revoked", "certificate_revoked"];
+        else if (entry.certNotAfter.getTime() <= Date.now())
+          [why, reason] = ["its certificate expired", "certificate_expired"];
         else why = foreignIncarnation(entry, record);
+        if (!record) void this.metrics?.forgetCluster(entry.cluster);
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, "session check could not read the store");
         continue;
@@ -431,11 +504,19 @@ export class TetherServer {
       if (why) {
         this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
         this.events.error(entry.cluster, `session closed: ${why}`);
+        this.metrics?.closeReason(entry.session, reason);
         entry.session.close();
       } else {
         this.reportStatus(entry.cluster);
       }
     }
+  }
+
+  /** Closes every session of `cluster`, draining ones too, saying why in the metrics. */
+  private closeSessionsOf(cluster: string, reason: DisconnectReason): void {
+    for (const entry of this.sessions.list())
+      if (entry.cluster === cluster) this.metrics?.closeReason(entry.session, reason);
+    this.sessions.disconnect(cluster);
   }
 
   /** Hands the cluster's current state to the status reporter (which decides whether to write). */
@@ -501,6 +582,7 @@ export class TetherServer {
     clearInterval(this.checker);
     clearInterval(this.rotation);
     const live = this.sessions.list().map((e) => e.cluster);
+    for (const entry of this.sessions.list()) this.metrics?.closeReason(entry.session, "shutdown");
     this.sessions.closeAll();
     if (this.status) {
       // Best effort: say the clusters are disconnected rather than leave them True.

@@ -9,11 +9,12 @@ import { createLogger } from "../logger.js";
 import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
 import { KubeStore } from "../store/kube-store.js";
 import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
+import { addMetricsOptions, type MetricsFlags, metricsFromOptions } from "./metrics-options.js";
 import { listenAddress, positiveDuration, seconds } from "./option-parsers.js";
 import { addStoreOptions, openStore, type StoreOptions } from "./store-options.js";
 
 export function addServe(program: Command): void {
-  addLimitOptions(addStoreOptions(program.command("serve")))
+  addMetricsOptions(addLimitOptions(addStoreOptions(program.command("serve"))))
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
@@ -44,17 +45,19 @@ export function addServe(program: Command): void {
     )
     .action(
       async (
-        opts: StoreOptions & {
-          listen: { host: string; port: number };
-          externalUrl?: string;
-          keepalive: number;
-          deadPeerTimeout: number;
-          drainTimeout: number;
-        },
+        opts: StoreOptions &
+          MetricsFlags & {
+            listen: { host: string; port: number };
+            externalUrl?: string;
+            keepalive: number;
+            deadPeerTimeout: number;
+            drainTimeout: number;
+          },
       ) => {
         // Loaded here so that the admin commands start without the proxy and tunnel code.
         const { TetherServer } = await import("../server.js");
         const log = createLogger();
+        const metrics = await metricsFromOptions(opts);
         const store = await openStore(opts, log);
         const server = await TetherServer.start({
           store,
@@ -64,6 +67,7 @@ export function addServe(program: Command): void {
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           drainTimeoutMs: opts.drainTimeout,
           limits: limitsFromOptions(opts),
+          ...metrics,
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });

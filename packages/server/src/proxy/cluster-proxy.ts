@@ -24,6 +24,30 @@ export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
 
+/** Why a request or upgrade was answered by Tether instead of the member. */
+export type RefusalReason =
+  | "bad_request"
+  | "not_found"
+  | "rate_limited"
+  | "unauthorized"
+  | "forbidden"
+  | "no_agent"
+  | "caller_quota"
+  | "session_full"
+  | "agent_stream_limit";
+
+/** What the proxy reports as it admits and forwards (observe/metrics.ts implements it). */
+export interface ProxyObserver {
+  refused(reason: RefusalReason): void;
+  /** A stream open refused because this end's or the agent's end of the tunnel was full. */
+  refusedFull(err: unknown): void;
+  authFailure(endpoint: "proxy", reason: "invalid_credential" | "member_rejected"): void;
+  /** A request about to be forwarded; `path` is the member path with its query. */
+  requestStarted(req: IncomingMessage, res: ServerResponse, cluster: string, path: string): void;
+  /** An upgrade about to be relayed; returns what to call when its connection closes. */
+  upgradeStarted(cluster: string, path: string): () => void;
+}
+
 type Admission =
   | {
       ok: true;
@@ -34,7 +58,7 @@ type Admission =
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
       release: () => void;
     }
-  | { ok: false; reason: StatusReason; message: string; retryAfterSeconds?: number };
+  | { ok: false; reason: StatusReason; why: RefusalReason; message: string; retryAfterSeconds?: number };
 
 export interface ClusterProxyDeps {
   store: Store;
@@ -43,6 +67,7 @@ export interface ClusterProxyDeps {
   quota: CallerQuota;
   failures: FailureRateLimit;
   streamIdleTimeoutMs: number;
+  metrics?: ProxyObserver;
 }
 
 export class ClusterProxy {
@@ -72,8 +97,10 @@ export class ClusterProxy {
       }
       // In passthrough mode the member judges the caller's credential: its 401 is a failed authentication
       // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
-      if (proxyRes.statusCode === 401 && passthroughRequests.has(req))
+      if (proxyRes.statusCode === 401 && passthroughRequests.has(req)) {
         this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+        this.deps.metrics?.authFailure("proxy", "member_rejected");
+      }
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -84,7 +111,12 @@ export class ClusterProxy {
     const m = CLUSTER_PATH.exec(req.url ?? "");
     const name = m?.[1] ?? "";
     if (!DNS_LABEL.test(name)) {
-      return { ok: false, reason: "NotFound", message: `"${name}" is not a valid cluster name` };
+      return {
+        ok: false,
+        reason: "NotFound",
+        why: "not_found",
+        message: `"${name}" is not a valid cluster name`,
+      };
     }
     const path = (m?.[2] || "/") + (m?.[3] ?? "");
     const cluster = await this.deps.store.getCluster(name);
@@ -92,6 +124,7 @@ export class ClusterProxy {
       return {
         ok: false,
         reason: "NotFound",
+        why: "not_found",
         message: `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
       };
     }
@@ -101,6 +134,7 @@ export class ClusterProxy {
       return {
         ok: false,
         reason: "TooManyRequests",
+        why: "rate_limited",
         message: `too many failed authentications from your address: try again in ${attempt} s`,
         retryAfterSeconds: attempt,
       };
@@ -116,6 +150,7 @@ export class ClusterProxy {
         return {
           ok: false,
           reason: "Unauthorized",
+          why: "unauthorized",
           message:
             "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
         };
@@ -125,6 +160,7 @@ export class ClusterProxy {
         return {
           ok: false,
           reason: "Forbidden",
+          why: "forbidden",
           message: `user "${caller.user}" may not use cluster "${name}" through Tether`,
         };
       }
@@ -133,6 +169,7 @@ export class ClusterProxy {
       return {
         ok: false,
         reason: "Unauthorized",
+        why: "unauthorized",
         message: `cluster "${name}" uses passthrough authentication: send the member cluster's own bearer token`,
       };
     }
@@ -143,6 +180,7 @@ export class ClusterProxy {
       return {
         ok: false,
         reason: "ServiceUnavailable",
+        why: "no_agent",
         message: `cluster "${name}" has no connected Tether agent; check the agent's logs in that cluster`,
       };
     }
@@ -151,6 +189,7 @@ export class ClusterProxy {
       return {
         ok: false,
         reason: "TooManyRequests",
+        why: "caller_quota",
         message: `you hold ${this.deps.quota.max} requests and connections on cluster "${name}" already: close some and retry`,
         retryAfterSeconds: 1,
       };
@@ -160,6 +199,7 @@ export class ClusterProxy {
 
   /** Counts a failed authentication, and says once when it makes the source wait. */
   private countFailure(attempt: Attempt, source: string): void {
+    this.deps.metrics?.authFailure("proxy", "invalid_credential");
     if (attempt.failed()) {
       this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
     }
@@ -182,6 +222,7 @@ export class ClusterProxy {
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const admission = await this.admit(req);
     if (!admission.ok) {
+      this.deps.metrics?.refused(admission.why);
       this.logRefusal(req, admission.reason, "refused");
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
@@ -195,12 +236,14 @@ export class ClusterProxy {
     });
     const { mode, caller, entry, path } = admission;
     if (mode === "passthrough") passthroughRequests.add(req);
+    this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       const full = sessionFullStatus(err, entry.cluster);
       if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
       if (full) {
+        this.deps.metrics?.refusedFull(err);
         this.warnSessionFull(entry.cluster);
         sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
       } else if (!res.headersSent) {
@@ -222,17 +265,21 @@ export class ClusterProxy {
     socket.on("error", () => socket.destroy());
     const upgrade = checkUpgrade(req);
     if (!upgrade.ok) {
+      this.deps.metrics?.refused("bad_request");
       this.logRefusal(req, "BadRequest", "refused upgrade");
       closeWith(socket, statusResponseHead("BadRequest", upgrade.message));
       return;
     }
     const admission = await this.admit(req);
     if (!admission.ok) {
+      this.deps.metrics?.refused(admission.why);
       this.logRefusal(req, admission.reason, "refused upgrade");
       closeWith(socket, statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
       return;
     }
     releaseOnClose(socket, admission.release);
+    const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.entry.cluster, admission.path);
+    if (upgradeEnded) releaseOnClose(socket, upgradeEnded);
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
@@ -247,6 +294,7 @@ export class ClusterProxy {
       failure: (err) => {
         const full = sessionFullStatus(err, entry.cluster);
         if (full) {
+          this.deps.metrics?.refusedFull(err);
           this.warnSessionFull(entry.cluster);
           return [full.reason, full.message, full.retryAfterSeconds];
         }
