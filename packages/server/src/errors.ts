@@ -90,6 +90,10 @@ export const SERVER_ERRORS = {
     hint: "give each limit option a count or duration in the range docs/operations.md states",
   },
 
+  ERR_TETHER_AUDIT_LOG: {
+    hint: "give --audit-log a file this user may create or append to (or - for stdout); --audit-level metadata needs --audit-log",
+  },
+
   // PKI (pki.ts).
   ERR_TETHER_BAD_CA: {
     hint: "the CA certificate and key in the state do not load or do not match: restore ca.crt and ca.key together from a backup",

@@ -18,6 +18,7 @@ import { type Limits, resolveLimits } from "./http/limits.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
 import { type RenewalOptions, Renewals } from "./join/renewal.js";
 import { createLogger, type Logger, loggablePath } from "./logger.js";
+import type { AuditLog } from "./observe/audit-log.js";
 import { identityFromPeerCertificate } from "./pki/identity.js";
 import { foreignIncarnation } from "./pki/incarnation.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
@@ -60,6 +61,8 @@ export interface ServerOptions {
   clusterStatusOptions?: StatusReporterOptions;
   /** What one caller, source or connection may hold; defaults in limits.ts. */
   limits?: Partial<Limits>;
+  /** Where audit events go (observe/audit-log.ts); none when undefined. */
+  audit?: AuditLog;
 }
 
 export class TetherServer {
@@ -70,6 +73,7 @@ export class TetherServer {
   private readonly limits: Limits;
   private readonly authFailures: FailureRateLimit;
   private readonly log: Logger;
+  private readonly audit: AuditLog | undefined;
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
   private readonly join: JoinEndpoint;
@@ -105,14 +109,25 @@ export class TetherServer {
       quota: new CallerQuota(this.limits.maxStreamsPerCaller),
       failures: this.authFailures,
       streamIdleTimeoutMs: this.limits.streamIdleTimeoutMs,
+      ...(options.audit ? { audit: options.audit } : {}),
     });
+    this.audit = options.audit;
     this.join = new JoinEndpoint({
       store: this.store,
       ca,
       log: this.log,
       ...(options.clusterCertTtlMs ? { clusterCertTtlMs: options.clusterCertTtlMs } : {}),
+      ...(options.audit ? { audit: options.audit } : {}),
     });
-    this.renewals = new Renewals({ store: this.store, join: this.join, log: this.log }, options.renewal);
+    this.renewals = new Renewals(
+      {
+        store: this.store,
+        join: this.join,
+        log: this.log,
+        ...(options.audit ? { audit: options.audit } : {}),
+      },
+      options.renewal,
+    );
     // Printed agent commands and kubeconfigs name the URL callers use.
     const publicUrl = async () =>
       normalizeServerUrl(options.externalUrl ?? (await this.store.serverUrl()) ?? this.url, "server URL");
@@ -120,6 +135,7 @@ export class TetherServer {
       store: this.store,
       admin: new StoreClusterAdmin(this.store, publicUrl),
       log: this.log,
+      ...(options.audit ? { audit: options.audit } : {}),
       onClusterRemoved: (cluster) => {
         this.sessions.disconnect(cluster);
         this.renewals.forget(cluster);
@@ -238,6 +254,7 @@ export class TetherServer {
     try {
       const path = (req.url ?? "/").split("?")[0];
       if (path?.startsWith("/join/") || path?.startsWith(ADMIN_API_PREFIX)) {
+        this.audit?.endpoint(req, res, path.startsWith(ADMIN_API_PREFIX) ? "admin" : "join");
         if (this.refuseFailingSource(req, res, path.startsWith(ADMIN_API_PREFIX))) return;
       }
       if (path === "/healthz" || path === "/livez") {

@@ -15,6 +15,7 @@ import type { TLSSocket } from "node:tls";
 import { httpStatusOf } from "../errors.js";
 import { readBounded } from "../join/join-endpoint.js";
 import type { Logger } from "../logger.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import { hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 import { TetherCliError } from "./admin-input.js";
@@ -32,6 +33,7 @@ export interface AdminApiDeps {
   log: Logger;
   /** Runs once a cluster is removed: the server closes its live sessions at once. */
   onClusterRemoved?: (name: string) => void;
+  audit?: AuditLog;
 }
 
 type Body = Record<string, unknown>;
@@ -142,6 +144,7 @@ export class AdminApi {
           },
           ["name", "tokenTtlMs"],
         );
+        this.deps.audit?.note(req, { cluster: String(b.name).slice(0, 63) });
         const info = await admin.addCluster(
           {
             name: b.name as string,
@@ -171,6 +174,10 @@ export class AdminApi {
           "user",
           "ttlMs",
         ]);
+        this.deps.audit?.note(req, {
+          subjectUser: (b.user as string).slice(0, 256),
+          subjectGroups: ((b.groups as string[] | undefined) ?? []).map((g) => g.slice(0, 256)),
+        });
         const issued = await admin.issueUserToken(
           name,
           b.user as string,

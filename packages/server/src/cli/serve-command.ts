@@ -8,12 +8,13 @@ import { formatDuration } from "../http/limits.js";
 import { createLogger } from "../logger.js";
 import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
 import { KubeStore } from "../store/kube-store.js";
+import { type AuditOptions, addAuditOptions, auditLevelOf, openAuditLog } from "./audit-options.js";
 import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
 import { listenAddress, positiveDuration, seconds } from "./option-parsers.js";
 import { addStoreOptions, openStore, type StoreOptions } from "./store-options.js";
 
 export function addServe(program: Command): void {
-  addLimitOptions(addStoreOptions(program.command("serve")))
+  addAuditOptions(addLimitOptions(addStoreOptions(program.command("serve"))))
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
@@ -44,17 +45,23 @@ export function addServe(program: Command): void {
     )
     .action(
       async (
-        opts: StoreOptions & {
-          listen: { host: string; port: number };
-          externalUrl?: string;
-          keepalive: number;
-          deadPeerTimeout: number;
-          drainTimeout: number;
-        },
+        opts: StoreOptions &
+          AuditOptions & {
+            listen: { host: string; port: number };
+            externalUrl?: string;
+            keepalive: number;
+            deadPeerTimeout: number;
+            drainTimeout: number;
+          },
       ) => {
         // Loaded here so that the admin commands start without the proxy and tunnel code.
         const { TetherServer } = await import("../server.js");
-        const log = createLogger();
+        // With the audit log on stdout, the log moves to stderr: each stream stays one kind of line.
+        const log = createLogger(
+          {},
+          opts.auditLog === "-" && auditLevelOf(opts) !== "none" ? process.stderr : undefined,
+        );
+        const audit = await openAuditLog(opts, log);
         const store = await openStore(opts, log);
         const server = await TetherServer.start({
           store,
@@ -64,6 +71,7 @@ export function addServe(program: Command): void {
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           drainTimeoutMs: opts.drainTimeout,
           limits: limitsFromOptions(opts),
+          ...(audit ? { audit } : {}),
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });
@@ -77,11 +85,15 @@ export function addServe(program: Command): void {
         await maintainAdminCredential(store, url, server.ca.certPem, log);
         const stop = () => {
           log.info("stopping");
-          void server.close().then(() => process.exit(0));
+          void server
+            .close()
+            .then(() => audit?.close())
+            .then(() => process.exit(0));
         };
         process.once("SIGTERM", stop);
         process.once("SIGINT", stop);
         process.on("SIGHUP", () => {
+          audit?.reopen();
           server
             .reloadServingCertificate()
             .catch((err: Error) => log.error({ err: err.message }, "serving certificate reload failed"));

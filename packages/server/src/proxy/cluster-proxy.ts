@@ -9,6 +9,7 @@ import { type StatusReason, sendStatus, statusResponseHead } from "@tether/commo
 import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
@@ -34,7 +35,14 @@ type Admission =
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
       release: () => void;
     }
-  | { ok: false; reason: StatusReason; message: string; retryAfterSeconds?: number };
+  | {
+      ok: false;
+      reason: StatusReason;
+      message: string;
+      retryAfterSeconds?: number;
+      /** Known when the caller authenticated but may not use the cluster. */
+      caller?: AuthenticatedCaller;
+    };
 
 export interface ClusterProxyDeps {
   store: Store;
@@ -43,6 +51,7 @@ export interface ClusterProxyDeps {
   quota: CallerQuota;
   failures: FailureRateLimit;
   streamIdleTimeoutMs: number;
+  audit?: AuditLog;
 }
 
 export class ClusterProxy {
@@ -74,6 +83,7 @@ export class ClusterProxy {
       // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
       if (proxyRes.statusCode === 401 && passthroughRequests.has(req))
         this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+      this.deps.audit?.response(req, proxyRes);
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -126,6 +136,7 @@ export class ClusterProxy {
           ok: false,
           reason: "Forbidden",
           message: `user "${caller.user}" may not use cluster "${name}" through Tether`,
+          caller,
         };
       }
     } else if (!req.headers.authorization) {
@@ -180,8 +191,10 @@ export class ClusterProxy {
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const audit = this.deps.audit?.request(req, res);
     const admission = await this.admit(req);
     if (!admission.ok) {
+      audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused");
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
@@ -195,6 +208,7 @@ export class ClusterProxy {
     });
     const { mode, caller, entry, path } = admission;
     if (mode === "passthrough") passthroughRequests.add(req);
+    audit?.admitted(entry.cluster, mode, caller);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
@@ -220,14 +234,17 @@ export class ClusterProxy {
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    const audit = this.deps.audit?.upgrade(req, socket);
     const upgrade = checkUpgrade(req);
     if (!upgrade.ok) {
+      audit?.refused("BadRequest", upgrade.message);
       this.logRefusal(req, "BadRequest", "refused upgrade");
       closeWith(socket, statusResponseHead("BadRequest", upgrade.message));
       return;
     }
     const admission = await this.admit(req);
     if (!admission.ok) {
+      audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused upgrade");
       closeWith(socket, statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
       return;
@@ -236,7 +253,9 @@ export class ClusterProxy {
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
+    audit?.admitted(entry.cluster, mode, caller);
     relayUpgrade({
+      ...(audit ? { audit } : {}),
       socket,
       head,
       method: req.method ?? "GET",
