@@ -53,12 +53,6 @@ export class AuditFile implements AuditSink {
     private readonly options: AuditFileOptions,
   ) {
     boom.on("drop", () => this.countDrop());
-    boom.on("error", (err: Error) => {
-      // A failing disk must not flood the log: one warning every interval.
-      if (Date.now() - this.lastError < this.warningIntervalMs) return;
-      this.lastError = Date.now();
-      options.log.warn({ err: err.message, auditLog: options.target }, "audit log write failed");
-    });
     // Each (re)open: a file someone else created with a wider mode is narrowed to 0600.
     boom.on("ready", () => this.narrowMode());
   }
@@ -71,7 +65,7 @@ export class AuditFile implements AuditSink {
         ? new Boom({ fd: 1, maxLength, sync: false })
         : new Boom({ dest: options.target, append: true, mode: 0o600, maxLength, sync: false });
     const file = new AuditFile(boom, options);
-    if (options.target === "-") return Promise.resolve(file);
+    if (options.target === "-") return Promise.resolve(file.warnOnErrors());
     return new Promise((resolve, reject) => {
       const onError = (err: Error) =>
         reject(
@@ -84,9 +78,19 @@ export class AuditFile implements AuditSink {
       boom.once("error", onError);
       boom.once("ready", () => {
         boom.off("error", onError);
-        resolve(file);
+        resolve(file.warnOnErrors());
       });
     });
+  }
+
+  /** From the first open on, a failing write or reopen is a warning (one per interval), not a crash. */
+  private warnOnErrors(): this {
+    this.boom.on("error", (err: Error) => {
+      if (Date.now() - this.lastError < this.warningIntervalMs) return;
+      this.lastError = Date.now();
+      this.options.log.warn({ err: err.message, auditLog: this.options.target }, "audit log write failed");
+    });
+    return this;
   }
 
   write(line: string): void {
