@@ -158,7 +158,6 @@ const ADMIN_ACTIONS: Record<string, string> = {
 /** One request (or upgrade) to a member, from arrival to the close of its response or connection. */
 export class AuditedRequest implements UpgradeAudit {
   readonly id = randomUUID();
-  readonly headerLine = `${REQUEST_ID_HEADER}: ${this.id}\r\n`;
   /** The status answered: Tether's refusal, the member's, or 0 for none yet. */
   code = 0;
   private readonly started = performance.now();
@@ -180,6 +179,10 @@ export class AuditedRequest implements UpgradeAudit {
     private readonly kind: "request" | "upgrade",
   ) {
     this.url = req.url ?? "";
+  }
+
+  get headerLine(): string {
+    return `${REQUEST_ID_HEADER}: ${this.id}\r\n`;
   }
 
   /** Tether refused the request before forwarding it; `caller` when it was authenticated (a 403). */

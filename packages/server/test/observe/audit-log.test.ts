@@ -67,7 +67,8 @@ const server = createServer((req, res) => {
     sendStatus(res, "NotFound", "no");
     return;
   }
-  record.admitted("member1", "impersonate", alice);
+  if (req.url?.includes("/passthrough/")) record.admitted("member2", "passthrough", undefined);
+  else record.admitted("member1", "impersonate", alice);
   req.url = "/rewritten-by-the-proxy";
   const body: Buffer[] = [];
   req.on("data", (c: Buffer) => body.push(c));
@@ -165,6 +166,14 @@ t.test("a forwarded request: one line with who, what, code, bytes and duration",
   const text = memory.lines.find((l) => l.includes(r.id!))!;
   t.notMatch(text, /SECRET/, "neither the query nor the Authorization header is copied");
   t.ok(text.endsWith("}\n") && !text.slice(0, -1).includes("\n"), "one line");
+});
+
+t.test("passthrough: the mode, and no user (the member judges the credential)", async (t) => {
+  const r = await call("GET", "/clusters/member2/passthrough/api/v1/nodes");
+  const line = await lineOf(r.id);
+  t.match(line, { stage: "complete", cluster: "member2", auth: "passthrough", code: 201 });
+  t.notOk("user" in line || "groups" in line, "no user or groups");
+  t.notMatch(JSON.stringify(line), /SECRET/, "and not the credential");
 });
 
 t.test("a refused request: the code, the reason, and the caller when known", async (t) => {
