@@ -24,10 +24,8 @@ export function addAuditOptions(cmd: Command): Command {
     .addOption(
       new Option(
         "--audit-level <level>",
-        "what the audit log records: none, or metadata (who, what, code, bytes, duration)",
-      )
-        .choices(AUDIT_LEVELS)
-        .default(undefined, "metadata with --audit-log, none without"),
+        "what the audit log records: none, or metadata (who, what, code, bytes, duration); default metadata with --audit-log, none without",
+      ).choices(AUDIT_LEVELS),
     );
 }
 

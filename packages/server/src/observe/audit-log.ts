@@ -233,13 +233,14 @@ export class AuditedRequest implements UpgradeAudit {
     const m = CLUSTER_PATH.exec(this.url);
     const info = requestInfo(this.req.method ?? "GET", (m?.[2] || "/") + (m?.[3] ?? ""));
     const named = m?.[1];
+    const validName = isValidClusterName(named);
     const caller = this.caller;
     const auth: AuditAuth = caller ? caller.via : this.mode === "passthrough" ? "passthrough" : "none";
     return {
       kind: this.kind,
       stage,
       requestId: this.id,
-      cluster: this.cluster ?? (isValidClusterName(named) ? named : undefined),
+      cluster: this.cluster ?? (validName ? named : undefined),
       auth,
       user: caller?.user,
       groups: caller?.groups,
@@ -254,7 +255,10 @@ export class AuditedRequest implements UpgradeAudit {
       name: info.name,
       path: cap(info.path),
       code,
-      ...(this.refusal ? { reason: this.refusal.reason, message: cap(this.refusal.message) } : {}),
+      // The message of a refused invalid cluster name quotes whatever the caller put in the path.
+      ...(this.refusal
+        ? { reason: this.refusal.reason, ...(validName ? { message: cap(this.refusal.message) } : {}) }
+        : {}),
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
       durationMs: ms(stage === "end" ? this.switchedAt! : this.started),

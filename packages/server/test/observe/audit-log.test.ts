@@ -197,11 +197,12 @@ t.test("a refused request: the code, the reason, and the caller when known", asy
     bytesOut: Buffer.byteLength(r.text),
   });
 
-  const bad = await call("GET", "/clusters/BAD!name/api");
+  const bad = await call("GET", "/clusters/BAD!tether_pasted_here/api");
   const badLine = await lineOf(bad.id);
   t.match(badLine, { stage: "refused", code: 404, auth: "none", reason: "NotFound" });
   t.notOk("cluster" in badLine, "a name that is no cluster name is not recorded as one");
   t.notOk("user" in badLine);
+  t.notOk("message" in badLine, "nor the message that quotes it");
 });
 
 t.test("an admin API call: its action, cluster and notes", async (t) => {
