@@ -3,7 +3,8 @@
 // tether-server process started with --audit-log in front of a real
 // kube-apiserver; each audit line is checked field by field. The cluster is
 // added, the user's kubeconfig issued and the agent joined through the
-// server (admin API and join endpoint), so those events are in the file too.
+// server (admin API and join endpoint), so those events, and the agent's
+// connection, are in the file too.
 // Then every secret of the run — the join token, the user's token, a guessed
 // token, the admin token, the agent's service-account token, and the exec
 // command — is looked for in the audit file and in the server's and agent's
@@ -138,6 +139,12 @@ t.test("the admin API calls and the join are audited", async (t) => {
   t.match(issue, { cluster: "m1", subjectUser: "alice", subjectGroups: ["admins"], code: 201 });
   const [joined] = await linesMatching({ kind: "join", path: "/join/v1/certificate" });
   t.match(joined, { stage: "complete", cluster: "m1", method: "POST", code: 200, serial: /^[0-9a-f]+$/i });
+  const [connected] = await linesMatching({ kind: "agent", stage: "connected", cluster: "m1" });
+  t.match(
+    connected,
+    { serial: joined!.serial, sourceAddress: "127.0.0.1", agentVersion: /\S/ },
+    "the agent's tunnel",
+  );
 });
 
 t.test("create, get, list, delete: one line each, field by field", async (t) => {

@@ -237,6 +237,18 @@ t.test("a removed cluster's agent is cut off and cannot come back", async (t) =>
   t.equal(tether.server.sessions.get("epsilon"), undefined, "the revoked agent stays out");
   t.ok(agent.running, "the agent keeps trying (with backoff), and is refused each time");
   t.match(await readFile(agent.logFile, "utf8"), /revoked/, "it logs why");
+  const epsilon = auditLines.filter(
+    (l) => l.kind === "agent" && (l.cluster === "epsilon" || /"epsilon"/.test(String(l.message))),
+  );
+  t.match(
+    epsilon.map((l) => l.stage).slice(0, 3),
+    ["connected", "disconnected", "refused"],
+    "the audit log has the tunnel's life",
+  );
+  t.match(
+    epsilon.find((l) => l.stage === "refused"),
+    { message: /revoked/, sourceAddress: /127\.0\.0\.1/ },
+  );
 });
 
 t.test("short-lived certificates are renewed over one session", async (t) => {

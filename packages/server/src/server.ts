@@ -304,6 +304,7 @@ export class TetherServer {
     const remoteAddress = tls.remoteAddress ?? "unknown";
     const refuse = (reason: "Unauthorized" | "Forbidden", message: string) => {
       this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
+      this.audit?.agent("refused", { remoteAddress, message });
       closeWith(socket, statusResponseHead(reason, message));
     };
     if (!tls.authorized) {
@@ -351,6 +352,7 @@ export class TetherServer {
       session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
       session.once("close", () => {
         this.log.info({ cluster, remoteAddress }, "agent disconnected");
+        this.audit?.agent("disconnected", { cluster, remoteAddress, serial: entry.serial });
         this.reportStatus(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
@@ -362,6 +364,12 @@ export class TetherServer {
       if (this.status) void this.probeKubernetesVersion(entry);
       session.on("stream", (stream) => void this.renewals.serve(entry, stream));
       this.log.info({ cluster, remoteAddress }, "agent connected");
+      this.audit?.agent("connected", {
+        cluster,
+        remoteAddress,
+        serial: entry.serial,
+        ...(entry.agentVersion ? { agentVersion: entry.agentVersion } : {}),
+      });
     });
   }
 

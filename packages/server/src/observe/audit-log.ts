@@ -111,6 +111,28 @@ export class AuditLog {
     this.notes.set(req, { ...this.notes.get(req), ...fields });
   }
 
+  /** An agent's tunnel: accepted, closed, or refused (with what the certificate named, if anything). */
+  agent(
+    stage: "connected" | "disconnected" | "refused",
+    fields: {
+      remoteAddress: string;
+      cluster?: string;
+      serial?: string;
+      agentVersion?: string;
+      message?: string;
+    },
+  ): void {
+    const { remoteAddress, message, agentVersion, ...rest } = fields;
+    this.write({
+      kind: "agent",
+      stage,
+      ...rest,
+      sourceAddress: remoteAddress,
+      ...(agentVersion === undefined ? {} : { agentVersion: cap(agentVersion) }),
+      ...(message === undefined ? {} : { message: cap(message) }),
+    });
+  }
+
   /** A certificate renewal over an agent's tunnel. */
   renewal(
     agent: { cluster: string; remoteAddress: string },

@@ -227,6 +227,27 @@ t.test("an admin API call: its action, cluster and notes", async (t) => {
   t.match(odd, { action: "unknown" });
 });
 
+t.test("an agent's tunnel", async (t) => {
+  audit.agent("connected", {
+    cluster: "member1",
+    remoteAddress: "10.0.0.1",
+    serial: "ab",
+    agentVersion: "0.1.0",
+  });
+  t.match(memory.events.at(-1), {
+    kind: "agent",
+    stage: "connected",
+    cluster: "member1",
+    serial: "ab",
+    sourceAddress: "10.0.0.1",
+    agentVersion: "0.1.0",
+  });
+  audit.agent("refused", { remoteAddress: "10.0.0.2", message: "x".repeat(1000) });
+  const refused = memory.events.at(-1)!;
+  t.match(refused, { kind: "agent", stage: "refused", sourceAddress: "10.0.0.2" });
+  t.ok((refused.message as string).length <= 257, "the message is cut");
+});
+
 t.test("a renewal", async (t) => {
   audit.renewal({ cluster: "member1", remoteAddress: "10.0.0.1" }, "refused", { message: "too young" });
   t.match(memory.events.at(-1), {
