@@ -5,8 +5,12 @@
 import { type Command, Option } from "commander";
 import type { Logger } from "../logger.js";
 import { AuditFile, ERR_TETHER_AUDIT_LOG } from "../observe/audit-file.js";
-import { AUDIT_LEVELS, type AuditLevel, AuditLog } from "../observe/audit-log.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import { fail } from "../admin/admin-input.js";
+
+/** As in a Kubernetes audit policy; Tether keeps no bodies, so it has no Request level. */
+export const AUDIT_LEVELS = ["none", "metadata"] as const;
+export type AuditLevel = (typeof AUDIT_LEVELS)[number];
 
 export interface AuditOptions {
   auditLog?: string;
@@ -41,5 +45,7 @@ export function auditLevelOf(opts: AuditOptions): AuditLevel {
 /** The audit log the options ask for, opened; undefined for level none. */
 export async function openAuditLog(opts: AuditOptions, log: Logger): Promise<AuditLog | undefined> {
   if (auditLevelOf(opts) === "none" || opts.auditLog === undefined) return undefined;
+  // Loaded here: audit-log.ts pulls in the proxy, which the admin commands do without.
+  const { AuditLog } = await import("../observe/audit-log.js");
   return new AuditLog(await AuditFile.open({ target: opts.auditLog, log }));
 }

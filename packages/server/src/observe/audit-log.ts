@@ -27,9 +27,6 @@ import type { AuditSink } from "./audit-file.js";
 /** Sent back on every audited response, so that an operator can find the caller's line. */
 export const REQUEST_ID_HEADER = "X-Tether-Request-Id";
 
-export const AUDIT_LEVELS = ["none", "metadata"] as const;
-export type AuditLevel = (typeof AUDIT_LEVELS)[number];
-
 /** Longest path, user agent or message copied into a line. */
 const MAX_FIELD = 256;
 
