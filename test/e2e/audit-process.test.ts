@@ -6,8 +6,9 @@
 import { chmod, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileStore, runCliCaptured } from "@tether/server";
+import { createLogger, FileStore, runCliCaptured } from "@tether/server";
 import t from "tap";
+import { openAuditLog } from "../../packages/server/src/cli/audit-options.js";
 import { freePort } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
 import { until } from "./fixture.js";
@@ -155,4 +156,7 @@ t.test("bad combinations are coded errors before anything starts", async (t) => 
   t.equal(badLevel.code, 1);
   t.match(badLevel.stderr, /--audit-level.*none, metadata/);
   await t.rejects(stat(join(state, "ca.crt")), "no state was created");
+  const none = join(dir, "not-written.log");
+  t.equal(await openAuditLog({ auditLog: none, auditLevel: "none" }, createLogger()), undefined);
+  await t.rejects(stat(none), "--audit-level none opens nothing");
 });

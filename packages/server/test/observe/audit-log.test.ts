@@ -87,6 +87,7 @@ function call(
   method: string,
   path: string,
   body?: string,
+  userAgent = "kubectl/test",
 ): Promise<{ status: number; id: string | undefined; text: string }> {
   return new Promise((resolve, reject) => {
     const req = request(
@@ -95,7 +96,7 @@ function call(
         host: "127.0.0.1",
         method,
         path,
-        headers: { "user-agent": "kubectl/test", authorization: "Bearer tether_SECRET_IN_HEADER" },
+        headers: { "user-agent": userAgent, authorization: "Bearer tether_SECRET_IN_HEADER" },
       },
       (res) => {
         let text = "";
@@ -196,6 +197,11 @@ t.test("a refused request: the code, the reason, and the caller when known", asy
     bytesIn: 0,
     bytesOut: Buffer.byteLength(r.text),
   });
+
+  const long = await call("GET", `/clusters/member1/refuse/${"p".repeat(5000)}`, undefined, "u".repeat(5000));
+  const longLine = await lineOf(long.id);
+  t.ok((longLine.path as string).length <= 257, "a long path is cut");
+  t.ok((longLine.userAgent as string).length <= 257, "a long user agent is cut");
 
   const bad = await call("GET", "/clusters/BAD!tether_pasted_here/api");
   const badLine = await lineOf(bad.id);
