@@ -82,6 +82,27 @@ t.test("0600, and SIGHUP reopens the file at its path", async (t) => {
       resource: "pods",
     },
   );
+  const upgrade = await rawRequest({ url, caPem }, "/clusters/nope/api/v1/namespaces/default/pods/box/exec", {
+    headers: { connection: "Upgrade", upgrade: "websocket", authorization: `Bearer ${SECRET}` },
+  });
+  t.equal(upgrade.status, 404);
+  const upgradeId = upgrade.headers["x-tether-request-id"];
+  t.match(upgradeId, /^[0-9a-f-]{36}$/, "a refused upgrade carries the request id too");
+  await until("the refused upgrade's line", async () =>
+    (await lines(auditPath)).some((l) => l.requestId === upgradeId),
+  );
+  t.match(
+    (await lines(auditPath)).find((l) => l.requestId === upgradeId),
+    {
+      kind: "upgrade",
+      stage: "refused",
+      code: 404,
+      verb: "get",
+      resource: "pods",
+      subresource: "exec",
+      name: "box",
+    },
+  );
   for (const file of [auditPath, `${auditPath}.1`, serverLog]) {
     t.notOk((await readFile(file, "utf8")).includes(SECRET), `the credential is not in ${file}`);
   }

@@ -204,6 +204,12 @@ export class AuditedRequest implements UpgradeAudit {
     return `${REQUEST_ID_HEADER}: ${this.id}\r\n`;
   }
 
+  /** A raw HTTP answer (a refused upgrade's) with the request id after its status line. */
+  tagged(answer: string): string {
+    const at = answer.indexOf("\r\n") + 2;
+    return answer.slice(0, at) + this.headerLine + answer.slice(at);
+  }
+
   /** Tether refused the request before forwarding it; `caller` when it was authenticated (a 403). */
   refused(reason: StatusReason, message: string, caller?: AuthenticatedCaller): void {
     this.refusal = { reason, message };

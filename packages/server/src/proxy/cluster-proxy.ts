@@ -239,14 +239,16 @@ export class ClusterProxy {
     if (!upgrade.ok) {
       audit?.refused("BadRequest", upgrade.message);
       this.logRefusal(req, "BadRequest", "refused upgrade");
-      closeWith(socket, statusResponseHead("BadRequest", upgrade.message));
+      const answer = statusResponseHead("BadRequest", upgrade.message);
+      closeWith(socket, audit?.tagged(answer) ?? answer);
       return;
     }
     const admission = await this.admit(req);
     if (!admission.ok) {
       audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused upgrade");
-      closeWith(socket, statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
+      const answer = statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds);
+      closeWith(socket, audit?.tagged(answer) ?? answer);
       return;
     }
     releaseOnClose(socket, admission.release);
