@@ -36,7 +36,7 @@ const SSHD = "/usr/sbin/sshd";
 const PLAIN_SERVER_ARGS = ["--no-metrics"];
 /** `serve` flags of the observed Tether path, each a feature the overhead ratio covers; files go in `dir`. */
 function observedServerArgs(dir: string): string[] {
-  return ["--metrics-token-file", join(dir, "metrics-token")];
+  return ["--metrics-token-file", join(dir, "metrics-token"), "--audit-log", join(dir, "audit.log")];
 }
 const LIST_NAMESPACE = "bench-data";
 

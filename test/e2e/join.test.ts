@@ -10,7 +10,7 @@ import { join as joinPath } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { promisify } from "node:util";
 import { CredentialsDir, inClusterTarget, join, TetherAgent } from "@tether/agent";
-import { hashToken, issueToken } from "@tether/server";
+import { AuditLog, hashToken, issueToken } from "@tether/server";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
@@ -21,7 +21,13 @@ const set = await startClusters(1);
 t.teardown(() => set.stop());
 const member = set.clusters[0]!;
 // Certificates live 8 s here, so renewals happen every few seconds.
-const tether = await startTether({ clusterCertTtlMs: 8_000 });
+const auditLines: Record<string, unknown>[] = [];
+const audit = new AuditLog({
+  write: (line) => auditLines.push(JSON.parse(line) as Record<string, unknown>),
+  reopen: () => {},
+  close: async () => {},
+});
+const tether = await startTether({ clusterCertTtlMs: 8_000, audit });
 t.teardown(() => tether.stop());
 await bindTetherAdmins(member);
 const saDir = joinPath(tether.dir, "sa");
@@ -231,6 +237,18 @@ t.test("a removed cluster's agent is cut off and cannot come back", async (t) =>
   t.equal(tether.server.sessions.get("epsilon"), undefined, "the revoked agent stays out");
   t.ok(agent.running, "the agent keeps trying (with backoff), and is refused each time");
   t.match(await readFile(agent.logFile, "utf8"), /revoked/, "it logs why");
+  const epsilon = auditLines.filter(
+    (l) => l.kind === "agent" && (l.cluster === "epsilon" || /"epsilon"/.test(String(l.message))),
+  );
+  t.match(
+    epsilon.map((l) => l.stage).slice(0, 3),
+    ["connected", "disconnected", "refused"],
+    "the audit log has the tunnel's life",
+  );
+  t.match(
+    epsilon.find((l) => l.stage === "refused"),
+    { message: /revoked/, sourceAddress: /127\.0\.0\.1/ },
+  );
 });
 
 t.test("short-lived certificates are renewed over one session", async (t) => {
@@ -264,6 +282,23 @@ t.test("short-lived certificates are renewed over one session", async (t) => {
   const saved = (await new CredentialsDir(dir).load())!;
   t.equal(saved.certPem, agent.certificatePem, "each renewal is saved");
   t.not(saved.certPem, creds.certPem);
+  const joined = auditLines.find((l) => l.kind === "join" && l.cluster === "zeta" && l.code === 200);
+  t.match(
+    joined,
+    { stage: "complete", path: "/join/v1/certificate", serial: /^[0-9a-f]+$/i },
+    "the join is audited",
+  );
+  const renewed = auditLines.filter(
+    (l) => l.kind === "renewal" && l.cluster === "zeta" && l.outcome === "issued",
+  );
+  t.ok(renewed.length >= 3, `each renewal is audited (${renewed.length} lines)`);
+  t.match(renewed[0], {
+    stage: "complete",
+    sourceAddress: /127\.0\.0\.1/,
+    serial: /^[0-9a-f]+$/i,
+    notAfter: /Z$/,
+  });
+  t.not(renewed[0]!.serial, joined!.serial, "with the new certificate's serial");
 });
 
 t.test("a kubeconfig token stops working after its ttl", async (t) => {

@@ -26,5 +26,11 @@ export {
 } from "./contract.js";
 export { COMMON_ERRORS, type ErrorCatalogue, type ErrorInfo } from "./errors.js";
 export { type JsonAnswer, requestJson } from "./json-request.js";
-export { type StatusReason, sendStatus, statusBody, statusResponseHead } from "./k8s-status.js";
+export {
+  type StatusReason,
+  sendStatus,
+  statusBody,
+  statusCodeOf,
+  statusResponseHead,
+} from "./k8s-status.js";
 export { packageVersion } from "./package-version.js";

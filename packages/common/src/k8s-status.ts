@@ -23,6 +23,11 @@ const CODES: Record<StatusReason, number> = {
   ServiceUnavailable: 503,
 };
 
+/** The HTTP status a reason is answered with. */
+export function statusCodeOf(reason: StatusReason): number {
+  return CODES[reason];
+}
+
 export function statusBody(reason: StatusReason, message: string, retryAfterSeconds?: number): string {
   return JSON.stringify({
     kind: "Status",

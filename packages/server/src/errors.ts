@@ -93,6 +93,10 @@ export const SERVER_ERRORS = {
     hint: "--metrics-token-file must be readable and hold one token of at least 32 characters (e.g. openssl rand -hex 32 > FILE)",
   },
 
+  ERR_TETHER_AUDIT_LOG: {
+    hint: "give --audit-log a file this user may create or append to (or - for stdout); --audit-level metadata needs --audit-log",
+  },
+
   // PKI (pki.ts).
   ERR_TETHER_BAD_CA: {
     hint: "the CA certificate and key in the state do not load or do not match: restore ca.crt and ca.key together from a backup",

@@ -2,6 +2,8 @@
 // logger and the command line.
 export { main, runCliCaptured } from "./cli/cli.js";
 export { createLogger, type Logger } from "./logger.js";
+export type { AuditSink } from "./observe/audit-file.js";
+export { AuditLog } from "./observe/audit-log.js";
 export { CertificateAuthority, type KeyPairPem } from "./pki/pki.js";
 export { hashToken, issueToken } from "./pki/tokens.js";
 export { type ServerOptions, TetherServer } from "./server.js";

@@ -37,6 +37,7 @@ import {
   TetherMetrics,
 } from "./observe/metrics.js";
 import { METRICS_PATH, serveMetrics } from "./observe/metrics-endpoint.js";
+import type { AuditLog } from "./observe/audit-log.js";
 import { identityFromPeerCertificate } from "./pki/identity.js";
 import { foreignIncarnation } from "./pki/incarnation.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
@@ -83,6 +84,8 @@ export interface ServerOptions {
   metrics?: boolean;
   /** The read-only bearer token of /metrics and /status besides the admin token (--metrics-token-file). */
   metricsToken?: string;
+  /** Where audit events go (observe/audit-log.ts); none when undefined. */
+  audit?: AuditLog;
 }
 
 export class TetherServer {
@@ -97,6 +100,7 @@ export class TetherServer {
   private readonly limits: Limits;
   private readonly authFailures: FailureRateLimit;
   private readonly log: Logger;
+  private readonly audit: AuditLog | undefined;
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
   private readonly join: JoinEndpoint;
@@ -139,14 +143,25 @@ export class TetherServer {
       failures: this.authFailures,
       streamIdleTimeoutMs: this.limits.streamIdleTimeoutMs,
       ...(this.metrics ? { metrics: this.metrics } : {}),
+      ...(options.audit ? { audit: options.audit } : {}),
     });
+    this.audit = options.audit;
     this.join = new JoinEndpoint({
       store: this.store,
       ca,
       log: this.log,
       ...(options.clusterCertTtlMs ? { clusterCertTtlMs: options.clusterCertTtlMs } : {}),
+      ...(options.audit ? { audit: options.audit } : {}),
     });
-    this.renewals = new Renewals({ store: this.store, join: this.join, log: this.log }, options.renewal);
+    this.renewals = new Renewals(
+      {
+        store: this.store,
+        join: this.join,
+        log: this.log,
+        ...(options.audit ? { audit: options.audit } : {}),
+      },
+      options.renewal,
+    );
     // Printed agent commands and kubeconfigs name the URL callers use.
     const publicUrl = async () =>
       normalizeServerUrl(options.externalUrl ?? (await this.store.serverUrl()) ?? this.url, "server URL");
@@ -154,6 +169,7 @@ export class TetherServer {
       store: this.store,
       admin: new StoreClusterAdmin(this.store, publicUrl),
       log: this.log,
+      ...(options.audit ? { audit: options.audit } : {}),
       onClusterRemoved: (cluster) => {
         this.closeSessionsOf(cluster, "cluster_removed");
         this.renewals.forget(cluster);
@@ -299,6 +315,7 @@ export class TetherServer {
           const metrics = this.metrics;
           res.once("close", () => metrics.joinAnswered(res.statusCode));
         }
+        if (endpoint === "join" || endpoint === "admin") this.audit?.endpoint(req, res, endpoint);
         if (this.refuseFailingSource(req, res, endpoint)) return;
       }
       if (path === "/healthz" || path === "/livez") {
@@ -359,6 +376,7 @@ export class TetherServer {
       this.metrics?.agentRefused(why);
       this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
       if (cluster) this.events.error(cluster, `agent refused: ${message}`);
+      this.audit?.agent("refused", { remoteAddress, message });
       closeWith(socket, statusResponseHead(reason, message));
     };
     if (!tls.authorized) {
@@ -419,6 +437,7 @@ export class TetherServer {
         this.log.info({ cluster, remoteAddress }, "agent disconnected");
         this.events.disconnected(cluster);
         if (err) this.events.error(cluster, `session ended: ${err.message}`);
+        this.audit?.agent("disconnected", { cluster, remoteAddress, serial: entry.serial });
         this.reportStatus(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
@@ -435,6 +454,12 @@ export class TetherServer {
           .then((issued) => this.metrics?.renewal(issued ? "success" : "refused"));
       });
       this.log.info({ cluster, remoteAddress }, "agent connected");
+      this.audit?.agent("connected", {
+        cluster,
+        remoteAddress,
+        serial: entry.serial,
+        ...(entry.agentVersion ? { agentVersion: entry.agentVersion } : {}),
+      });
     });
   }
 

@@ -16,6 +16,7 @@ import { httpStatusOf } from "../errors.js";
 import { readBounded } from "../join/join-endpoint.js";
 import type { Logger } from "../logger.js";
 import type { ClusterConnection } from "../observe/status-model.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import { hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 import { TetherCliError } from "./admin-input.js";
@@ -35,6 +36,7 @@ export interface AdminApiDeps {
   onClusterRemoved?: (name: string) => void;
   /** The cluster's agent session on this server, for `cluster list`. */
   connection?: (name: string) => ClusterConnection;
+  audit?: AuditLog;
 }
 
 type Body = Record<string, unknown>;
@@ -154,6 +156,7 @@ export class AdminApi {
           },
           ["name", "tokenTtlMs"],
         );
+        this.deps.audit?.note(req, { cluster: String(b.name).slice(0, 63) });
         const info = await admin.addCluster(
           {
             name: b.name as string,
@@ -183,6 +186,10 @@ export class AdminApi {
           "user",
           "ttlMs",
         ]);
+        this.deps.audit?.note(req, {
+          subjectUser: (b.user as string).slice(0, 256),
+          subjectGroups: ((b.groups as string[] | undefined) ?? []).map((g) => g.slice(0, 256)),
+        });
         const issued = await admin.issueUserToken(
           name,
           b.user as string,

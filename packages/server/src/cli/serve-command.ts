@@ -8,13 +8,14 @@ import { formatDuration } from "../http/limits.js";
 import { createLogger } from "../logger.js";
 import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
 import { KubeStore } from "../store/kube-store.js";
+import { type AuditOptions, addAuditOptions, auditLevelOf, openAuditLog } from "./audit-options.js";
 import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
 import { addMetricsOptions, type MetricsFlags, metricsFromOptions } from "./metrics-options.js";
 import { listenAddress, positiveDuration, seconds } from "./option-parsers.js";
 import { addStoreOptions, openStore, type StoreOptions } from "./store-options.js";
 
 export function addServe(program: Command): void {
-  addMetricsOptions(addLimitOptions(addStoreOptions(program.command("serve"))))
+  addAuditOptions(addMetricsOptions(addLimitOptions(addStoreOptions(program.command("serve")))))
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
@@ -46,7 +47,8 @@ export function addServe(program: Command): void {
     .action(
       async (
         opts: StoreOptions &
-          MetricsFlags & {
+          MetricsFlags &
+            AuditOptions & {
             listen: { host: string; port: number };
             externalUrl?: string;
             keepalive: number;
@@ -56,7 +58,12 @@ export function addServe(program: Command): void {
       ) => {
         // Loaded here so that the admin commands start without the proxy and tunnel code.
         const { TetherServer } = await import("../server.js");
-        const log = createLogger();
+        // With the audit log on stdout, the log moves to stderr: each stream stays one kind of line.
+        const log = createLogger(
+          {},
+          opts.auditLog === "-" && auditLevelOf(opts) !== "none" ? process.stderr : undefined,
+        );
+        const audit = await openAuditLog(opts, log);
         const metrics = await metricsFromOptions(opts);
         const store = await openStore(opts, log);
         const server = await TetherServer.start({
@@ -68,6 +75,7 @@ export function addServe(program: Command): void {
           drainTimeoutMs: opts.drainTimeout,
           limits: limitsFromOptions(opts),
           ...metrics,
+          ...(audit ? { audit } : {}),
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });
@@ -81,11 +89,15 @@ export function addServe(program: Command): void {
         await maintainAdminCredential(store, url, server.ca.certPem, log);
         const stop = () => {
           log.info("stopping");
-          void server.close().then(() => process.exit(0));
+          void server
+            .close()
+            .then(() => audit?.close())
+            .then(() => process.exit(0));
         };
         process.once("SIGTERM", stop);
         process.once("SIGINT", stop);
         process.on("SIGHUP", () => {
+          audit?.reopen();
           server
             .reloadServingCertificate()
             .catch((err: Error) => log.error({ err: err.message }, "serving certificate reload failed"));

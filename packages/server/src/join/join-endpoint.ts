@@ -15,6 +15,7 @@ import {
   sendStatus,
 } from "@tether/common";
 import type { Logger } from "../logger.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import {
   type CertificateAuthority,
   CLUSTER_CERT_TTL_MS,
@@ -63,6 +64,7 @@ export interface JoinDeps {
   log: Logger;
   /** Lifetime of agent certificates; default 7 days. */
   clusterCertTtlMs?: number;
+  audit?: AuditLog;
 }
 
 export class JoinEndpoint {
@@ -119,6 +121,7 @@ export class JoinEndpoint {
       if (typeof cluster !== "string" || !isValidClusterName(cluster)) {
         throw new JoinError("BadRequest", "cluster must be a DNS-1123 label");
       }
+      this.deps.audit?.note(req, { cluster });
       if (typeof body.token !== "string") throw new JoinError("BadRequest", "token is missing");
       // Check the CSR before spending the token on it.
       const publicKeyPem = await this.publicKeyOf(body.csr);
@@ -134,6 +137,7 @@ export class JoinEndpoint {
       const record = await this.deps.store.getCluster(cluster);
       if (!record) throw new JoinError("Forbidden", `cluster "${cluster}" was removed`);
       const issued = await this.issue(record, publicKeyPem);
+      this.deps.audit?.note(req, { serial: issued.serial, notAfter: issued.notAfter });
       this.deps.log.info({ cluster, serial: issued.serial, notAfter: issued.notAfter }, "cluster joined");
       const text = JSON.stringify(issued);
       res

@@ -18,6 +18,7 @@ import { type IssuedForAgent, MAX_JOIN_BODY, RENEW_SERVICE } from "@tether/commo
 import type { AcceptDecision, OpenRequest, TunnelStream } from "@tether/tunnel";
 import { ResetCode } from "@tether/tunnel";
 import type { Logger } from "../logger.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import { foreignIncarnation } from "../pki/incarnation.js";
 import type { AgentSession } from "../proxy/agent-sessions.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
@@ -44,7 +45,7 @@ export class Renewals {
   private readonly busy = new WeakSet<object>();
 
   constructor(
-    private readonly deps: { store: Store; join: JoinEndpoint; log: Logger },
+    private readonly deps: { store: Store; join: JoinEndpoint; log: Logger; audit?: AuditLog },
     options: RenewalOptions = {},
   ) {
     this.deadlineMs = options.deadlineMs ?? DEFAULT_RENEWAL_DEADLINE_MS;
@@ -76,6 +77,7 @@ export class Renewals {
       body = await readOrReset(stream);
     } catch {
       this.deps.log.warn({ cluster }, "renewal stream reset: no body within the size limit and deadline");
+      this.deps.audit?.renewal(entry, "reset");
       return undefined;
     }
     try {
@@ -91,6 +93,7 @@ export class Renewals {
       entry.certIssuedAt = new Date();
       entry.incarnation = record.uid;
       stream.end(JSON.stringify(issued));
+      this.deps.audit?.renewal(entry, "issued", { serial: issued.serial, notAfter: issued.notAfter });
       this.deps.log.info(
         { cluster, serial: issued.serial, notAfter: issued.notAfter },
         "certificate renewed",
@@ -100,6 +103,7 @@ export class Renewals {
       const message = err instanceof JoinError || err instanceof SyntaxError ? err.message : "renewal failed";
       this.deps.log.warn({ cluster, err: (err as Error).message }, "renewal refused");
       stream.end(JSON.stringify({ error: message }));
+      this.deps.audit?.renewal(entry, "refused", { message });
       return undefined;
     }
   }

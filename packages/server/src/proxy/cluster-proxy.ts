@@ -9,6 +9,7 @@ import { type StatusReason, sendStatus, statusResponseHead } from "@tether/commo
 import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
+import type { AuditLog } from "../observe/audit-log.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
@@ -58,7 +59,15 @@ type Admission =
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
       release: () => void;
     }
-  | { ok: false; reason: StatusReason; why: RefusalReason; message: string; retryAfterSeconds?: number };
+  | {
+      ok: false;
+      reason: StatusReason;
+      why: RefusalReason;
+      message: string;
+      retryAfterSeconds?: number;
+      /** Known when the caller authenticated but may not use the cluster. */
+      caller?: AuthenticatedCaller;
+    };
 
 export interface ClusterProxyDeps {
   store: Store;
@@ -68,6 +77,7 @@ export interface ClusterProxyDeps {
   failures: FailureRateLimit;
   streamIdleTimeoutMs: number;
   metrics?: ProxyObserver;
+  audit?: AuditLog;
 }
 
 export class ClusterProxy {
@@ -101,6 +111,7 @@ export class ClusterProxy {
         this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
         this.deps.metrics?.authFailure("proxy", "member_rejected");
       }
+      this.deps.audit?.response(req, proxyRes);
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -162,6 +173,7 @@ export class ClusterProxy {
           reason: "Forbidden",
           why: "forbidden",
           message: `user "${caller.user}" may not use cluster "${name}" through Tether`,
+          caller,
         };
       }
     } else if (!req.headers.authorization) {
@@ -220,9 +232,11 @@ export class ClusterProxy {
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const audit = this.deps.audit?.request(req, res);
     const admission = await this.admit(req);
     if (!admission.ok) {
       this.deps.metrics?.refused(admission.why);
+      audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused");
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
@@ -237,6 +251,7 @@ export class ClusterProxy {
     const { mode, caller, entry, path } = admission;
     if (mode === "passthrough") passthroughRequests.add(req);
     this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
+    audit?.admitted(entry.cluster, mode, caller);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
@@ -263,18 +278,23 @@ export class ClusterProxy {
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    const audit = this.deps.audit?.upgrade(req, socket);
     const upgrade = checkUpgrade(req);
     if (!upgrade.ok) {
       this.deps.metrics?.refused("bad_request");
+      audit?.refused("BadRequest", upgrade.message);
       this.logRefusal(req, "BadRequest", "refused upgrade");
-      closeWith(socket, statusResponseHead("BadRequest", upgrade.message));
+      const answer = statusResponseHead("BadRequest", upgrade.message);
+      closeWith(socket, audit?.tagged(answer) ?? answer);
       return;
     }
     const admission = await this.admit(req);
     if (!admission.ok) {
       this.deps.metrics?.refused(admission.why);
+      audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused upgrade");
-      closeWith(socket, statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds));
+      const answer = statusResponseHead(admission.reason, admission.message, admission.retryAfterSeconds);
+      closeWith(socket, audit?.tagged(answer) ?? answer);
       return;
     }
     releaseOnClose(socket, admission.release);
@@ -283,7 +303,9 @@ export class ClusterProxy {
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
+    audit?.admitted(entry.cluster, mode, caller);
     relayUpgrade({
+      ...(audit ? { audit } : {}),
       socket,
       head,
       method: req.method ?? "GET",

@@ -7,7 +7,7 @@
 // sends after the request head can never reach the member as a raw request.
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
-import { type StatusReason, statusResponseHead } from "@tether/common";
+import { type StatusReason, statusCodeOf, statusResponseHead } from "@tether/common";
 
 /** The upgrade protocols Kubernetes speaks (exec, attach, port-forward, proxy to pods). */
 const PROTOCOLS = new Set(["websocket", "spdy/3.1"]);
@@ -57,6 +57,15 @@ export interface UpgradeRelay {
   open(): Duplex;
   /** How to answer when the stream fails before the member answered. */
   failure(err: Error): [reason: StatusReason, message: string, retryAfterSeconds?: number];
+  audit?: UpgradeAudit;
+}
+
+/** What the audit log (observe/audit-log.ts) learns of a relayed upgrade. */
+export interface UpgradeAudit {
+  /** A header line ("Name: value\r\n") for the answer the caller gets. */
+  readonly headerLine: string;
+  answered(code: number, body?: IncomingMessage): void;
+  switched(socket: Duplex, stream: Duplex, headBytesIn: number, headBytesOut: number): void;
 }
 
 function headLines(res: IncomingMessage, keep: (name: string) => boolean): string {
@@ -118,7 +127,8 @@ export function relayUpgrade(r: UpgradeRelay): void {
     stream.on("close", () => {
       if (!socket.writableEnded) socket.destroy();
     });
-    socket.write(`${headLines(res, () => true)}\r\n`);
+    r.audit?.switched(socket, stream, r.head.length, upstreamHead.length);
+    socket.write(`${headLines(res, () => true)}${r.audit?.headerLine ?? ""}\r\n`);
     if (upstreamHead.length > 0) socket.write(upstreamHead);
     if (r.head.length > 0) stream.write(r.head);
     socket.pipe(stream);
@@ -133,7 +143,10 @@ export function relayUpgrade(r: UpgradeRelay): void {
       closeWith(socket, statusResponseHead("BadGateway", "the member switched protocols without naming one"));
       return;
     }
-    socket.write(`${headLines(res, (name) => !HOP_BY_HOP.has(name))}Connection: close\r\n\r\n`);
+    r.audit?.answered(res.statusCode ?? 0, res);
+    socket.write(
+      `${headLines(res, (name) => !HOP_BY_HOP.has(name))}${r.audit?.headerLine ?? ""}Connection: close\r\n\r\n`,
+    );
     res.on("error", () => socket.destroy());
     res.on("end", () => {
       upstream.destroy();
@@ -149,6 +162,7 @@ export function relayUpgrade(r: UpgradeRelay): void {
     }
     answered = true;
     const [reason, message, retryAfterSeconds] = r.failure(err);
+    r.audit?.answered(statusCodeOf(reason));
     closeWith(socket, statusResponseHead(reason, message, retryAfterSeconds));
   });
   upstream.end();

@@ -6,6 +6,7 @@ import { once } from "node:events";
 import { createServer as createHttpServer } from "node:http";
 import { connect, createServer as createNetServer, type Socket } from "node:net";
 import t from "tap";
+import { AuditLog } from "../../src/observe/audit-log.js";
 import { checkUpgrade, relayUpgrade } from "../../src/proxy/upgrade-relay.js";
 
 interface Conn {
@@ -41,6 +42,14 @@ await new Promise<void>((r) => upstream.listen(0, "127.0.0.1", r));
 t.teardown(() => upstream.close());
 const upstreamPort = (upstream.address() as { port: number }).port;
 
+// The relay's audit hooks, through the real audit log.
+const auditLines: Record<string, unknown>[] = [];
+const auditLog = new AuditLog({
+  write: (line) => auditLines.push(JSON.parse(line) as Record<string, unknown>),
+  reopen: () => {},
+  close: async () => {},
+});
+
 const front = createHttpServer();
 front.on("upgrade", (req, socket, head) => {
   const check = checkUpgrade(req);
@@ -49,6 +58,7 @@ front.on("upgrade", (req, socket, head) => {
     return;
   }
   relayUpgrade({
+    audit: auditLog.upgrade(req, socket),
     socket,
     head,
     method: req.method ?? "GET",
@@ -170,4 +180,51 @@ t.test("a stream that fails before any answer gets the caller a Status", async (
   t.match(r.text, /^HTTP\/1\.1 503 /);
   t.match(r.text, /no agent: /);
   t.ok(r.closed);
+});
+
+t.test("the audit log learns each outcome; the caller gets the request id", async (t) => {
+  const idOf = (text: string) => /\r\nX-Tether-Request-Id: ([0-9a-f-]{36})\r\n/.exec(text)?.[1];
+  const lineOf = async (id: string | undefined, stage: string) => {
+    for (let i = 0; i < 100; i++) {
+      const line = auditLines.find((l) => l.requestId === id && l.stage === stage);
+      if (line) return line;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`no ${stage} line for ${id}`);
+  };
+  const plain = await call(upgradeHead("/plain"));
+  t.match(await lineOf(idOf(plain.text), "complete"), { kind: "upgrade", code: 200, bytesOut: 7 });
+
+  const sock = connect((front.address() as { port: number }).port, "127.0.0.1");
+  await once(sock, "connect");
+  let got = "";
+  sock.setEncoding("latin1");
+  sock.on("data", (d: string) => (got += d));
+  sock.write(`${upgradeHead("/switch")}early`);
+  while (!got.includes("echo:early")) await new Promise((r) => setTimeout(r, 20));
+  const id = idOf(got);
+  t.match(
+    await lineOf(id, "start"),
+    { kind: "upgrade", verb: "post", code: 101 },
+    "a start line at the switch",
+  );
+  sock.write("more");
+  while (!got.includes("echo:more")) await new Promise((r) => setTimeout(r, 20));
+  sock.destroy();
+  t.match(
+    await lineOf(id, "end"),
+    { code: 101, bytesIn: "earlymore".length, bytesOut: "echo:earlyecho:more".length },
+    "an end line with the bytes each way after the switch",
+  );
+
+  const closed = createNetServer();
+  await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
+  const port = (closed.address() as { port: number }).port;
+  await new Promise<void>((r) => closed.close(() => r()));
+  const before = auditLines.length;
+  await call(
+    `GET /x HTTP/1.1\r\nHost: t\r\nX-Port: ${port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+  );
+  for (let i = 0; i < 100 && auditLines.length === before; i++) await new Promise((r) => setTimeout(r, 20));
+  t.match(auditLines.at(-1), { stage: "complete", code: 503 }, "a failed stream: Tether's code");
 });
