@@ -37,6 +37,7 @@ export class LivenessProbe {
   private latestSend = 0;
   private probeSentAt: number | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private confirming: NodeJS.Immediate | undefined;
   private stopped = false;
 
   /** `delay` 0 disables probing. */
@@ -54,13 +55,15 @@ export class LivenessProbe {
     const since = this.unansweredSince;
     if (since !== undefined && since > this.host.lastInbound()) return;
     this.unansweredSince = now;
-    if (this.timer === undefined) this.arm(this.probeDelay());
+    if (this.timer === undefined && this.confirming === undefined) this.arm(this.probeDelay());
   }
 
   stop(): void {
     this.stopped = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.confirming !== undefined) clearImmediate(this.confirming);
     this.timer = undefined;
+    this.confirming = undefined;
   }
 
   /** Probe after this long without an answer. */
@@ -80,12 +83,14 @@ export class LivenessProbe {
   }
 
   private arm(ms: number): void {
-    this.timer = setTimeout(this.check, Math.max(1, Math.ceil(ms)));
+    this.timer = setTimeout(() => this.check(), Math.max(1, Math.ceil(ms)));
     this.timer.unref();
   }
 
-  private readonly check = (): void => {
+  /** `confirmed`: input that was waiting when the deadline passed has since been read. */
+  private readonly check = (confirmed?: boolean): void => {
     this.timer = undefined;
+    this.confirming = undefined;
     if (this.stopped) return;
     const now = performance.now();
     const heard = this.host.lastInbound();
@@ -93,7 +98,11 @@ export class LivenessProbe {
       const waited = now - this.probeSentAt;
       if (heard < this.probeSentAt) {
         const limit = this.probeTimeout();
-        if (waited >= limit) {
+        if (waited >= limit && confirmed !== true) {
+          // Timers run before I/O: if our own event loop was busy, the answer may sit unread in the
+          // socket. Look again once pending input had its turn (setImmediate runs after the poll phase).
+          this.confirming = setImmediate(this.check, true);
+        } else if (waited >= limit) {
           this.host.dead(`nothing heard from the peer ${Math.round(waited)} ms after a probe ping`);
         } else {
           this.arm(limit - waited);

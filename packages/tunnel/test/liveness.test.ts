@@ -3,6 +3,7 @@
 // unanswered, long before the dead-peer timeout (disabled here, so only the
 // probe can end these sessions); slow but alive peers are not taken for dead,
 // and an idle session costs nothing beyond its keepalive pings.
+import { MessageChannel } from "node:worker_threads";
 import t from "tap";
 import { Flag, FrameType } from "../src/frame.js";
 import { ErrorCode, type Session, type TetherError, type TunnelStream } from "../src/index.js";
@@ -259,6 +260,31 @@ t.test("ping() callers waiting on earlier pings resolve with a later pong", asyn
     rtts.every((r) => r >= 0),
     "non-negative samples",
   );
+  link.client.close();
+  link.server.close();
+});
+
+t.test("our own busy event loop is not taken for a dead peer: input waiting unread counts", async (t) => {
+  const options = { probeDelay: 10, probeTimeout: 40 };
+  const link = lossyLink(options, options);
+  echo(link.server);
+  link.toClient.hold = true;
+  const stream = link.client.open("svc");
+  stream.end("request");
+  const reply = readAll(stream);
+  while (pingRequests(link.toServer) === 0) await sleep(1);
+  // The answers arrive as I/O (a MessagePort, read in the poll phase, like a socket) while this loop
+  // is blocked past the probe timeout; the next iteration runs the probe's expired timer before the poll.
+  const { port1, port2 } = new MessageChannel();
+  port2.on("message", () => link.toClient.release());
+  setImmediate(() => {
+    port1.postMessage("answers arrived");
+    const until = performance.now() + 4 * options.probeTimeout;
+    while (performance.now() < until) {}
+  });
+  t.equal((await reply).toString(), "request", "the answer is read");
+  t.notOk(link.client.closed, "and the session lives on");
+  port1.close();
   link.client.close();
   link.server.close();
 });
