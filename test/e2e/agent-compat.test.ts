@@ -89,6 +89,9 @@ t.test(`an agent built from ${COMMIT} joins today's server and serves kubectl`, 
   t.equal(raw.code, 0, raw.stderr);
   t.match(raw.stdout, /"gitVersion"/, "a GET through /clusters/old/");
 
+  // Today's server probes a silent session with pings: the old agent answers them.
+  t.type(await tether.server.sessions.get("old")!.session.ping(), "number", "it answers the server's pings");
+
   const serial = tether.server.sessions.get("old")!.serial;
   await until("the old agent renews its certificate over the tunnel", () => {
     const entry = tether.server.sessions.get("old");
