@@ -47,7 +47,7 @@ export class LivenessProbe {
     private readonly timeout: number,
   ) {}
 
-  /** This end sent something the peer should answer. Cheap: called for every Data frame. */
+  /** This end sent (or is about to send) something the peer should answer. Cheap: called for every write. */
   expectAnswer(): void {
     if (this.delay === 0 || this.stopped) return;
     const now = performance.now();

@@ -59,7 +59,7 @@ export interface SessionOptions {
    * data and hears nothing at all from the peer for this many milliseconds,
    * it pings at once. Never shorter than 4 smoothed round trips. An idle
    * session sends nothing that needs an answer and so is never probed. 0
-   * disables. Default 1000.
+   * disables (independently of deadPeerTimeout). Default 1000.
    */
   probeDelay?: number;
   /**

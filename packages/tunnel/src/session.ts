@@ -203,7 +203,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       return Promise.reject(this.endError ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed"));
     }
     return new Promise((resolve, reject) => {
-      this.pingWaiters.push({ value: this.pingNow(), resolve, reject });
+      this.pingWaiters.push({ value: this.queuePing(), resolve, reject });
     });
   }
 
@@ -240,6 +240,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   schedule(stream: TunnelStream): void {
     if (this.ended || !this.streams.has(stream.id)) return;
     this.scheduler.add(stream);
+    // Data to send (or a FIN): the peer will answer it (credit, a response), or is probed.
+    this.probe.expectAnswer();
     this.requestPump();
   }
 
@@ -480,10 +482,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         if (stream === undefined) break;
         const frame = stream.takeFrame(frameSize);
         if (stream.sendable) this.scheduler.add(stream);
-        if (frame !== undefined) {
-          this.write(frame);
-          this.probe.expectAnswer();
-        }
+        if (frame !== undefined) this.write(frame);
         if (stream.finished) this.retire(stream);
       }
     } finally {
@@ -541,11 +540,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     // One keepalive ping in flight at a time; a reply that never comes is the dead-peer timer's business.
     const sentAt = this.pings.newestSentAt;
     if (sentAt !== undefined && performance.now() - sentAt < this.options.deadPeerTimeout) return;
-    this.pingNow();
+    this.queuePing();
   }
 
   /** Sends a ping at once; returns its value. Keepalives, probes and ping() all go through here. */
-  private pingNow(): number {
+  private queuePing(): number {
     const value = this.pings.next(performance.now());
     this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, value));
     return value;
@@ -555,7 +554,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const host = {
       lastInbound: () => this.lastInbound,
       rtt: () => ({ smoothed: this.pings.smoothed, largestRecent: this.pings.largestRecent }),
-      ping: () => this.pingNow(),
+      ping: () => this.queuePing(),
       dead: (message: string) =>
         this.end(tetherError(ErrorCode.KEEPALIVE_TIMEOUT, message), GoAwayCode.KEEPALIVE_TIMEOUT, false),
     };
