@@ -13,6 +13,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { deadSession } from "./dead-session.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -317,6 +318,10 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
         `server side, incl. its wss connection (TLS + ws), ${sessionCount} sessions`,
       ],
     ];
+    const dead = await deadSession();
+    step("dead session done");
+    Object.assign(m, dead.metrics);
+    rows.push(...dead.rows);
     return { rows, metrics: m };
   } finally {
     for (const c of children) c.kill();

@@ -15,7 +15,7 @@ export const ErrorCode = {
   STREAM_LIMIT: "ERR_TETHER_STREAM_LIMIT",
   /** The peer broke the protocol; the session is closed with a go-away. */
   PROTOCOL: "ERR_TETHER_PROTOCOL",
-  /** Nothing arrived from the peer for `deadPeerTimeout` ms. */
+  /** Nothing arrived from the peer for `deadPeerTimeout` ms, or within `probeTimeout` of a probe ping. */
   KEEPALIVE_TIMEOUT: "ERR_TETHER_KEEPALIVE_TIMEOUT",
   /** The peer sent a go-away with an error code. */
   PEER_GOAWAY: "ERR_TETHER_PEER_GOAWAY",

@@ -54,6 +54,24 @@ export interface SessionOptions {
    */
   deadPeerTimeout?: number;
   /**
+   * Fails a silently dead session (a blackholed NAT or load-balancer mapping)
+   * long before the dead-peer timeout: when this end sends a stream open or
+   * data and hears nothing at all from the peer for this many milliseconds,
+   * it pings at once. Never shorter than 4 smoothed round trips. An idle
+   * session sends nothing that needs an answer and so is never probed. 0
+   * disables (independently of deadPeerTimeout). Default 1000.
+   */
+  probeDelay?: number;
+  /**
+   * Milliseconds after such a probe ping within which anything from the peer
+   * (data, control or the pong) must arrive, or the session fails with
+   * ERR_TETHER_KEEPALIVE_TIMEOUT. Never shorter than 4 smoothed or 2 of the
+   * largest recent round trips, so a pong queued behind the peer's data on a
+   * slow link still counts. Default 3000: with the delay, a request on a dead
+   * session fails within about 4 s of being sent.
+   */
+  probeTimeout?: number;
+  /**
    * Bytes the session lets sit in the transport (sent, not yet flushed to the
    * socket) before it stops writing and waits. Default 1 MiB.
    */
@@ -69,6 +87,8 @@ export const DEFAULT_OPTIONS = {
   maxFrameSize: MAX_FRAME_PAYLOAD,
   keepAliveInterval: 10_000,
   deadPeerTimeout: 30_000,
+  probeDelay: 1_000,
+  probeTimeout: 3_000,
   transportHighWaterMark: 1024 * 1024,
 } as const;
 
@@ -89,6 +109,8 @@ export function resolveOptions(options: SessionOptions): ResolvedOptions {
   positive("maxFrameSize", 1024, MAX_FRAME_PAYLOAD);
   positive("keepAliveInterval", 0);
   positive("deadPeerTimeout", 0);
+  positive("probeDelay", 0);
+  positive("probeTimeout", 1);
   positive("transportHighWaterMark", 1);
   return resolved;
 }

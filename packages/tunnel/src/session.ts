@@ -25,8 +25,10 @@ import {
   parseFrames,
 } from "./frame.js";
 import { releaseFrame } from "./frame-pool.js";
+import { LivenessProbe } from "./liveness-probe.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
+import { Pings } from "./pings.js";
 import { RoundRobin } from "./scheduler.js";
 import { type StreamHost, TunnelStream } from "./stream.js";
 import { WindowBudget } from "./window-budget.js";
@@ -83,13 +85,16 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private ended = false;
   private endError: TetherError | undefined;
 
-  private smoothedRtt: number | undefined;
-  private pingValue = 0;
-  private pingSentAt: number | undefined;
-  private pingWaiters: Array<{ resolve: (rtt: number) => void; reject: (err: Error) => void }> = [];
+  private readonly pings = new Pings();
+  private pingWaiters: Array<{
+    value: number;
+    resolve: (rtt: number) => void;
+    reject: (err: Error) => void;
+  }> = [];
   private lastInbound = performance.now();
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private deadPeerTimer: NodeJS.Timeout | undefined;
+  private readonly probe: LivenessProbe;
 
   constructor(transport: Transport, options: SessionOptions) {
     super();
@@ -99,6 +104,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.maxWindow = this.options.maxWindow;
     this.windowBudget = new WindowBudget(this.options.maxSessionWindow);
     this.nextLocalId = this.role === "client" ? 1 : 2;
+    this.probe = this.livenessProbe();
     const { keepAliveInterval, deadPeerTimeout } = this.options;
     if (keepAliveInterval > 0) {
       this.keepAliveTimer = setInterval(() => this.sendPing(), keepAliveInterval);
@@ -129,7 +135,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** Smoothed round-trip time of pings in milliseconds; undefined before the first pong. */
   get rtt(): number | undefined {
-    return this.smoothedRtt;
+    return this.pings.smoothed;
   }
 
   /** True once goAway() was called or the peer sent a go-away: open() will fail. */
@@ -144,7 +150,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal StreamHost: the RTT that drives window growth. */
   get rttForWindow(): number {
-    return this.smoothedRtt ?? 0;
+    return this.pings.smoothed ?? 0;
   }
 
   /**
@@ -167,6 +173,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.nextLocalId += 2;
     this.streams.set(id, stream);
     this.queueControl(encodeData(Flag.SYN, id, header));
+    this.probe.expectAnswer();
     // A session that learned its link's window grants it to new streams at once instead of ramping up again.
     const extra = stream.recvWindow.size - INITIAL_WINDOW;
     if (extra > 0) this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, id, extra));
@@ -208,8 +215,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       return Promise.reject(this.endError ?? tetherError(ErrorCode.SESSION_CLOSED, "session closed"));
     }
     return new Promise((resolve, reject) => {
-      this.pingWaiters.push({ resolve, reject });
-      this.sendPing();
+      this.pingWaiters.push({ value: this.queuePing(), resolve, reject });
     });
   }
 
@@ -247,6 +253,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   schedule(stream: TunnelStream): void {
     if (this.ended || !this.streams.has(stream.id)) return;
     this.scheduler.add(stream);
+    // Data to send (or a FIN): the peer will answer it (credit, a response), or is probed.
+    this.probe.expectAnswer();
     this.requestPump();
   }
 
@@ -293,13 +301,19 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.pongValue = frame.length;
       return;
     }
-    if (this.pingSentAt === undefined || frame.length !== this.pingValue) return;
-    const sample = performance.now() - this.pingSentAt;
-    this.pingSentAt = undefined;
-    this.smoothedRtt = this.smoothedRtt === undefined ? sample : this.smoothedRtt * 0.875 + sample * 0.125;
+    this.onPong(frame.length);
+  }
+
+  /** A pong answers the ping it names and every earlier one (peers answer only the latest they read). */
+  private onPong(value: number): void {
+    const sample = this.pings.answer(value, performance.now());
+    if (sample === undefined || this.pingWaiters.length === 0) return;
     const waiters = this.pingWaiters;
     this.pingWaiters = [];
-    for (const w of waiters) w.resolve(sample);
+    for (const w of waiters) {
+      if (this.pings.pending(w.value)) this.pingWaiters.push(w);
+      else w.resolve(sample);
+    }
   }
 
   private onGoAway(code: number, lastStreamId: number): void {
@@ -537,13 +551,28 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private sendPing(): void {
     if (this.ended) return;
-    // One ping in flight at a time; a reply that never comes is the dead-peer timer's business.
-    if (this.pingSentAt !== undefined && performance.now() - this.pingSentAt < this.options.deadPeerTimeout) {
-      return;
-    }
-    this.pingValue = (this.pingValue + 1) >>> 0;
-    this.pingSentAt = performance.now();
-    this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, this.pingValue));
+    // One keepalive ping in flight at a time; a reply that never comes is the dead-peer timer's business.
+    const sentAt = this.pings.newestSentAt;
+    if (sentAt !== undefined && performance.now() - sentAt < this.options.deadPeerTimeout) return;
+    this.queuePing();
+  }
+
+  /** Sends a ping at once; returns its value. Keepalives, probes and ping() all go through here. */
+  private queuePing(): number {
+    const value = this.pings.next(performance.now());
+    this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, value));
+    return value;
+  }
+
+  private livenessProbe(): LivenessProbe {
+    const host = {
+      lastInbound: () => this.lastInbound,
+      rtt: () => ({ smoothed: this.pings.smoothed, largestRecent: this.pings.largestRecent }),
+      ping: () => this.queuePing(),
+      dead: (message: string) =>
+        this.end(tetherError(ErrorCode.KEEPALIVE_TIMEOUT, message), GoAwayCode.KEEPALIVE_TIMEOUT, false),
+    };
+    return new LivenessProbe(host, this.options.probeDelay, this.options.probeTimeout);
   }
 
   private checkLiveness(): void {
@@ -610,6 +639,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.endError = err;
     if (this.keepAliveTimer !== undefined) clearInterval(this.keepAliveTimer);
     if (this.deadPeerTimer !== undefined) clearTimeout(this.deadPeerTimer);
+    this.probe.stop();
     if (goAwayCode !== undefined && !(this.goAwaySent && goAwayCode === GoAwayCode.NORMAL)) {
       // Bypasses the queue: the peer should learn why even if our queue is backed up.
       this.transport.send(encodeControl(FrameType.GO_AWAY, 0, this.highestRemoteId, goAwayCode), noop);

@@ -7,6 +7,10 @@ t.test("defaults fill in, explicit undefined does not override them", async (t) 
   t.equal(o.keepAliveInterval, 500);
   t.ok(DEFAULT_OPTIONS.deadPeerTimeout <= 30_000, "dead-peer timeout below common LB idle timeouts");
   t.ok(DEFAULT_OPTIONS.keepAliveInterval < DEFAULT_OPTIONS.deadPeerTimeout);
+  t.ok(
+    DEFAULT_OPTIONS.probeDelay + DEFAULT_OPTIONS.probeTimeout < 5_000,
+    "a dead session fails a request within 5 s",
+  );
 });
 
 t.test("bad options are refused", async (t) => {
@@ -17,4 +21,6 @@ t.test("bad options are refused", async (t) => {
   t.throws(() => resolveOptions({ role: "client", maxSessionWindow: -1 }), RangeError);
   t.throws(() => resolveOptions({ role: "client", deadPeerTimeout: -1 }), RangeError);
   t.throws(() => resolveOptions({ role: "client", transportHighWaterMark: 1.5 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", probeDelay: -1 }), RangeError);
+  t.throws(() => resolveOptions({ role: "client", probeTimeout: 0 }), RangeError);
 });
