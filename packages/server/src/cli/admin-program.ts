@@ -155,15 +155,30 @@ export function addAgentManifest(program: Command, io: CliIo): void {
         "how long the join token is valid: 90s, 15m, 24h, 7d (at most 30d)",
       ).default(DEFAULT_JOIN_TOKEN_TTL),
     )
+    .addOption(
+      new Option(
+        "--agent-proxy <url>",
+        "the agent reaches tether-server through this HTTP proxy, http://[user:password@]host:port (kept in the join Secret)",
+      ),
+    )
+    .addOption(new Option("--agent-no-proxy <list>", "NO_PROXY for the agent: hosts, .domains, CIDR ranges"))
     .addOption(serverOption())
     .action(
       async (
         name: string,
-        o: StoreOptions & { image?: string; agentNamespace: string; tokenTtl: string; server?: string },
+        o: StoreOptions & {
+          image?: string;
+          agentNamespace: string;
+          tokenTtl: string;
+          server?: string;
+          agentProxy?: string;
+          agentNoProxy?: string;
+        },
       ) => {
         await agentManifest({ ...adminContext(o, io.stdout), note: io.stderr }, name, {
           namespace: o.agentNamespace,
           tokenTtl: o.tokenTtl,
+          egress: { proxy: o.agentProxy, noProxy: o.agentNoProxy },
           ...(o.image ? { image: o.image } : {}),
           ...(o.server ? { server: o.server } : {}),
         });
