@@ -10,8 +10,8 @@
 // Proxy-Authorization header: anything printed or logged names the proxy as
 // scheme://host:port.
 import type { ClientRequestArgs } from "node:http";
-import { connect as netConnect, type Socket, isIP } from "node:net";
-import { type ConnectionOptions, connect as tlsConnect, type TLSSocket } from "node:tls";
+import { isIP, connect as netConnect, type Socket } from "node:net";
+import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from "node:tls";
 import { TetherError } from "@tether/common";
 import { parseNoProxy } from "./no-proxy.js";
 
