@@ -81,6 +81,8 @@ export class TetherServer {
   private readonly status: ClusterStatusReporter | undefined;
   private readonly externalUrl: string | undefined;
   private readonly clusterDomain: string | undefined;
+  /** --external-url's host: never a member's name, even under the cluster domain. */
+  private readonly ownHost: string | undefined;
   private readonly checker: NodeJS.Timeout;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
@@ -131,6 +133,7 @@ export class TetherServer {
     });
     this.externalUrl = options.externalUrl;
     this.clusterDomain = options.clusterDomain;
+    this.ownHost = options.externalUrl ? new URL(options.externalUrl).hostname : undefined;
     if (options.clusterStatus) {
       const sink = options.clusterStatus;
       this.status = new ClusterStatusReporter((cluster, status) => sink.write(cluster, status), {
@@ -244,7 +247,7 @@ export class TetherServer {
 
   /** A host-routed request as the cluster proxy's path form, or why it is refused. */
   private hostRouted(req: IncomingMessage): HostRoute | { kind: "refused"; message: string } {
-    const route = hostRoute(req, this.clusterDomain);
+    const route = hostRoute(req, this.clusterDomain, this.ownHost);
     if (route.kind !== "cluster" || toClusterPath(req, route.cluster)) return route;
     return { kind: "refused", message: "a request for a member's host name has a path, not an absolute URL" };
   }

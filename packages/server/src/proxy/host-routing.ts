@@ -38,11 +38,21 @@ export function normalizeClusterDomain(domain: string): string | undefined {
   return ok ? d : undefined;
 }
 
-export function hostRoute(req: IncomingMessage, domain: string | undefined): HostRoute {
+/**
+ * The member a request is for by its names. `ownHost` is the server's own
+ * host name (--external-url): when it lies under the domain it still names
+ * the server, so agents and joins reaching it are not taken for a member.
+ */
+export function hostRoute(req: IncomingMessage, domain: string | undefined, ownHost?: string): HostRoute {
   if (!domain) return { kind: "none" };
+  const own = ownHost ? memberOfHost(ownHost, domain) : undefined;
+  const member = (name: string | undefined) => {
+    const m = memberOfHost(name, domain);
+    return m === own ? undefined : m;
+  };
   const sni = (req.socket as TLSSocket).servername || undefined;
-  const bySni = memberOfHost(sni, domain);
-  const byHost = memberOfHost(req.headers.host, domain);
+  const bySni = member(sni);
+  const byHost = member(req.headers.host);
   if (bySni && byHost && bySni !== byHost) {
     return {
       kind: "misdirected",
