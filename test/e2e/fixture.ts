@@ -90,8 +90,23 @@ export async function prepareMember(member: Cluster, saDir: string): Promise<Nod
   return { KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
 }
 
+/** The --cluster-domain of fixtures whose kubeconfigs use host routing. */
+export const TEST_CLUSTER_DOMAIN = "clusters.tether.test";
+
+/**
+ * How the fixture's kubeconfigs name a member: `path` (…/clusters/<name>) or
+ * `host` (the server's address with tls-server-name <name>.<cluster domain>,
+ * which needs no DNS). TETHER_TEST_ROUTING=host makes `host` the default, so
+ * one data-path suite runs in both forms.
+ */
+export type Routing = "path" | "host";
+export const DEFAULT_ROUTING: Routing = process.env.TETHER_TEST_ROUTING === "host" ? "host" : "path";
+
 /** A server on 127.0.0.1 with the test tunnel timing; `options` override any ServerOptions but the store. */
-export async function startTether(options: Omit<Partial<ServerOptions>, "store"> = {}): Promise<Fixture> {
+export async function startTether(
+  options: Omit<Partial<ServerOptions>, "store"> = {},
+  routing: Routing = DEFAULT_ROUTING,
+): Promise<Fixture> {
   const dir = await mkdtemp(join(tmpdir(), "tether-e2e-"));
   const store = await FileStore.open(join(dir, "state"));
   const log = createLogger({ level: process.env.TETHER_TEST_LOG ?? "silent" });
@@ -101,8 +116,14 @@ export async function startTether(options: Omit<Partial<ServerOptions>, "store">
     port: 0,
     log,
     tunnel: TEST_TUNNEL,
+    ...(routing === "host" ? { clusterDomain: TEST_CLUSTER_DOMAIN } : {}),
     ...options,
   });
+  const domain = options.clusterDomain ?? TEST_CLUSTER_DOMAIN;
+  const where = (cluster: string) =>
+    routing === "host"
+      ? { server: server.url, tlsServerName: `${cluster}.${domain}` }
+      : { server: `${server.url}/clusters/${cluster}` };
   const ca = server.ca;
   const agents: TetherAgent[] = [];
 
@@ -157,7 +178,7 @@ export async function startTether(options: Omit<Partial<ServerOptions>, "store">
       });
       return writeKubeconfig(join(dir, `kc-${cluster}-${user}-${hash.slice(7, 15)}`), {
         name: cluster,
-        server: `${server.url}/clusters/${cluster}`,
+        ...where(cluster),
         caPem: ca.certPem,
         token,
       });
@@ -165,7 +186,7 @@ export async function startTether(options: Omit<Partial<ServerOptions>, "store">
     async rawKubeconfig(cluster, token) {
       return writeKubeconfig(join(dir, `kc-raw-${cluster}-${Math.random().toString(36).slice(2)}`), {
         name: cluster,
-        server: `${server.url}/clusters/${cluster}`,
+        ...where(cluster),
         caPem: ca.certPem,
         ...(token ? { token } : {}),
       });

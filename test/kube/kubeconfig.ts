@@ -10,6 +10,8 @@ export interface KubeconfigSpec {
   token?: string;
   certPem?: string;
   keyPem?: string;
+  /** tls-server-name: the TLS server name to send and verify instead of the URL's host. */
+  tlsServerName?: string;
 }
 
 export function kubeconfigYaml(spec: KubeconfigSpec): string {
@@ -24,7 +26,14 @@ export function kubeconfigYaml(spec: KubeconfigSpec): string {
     apiVersion: "v1",
     kind: "Config",
     clusters: [
-      { name: spec.name, cluster: { server: spec.server, "certificate-authority-data": b64(spec.caPem) } },
+      {
+        name: spec.name,
+        cluster: {
+          server: spec.server,
+          "certificate-authority-data": b64(spec.caPem),
+          ...(spec.tlsServerName ? { "tls-server-name": spec.tlsServerName } : {}),
+        },
+      },
     ],
     users: [{ name: spec.name, user }],
     contexts: [{ name: spec.name, context: { cluster: spec.name, user: spec.name } }],

@@ -10,7 +10,7 @@ import {
   sessionFromWebSocket,
   WEBSOCKET_OPTIONS,
 } from "@tether/tunnel";
-import { WebSocket } from "ws";
+import { type ClientOptions, WebSocket } from "ws";
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import {
   type CredentialStore,
@@ -20,6 +20,7 @@ import {
   keyMatches,
   renewalDelayMs,
 } from "./credentials.js";
+import { connectThrough, type EgressProxy } from "./egress-proxy.js";
 import { Forwarder } from "./forwarder.js";
 import type { KubeTarget } from "./kube-target.js";
 import type { AgentMetrics } from "./metrics.js";
@@ -50,6 +51,8 @@ export interface AgentOptions {
   credentialStore?: CredentialStore;
   /** Counts what the agent does, for --metrics-address (metrics.ts). */
   metrics?: AgentMetrics;
+  /** The forward proxy the tunnel goes through (egress-proxy.ts); without it the server is dialed directly. */
+  proxy?: EgressProxy;
 }
 
 const quiet: AgentLog = { debug() {}, info() {}, warn() {} };
@@ -114,6 +117,14 @@ export class TetherAgent {
       key: creds.keyPem,
       handshakeTimeout: 15_000,
       headers: { [AGENT_VERSION_HEADER]: VERSION },
+      // ws hands this to https.request, which takes Node's asynchronous form (ws's types know only the other).
+      ...(this.options.proxy
+        ? {
+            createConnection: connectThrough(
+              this.options.proxy,
+            ) as unknown as ClientOptions["createConnection"],
+          }
+        : {}),
     });
     this.socket = ws;
     let goAway = false;
@@ -169,7 +180,8 @@ export class TetherAgent {
       this.scheduleRenewal();
     });
     ws.on("error", (err) => {
-      this.log.warn({ err: err.message }, "connection failed");
+      const code = (err as { code?: unknown }).code;
+      this.log.warn({ err: err.message, ...(typeof code === "string" ? { code } : {}) }, "connection failed");
     });
     ws.once("close", () => {
       // Once a session ran, its own close handler redials.

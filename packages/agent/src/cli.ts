@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
 import { type CredentialStore, type Credentials, CredentialsDir } from "./credentials.js";
+import { type EgressProxy, parseProxyUrl, proxyFor } from "./egress-proxy.js";
 import { startupIdentity } from "./identity.js";
 import {
   inClusterTarget,
@@ -36,6 +37,7 @@ interface RunOptions {
   keepalive: number;
   deadPeerTimeout: number;
   metricsAddress?: { host: string; port: number };
+  proxy?: string;
 }
 
 function readFlagFile(path: string, flag: string): string {
@@ -68,7 +70,7 @@ function secretName(value: string): string {
 
 /** The agent's identity: --ca-file/--cert-file/--key-file, else the saved or a newly joined one. */
 async function credentials(
-  opts: RunOptions,
+  opts: Omit<RunOptions, "proxy"> & { proxy?: EgressProxy | undefined },
   store: CredentialStore,
   log: { info(o: object, m: string): void; warn(o: object, m: string): void },
 ): Promise<Credentials> {
@@ -158,6 +160,20 @@ export function buildProgram(): Command {
       SERVICE_ACCOUNT_DIR,
     )
     .addOption(
+      new Option(
+        "--proxy <url>",
+        "reach tether-server through this HTTP forward proxy (http://[user:password@]host:port), instead of " +
+          "HTTPS_PROXY; NO_PROXY still applies. Prefer HTTPS_PROXY for a proxy URL with a password: a command line is visible (ps)",
+      ).argParser((v) => {
+        if (v.trim() === "")
+          throw new InvalidArgumentError(
+            "empty; to dial the server directly, leave --proxy out and set NO_PROXY=*",
+          );
+        parseProxyUrl(v, "--proxy");
+        return v;
+      }),
+    )
+    .addOption(
       new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
     )
     .addOption(
@@ -187,6 +203,13 @@ export async function main(argv: string[]): Promise<void> {
           "use TETHER_JOIN_TOKEN or --token-file",
       );
     }
+    const proxy = proxyFor(new URL(opts.server), opts.proxy);
+    if (proxy?.authorization && proxy.source === "--proxy") {
+      log.warn(
+        { proxy: proxy.display },
+        "the proxy's password was given with --proxy, where other users of this machine can read it (ps): use HTTPS_PROXY",
+      );
+    }
     const targetOf = (): KubeTarget =>
       opts.kubeconfig
         ? kubeconfigTarget(opts.kubeconfig, opts.context)
@@ -197,7 +220,7 @@ export async function main(argv: string[]): Promise<void> {
       target && opts.credentialsSecret
         ? new SecretCredentials(target, podNamespace(opts.serviceAccountDir), opts.credentialsSecret)
         : new CredentialsDir(opts.stateDir);
-    const { caPem, certPem, keyPem } = await credentials(opts, credentialStore, log);
+    const { caPem, certPem, keyPem } = await credentials({ ...opts, proxy }, credentialStore, log);
     target ??= targetOf();
     const metrics = opts.metricsAddress ? new AgentMetrics() : undefined;
     const metricsServer =
@@ -217,11 +240,15 @@ export async function main(argv: string[]): Promise<void> {
       keyPem,
       target,
       credentialStore,
+      ...(proxy ? { proxy } : {}),
       tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
       log,
       ...(metrics ? { metrics } : {}),
     });
-    log.info({ target: target.description, server: opts.server, version: VERSION }, "starting");
+    log.info(
+      { target: target.description, server: opts.server, proxy: proxy?.display ?? "none", version: VERSION },
+      "starting",
+    );
     agent.start();
     const stop = () => {
       log.info({}, "stopping");

@@ -53,6 +53,26 @@ export const AGENT_ERRORS = {
     hint: "the member cluster's apiserver refused the Secret request: the message has its answer",
   },
 
+  // The egress proxy (egress-proxy.ts).
+  ERR_TETHER_AGENT_PROXY_URL: {
+    hint: "--proxy or HTTPS_PROXY/HTTP_PROXY is not a proxy URL: give http://[user:password@]host:port (or https://)",
+  },
+  ERR_TETHER_AGENT_PROXY_UNREACHABLE: {
+    hint: "the egress proxy did not accept a connection: check its host and port in --proxy or HTTPS_PROXY, and that this pod may reach it",
+  },
+  ERR_TETHER_AGENT_PROXY_AUTH: {
+    hint: "the egress proxy answered 407 (or 401): put its user and password in the proxy URL (http://user:password@host:port, percent-encoded), or correct them",
+  },
+  ERR_TETHER_AGENT_PROXY_FORBIDDEN: {
+    hint: "the egress proxy answered 403 to CONNECT: have its administrators allow CONNECT to tether-server's host and port",
+  },
+  ERR_TETHER_AGENT_PROXY_REFUSED: {
+    hint: "the egress proxy answered CONNECT with another error or no HTTP at all: the message has its answer; check that the proxy can reach --server",
+  },
+  ERR_TETHER_AGENT_PROXY_TIMEOUT: {
+    hint: "the egress proxy did not open the tunnel in time: check that it is up and can reach tether-server",
+  },
+
   // The member cluster (kube-target.ts).
   ERR_TETHER_KUBE_TARGET: {
     hint: "run in a pod with its service account mounted, or pass --kubeconfig (and --context) for the member cluster",

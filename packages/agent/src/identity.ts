@@ -13,6 +13,7 @@ import {
   clusterOf,
   keyMatches,
 } from "./credentials.js";
+import type { EgressProxy } from "./egress-proxy.js";
 import { type JoinOptions, join } from "./join.js";
 
 export const ERR_NOT_JOINED = "ERR_TETHER_AGENT_NOT_JOINED";
@@ -23,6 +24,7 @@ export interface IdentityOptions {
   cluster?: string | undefined;
   token?: string | undefined;
   caHash?: string | undefined;
+  proxy?: EgressProxy | undefined;
 }
 
 interface IdentityLog {
@@ -104,7 +106,7 @@ export async function startupIdentity(
   if (why) log.warn({ reason: why }, "the saved identity is unusable; joining again with the join token");
   // The token works once: make sure the result can be kept before spending it.
   await store.checkWritable();
-  const joined = await joinWith({ server: opts.server, cluster, token, caHash });
+  const joined = await joinWith({ server: opts.server, cluster, token, caHash, proxy: opts.proxy });
   await store.save(joined);
   log.info({ cluster, savedIn: store.where }, "joined");
   return joined;

@@ -4,6 +4,7 @@
 import { request } from "node:https";
 import { caHashOf, JOIN_CA_PATH, JOIN_CERTIFICATE_PATH, TetherError } from "@tether/common";
 import { type Credentials, keyAndCsr } from "./credentials.js";
+import { connectThrough, type EgressProxy, ProxyError } from "./egress-proxy.js";
 
 /** Certificates are backdated this much by the server; more skew than that breaks TLS. */
 const MAX_CLOCK_SKEW_MS = 5 * 60 * 1000;
@@ -18,6 +19,8 @@ export interface JoinOptions {
   token: string;
   /** "sha256:<hex>" of the CA's SubjectPublicKeyInfo, as `tether-server cluster add` prints it. */
   caHash: string;
+  /** The forward proxy to reach the server through, if any. */
+  proxy?: EgressProxy | undefined;
 }
 
 interface Reply {
@@ -26,7 +29,10 @@ interface Reply {
   date: string | undefined;
 }
 
-function call(url: URL, options: { method: string; ca?: string; body?: string }): Promise<Reply> {
+function call(
+  url: URL,
+  options: { method: string; ca?: string; body?: string; proxy?: EgressProxy | undefined },
+): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const req = request(
       url,
@@ -36,6 +42,7 @@ function call(url: URL, options: { method: string; ca?: string; body?: string })
         ...(options.ca ? { ca: options.ca } : { rejectUnauthorized: false }),
         headers: options.body ? { "content-type": "application/json" } : {},
         timeout: 30_000,
+        ...(options.proxy ? { createConnection: connectThrough(options.proxy) } : {}),
       },
       (res) => {
         let body = "";
@@ -48,6 +55,10 @@ function call(url: URL, options: { method: string; ca?: string; body?: string })
     );
     req.on("timeout", () => req.destroy(new Error("timed out")));
     req.on("error", (err) => {
+      if (err instanceof ProxyError) {
+        reject(err);
+        return;
+      }
       const e = err as NodeJS.ErrnoException;
       reject(
         new JoinError(
@@ -78,7 +89,7 @@ export async function join(o: JoinOptions): Promise<Credentials> {
     );
   }
   const base = new URL(o.server);
-  const caReply = await call(new URL(JOIN_CA_PATH, base), { method: "GET" });
+  const caReply = await call(new URL(JOIN_CA_PATH, base), { method: "GET", proxy: o.proxy });
   if (caReply.status !== 200) {
     throw new JoinError(
       "ERR_TETHER_JOIN_FAILED",
@@ -115,6 +126,7 @@ export async function join(o: JoinOptions): Promise<Credentials> {
   const reply = await call(new URL(JOIN_CERTIFICATE_PATH, base), {
     method: "POST",
     ca: caPem,
+    proxy: o.proxy,
     body: JSON.stringify({ cluster: o.cluster, token: o.token, csr: csrPem }),
   });
   if (reply.status !== 200) {

@@ -41,6 +41,24 @@ t.test("an unknown flag is refused with a usable message", async (t) => {
   t.notMatch(r.stderr, / {4}at /, "no stack trace");
 });
 
+t.test("--proxy: an empty value and a bad URL are refused, without echoing a password", async (t) => {
+  const base = ["--server", "https://x", "--ca-file", "a", "--cert-file", "b", "--key-file", "c"];
+  const empty = run(...base, "--proxy", "");
+  t.not(empty.status, 0);
+  t.match(empty.stderr, /NO_PROXY=\*/, "says how to go direct");
+  const socks = run(...base, "--proxy", "socks5://u:hunter2@proxy:1080");
+  t.not(socks.status, 0);
+  t.match(socks.stderr, /ERR_TETHER_AGENT_PROXY_URL|SOCKS is not supported/);
+  t.notMatch(socks.stderr, /hunter2/);
+  const env = spawnSync(process.execPath, [bin, ...base], {
+    encoding: "utf8",
+    env: { ...process.env, HTTPS_PROXY: "ftp://u:hunter2@proxy" },
+  });
+  t.not(env.status, 0);
+  t.match(env.stderr, /^tether-agent: ERR_TETHER_AGENT_PROXY_URL: HTTPS_PROXY/m);
+  t.notMatch(env.stderr, /hunter2/);
+});
+
 t.test("a missing required flag is named", async (t) => {
   const r = run();
   t.not(r.status, 0);

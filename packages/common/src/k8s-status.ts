@@ -7,6 +7,7 @@ export type StatusReason =
   | "Unauthorized"
   | "Forbidden"
   | "NotFound"
+  | "MisdirectedRequest"
   | "TooManyRequests"
   | "ServiceUnavailable"
   | "InternalError"
@@ -17,6 +18,7 @@ const CODES: Record<StatusReason, number> = {
   Unauthorized: 401,
   Forbidden: 403,
   NotFound: 404,
+  MisdirectedRequest: 421,
   TooManyRequests: 429,
   InternalError: 500,
   BadGateway: 502,

@@ -86,6 +86,9 @@ export const SERVER_ERRORS = {
   },
   ERR_TETHER_BAD_IMAGE: { hint: "--image is an image reference: registry/path[:tag][@sha256:digest]" },
   ERR_TETHER_BAD_NAMESPACE: { hint: "--namespace is a DNS-1123 label" },
+  ERR_TETHER_BAD_PROXY: {
+    hint: "--agent-proxy is http://[user:password@]host:port (or https://); --agent-no-proxy a list of hosts, domains and ranges",
+  },
   ERR_TETHER_INVALID_LIMIT: {
     hint: "give each limit option a count or duration in the range docs/operations.md states",
   },

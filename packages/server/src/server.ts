@@ -45,6 +45,7 @@ import { type AgentSession, AgentSessions } from "./proxy/agent-sessions.js";
 import { CallerQuota, releaseOnClose } from "./proxy/caller-quota.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
+import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.js";
 import { closeWith } from "./proxy/upgrade-relay.js";
 import {
   ClusterStatusReporter,
@@ -86,6 +87,8 @@ export interface ServerOptions {
   metricsToken?: string;
   /** Where audit events go (observe/audit-log.ts); none when undefined. */
   audit?: AuditLog;
+  /** Host-based routing: <name>.<clusterDomain> is member <name> at "/" (proxy/host-routing.ts). */
+  clusterDomain?: string;
 }
 
 export class TetherServer {
@@ -108,6 +111,9 @@ export class TetherServer {
   private readonly admin: AdminApi;
   private readonly status: ClusterStatusReporter | undefined;
   private readonly externalUrl: string | undefined;
+  private readonly clusterDomain: string | undefined;
+  /** --external-url's host: never a member's name, even under the cluster domain. */
+  private readonly ownHost: string | undefined;
   private readonly checker: NodeJS.Timeout;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
@@ -186,6 +192,8 @@ export class TetherServer {
     });
     this.statusPage = { mayRead: adminReader(this.store), snapshot: () => model.snapshot() };
     this.externalUrl = options.externalUrl;
+    this.clusterDomain = options.clusterDomain;
+    this.ownHost = options.externalUrl ? new URL(options.externalUrl).hostname : undefined;
     if (options.clusterStatus) {
       const sink = options.clusterStatus;
       this.status = new ClusterStatusReporter((cluster, status) => sink.write(cluster, status), {
@@ -247,7 +255,11 @@ export class TetherServer {
     const ca = await options.store.loadOrCreateCa();
     const external = options.externalUrl ? new URL(options.externalUrl).hostname : undefined;
     const isIp = (h: string) => /^[\d.]+$|:/.test(h);
-    const dnsNames = ["localhost", ...(external && !isIp(external) ? [external] : [])];
+    const dnsNames = [
+      "localhost",
+      ...(external && !isIp(external) ? [external] : []),
+      ...(options.clusterDomain ? [`*.${options.clusterDomain}`] : []),
+    ];
     const ips = [
       "127.0.0.1",
       "::1",
@@ -293,9 +305,20 @@ export class TetherServer {
     return `https://127.0.0.1:${this.port}`;
   }
 
+  /** A host-routed request as the cluster proxy's path form, or why it is refused. */
+  private hostRouted(req: IncomingMessage): HostRoute | { kind: "refused"; message: string } {
+    const route = hostRoute(req, this.clusterDomain, this.ownHost);
+    if (route.kind !== "cluster" || toClusterPath(req, route.cluster)) return route;
+    return { kind: "refused", message: "a request for a member's host name has a path, not an absolute URL" };
+  }
+
   private async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     req.socket.setTimeout(0);
     try {
+      const routed = this.hostRouted(req);
+      if (routed.kind === "cluster") return await this.proxy.handleRequest(req, res);
+      if (routed.kind === "misdirected") return sendStatus(res, "MisdirectedRequest", routed.message);
+      if (routed.kind === "refused") return sendStatus(res, "BadRequest", routed.message);
       const path = (req.url ?? "/").split("?")[0];
       if (
         path?.startsWith("/join/") ||
@@ -337,7 +360,10 @@ export class TetherServer {
         sendStatus(
           res,
           "NotFound",
-          `no such path on tether-server: member clusters are under /clusters/<name>/`,
+          "no such path on tether-server: member clusters are under /clusters/<name>/ " +
+            "(kubectl proxy drops that path unless given --append-server-path" +
+            (this.clusterDomain ? `; or use https://<name>.${this.clusterDomain}/` : "") +
+            ")",
         );
       }
     } catch (err) {
@@ -351,6 +377,12 @@ export class TetherServer {
     // Until the upgrade is answered (refusals too: a caller may never read them).
     (socket as Socket).setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
     try {
+      const routed = this.hostRouted(req);
+      if (routed.kind === "cluster") return await this.proxy.handleUpgrade(req, socket, head);
+      if (routed.kind === "misdirected")
+        return closeWith(socket, statusResponseHead("MisdirectedRequest", routed.message));
+      if (routed.kind === "refused")
+        return closeWith(socket, statusResponseHead("BadRequest", routed.message));
       const path = (req.url ?? "/").split("?")[0];
       if (path === AGENT_PATH) await this.acceptAgent(req, socket, head);
       else if (path?.startsWith("/clusters/")) await this.proxy.handleUpgrade(req, socket, head);

@@ -2,6 +2,7 @@
 // kubeconfig): they parse what the operator typed, call a ClusterAdmin
 // (cluster-admin.ts) and print the result. Tokens are written to `out` only by
 // the command that creates them, and never logged.
+
 import { join } from "node:path";
 import { rotateAdminCredential } from "../admin/admin-credential.js";
 import {
@@ -21,6 +22,7 @@ import type {
   RemoveResult,
   UserToken,
 } from "../admin/cluster-admin.js";
+import { kubeconfigServer } from "../proxy/host-routing.js";
 import { FileStore } from "../store/file-store.js";
 import { ADMIN_CREDENTIAL_FILE, type Store } from "../store/state-store.js";
 import {
@@ -191,6 +193,8 @@ export interface KubeconfigOptions {
   ttl?: string;
   server?: string;
   output?: "yaml" | "json";
+  /** Print the host form for this --cluster-domain (proxy/host-routing.ts). */
+  clusterDomain?: string | undefined;
 }
 
 export interface KubeconfigResult {
@@ -199,8 +203,8 @@ export interface KubeconfigResult {
   expiresAt: string;
 }
 
-/** A kubeconfig for `/clusters/<cluster>` that authenticates with the user token. */
-export function userKubeconfig(issued: UserToken): Record<string, unknown> {
+/** A kubeconfig for `/clusters/<cluster>` (or, with a cluster domain, its host name) that authenticates with the user token. */
+export function userKubeconfig(issued: UserToken, clusterDomain?: string): Record<string, unknown> {
   const { cluster, user, token, server, caPem } = issued;
   const userEntry = `${user}@${cluster}`;
   return {
@@ -210,7 +214,7 @@ export function userKubeconfig(issued: UserToken): Record<string, unknown> {
       {
         name: cluster,
         cluster: {
-          server: `${server}/clusters/${cluster}`,
+          ...kubeconfigServer(server, cluster, clusterDomain),
           "certificate-authority-data": Buffer.from(caPem, "utf8").toString("base64"),
         },
       },
@@ -235,7 +239,7 @@ export async function kubeconfig(
     opts.groups ?? [],
     ttlMs,
   );
-  const config = userKubeconfig(issued);
+  const config = userKubeconfig(issued, opts.clusterDomain);
   if (opts.output === "json") {
     ctx.out(formatJson(config));
   } else {

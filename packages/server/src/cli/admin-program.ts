@@ -2,7 +2,7 @@
 // agent-manifest, kubefed, rotate-admin-credential); the work is in
 // admin-commands.ts, behind a ClusterAdmin.
 
-import { type Command, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   DEFAULT_JOIN_TOKEN_TTL,
   DEFAULT_KUBEFED_TOKEN_TTL,
@@ -10,6 +10,7 @@ import {
 } from "../admin/admin-input.js";
 import { AGENT_NAMESPACE, agentManifest } from "../manifest/agent-manifest.js";
 import { DEFAULT_KUBEFED_USER, KUBEFED_NAMESPACE, kubefed } from "../manifest/kubefed.js";
+import { normalizeClusterDomain } from "../proxy/host-routing.js";
 import { KubeStore } from "../store/kube-store.js";
 import {
   type AdminContext,
@@ -155,15 +156,30 @@ export function addAgentManifest(program: Command, io: CliIo): void {
         "how long the join token is valid: 90s, 15m, 24h, 7d (at most 30d)",
       ).default(DEFAULT_JOIN_TOKEN_TTL),
     )
+    .addOption(
+      new Option(
+        "--agent-proxy <url>",
+        "the agent reaches tether-server through this HTTP proxy, http://[user:password@]host:port (kept in the join Secret)",
+      ),
+    )
+    .addOption(new Option("--agent-no-proxy <list>", "NO_PROXY for the agent: hosts, .domains, CIDR ranges"))
     .addOption(serverOption())
     .action(
       async (
         name: string,
-        o: StoreOptions & { image?: string; agentNamespace: string; tokenTtl: string; server?: string },
+        o: StoreOptions & {
+          image?: string;
+          agentNamespace: string;
+          tokenTtl: string;
+          server?: string;
+          agentProxy?: string;
+          agentNoProxy?: string;
+        },
       ) => {
         await agentManifest({ ...adminContext(o, io.stdout), note: io.stderr }, name, {
           namespace: o.agentNamespace,
           tokenTtl: o.tokenTtl,
+          egress: { proxy: o.agentProxy, noProxy: o.agentNoProxy },
           ...(o.image ? { image: o.image } : {}),
           ...(o.server ? { server: o.server } : {}),
         });
@@ -198,6 +214,7 @@ export function addKubefed(program: Command, out: (text: string) => void): void 
       ),
     )
     .addOption(serverOption())
+    .addOption(clusterDomainOption("apiEndpoint https://NAME.<domain>:<port> (needs DNS for *.<domain>)"))
     .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
     .action(
       async (
@@ -209,9 +226,11 @@ export function addKubefed(program: Command, out: (text: string) => void): void 
           kubefedNamespace: string;
           server?: string;
           output: "yaml" | "json";
+          clusterDomain?: string;
         },
       ) => {
         await kubefed(adminContext(o, out), name, {
+          clusterDomain: o.clusterDomain,
           user: o.user,
           groups: o.group,
           ttl: o.ttl,
@@ -221,6 +240,15 @@ export function addKubefed(program: Command, out: (text: string) => void): void 
         });
       },
     );
+}
+
+/** Host routing for a printed client configuration: the domain `serve --cluster-domain` was given. */
+function clusterDomainOption(form: string): Option {
+  return new Option("--cluster-domain <domain>", `print the host form: ${form}`).argParser((v) => {
+    const d = normalizeClusterDomain(v);
+    if (!d) throw new InvalidArgumentError("a DNS domain of two or more labels, e.g. clusters.example.com");
+    return d;
+  });
 }
 
 export function addKubeconfig(program: Command, out: (text: string) => void): void {
@@ -237,6 +265,9 @@ export function addKubeconfig(program: Command, out: (text: string) => void): vo
       ),
     )
     .addOption(serverOption())
+    .addOption(
+      clusterDomainOption("tls-server-name NAME.<domain> on the server's address, without /clusters/NAME"),
+    )
     .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
     .action(
       async (
@@ -247,9 +278,11 @@ export function addKubeconfig(program: Command, out: (text: string) => void): vo
           ttl: string;
           server?: string;
           output: "yaml" | "json";
+          clusterDomain?: string;
         },
       ) => {
         await kubeconfig(adminContext(o, out), name, {
+          clusterDomain: o.clusterDomain,
           user: o.user,
           groups: o.group,
           ttl: o.ttl,

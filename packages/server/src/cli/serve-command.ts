@@ -1,12 +1,13 @@
 // `tether-server serve`: the flags of the server process and its lifecycle
 // (signals, the admin credential, certificate reloads).
 
-import { type Command, Option } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { maintainAdminCredential } from "../admin/admin-credential.js";
 import { serveUrl } from "../admin/admin-input.js";
 import { formatDuration } from "../http/limits.js";
 import { createLogger } from "../logger.js";
 import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
+import { normalizeClusterDomain } from "../proxy/host-routing.js";
 import { KubeStore } from "../store/kube-store.js";
 import { type AuditOptions, addAuditOptions, auditLevelOf, openAuditLog } from "./audit-options.js";
 import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
@@ -27,6 +28,19 @@ export function addServe(program: Command): void {
         "--external-url <url>",
         "the URL agents and callers use; its host goes into the serving certificate",
       ).env("TETHER_EXTERNAL_URL"),
+    )
+    .addOption(
+      new Option(
+        "--cluster-domain <domain>",
+        "also serve member NAME at https://NAME.<domain>/ (by TLS server name, else Host); adds *.<domain> to the serving certificate",
+      )
+        .env("TETHER_CLUSTER_DOMAIN")
+        .argParser((v) => {
+          const d = normalizeClusterDomain(v);
+          if (!d)
+            throw new InvalidArgumentError("a DNS domain of two or more labels, e.g. clusters.example.com");
+          return d;
+        }),
     )
     .addOption(
       new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
@@ -51,6 +65,7 @@ export function addServe(program: Command): void {
             AuditOptions & {
             listen: { host: string; port: number };
             externalUrl?: string;
+            clusterDomain?: string;
             keepalive: number;
             deadPeerTimeout: number;
             drainTimeout: number;
@@ -77,6 +92,7 @@ export function addServe(program: Command): void {
           ...metrics,
           ...(audit ? { audit } : {}),
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
+          ...(opts.clusterDomain ? { clusterDomain: opts.clusterDomain } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
         });
         // For the admin commands' printed agent commands and kubeconfigs.

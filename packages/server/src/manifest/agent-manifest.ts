@@ -30,6 +30,7 @@ import type { ClusterAdmin, JoinInfo } from "../admin/cluster-admin.js";
 import type { AdminContext } from "../cli/admin-commands.js";
 import { isValidClusterName } from "../pki/pki.js";
 import { VERSION } from "../version.js";
+import { type AgentEgress, checkEgress, egressObjects } from "./agent-egress.js";
 
 /** The one image with both programs (Dockerfile at the repository root); every manifest references it. */
 export const TETHER_IMAGE = `ghcr.io/tether-dev/tether:${VERSION}`;
@@ -57,6 +58,8 @@ export interface AgentManifestOptions {
   join: JoinValues;
   namespace?: string;
   image?: string;
+  /** An egress proxy for the agent (agent-egress.ts). */
+  egress?: AgentEgress;
 }
 
 const MAX_IMAGE_LENGTH = 512;
@@ -102,6 +105,7 @@ export function agentManifestObjects(opts: AgentManifestOptions): KubernetesObje
   // Cluster-scoped names carry the namespace, so that two agents in one cluster don't share a binding.
   const impersonator = `${namespace}-impersonate`;
   const serviceAccount = { kind: "ServiceAccount", name: AGENT_NAME, namespace };
+  const egress = egressObjects(checkEgress(opts.egress ?? {}), JOIN_SECRET);
 
   const ns: V1Namespace = { apiVersion: "v1", kind: "Namespace", metadata: { name: namespace, labels } };
   const sa: V1ServiceAccount = {
@@ -155,12 +159,15 @@ export function agentManifestObjects(opts: AgentManifestOptions): KubernetesObje
     kind: "Secret",
     metadata: meta(JOIN_SECRET),
     type: "Opaque",
-    stringData: { ...opts.join },
+    stringData: { ...opts.join, ...egress.secretData },
   };
-  const env: V1EnvVar[] = JOIN_ENV.map(([name, key]) => ({
-    name,
-    valueFrom: { secretKeyRef: { name: JOIN_SECRET, key } },
-  }));
+  const env: V1EnvVar[] = [
+    ...JOIN_ENV.map(([name, key]) => ({
+      name,
+      valueFrom: { secretKeyRef: { name: JOIN_SECRET, key } },
+    })),
+    ...egress.env,
+  ];
   const deployment: V1Deployment = {
     apiVersion: "apps/v1",
     kind: "Deployment",
@@ -220,6 +227,7 @@ export interface AgentManifestCommandOptions {
   namespace?: string;
   tokenTtl?: string;
   server?: string;
+  egress?: AgentEgress;
 }
 
 /** Where the command reports what it did besides the manifest (stderr in the CLI). */
@@ -265,11 +273,12 @@ export async function agentManifest(
   // Checked before a token is issued, so that a typo wastes nothing.
   const namespace = checkNamespace(opts.namespace ?? AGENT_NAMESPACE);
   const image = checkImage(opts.image ?? TETHER_IMAGE);
+  const egress = checkEgress(opts.egress ?? {});
   const ttlMs = parseTtl("--token-ttl", opts.tokenTtl ?? DEFAULT_JOIN_TOKEN_TTL, MAX_JOIN_TOKEN_TTL_MS);
   const admin = await ctx.admin(opts.server);
   const info = await joinTokenRegistering(admin, name, ttlMs, ctx.note);
   const join = { server: info.server, cluster: info.name, token: info.token, caHash: info.caHash };
-  const objects = agentManifestObjects({ join, namespace, image });
+  const objects = agentManifestObjects({ join, namespace, image, egress });
   ctx.out(
     manifestYaml(
       objects,

@@ -6,10 +6,12 @@
 // cluster. The KubeFed controller builds its client from exactly these three
 // values, so it works through the tunnel unchanged; the member sees the
 // controller as tether:<user> and its RBAC decides what that may do.
+
 import { Document } from "yaml";
 import { DEFAULT_KUBEFED_TOKEN_TTL, MAX_USER_TOKEN_TTL_MS, parseTtl } from "../admin/admin-input.js";
 import type { UserToken } from "../admin/cluster-admin.js";
 import type { AdminContext } from "../cli/admin-commands.js";
+import { memberUrl } from "../proxy/host-routing.js";
 
 export const KUBEFED_NAMESPACE = "kube-federation-system";
 export const DEFAULT_KUBEFED_USER = "kubefed";
@@ -21,10 +23,16 @@ export interface KubefedOptions {
   namespace?: string;
   server?: string;
   output?: "yaml" | "json";
+  /** apiEndpoint https://<name>.<domain>:<port> (host routing; needs DNS for the names). */
+  clusterDomain?: string | undefined;
 }
 
 /** The KubeFedCluster and its token Secret for a user token of the cluster. */
-export function kubefedObjects(issued: UserToken, namespace = KUBEFED_NAMESPACE): Record<string, unknown>[] {
+export function kubefedObjects(
+  issued: UserToken,
+  namespace = KUBEFED_NAMESPACE,
+  clusterDomain?: string,
+): Record<string, unknown>[] {
   const secretName = `${issued.cluster}-tether-token`;
   const labels = { "app.kubernetes.io/managed-by": "tether-server", "tether.io/cluster": issued.cluster };
   return [
@@ -46,7 +54,7 @@ export function kubefedObjects(issued: UserToken, namespace = KUBEFED_NAMESPACE)
       kind: "KubeFedCluster",
       metadata: { name: issued.cluster, namespace, labels },
       spec: {
-        apiEndpoint: `${issued.server}/clusters/${issued.cluster}`,
+        apiEndpoint: memberUrl(issued.server, issued.cluster, clusterDomain),
         caBundle: Buffer.from(issued.caPem, "utf8").toString("base64"),
         secretRef: { name: secretName },
       },
@@ -68,7 +76,7 @@ export async function kubefed(
     opts.groups ?? [],
     ttlMs,
   );
-  const objects = kubefedObjects(issued, opts.namespace);
+  const objects = kubefedObjects(issued, opts.namespace, opts.clusterDomain);
   if (opts.output === "json") {
     ctx.out(`${JSON.stringify({ apiVersion: "v1", kind: "List", items: objects }, null, 2)}\n`);
   } else {

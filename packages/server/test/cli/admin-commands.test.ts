@@ -472,6 +472,33 @@ t.test("kubeconfig: a user token scoped to the cluster", async (t) => {
   t.ok(bobExpiry <= DAY, "default ttl is 24h");
 });
 
+t.test("kubeconfig and kubefed --cluster-domain print the host form", async (t) => {
+  const dir = await tempStateDir(t);
+  await cli("cluster", "add", "m1", "--state-dir", dir, "--server", SERVER);
+  const base = ["--state-dir", dir, "--server", SERVER];
+  const r = await cli(
+    "kubeconfig",
+    "m1",
+    ...base,
+    "--user",
+    "alice",
+    "--cluster-domain",
+    "Clusters.Example.com",
+  );
+  t.equal(r.code, 0, r.stderr);
+  const kc = parseYaml(r.stdout);
+  t.equal(kc.clusters[0].cluster.server, SERVER, "the server's own address, no /clusters/ path");
+  t.equal(kc.clusters[0].cluster["tls-server-name"], "m1.clusters.example.com");
+  const fed = await cli("kubefed", "m1", ...base, "--cluster-domain", "clusters.example.com", "-o", "json");
+  t.equal(fed.code, 0, fed.stderr);
+  const endpoint = JSON.parse(fed.stdout).items.find((o: { kind: string }) => o.kind === "KubeFedCluster")
+    .spec.apiEndpoint;
+  t.equal(endpoint, `https://m1.clusters.example.com:${new URL(SERVER).port || 443}`.replace(/:443$/, ""));
+  const bad = await cli("kubeconfig", "m1", ...base, "--user", "a", "--cluster-domain", "nodots");
+  t.equal(bad.code, 1);
+  t.match(bad.stderr, /--cluster-domain/);
+});
+
 t.test("kubeconfig refuses bad input", async (t) => {
   const dir = await tempStateDir(t);
   await cli("cluster", "add", "c1", "--state-dir", dir, "--server", SERVER);

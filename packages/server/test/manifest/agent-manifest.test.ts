@@ -232,6 +232,53 @@ t.test("image and namespace", async (t) => {
   }
 });
 
+t.test("an egress proxy: its URL only in the join Secret, NO_PROXY in clear", async (t) => {
+  const proxy = "http://bob:s3cret@proxy.corp.example:3128";
+  const objects = agentManifestObjects({
+    join: JOIN,
+    egress: { proxy, noProxy: ".corp.example,10.0.0.0/8" },
+  }) as Obj[];
+  const secret = one(objects, "Secret");
+  t.equal(secret.stringData.httpsProxy, proxy, "the Secret holds the URL");
+  const env = one(objects, "Deployment").spec.template.spec.containers[0].env as Obj[];
+  t.same(
+    env.find((e) => e.name === "HTTPS_PROXY"),
+    { name: "HTTPS_PROXY", valueFrom: { secretKeyRef: { name: JOIN_SECRET, key: "httpsProxy" } } },
+    "the pod reads it from the Secret",
+  );
+  t.same(
+    env.find((e) => e.name === "NO_PROXY"),
+    { name: "NO_PROXY", value: ".corp.example,10.0.0.0/8" },
+  );
+  for (const o of objects.filter((o) => o.kind !== "Secret"))
+    t.notMatch(JSON.stringify(o), "s3cret", `${o.kind} does not hold the password`);
+  const plain = agentManifestObjects({ join: JOIN }) as Obj[];
+  t.notOk(
+    (one(plain, "Deployment").spec.template.spec.containers[0].env as Obj[]).some((e) =>
+      /PROXY/.test(e.name),
+    ),
+    "no proxy: no proxy variables",
+  );
+  t.notOk("httpsProxy" in one(plain, "Secret").stringData);
+  for (const bad of ["socks5://h:1", "not a url", "http://"]) {
+    t.equal(
+      codeOf(() => agentManifestObjects({ join: JOIN, egress: { proxy: bad } })),
+      "ERR_TETHER_BAD_PROXY",
+      bad,
+    );
+  }
+  t.equal(
+    codeOf(() => agentManifestObjects({ join: JOIN, egress: { noProxy: "a\nb" } })),
+    "ERR_TETHER_BAD_PROXY",
+    "a newline in NO_PROXY",
+  );
+  try {
+    agentManifestObjects({ join: JOIN, egress: { proxy: "ftp://bob:s3cret@h" } });
+  } catch (err) {
+    t.notMatch((err as Error).message, "s3cret", "the refusal does not echo the URL");
+  }
+});
+
 t.test("YAML", async (t) => {
   const objects = agentManifestObjects({ join: { ...JOIN, token: "tether_x: y # not a comment" } });
   const text = manifestYaml(objects, "line one\nline two");
@@ -291,6 +338,24 @@ t.test("agent-manifest on a state directory", async (t) => {
   const store = await FileStore.open(stateDir);
   const caHash = (await store.loadOrCreateCa()).caHash;
   await store.recordServerUrl("https://tether.example.com:8443");
+
+  const proxied = await cli(
+    "agent-manifest",
+    "p1",
+    "--state-dir",
+    stateDir,
+    "--agent-proxy",
+    "http://u:pw@proxy:3128",
+    "--agent-no-proxy",
+    ".svc",
+  );
+  t.equal(proxied.code, 0, proxied.stderr);
+  t.match(proxied.stdout, /httpsProxy: http:\/\/u:pw@proxy:3128/, "the CLI passes --agent-proxy");
+  t.match(proxied.stdout, /name: NO_PROXY\n\s+value: \.svc/, "and --agent-no-proxy");
+  const badProxy = await cli("agent-manifest", "p2", "--state-dir", stateDir, "--agent-proxy", "socks5://x");
+  t.equal(badProxy.code, 1);
+  t.match(badProxy.stderr, /ERR_TETHER_BAD_PROXY/);
+  t.equal(await store.getCluster("p2"), undefined, "checked before anything is registered");
 
   const first = await cli("agent-manifest", "m1", "--state-dir", stateDir);
   t.equal(first.code, 0, first.stderr);
