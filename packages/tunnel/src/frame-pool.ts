@@ -26,15 +26,24 @@ const ours = new WeakSet<ArrayBuffer>();
 
 /** A Data frame carrying `payload`, in a pooled buffer; hand it to releaseFrame once sent. */
 export function pooledDataFrame(flags: number, streamId: number, payload: Uint8Array): Buffer {
+  const frame = pooledFrame(payload.length);
+  writeHeader(frame, 0, FrameType.DATA, flags, streamId, payload.length);
+  frame.set(payload, HEADER_SIZE);
+  return frame;
+}
+
+/**
+ * A pooled buffer for a Data frame of up to `capacity` payload bytes: write
+ * the payload from HEADER_SIZE on, then the header (writeHeader), and send
+ * `subarray(0, HEADER_SIZE + length)` of it, which stays pooled.
+ */
+export function pooledFrame(capacity: number): Buffer {
   let memory = idle.pop();
   if (memory === undefined) {
     memory = new ArrayBuffer(HEADROOM + MAX_MESSAGE_SIZE);
     ours.add(memory);
   }
-  const frame = Buffer.from(memory, HEADROOM, HEADER_SIZE + payload.length);
-  writeHeader(frame, 0, FrameType.DATA, flags, streamId, payload.length);
-  frame.set(payload, HEADER_SIZE);
-  return frame;
+  return Buffer.from(memory, HEADROOM, HEADER_SIZE + capacity);
 }
 
 /** True if `message` lives in pool memory (so the sender may rewrite it until it is released). */

@@ -3,6 +3,7 @@ import http from "node:http";
 import { PassThrough } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import t from "tap";
+import { Flag, FrameType, parseFrames } from "../src/frame.js";
 import { ErrorCode, ResetCode, type TunnelStream } from "../src/index.js";
 import { pair, readAll } from "./lib/pair.js";
 
@@ -203,5 +204,48 @@ t.test("stream metadata and identity are visible on both ends", async (t) => {
   t.equal(fromServer.id % 2, 0, "server streams are even");
   fromServer.on("error", () => {});
   remote.on("error", () => {});
+  link.client.close();
+});
+
+t.test("small writes queued behind each other leave in full frames, not one frame each", async (t) => {
+  const link = pair();
+  const dataFrames: number[] = [];
+  const receive = link.server.receive.bind(link.server);
+  link.server.receive = (message) => {
+    parseFrames(message, (f) => {
+      if (f.type === FrameType.DATA && (f.flags & Flag.SYN) === 0 && f.length > 0) dataFrames.push(f.length);
+      return true;
+    });
+    receive(message);
+  };
+  const received = new Promise<Buffer>((resolve) => link.server.once("stream", (s) => resolve(readAll(s))));
+  const s = link.client.open("logs");
+  const chunks = Array.from({ length: 16 }, (_, i) => Buffer.alloc(16 * 1024, i));
+  // 16 KiB at a time, as an http response relays TLS reads, all queued before the session runs.
+  for (const chunk of chunks) s.write(chunk);
+  s.end();
+  t.ok((await received).equals(Buffer.concat(chunks)), "256 KiB arrive intact and in order");
+  t.same(dataFrames, [65536, 65536, 65536, 65536], "four 64 KiB frames for sixteen 16 KiB writes");
+  link.client.close();
+});
+
+t.test("tiny writes queued together leave as one small frame", async (t) => {
+  const link = pair();
+  const dataFrames: number[] = [];
+  const receive = link.server.receive.bind(link.server);
+  link.server.receive = (message) => {
+    parseFrames(message, (f) => {
+      if (f.type === FrameType.DATA && (f.flags & Flag.SYN) === 0 && f.length > 0) dataFrames.push(f.length);
+      return true;
+    });
+    receive(message);
+  };
+  const received = new Promise<Buffer>((resolve) => link.server.once("stream", (s) => resolve(readAll(s))));
+  const s = link.client.open("logs");
+  s.write(Buffer.from("a"));
+  s.write(Buffer.from("b"));
+  s.end(Buffer.from("c"));
+  t.equal((await received).toString(), "abc");
+  t.same(dataFrames, [3], "one frame of three bytes");
   link.client.close();
 });
