@@ -32,6 +32,19 @@ export interface StreamHost {
   streamDestroyed(stream: TunnelStream): void;
 }
 
+/**
+ * Received payload is a view of the socket's read buffers (64 KiB slabs that
+ * several reads share). A piece much smaller than its buffer is copied out
+ * before it is kept: a reader that does not read holds at most its window,
+ * and without the copy a window of tiny pieces, each in a different slab,
+ * would hold thousands of times that.
+ */
+const MAX_HELD_RATIO = 8;
+
+function detached(piece: Buffer): Buffer {
+  return piece.length * MAX_HELD_RATIO < piece.buffer.byteLength ? Buffer.from(piece) : piece;
+}
+
 /** Payloads from this size up are framed in pooled buffers (Buffer.allocUnsafe pools only below 4 KiB). */
 const POOLED_FRAME_MIN = 4096;
 
@@ -206,8 +219,9 @@ export class TunnelStream extends Duplex {
   /** @internal Payload already passed the window check. */
   onData(payload: Buffer): void {
     this.touch();
-    if (this.wantsData && this.inbox.length === 0) this.deliver(payload);
-    else this.inbox.push(payload);
+    const own = detached(payload);
+    if (this.wantsData && this.inbox.length === 0) this.deliver(own);
+    else this.inbox.push(own);
   }
 
   /** @internal */
