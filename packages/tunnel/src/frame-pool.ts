@@ -19,8 +19,11 @@
 import { FrameType, HEADER_SIZE, MAX_MESSAGE_SIZE, writeHeader } from "./frame.js";
 
 const POOL_LIMIT = 64; // 4 MiB idle at most
-/** Free bytes in front of a pooled frame: a masked WebSocket header for 64 KiB and more (2 + 8 + 4). */
-export const HEADROOM = 14;
+/**
+ * Free bytes in front of a pooled frame: room for a masked WebSocket header
+ * for 64 KiB and more (2 + 8 + 4), rounded up so the frame stays 8-byte aligned.
+ */
+export const HEADROOM = 16;
 const idle: ArrayBuffer[] = [];
 const ours = new WeakSet<ArrayBuffer>();
 
