@@ -87,60 +87,57 @@ export function divertDataFrames(ws: WebSocket, deliver: (parts: Buffer[]) => vo
   ) {
     return false;
   }
-  const wsOnData = wsListeners[0] as (chunk: Buffer) => void;
-  const maxPayload = receiver._maxPayload === 0 ? Number.MAX_SAFE_INTEGER : receiver._maxPayload;
-  const masked = isServer; // clients mask what they send, servers do not
+  const diverter = new FrameDiverter(
+    socket,
+    receiver,
+    wsListeners[0] as (chunk: Buffer) => void,
+    deliver,
+    isServer,
+    receiver._maxPayload === 0 ? Number.MAX_SAFE_INTEGER : receiver._maxPayload,
+  );
+  socket.removeListener("data", diverter.wsOnData);
+  socket.on("data", diverter.onData);
+  return true;
+}
 
-  // Header bytes gathered across reads (only when a header straddles two).
-  const header = Buffer.alloc(MAX_HEADER);
-  let headerLength = 0;
-  // The frame being read: its payload still to come, where its mask is.
-  let payloadLeft = 0;
-  let control = false;
-  let phase = 0;
-  const mask = Buffer.alloc(4);
-  let parts: Buffer[] = [];
+/** The parse state of one socket (a class, not closures: every session keeps one). */
+class FrameDiverter {
+  /** Header bytes gathered across reads (only when a header straddles two), then the frame's mask. */
+  private readonly state = Buffer.allocUnsafe(MAX_HEADER + 4);
+  private readonly header = this.state.subarray(0, MAX_HEADER);
+  private readonly mask = this.state.subarray(MAX_HEADER);
+  private headerLength = 0;
+  /** The frame being read: its payload still to come, whether it is a ping or pong, the mask's phase. */
+  private payloadLeft = 0;
+  private control = false;
+  private phase = 0;
+  private parts: Buffer[] = [];
 
-  /** Socket reads go to ws again, starting with `rest` (the current frame from its first byte). */
-  const handBack = (rest: Buffer[]) => {
-    socket.removeListener("data", onData);
-    socket.on("data", wsOnData);
-    for (const chunk of rest) if (chunk.length > 0) wsOnData.call(socket, chunk);
-  };
+  constructor(
+    private readonly socket: Duplex,
+    private readonly receiver: ReceiverInternals,
+    readonly wsOnData: (chunk: Buffer) => void,
+    private readonly deliver: (parts: Buffer[]) => void,
+    /** Clients mask what they send, servers do not: a server end expects masked frames. */
+    private readonly masked: boolean,
+    private readonly maxPayload: number,
+  ) {}
 
-  /**
-   * The frame read so far is complete: a message goes to the session, a ping
-   * or pong (header and payload as read, still masked) to ws's receiver.
-   * False if the socket went back to ws (from `rest` on).
-   */
-  const frameDone = (rest: Buffer): boolean => {
-    const frame = parts;
-    parts = [];
-    if (!control) {
-      deliver(frame);
-      return true;
-    }
-    receiver.write(frame.length === 1 ? frame[0]! : Buffer.concat(frame));
-    if (atFrameBoundary(receiver)) return true;
-    handBack([rest]);
-    return false;
-  };
-
-  const onData = (chunk: Buffer): void => {
+  readonly onData = (chunk: Buffer): void => {
     let pos = 0;
     while (pos < chunk.length) {
-      if (payloadLeft > 0) {
-        const n = Math.min(payloadLeft, chunk.length - pos);
+      if (this.payloadLeft > 0) {
+        const n = Math.min(this.payloadLeft, chunk.length - pos);
         const piece = chunk.subarray(pos, pos + n);
         pos += n;
-        payloadLeft -= n;
-        if (!control) {
-          if (masked) unmaskAt(piece, mask, phase);
-          phase = (phase + n) & 3;
+        this.payloadLeft -= n;
+        if (!this.control) {
+          if (this.masked) unmaskAt(piece, this.mask, this.phase);
+          this.phase = (this.phase + n) & 3;
         }
-        parts.push(piece);
-        if (payloadLeft > 0) return;
-        if (!frameDone(chunk.subarray(pos))) return;
+        this.parts.push(piece);
+        if (this.payloadLeft > 0) return;
+        if (!this.frameDone(chunk.subarray(pos))) return;
         continue;
       }
       // A header: its second byte says how long it is.
@@ -149,8 +146,9 @@ export function divertDataFrames(ws: WebSocket, deliver: (parts: Buffer[]) => vo
       let at = pos;
       let size = 0;
       let gathered: Buffer | undefined;
+      const header = this.header;
       if (
-        headerLength === 0 &&
+        this.headerLength === 0 &&
         chunk.length - pos >= 2 &&
         chunk.length - pos >= headerSize(chunk[pos + 1]!)
       ) {
@@ -158,12 +156,12 @@ export function divertDataFrames(ws: WebSocket, deliver: (parts: Buffer[]) => vo
         pos += size;
       } else {
         // It straddles two reads: gather it in `header`.
-        while (pos < chunk.length && (headerLength < 2 || headerLength < headerSize(header[1]!))) {
-          header[headerLength++] = chunk[pos++]!;
+        while (pos < chunk.length && (this.headerLength < 2 || this.headerLength < headerSize(header[1]!))) {
+          header[this.headerLength++] = chunk[pos++]!;
         }
-        if (headerLength < 2 || headerLength < headerSize(header[1]!)) return;
-        size = headerLength;
-        headerLength = 0;
+        if (this.headerLength < 2 || this.headerLength < headerSize(header[1]!)) return;
+        size = this.headerLength;
+        this.headerLength = 0;
         gathered = Buffer.from(header.subarray(0, size));
         source = gathered;
         at = 0;
@@ -184,28 +182,47 @@ export function divertDataFrames(ws: WebSocket, deliver: (parts: Buffer[]) => vo
       if (
         !fin ||
         reserved ||
-        maskBit !== masked ||
+        maskBit !== this.masked ||
         (opcode !== BINARY && !isControl) ||
         (isControl && length > MAX_CONTROL_PAYLOAD) ||
-        length > maxPayload
+        length > this.maxPayload
       ) {
-        handBack(gathered === undefined ? [chunk.subarray(start)] : [gathered, chunk.subarray(pos)]);
+        this.handBack(gathered === undefined ? [chunk.subarray(start)] : [gathered, chunk.subarray(pos)]);
         return;
       }
-      if (maskBit) source.copy(mask, 0, at + size - 4, at + size);
-      control = isControl;
-      phase = 0;
-      payloadLeft = length;
-      if (control) {
-        parts.push(Buffer.from(source.subarray(at, at + size)));
-      }
-      if (length === 0 && !frameDone(chunk.subarray(pos))) return;
+      if (maskBit) source.copy(this.mask, 0, at + size - 4, at + size);
+      this.control = isControl;
+      this.phase = 0;
+      this.payloadLeft = length;
+      if (isControl) this.parts.push(Buffer.from(source.subarray(at, at + size)));
+      if (length === 0 && !this.frameDone(chunk.subarray(pos))) return;
     }
   };
 
-  socket.removeListener("data", wsOnData);
-  socket.on("data", onData);
-  return true;
+  /** Socket reads go to ws again, starting with `rest` (the current frame from its first byte). */
+  private handBack(rest: Buffer[]): void {
+    this.socket.removeListener("data", this.onData);
+    this.socket.on("data", this.wsOnData);
+    for (const chunk of rest) if (chunk.length > 0) this.wsOnData.call(this.socket, chunk);
+  }
+
+  /**
+   * The frame read so far is complete: a message goes to the session, a ping
+   * or pong (header and payload as read, still masked) to ws's receiver.
+   * False if the socket went back to ws (from `rest` on).
+   */
+  private frameDone(rest: Buffer): boolean {
+    const frame = this.parts;
+    this.parts = [];
+    if (!this.control) {
+      this.deliver(frame);
+      return true;
+    }
+    this.receiver.write(frame.length === 1 ? frame[0]! : Buffer.concat(frame));
+    if (atFrameBoundary(this.receiver)) return true;
+    this.handBack([rest]);
+    return false;
+  }
 }
 
 /** ws's receiver is between frames with nothing buffered, so it can be handed whole frames. */

@@ -50,11 +50,12 @@ const BINARY = 0x02;
 const SENDER_IDLE = 0; // ws's Sender state DEFAULT: nothing queued
 const frame = (wsModule as unknown as { Sender?: { frame?: Frame } }).Sender?.frame;
 
-export interface SocketSender {
-  /** Queues one binary message; `done` runs once the socket has taken it, or failed. */
-  send(message: Buffer, done: Done): void;
-  /** Runs `then` once every queued message has been written. */
-  flushed(then: () => void): void;
+/** ws's framing options for the four cases that need no per-socket state. */
+const SHARED: Record<string, FrameOptions> = {};
+for (const mask of [false, true]) {
+  for (const readOnly of [false, true]) {
+    SHARED[`${mask}${readOnly}`] = { fin: true, mask, opcode: BINARY, readOnly, rsv1: false };
+  }
 }
 
 /** The socket sender for a WebSocket, or undefined when this ws cannot take it. */
@@ -74,21 +75,77 @@ export function socketSender(ws: WebSocket): SocketSender | undefined {
   ) {
     return undefined;
   }
-  const mask = !internals._isServer;
-  const custom =
-    sender._generateMask === undefined
-      ? {}
-      : { generateMask: sender._generateMask, maskBuffer: sender._maskBuffer };
-  const inPlace: FrameOptions = { fin: true, mask, opcode: BINARY, readOnly: false, rsv1: false, ...custom };
-  const copied: FrameOptions = { ...inPlace, readOnly: true };
-  const queue: Array<{ message: Buffer; done: Done }> = [];
-  let writing = false;
-  let whenFlushed: Array<() => void> = [];
+  return new SocketSender(ws, socket, sender as { _state: number }, !internals._isServer, sender);
+}
+
+/**
+ * Queues a WebSocket's messages and writes them to its socket (a class, not
+ * closures: every session keeps one).
+ */
+export class SocketSender {
+  private readonly queue: Array<{ message: Buffer; done: Done }> = [];
+  private writing = false;
+  private whenFlushed: Array<() => void> | undefined;
+  private readonly inPlace: FrameOptions;
+  private readonly copied: FrameOptions;
+
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly socket: Duplex,
+    private readonly sender: { _state: number },
+    mask: boolean,
+    custom: { _generateMask?: unknown; _maskBuffer?: unknown },
+  ) {
+    if (custom._generateMask === undefined) {
+      this.inPlace = SHARED[`${mask}false`]!;
+      this.copied = SHARED[`${mask}true`]!;
+    } else {
+      const own = { generateMask: custom._generateMask, maskBuffer: custom._maskBuffer };
+      this.inPlace = { ...SHARED[`${mask}false`]!, ...own };
+      this.copied = { ...SHARED[`${mask}true`]!, ...own };
+    }
+  }
+
+  /** Queues one binary message; `done` runs once the socket has taken it, or failed. */
+  send(message: Buffer, done: Done): void {
+    this.queue.push({ message, done });
+    this.next();
+  }
+
+  /** Runs `then` once every queued message has been written. */
+  flushed(then: () => void): void {
+    if (!this.writing && this.queue.length === 0) then();
+    else if (this.whenFlushed === undefined) this.whenFlushed = [then];
+    else this.whenFlushed.push(then);
+  }
+
+  private next(): void {
+    while (!this.writing) {
+      const item = this.queue.shift();
+      if (item === undefined) {
+        const waiting = this.whenFlushed;
+        this.whenFlushed = undefined;
+        if (waiting !== undefined) for (const then of waiting) then();
+        return;
+      }
+      if (this.sender._state !== SENDER_IDLE) {
+        this.ws.send(item.message, { binary: true }, item.done);
+        continue;
+      }
+      this.writing = true;
+      this.socket.write(this.framed(item.message), (err) => {
+        this.writing = false;
+        item.done(err);
+        this.next();
+      });
+    }
+  }
 
   /** The message as one WebSocket frame in one buffer. */
-  const framed = (message: Buffer): Buffer => {
+  private framed(message: Buffer): Buffer {
+    const frameIt = frame!;
     if (isPooled(message)) {
-      const [header, payload] = frame(message, inPlace) as [Buffer, Buffer?];
+      const [header, payload] = frameIt(message, this.inPlace) as [Buffer, Buffer?];
       const start = message.byteOffset - header.length;
       if (payload === message && start >= 0) {
         const whole = Buffer.from(message.buffer, start, header.length + message.length);
@@ -97,40 +154,7 @@ export function socketSender(ws: WebSocket): SocketSender | undefined {
       }
       return payload === undefined ? header : Buffer.concat([header, payload]);
     }
-    const parts = frame(message, copied);
+    const parts = frameIt(message, this.copied);
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-  };
-
-  const next = (): void => {
-    while (!writing) {
-      const item = queue.shift();
-      if (item === undefined) {
-        const waiting = whenFlushed;
-        whenFlushed = [];
-        for (const then of waiting) then();
-        return;
-      }
-      if (sender._state !== SENDER_IDLE) {
-        ws.send(item.message, { binary: true }, item.done);
-        continue;
-      }
-      writing = true;
-      socket.write(framed(item.message), (err) => {
-        writing = false;
-        item.done(err);
-        next();
-      });
-    }
-  };
-
-  return {
-    send(message, done) {
-      queue.push({ message, done });
-      next();
-    },
-    flushed(then) {
-      if (!writing && queue.length === 0) then();
-      else whenFlushed.push(then);
-    },
-  };
+  }
 }
