@@ -187,7 +187,9 @@ function take(cursor: Cursor, n: number): Buffer[] {
   while (n > 0) {
     const part = cursor.parts[cursor.index]!;
     const k = Math.min(part.length - cursor.at, n);
-    if (k > 0) views.push(part.subarray(cursor.at, cursor.at + k));
+    // A whole part is its own view: no new Buffer for the common case of a payload spanning reads.
+    if (k === part.length) views.push(part);
+    else if (k > 0) views.push(part.subarray(cursor.at, cursor.at + k));
     cursor.at += k;
     n -= k;
     if (cursor.at === part.length) {
