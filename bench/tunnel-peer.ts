@@ -12,6 +12,7 @@
 import { once } from "node:events";
 import fs from "node:fs";
 import https from "node:https";
+import { Session as InspectorSession } from "node:inspector/promises";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import type { Duplex } from "node:stream";
@@ -264,6 +265,29 @@ if (role === "agent") {
 handlers.cpu = async () => {
   const { user, system } = process.cpuUsage();
   return (user + system) / 1e6;
+};
+
+/**
+ * CPU profiles of one phase (TETHER_BENCH_CPU_PROF=dir, see tunnel.ts): the
+ * inspector's sampling profiler, started and stopped around the phase, so the
+ * profile holds that phase only (--cpu-prof would cover start-up and every
+ * other scenario too). Written as <dir>/<role>-<name>.cpuprofile.
+ */
+let profiler: InspectorSession | undefined;
+handlers.profileStart = async () => {
+  profiler ??= new InspectorSession();
+  profiler.connect();
+  await profiler.post("Profiler.enable");
+  await profiler.post("Profiler.setSamplingInterval", { interval: 100 });
+  await profiler.post("Profiler.start");
+  return true;
+};
+handlers.profileStop = async ({ dir, name }) => {
+  const { profile } = await profiler!.post("Profiler.stop");
+  profiler!.disconnect();
+  const file = path.join(dir as string, `${role}-${name as string}.cpuprofile`);
+  fs.writeFileSync(file, JSON.stringify(profile));
+  return file;
 };
 
 // The parent went away (done, or killed): leave too, so no peer outlives a run.

@@ -103,6 +103,28 @@ function quantile(xs: number[], q: number): number {
 const fmt = (n: number, digits = 2) => n.toFixed(digits);
 const step = (what: string) => process.stderr.write(`  .. ${what}\n`);
 
+/**
+ * TETHER_BENCH_CPU_PROF=<dir>: after the measured throughput runs, profile
+ * both peers through one more loopback transfer of 256 MiB per path (direct
+ * TLS, then the tunnel), each in its own profile:
+ * <dir>/{server,agent}-{direct,tunnel}.cpuprofile.
+ * Summarise with `tsx bench/cpu-profile-summary.ts <dir>/*.cpuprofile`.
+ * The profiled runs are not part of any figure.
+ */
+const profileDir = process.env.TETHER_BENCH_CPU_PROF || undefined;
+
+async function profileThroughput(dir: string, peers: Peer[], directPort: number) {
+  const size = 256 * MiB;
+  fs.mkdirSync(dir, { recursive: true });
+  const agent = peers[1]!;
+  for (const mode of ["direct", "tunnel"] as const) {
+    await Promise.all(peers.map((p) => p.call("profileStart")));
+    await agent.call("throughput", { mode, port: directPort, size });
+    const files = await Promise.all(peers.map((p) => p.call<string>("profileStop", { dir, name: mode })));
+    step(`profiled ${mode}: ${files.join(" ")}`);
+  }
+}
+
 export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
   const size = (quick ? 16 : 64) * MiB;
   const repeats = quick ? 1 : 3;
@@ -145,6 +167,7 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
     }
 
     step("throughput done");
+    if (profileDir !== undefined) await profileThroughput(profileDir, [server, agent], ports.direct);
     // Head-of-line: B alone vs B while A's reader is stalled, same session, same size. Run
     // in pairs whose order alternates (so neither side always runs first), after one
     // unmeasured pair; the ratio is the median of the per-pair ratios.

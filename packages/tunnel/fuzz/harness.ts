@@ -34,6 +34,21 @@ export interface FuzzStats {
   peakMemory: number;
 }
 
+/** `message` cut at one to four random points, as views (some pieces may be empty). */
+function cut(message: Buffer, random: () => number): Buffer[] {
+  const points = Array.from({ length: 1 + Math.floor(random() * 4) }, () =>
+    Math.floor(random() * (message.length + 1)),
+  ).sort((a, b) => a - b);
+  const pieces: Buffer[] = [];
+  let from = 0;
+  for (const p of points) {
+    pieces.push(message.subarray(from, p));
+    from = p;
+  }
+  pieces.push(message.subarray(from));
+  return pieces;
+}
+
 /** mulberry32: small, fast and good enough to drive a fuzzer reproducibly. */
 function rng(seed: number): () => number {
   let a = seed >>> 0;
@@ -250,7 +265,9 @@ export async function fuzz(options: FuzzOptions): Promise<FuzzStats> {
     }
     stats.frames += parts.length;
     stats.messages++;
-    target.session.receive(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    const message = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    // Half the messages come as the pieces a socket's reads would cut them into (ws-receive.ts).
+    target.session.receive(random() < 0.5 ? message : cut(message, random));
     // Let stream callbacks, pumps and resets run now and then.
     if (stats.messages % 64 === 0) await new Promise((r) => setImmediate(r));
     if (random() < 0.002) target.session.close();

@@ -7,6 +7,11 @@
  * message after that; until then it may even rewrite it in place (the
  * WebSocket client masks it there).
  *
+ * Each buffer keeps HEADROOM bytes free in front of the frame, room for the
+ * largest WebSocket frame header, so the transport can put the header there
+ * and write header and frame as one buffer: a TLS socket copies the parts of
+ * a multi-part write into one buffer first, 64 KiB per message.
+ *
  * One pool serves every session in the process; it keeps at most POOL_LIMIT
  * idle buffers and allocates more while all are in flight.
  */
@@ -14,20 +19,34 @@
 import { FrameType, HEADER_SIZE, MAX_MESSAGE_SIZE, writeHeader } from "./frame.js";
 
 const POOL_LIMIT = 64; // 4 MiB idle at most
+/**
+ * Free bytes in front of a pooled frame: room for a masked WebSocket header
+ * for 64 KiB and more (2 + 8 + 4), rounded up so the frame stays 8-byte aligned.
+ */
+export const HEADROOM = 16;
 const idle: ArrayBuffer[] = [];
 const ours = new WeakSet<ArrayBuffer>();
 
 /** A Data frame carrying `payload`, in a pooled buffer; hand it to releaseFrame once sent. */
 export function pooledDataFrame(flags: number, streamId: number, payload: Uint8Array): Buffer {
-  let memory = idle.pop();
-  if (memory === undefined) {
-    memory = new ArrayBuffer(MAX_MESSAGE_SIZE);
-    ours.add(memory);
-  }
-  const frame = Buffer.from(memory, 0, HEADER_SIZE + payload.length);
+  const frame = pooledFrame(payload.length);
   writeHeader(frame, 0, FrameType.DATA, flags, streamId, payload.length);
   frame.set(payload, HEADER_SIZE);
   return frame;
+}
+
+/**
+ * A pooled buffer for a Data frame of up to `capacity` payload bytes: write
+ * the payload from HEADER_SIZE on, then the header (writeHeader), and send
+ * `subarray(0, HEADER_SIZE + length)` of it, which stays pooled.
+ */
+export function pooledFrame(capacity: number): Buffer {
+  let memory = idle.pop();
+  if (memory === undefined) {
+    memory = new ArrayBuffer(HEADROOM + MAX_MESSAGE_SIZE);
+    ours.add(memory);
+  }
+  return Buffer.from(memory, HEADROOM, HEADER_SIZE + capacity);
 }
 
 /** True if `message` lives in pool memory (so the sender may rewrite it until it is released). */

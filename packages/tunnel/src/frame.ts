@@ -42,6 +42,16 @@ export interface Frame {
   length: number;
   /** Data frames only; a view into the received message (no copy). */
   payload?: Buffer;
+  /**
+   * Instead of `payload` when the message arrived as a list of parts and the
+   * payload spans several of them: views of each part's share, in order.
+   */
+  pieces?: readonly Buffer[];
+}
+
+/** A Data frame's payload in one buffer (copied only if it spans parts of the message). */
+export function payloadBytes(frame: Frame): Buffer {
+  return frame.payload ?? Buffer.concat(frame.pieces ?? []);
 }
 
 export function writeHeader(
@@ -121,8 +131,21 @@ export function checkHeader(
  * at the first malformed header or truncated payload. Returns the reason it
  * stopped, or undefined when the whole message was consumed. `visit` may
  * return false to stop early (the session closed).
+ *
+ * The message is one buffer or the list of parts it arrived in (the socket's
+ * reads, see ws-receive.ts); frames and payloads may span parts.
  */
-export function parseFrames(message: Buffer, visit: (frame: Frame) => boolean): string | undefined {
+export function parseFrames(
+  message: Buffer | readonly Buffer[],
+  visit: (frame: Frame) => boolean,
+): string | undefined {
+  if (Array.isArray(message)) {
+    return message.length === 1 ? parseFrames(message[0]!, visit) : parseParts(message, visit);
+  }
+  return parseBuffer(message as Buffer, visit);
+}
+
+function parseBuffer(message: Buffer, visit: (frame: Frame) => boolean): string | undefined {
   if (message.length === 0) return "empty message";
   if (message.length > MAX_MESSAGE_SIZE)
     return `message of ${message.length} bytes exceeds ${MAX_MESSAGE_SIZE}`;
@@ -147,3 +170,85 @@ export function parseFrames(message: Buffer, visit: (frame: Frame) => boolean): 
   }
   return undefined;
 }
+
+/** A header that straddles two parts is gathered here (parsing is synchronous, so one will do). */
+const straddling = Buffer.alloc(HEADER_SIZE);
+
+/** A read position in a message that came as parts: byte `at` of parts[index]. */
+interface Cursor {
+  readonly parts: readonly Buffer[];
+  index: number;
+  at: number;
+}
+
+/** Views of the cursor's next `n` bytes, advancing it; the caller checked that they exist. */
+function take(cursor: Cursor, n: number): Buffer[] {
+  const views: Buffer[] = [];
+  while (n > 0) {
+    const part = cursor.parts[cursor.index]!;
+    const k = Math.min(part.length - cursor.at, n);
+    // A whole part is its own view: no new Buffer for the common case of a payload spanning reads.
+    if (k === part.length) views.push(part);
+    else if (k > 0) views.push(part.subarray(cursor.at, cursor.at + k));
+    cursor.at += k;
+    n -= k;
+    if (cursor.at === part.length) {
+      cursor.index++;
+      cursor.at = 0;
+    }
+  }
+  return views;
+}
+
+function parseParts(parts: readonly Buffer[], visit: (frame: Frame) => boolean): string | undefined {
+  let left = 0;
+  for (const part of parts) left += part.length;
+  if (left === 0) return "empty message";
+  if (left > MAX_MESSAGE_SIZE) return `message of ${left} bytes exceeds ${MAX_MESSAGE_SIZE}`;
+  const cursor: Cursor = { parts, index: 0, at: 0 };
+  while (left > 0) {
+    if (left < HEADER_SIZE) return "truncated frame header";
+    while (cursor.at === parts[cursor.index]!.length) {
+      cursor.index++;
+      cursor.at = 0;
+    }
+    let header = parts[cursor.index]!;
+    let offset = cursor.at;
+    if (header.length - offset >= HEADER_SIZE) {
+      cursor.at += HEADER_SIZE;
+      if (cursor.at === header.length) {
+        cursor.index++;
+        cursor.at = 0;
+      }
+    } else {
+      let filled = 0;
+      for (const view of take(cursor, HEADER_SIZE)) {
+        straddling.set(view, filled);
+        filled += view.length;
+      }
+      header = straddling;
+      offset = 0;
+    }
+    left -= HEADER_SIZE;
+    const version = header[offset]!;
+    const type = header[offset + 1]!;
+    const flags = header.readUInt16BE(offset + 2);
+    const streamId = header.readUInt32BE(offset + 4);
+    const length = header.readUInt32BE(offset + 8);
+    const problem = checkHeader(version, type, flags, streamId, length);
+    if (problem !== undefined) return problem;
+    const frame: Frame = { type: type as FrameType, flags, streamId, length };
+    if (type === FrameType.DATA) {
+      if (left < length) return "truncated data payload";
+      left -= length;
+      const views = take(cursor, length);
+      if (views.length === 1) frame.payload = views[0]!;
+      else if (views.length === 0) frame.payload = EMPTY;
+      else frame.pieces = views;
+    }
+    if (!visit(frame)) return undefined;
+  }
+  return undefined;
+}
+
+const EMPTY = Buffer.alloc(0);

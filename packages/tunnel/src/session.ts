@@ -23,6 +23,7 @@ import {
   MAX_MESSAGE_SIZE,
   MAX_WINDOW,
   parseFrames,
+  payloadBytes,
 } from "./frame.js";
 import { releaseFrame } from "./frame-pool.js";
 import { LivenessProbe } from "./liveness-probe.js";
@@ -220,14 +221,16 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   }
 
   /**
-   * The frame input: hand every message received from the transport here.
-   * Malformed input closes the session with a protocol-error go-away; it never
-   * throws.
+   * The frame input: hand every message received from the transport here,
+   * as one buffer or as the list of parts it arrived in (no need to join
+   * them). Malformed input closes the session with a protocol-error go-away;
+   * it never throws.
    */
-  receive(message: Buffer): void {
+  receive(message: Buffer | readonly Buffer[]): void {
     if (this.ended) return;
     this.lastInbound = performance.now();
-    this.receivedBytes += message.length;
+    if (Buffer.isBuffer(message)) this.receivedBytes += message.length;
+    else for (const part of message) this.receivedBytes += part.length;
     const problem = parseFrames(message, this.handleFrame);
     if (problem !== undefined && !this.ended) this.protocolError(problem);
   }
@@ -358,7 +361,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const refuse = (code: number) => {
       this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.RST, id, code));
     };
-    const header = decodeOpenHeader(frame.payload!);
+    const header = decodeOpenHeader(payloadBytes(frame));
     if (typeof header === "string") {
       refuse(ResetCode.PROTOCOL_ERROR);
       return;
@@ -425,7 +428,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         this.protocolError(`stream ${id} overran its window by ${frame.length - stream.recvWindow.credit}`);
         return;
       }
-      if (frame.length > 0) stream.onData(frame.payload!);
+      if (frame.payload !== undefined) {
+        if (frame.length > 0) stream.onData(frame.payload);
+      } else {
+        for (const piece of frame.pieces!) stream.onData(piece);
+      }
       if ((frame.flags & Flag.FIN) !== 0) {
         stream.onRemoteFin();
         if (stream.finished) this.retire(stream);

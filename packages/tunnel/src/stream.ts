@@ -11,8 +11,8 @@
 import { Duplex } from "node:stream";
 import { ResetCode, resetCodeName } from "./codes.js";
 import { ErrorCode, type TetherError, tetherError } from "./errors.js";
-import { encodeData, Flag, INITIAL_WINDOW } from "./frame.js";
-import { pooledDataFrame } from "./frame-pool.js";
+import { encodeData, Flag, FrameType, HEADER_SIZE, INITIAL_WINDOW, writeHeader } from "./frame.js";
+import { pooledDataFrame, pooledFrame, releaseFrame } from "./frame-pool.js";
 import type { Metadata } from "./open-header.js";
 import { ReceiveWindow } from "./window.js";
 import type { WindowBudget } from "./window-budget.js";
@@ -30,6 +30,19 @@ export interface StreamHost {
   sendWindowUpdate(stream: TunnelStream, delta: number): void;
   sendReset(stream: TunnelStream, code: number): void;
   streamDestroyed(stream: TunnelStream): void;
+}
+
+/**
+ * Received payload is a view of the socket's read buffers (64 KiB slabs that
+ * several reads share). A piece much smaller than its buffer is copied out
+ * before it is kept: a reader that does not read holds at most its window,
+ * and without the copy a window of tiny pieces, each in a different slab,
+ * would hold thousands of times that.
+ */
+const MAX_HELD_RATIO = 8;
+
+function detached(piece: Buffer): Buffer {
+  return piece.length * MAX_HELD_RATIO < piece.buffer.byteLength ? Buffer.from(piece) : piece;
 }
 
 /** Payloads from this size up are framed in pooled buffers (Buffer.allocUnsafe pools only below 4 KiB). */
@@ -206,8 +219,9 @@ export class TunnelStream extends Duplex {
   /** @internal Payload already passed the window check. */
   onData(payload: Buffer): void {
     this.touch();
-    if (this.wantsData && this.inbox.length === 0) this.deliver(payload);
-    else this.inbox.push(payload);
+    const own = detached(payload);
+    if (this.wantsData && this.inbox.length === 0) this.deliver(own);
+    else this.inbox.push(own);
   }
 
   /** @internal */
@@ -264,18 +278,17 @@ export class TunnelStream extends Duplex {
     const head = this.outbox[0];
     if (head !== undefined) {
       if (this.sendWindow === 0) return undefined;
-      const n = Math.min(max, this.sendWindow, head.chunk.length - head.offset);
-      const payload = head.chunk.subarray(head.offset, head.offset + n);
-      // Small frames come cheaply from Node's shared slab; a 64 KiB pool buffer would be wasted on them.
-      const frame =
-        n >= POOLED_FRAME_MIN ? pooledDataFrame(0, this.id, payload) : encodeData(0, this.id, payload);
-      head.offset += n;
-      this.sendWindow -= n;
-      if (head.offset === head.chunk.length) {
-        this.outbox.shift();
-        head.done();
+      const limit = Math.min(max, this.sendWindow);
+      if (head.chunk.length - head.offset >= limit || limit < POOLED_FRAME_MIN) {
+        const n = Math.min(limit, head.chunk.length - head.offset);
+        const payload = head.chunk.subarray(head.offset, head.offset + n);
+        // Small frames come cheaply from Node's shared slab; a 64 KiB pool buffer would be wasted on them.
+        const frame =
+          n >= POOLED_FRAME_MIN ? pooledDataFrame(0, this.id, payload) : encodeData(0, this.id, payload);
+        this.advance(head, n);
+        return frame;
       }
-      return frame;
+      return this.gatherFrame(limit);
     }
     const finalDone = this.finalDone;
     if (finalDone === undefined) return undefined;
@@ -284,6 +297,41 @@ export class TunnelStream extends Duplex {
     const frame = encodeData(Flag.FIN, this.id, undefined);
     finalDone();
     return frame;
+  }
+
+  /**
+   * A frame of up to `limit` bytes from as many queued chunks as there are: a
+   * writer of small chunks (an http response relaying 16 KiB TLS reads) costs
+   * one message per frame, not one per chunk. Finishing a chunk hands the
+   * Writable's next buffered one to _write at once, so the frame keeps
+   * filling; it never waits for more.
+   */
+  private gatherFrame(limit: number): Buffer {
+    const frame = pooledFrame(limit);
+    let filled = 0;
+    for (let head = this.outbox[0]; head !== undefined && filled < limit; head = this.outbox[0]) {
+      const n = Math.min(limit - filled, head.chunk.length - head.offset);
+      frame.set(head.chunk.subarray(head.offset, head.offset + n), HEADER_SIZE + filled);
+      filled += n;
+      this.advance(head, n);
+    }
+    if (filled < POOLED_FRAME_MIN) {
+      const small = encodeData(0, this.id, frame.subarray(HEADER_SIZE, HEADER_SIZE + filled));
+      releaseFrame(frame);
+      return small;
+    }
+    writeHeader(frame, 0, FrameType.DATA, 0, this.id, filled);
+    return frame.subarray(0, HEADER_SIZE + filled);
+  }
+
+  /** `n` bytes of `head` (the first queued chunk) are framed; a finished chunk is done. */
+  private advance(head: Outgoing, n: number): void {
+    head.offset += n;
+    this.sendWindow -= n;
+    if (head.offset === head.chunk.length) {
+      this.outbox.shift();
+      head.done();
+    }
   }
 
   private deliver(chunk: Buffer): void {

@@ -2,15 +2,18 @@
  * Runs a session over a `ws` WebSocket: binary messages only, one or more
  * whole frames per message, and the socket's own write callbacks as the
  * backpressure signal so the session never queues unboundedly inside ws.
+ * When the installed ws allows it, messages are written to its socket
+ * directly (ws-send.ts) and read off it without ws's copy (ws-receive.ts);
+ * otherwise through ws.send and ws's 'message' event.
  */
 
 import { WebSocket } from "ws";
 import { ErrorCode, tetherError } from "./errors.js";
 import { MAX_MESSAGE_SIZE } from "./frame.js";
-import { isPooled } from "./frame-pool.js";
-import { inPlaceMaskedSender } from "./masked-send.js";
 import type { SessionOptions } from "./options.js";
 import { Session, type Transport } from "./session.js";
+import { divertDataFrames } from "./ws-receive.js";
+import { socketSender } from "./ws-send.js";
 
 /**
  * Options to spread into `new WebSocketServer({...})` and `new WebSocket(url, {...})`
@@ -31,22 +34,26 @@ export function sessionFromWebSocket(ws: WebSocket, options: SessionOptions): Se
     throw tetherError(ErrorCode.INVALID_ARGUMENT, `WebSocket must be open, readyState is ${ws.readyState}`);
   }
   ws.binaryType = "nodebuffer";
-  const sendInPlace = inPlaceMaskedSender(ws);
+  const direct = socketSender(ws);
   const transport: Transport = {
     send(message, done) {
       if (ws.readyState !== WebSocket.OPEN) {
         done(tetherError(ErrorCode.TRANSPORT_CLOSED, "WebSocket is not open"));
         return;
       }
-      if (sendInPlace !== undefined && isPooled(message) && sendInPlace(message, done)) return;
-      ws.send(message, { binary: true }, done);
+      if (direct !== undefined) direct.send(message, done);
+      else ws.send(message, { binary: true }, done);
     },
     close(graceful) {
-      if (graceful) ws.close(1000);
-      else ws.terminate();
+      if (!graceful) ws.terminate();
+      // The close frame goes after every message still waiting to be written.
+      else if (direct !== undefined) direct.flushed(() => ws.close(1000));
+      else ws.close(1000);
     },
   };
   const session = new Session(transport, options);
+  divertDataFrames(ws, (parts) => session.receive(parts));
+  // Still needed once frames go back to ws (see ws-receive.ts), or when they never left it.
   ws.on("message", (data, isBinary) => {
     if (!isBinary) {
       session.protocolError("text message on a tunnel WebSocket");

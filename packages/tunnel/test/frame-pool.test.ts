@@ -39,6 +39,7 @@ t.test("a message the transport still holds is never overwritten", async (t) => 
     keepAliveInterval: 0,
     deadPeerTimeout: 0,
     transportHighWaterMark: 2 * chunk, // two data frames in flight at most
+    maxFrameSize: chunk, // one frame per write (queued writes would otherwise share 64 KiB frames)
   });
   const stream = session.open("svc");
   stream.on("error", () => {});

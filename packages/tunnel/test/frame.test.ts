@@ -133,6 +133,87 @@ t.test("messages that are empty, truncated or too large are rejected", async (t)
   t.equal(seen, 1, "a visitor returning false stops the walk");
 });
 
+/** What parseFrames saw: each frame with its payload joined, and the reason it stopped. */
+function walk(message: Buffer | Buffer[]): { frames: Frame[]; problem: string | undefined } {
+  const frames: Frame[] = [];
+  const problem = parseFrames(message, (f) => {
+    const { pieces, payload, ...rest } = f;
+    const bytes = payload ?? (pieces === undefined ? undefined : Buffer.concat(pieces));
+    frames.push(bytes === undefined ? rest : { ...rest, payload: Buffer.from(bytes) });
+    return true;
+  });
+  return { frames, problem };
+}
+
+/** `bytes` cut at `points` (sorted, within bounds) into views. */
+function cutAt(bytes: Buffer, points: number[]): Buffer[] {
+  const pieces: Buffer[] = [];
+  let from = 0;
+  for (const p of points) {
+    pieces.push(bytes.subarray(from, p));
+    from = p;
+  }
+  pieces.push(bytes.subarray(from));
+  return pieces;
+}
+
+t.test("a message given as parts parses as the whole message does, cut anywhere", async (t) => {
+  const message = Buffer.concat([
+    encodeControl(FrameType.PING, Flag.SYN, 0, 7),
+    encodeData(Flag.SYN, 1, Buffer.from("open header")),
+    encodeData(0, 1, Buffer.alloc(40, 0xab)),
+    encodeControl(FrameType.WINDOW_UPDATE, 0, 1, 1000),
+    encodeData(Flag.FIN, 1, undefined),
+  ]);
+  const whole = walk(message);
+  t.equal(whole.problem, undefined);
+  t.equal(whole.frames.length, 5);
+  let same = 0;
+  for (let a = 0; a <= message.length; a++) {
+    for (let b = a; b <= message.length; b += 7) {
+      if (isDeepStrictEqual(walk(cutAt(message, [a, b])), whole)) same++;
+    }
+  }
+  let cuts = 0;
+  for (let a = 0; a <= message.length; a++) for (let b = a; b <= message.length; b += 7) cuts++;
+  t.equal(same, cuts, `all ${cuts} ways of cutting it in three (at every byte for the first cut) agree`);
+  // One byte per part: every header straddles, every payload is in pieces.
+  const bytes = cutAt(
+    message,
+    Array.from({ length: message.length - 1 }, (_, i) => i + 1),
+  );
+  t.same(walk(bytes), whole, "one byte per part");
+  let viewed = 0;
+  parseFrames(cutAt(message, [30, 60]), (f) => {
+    for (const piece of f.pieces ?? []) if (piece.buffer === message.buffer) viewed++;
+    return true;
+  });
+  t.ok(viewed >= 2, "a payload across parts comes as views of them, not a copy");
+});
+
+t.test("any bytes, cut anywhere, give what they give whole: frames and the reason to stop", async (t) => {
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        fc.array(validFrame, { minLength: 1, maxLength: 6 }).map((fs) => Buffer.concat(fs.map(encodeFrame))),
+        fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)),
+      ),
+      fc.array(fc.nat(), { maxLength: 5 }),
+      (message, cuts) => {
+        const points = cuts.map((c) => c % (message.length + 1)).sort((a, b) => a - b);
+        return isDeepStrictEqual(walk(cutAt(message, points)), walk(message));
+      },
+    ),
+    { numRuns: 2000 },
+  );
+  t.match(walk([Buffer.alloc(0), Buffer.alloc(0)]).problem, /empty/, "only empty parts: an empty message");
+  t.match(
+    walk([Buffer.alloc(MAX_MESSAGE_SIZE), Buffer.alloc(1)]).problem,
+    /exceeds/,
+    "parts adding up past the message limit",
+  );
+});
+
 t.test("random bytes never throw, they parse or are rejected", async (t) => {
   fc.assert(
     fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => {

@@ -650,3 +650,14 @@ t.test("bytesSent and bytesReceived count every frame byte each way", async (t) 
   link.client.close();
   link.server.close();
 });
+
+t.test("bytesReceived counts a message given as parts by its bytes, not its parts", async (t) => {
+  const session = new Session(
+    { send: (_m, done) => done(), close: () => {} },
+    { role: "server", keepAliveInterval: 0, deadPeerTimeout: 0 },
+  );
+  const ping = encodeControl(FrameType.PING, Flag.SYN, 0, 7);
+  session.receive([ping.subarray(0, 5), ping.subarray(5)]);
+  t.equal(session.bytesReceived, ping.length);
+  session.close();
+});

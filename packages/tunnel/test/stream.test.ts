@@ -3,7 +3,9 @@ import http from "node:http";
 import { PassThrough } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import t from "tap";
-import { ErrorCode, ResetCode, type TunnelStream } from "../src/index.js";
+import { encodeData, Flag, FrameType, HEADER_SIZE, parseFrames } from "../src/frame.js";
+import { ErrorCode, ResetCode, Session, type TunnelStream } from "../src/index.js";
+import { encodeOpenHeader } from "../src/open-header.js";
 import { pair, readAll } from "./lib/pair.js";
 
 /** A tunnel whose server side hands every stream to an http.Server, as the agent would to the apiserver. */
@@ -205,3 +207,99 @@ t.test("stream metadata and identity are visible on both ends", async (t) => {
   remote.on("error", () => {});
   link.client.close();
 });
+
+t.test("small writes queued behind each other leave in full frames, not one frame each", async (t) => {
+  const link = pair();
+  const dataFrames: number[] = [];
+  const receive = link.server.receive.bind(link.server);
+  link.server.receive = (message) => {
+    parseFrames(message, (f) => {
+      if (f.type === FrameType.DATA && (f.flags & Flag.SYN) === 0 && f.length > 0) dataFrames.push(f.length);
+      return true;
+    });
+    receive(message);
+  };
+  const received = new Promise<Buffer>((resolve) => link.server.once("stream", (s) => resolve(readAll(s))));
+  const s = link.client.open("logs");
+  const chunks = Array.from({ length: 16 }, (_, i) => Buffer.alloc(16 * 1024, i));
+  // 16 KiB at a time, as an http response relays TLS reads, all queued before the session runs.
+  for (const chunk of chunks) s.write(chunk);
+  s.end();
+  t.ok((await received).equals(Buffer.concat(chunks)), "256 KiB arrive intact and in order");
+  t.same(dataFrames, [65536, 65536, 65536, 65536], "four 64 KiB frames for sixteen 16 KiB writes");
+  link.client.close();
+});
+
+t.test("tiny writes queued together leave as one small frame", async (t) => {
+  const link = pair();
+  const dataFrames: number[] = [];
+  const receive = link.server.receive.bind(link.server);
+  link.server.receive = (message) => {
+    parseFrames(message, (f) => {
+      if (f.type === FrameType.DATA && (f.flags & Flag.SYN) === 0 && f.length > 0) dataFrames.push(f.length);
+      return true;
+    });
+    receive(message);
+  };
+  const received = new Promise<Buffer>((resolve) => link.server.once("stream", (s) => resolve(readAll(s))));
+  const s = link.client.open("logs");
+  s.write(Buffer.from("a"));
+  s.write(Buffer.from("b"));
+  s.end(Buffer.from("c"));
+  t.equal((await received).toString(), "abc");
+  t.same(dataFrames, [3], "one frame of three bytes");
+  link.client.close();
+});
+
+t.test(
+  "a reader that does not read holds its window, not the socket buffers tiny pieces came in",
+  async (t) => {
+    const sent: Buffer[] = [];
+    const session = new Session(
+      { send: (m, done) => (sent.push(m), setImmediate(done)), close: () => {} },
+      { role: "client", keepAliveInterval: 0, deadPeerTimeout: 0 },
+    );
+    const streams: TunnelStream[] = [];
+    session.on("stream", (s) => streams.push(s));
+    session.receive(encodeData(Flag.SYN, 2, encodeOpenHeader("never-read", {})));
+    session.receive(encodeData(Flag.SYN, 4, encodeOpenHeader("paused", {})));
+    const [quiet, paused] = streams as [TunnelStream, TunnelStream];
+    paused.on("data", () => {});
+    paused.pause();
+    await new Promise((r) => setImmediate(r));
+    // Each 1-byte payload is a view of its own 64 KiB buffer, as socket reads that share slabs with other streams' data.
+    const pieces = 2000;
+    for (let i = 0; i < pieces; i++) {
+      for (const id of [2, 4]) {
+        const slab = Buffer.alloc(64 * 1024);
+        const frame = encodeData(0, id, Buffer.from([i & 0xff]));
+        frame.copy(slab, 1000);
+        session.receive([
+          slab.subarray(1000, 1000 + HEADER_SIZE),
+          slab.subarray(1000 + HEADER_SIZE, 1000 + frame.length),
+        ]);
+      }
+    }
+    const held = (chunks: Iterable<Buffer>) => {
+      const buffers = new Set<ArrayBufferLike>();
+      let bytes = 0;
+      for (const c of chunks) {
+        buffers.add(c.buffer);
+        bytes += c.length;
+      }
+      let pinned = 0;
+      for (const b of buffers) pinned += b.byteLength;
+      return { bytes, pinned };
+    };
+    const inbox = held((quiet as unknown as { inbox: Buffer[] }).inbox);
+    const readable = held(
+      (paused as unknown as { _readableState: { buffer: Iterable<Buffer> } })._readableState.buffer,
+    );
+    t.equal(inbox.bytes, pieces, "the unread stream holds every byte");
+    // Small copies share Node's allocation pool; without them this would be 2000 slabs, 125 MiB.
+    t.ok(inbox.pinned < 1024 * 1024, `in ${inbox.pinned} bytes of buffers, not ${pieces} slabs`);
+    t.ok(readable.bytes > 0, `the paused reader's buffer holds ${readable.bytes} bytes`);
+    t.ok(readable.pinned < 1024 * 1024, `in ${readable.pinned} bytes of buffers`);
+    session.close();
+  },
+);

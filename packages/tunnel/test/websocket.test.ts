@@ -10,7 +10,7 @@ import {
   type TetherError,
   WEBSOCKET_OPTIONS,
 } from "../src/index.js";
-import { inPlaceMaskedSender } from "../src/masked-send.js";
+import { socketSender } from "../src/ws-send.js";
 import { readAll } from "./lib/pair.js";
 
 async function sockets(t: Test) {
@@ -50,24 +50,81 @@ t.test("a session runs over a real WebSocket and closes cleanly after go-away", 
   t.same(await ends, [undefined, undefined], "both ends closed without error");
 });
 
-t.test("the client masks its data frames in place, and they arrive intact", async (t) => {
+/** The WebSocket frame at the start of `buf`: its header size and payload length. */
+function frameAt(buf: Buffer): { headerSize: number; length: number; masked: boolean } {
+  const masked = (buf[1]! & 0x80) !== 0;
+  let length = buf[1]! & 0x7f;
+  let headerSize = 2;
+  if (length === 126) {
+    length = buf.readUInt16BE(2);
+    headerSize += 2;
+  } else if (length === 127) {
+    length = Number(buf.readBigUInt64BE(2));
+    headerSize += 8;
+  }
+  return { headerSize: headerSize + (masked ? 4 : 0), length, masked };
+}
+
+for (const role of ["client", "server"] as const) {
+  t.test(`the ${role} writes each message to the socket as one whole frame, one at a time`, async (t) => {
+    const ends = await sockets(t);
+    const ws = ends[role];
+    t.type(socketSender(ws), "object", "the installed ws lets the session write to its socket");
+    const sending = sessionFromWebSocket(ws, { role });
+    const receiving = sessionFromWebSocket(role === "client" ? ends.server : ends.client, {
+      role: role === "client" ? "server" : "client",
+    });
+    let viaWsSend = 0;
+    const send = ws.send.bind(ws);
+    ws.send = ((...args: Parameters<typeof ws.send>) => {
+      viaWsSend++;
+      return send(...args);
+    }) as typeof ws.send;
+    const socket = (ws as unknown as { _socket: import("node:net").Socket })._socket;
+    t.notOk(
+      socket.listeners("data").some((f) => f.name === "socketOnData"),
+      "the session reads the socket, not ws (ws-receive.ts)",
+    );
+    const write = socket.write.bind(socket);
+    let writes = 0;
+    let whole = 0;
+    let queuedBehind = 0;
+    let masked = 0;
+    socket.write = ((chunk: Buffer, ...rest: unknown[]) => {
+      writes++;
+      const f = frameAt(chunk);
+      if (f.headerSize + f.length === chunk.length) whole++;
+      if (f.masked) masked++;
+      if (socket.writableLength > 0) queuedBehind++;
+      return (write as (...a: unknown[]) => boolean)(chunk, ...rest);
+    }) as typeof socket.write;
+    const received = new Promise<Buffer>((resolve) => receiving.once("stream", (s) => resolve(readAll(s))));
+    const body = randomBytes(4 * 1024 * 1024);
+    sending.open("logs").end(body);
+    t.ok((await received).equals(body), "4 MiB of random bytes, unchanged");
+    t.equal(viaWsSend, 0, "nothing went through ws.send");
+    t.ok(writes >= 64, `${writes} writes for 64 data frames and the control messages`);
+    t.equal(whole, writes, "every write is one whole WebSocket frame");
+    t.equal(masked, role === "client" ? writes : 0, "the client masks every frame, the server none");
+    t.equal(queuedBehind, 0, "no write waited behind another in the socket");
+    sending.close();
+  });
+}
+
+t.test("closing lets every queued message go out before the close frame", async (t) => {
   const { client, server } = await sockets(t);
-  t.type(inPlaceMaskedSender(client), "function", "the installed ws lets the client mask in place");
-  t.equal(inPlaceMaskedSender(server), undefined, "a server end does not mask");
   const agent = sessionFromWebSocket(client, { role: "client" });
   const hub = sessionFromWebSocket(server, { role: "server" });
-  let viaWsSend = 0;
-  const send = client.send.bind(client);
-  client.send = ((...args: Parameters<typeof client.send>) => {
-    viaWsSend++;
-    return send(...args);
-  }) as typeof client.send;
-  const received = new Promise<Buffer>((resolve) => hub.once("stream", (s) => resolve(readAll(s))));
-  const body = randomBytes(4 * 1024 * 1024);
-  agent.open("logs").end(body);
-  t.ok((await received).equals(body), "4 MiB of random bytes, unchanged");
-  t.ok(viaWsSend < 8, `only control messages took ws.send (${viaWsSend} of ~64 messages)`);
-  agent.close();
+  hub.on("stream", (s) => s.on("error", () => {}).resume());
+  const ended = closed(hub);
+  agent.on("error", () => {});
+  const stream = agent.open("logs");
+  stream.on("error", () => {});
+  stream.write(Buffer.alloc(256 * 1024, 1));
+  // After the pump queued the stream's window as four data messages, before they are all written:
+  // the go-away that destroy() sends has to wait behind them, and the close frame behind it.
+  process.nextTick(() => agent.destroy(new Error("shutting down")));
+  t.equal((await ended)?.code, ErrorCode.PEER_GOAWAY, "the peer heard why, not just a closed socket");
 });
 
 t.test("a text message is a protocol error", async (t) => {
