@@ -14,6 +14,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { SuiteOptions, SuiteResult } from "./run.js";
+import { shapedLink } from "./shaped-link.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
@@ -236,6 +237,9 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
     const perSession = (after - before) / sessionCount;
     await agent.call("closeSessions");
 
+    const shaped = await shapedLink(quick, agent, server, ports.tunnel);
+    step("shaped links done");
+
     const m = {
       throughput_direct_mib_s: median(direct),
       throughput_tunnel_mib_s: median(tunnel),
@@ -316,8 +320,9 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
         String(m.bytes_per_idle_session),
         `server side, incl. its wss connection (TLS + ws), ${sessionCount} sessions`,
       ],
+      ...shaped.rows,
     ];
-    return { rows, metrics: m };
+    return { rows, metrics: { ...m, ...shaped.metrics } };
   } finally {
     for (const c of children) c.kill();
     fs.rmSync(certDir, { recursive: true, force: true });

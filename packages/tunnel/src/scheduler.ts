@@ -30,6 +30,19 @@ export class RoundRobin<T> {
     return undefined;
   }
 
+  /** Removes and returns the first of the next `limit` items that satisfies `test`. */
+  takeFirst(test: (item: T) => boolean, limit: number): T | undefined {
+    let seen = 0;
+    for (const item of this.ready) {
+      if (seen++ >= limit) break;
+      if (test(item)) {
+        this.ready.delete(item);
+        return item;
+      }
+    }
+    return undefined;
+  }
+
   clear(): void {
     this.ready.clear();
   }

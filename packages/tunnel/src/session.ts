@@ -6,7 +6,8 @@
  * Outbound order: control frames (SYN, ACK, window updates, resets, pings)
  * always go before data, so credit and resets are never stuck behind bulk
  * transfers in our own queue; data frames are taken round-robin across streams.
- * Everything stops while the transport holds `transportHighWaterMark` bytes.
+ * Everything stops while the transport holds `transportHighWaterMark` bytes,
+ * and data also while the path estimator's in-flight cap is reached.
  */
 
 import { EventEmitter } from "node:events";
@@ -27,6 +28,7 @@ import {
 import { releaseFrame } from "./frame-pool.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
+import { PathEstimator } from "./path-estimator.js";
 import { RoundRobin } from "./scheduler.js";
 import { type StreamHost, TunnelStream } from "./stream.js";
 import { WindowBudget } from "./window-budget.js";
@@ -57,10 +59,10 @@ export interface SessionEvents {
 export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly role: "client" | "server";
   readonly maxWindow: number;
-  /** @internal Receive window new streams start with: the largest any stream reached. */
-  learnedWindow = INITIAL_WINDOW;
   /** @internal */
   readonly windowBudget: WindowBudget;
+  /** @internal What pings taught about the path: the in-flight cap, the BDP, min RTT. */
+  readonly path = new PathEstimator(performance.now());
 
   private readonly transport: Transport;
   private readonly options: ResolvedOptions;
@@ -72,6 +74,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private inFlight = 0;
   private pumpQueued = false;
   private pumping = false;
+  /** Data frame bytes written to / received from the transport (headers included). */
+  private dataWritten = 0;
+  private dataReceived = 0;
+  /** Both as of the last ping: a probe goes out only if data moved since. */
+  private probedWritten = 0;
+  private probedReceived = 0;
+  /** Streams that received data since windowRoundStart (see onPathPong). */
+  private readonly roundStreams = new Set<TunnelStream>();
+  private windowRoundStart = 0;
 
   private nextLocalId: number;
   private highestRemoteId = 0;
@@ -130,9 +141,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     return this.ended;
   }
 
-  /** @internal StreamHost: the RTT that drives window growth. */
-  get rttForWindow(): number {
-    return this.smoothedRtt ?? 0;
+  /** @internal StreamHost: a new stream's receive window, the path's estimate of what arrives per min RTT. */
+  get initialWindow(): number {
+    return Math.min(this.maxWindow, Math.max(INITIAL_WINDOW, Math.floor(this.path.receiveBdp)));
   }
 
   /**
@@ -146,7 +157,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const header = encodeOpenHeader(service, metadata);
     const failure = this.openFailure();
     const id = failure === undefined ? this.nextLocalId : 0;
-    const stream = new TunnelStream(this, id, service, { ...metadata }, "local", performance.now());
+    const stream = new TunnelStream(this, id, service, { ...metadata }, "local");
     if (failure !== undefined) {
       stream.detach();
       process.nextTick(() => stream.destroy(failure));
@@ -155,7 +166,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.nextLocalId += 2;
     this.streams.set(id, stream);
     this.queueControl(encodeData(Flag.SYN, id, header));
-    // A session that learned its link's window grants it to new streams at once instead of ramping up again.
+    // A session that knows its path grants new streams its BDP at once instead of ramping up again.
     const extra = stream.recvWindow.size - INITIAL_WINDOW;
     if (extra > 0) this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, id, extra));
     return stream;
@@ -211,6 +222,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.lastInbound = performance.now();
     const problem = parseFrames(message, this.handleFrame);
     if (problem !== undefined && !this.ended) this.protocolError(problem);
+    this.probePath();
   }
 
   /** Tell the session its transport is gone (closed by the peer or failed). */
@@ -239,10 +251,6 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal */
   sendWindowUpdate(stream: TunnelStream, delta: number): void {
-    // New streams start where earlier ones got to, so a long link is not ramped up again for
-    // every request. A new stream whose reader stalls at once pins that much, but all
-    // windows together stay within the session's budget.
-    if (stream.recvWindow.size > this.learnedWindow) this.learnedWindow = stream.recvWindow.size;
     this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, stream.id, delta));
   }
 
@@ -280,6 +288,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.pongValue = frame.length;
       return;
     }
+    this.onPathPong(frame.length);
     if (this.pingSentAt === undefined || frame.length !== this.pingValue) return;
     const sample = performance.now() - this.pingSentAt;
     this.pingSentAt = undefined;
@@ -349,7 +358,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       refuse(decision);
       return;
     }
-    const stream = new TunnelStream(this, id, header.service, header.metadata, "remote", performance.now());
+    const stream = new TunnelStream(this, id, header.service, header.metadata, "remote");
     this.streams.set(id, stream);
     this.queueControl(
       encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, id, stream.recvWindow.size - INITIAL_WINDOW),
@@ -398,6 +407,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         this.protocolError(`stream ${id} overran its window by ${frame.length - stream.recvWindow.credit}`);
         return;
       }
+      this.dataReceived += HEADER_SIZE + frame.length;
+      if (this.roundStreams.size === 0) this.windowRoundStart = performance.now();
+      this.roundStreams.add(stream);
       if (frame.length > 0) stream.onData(frame.payload!);
       if ((frame.flags & Flag.FIN) !== 0) {
         stream.onRemoteFin();
@@ -458,23 +470,30 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.pumping = true;
     try {
       const limit = this.options.transportHighWaterMark;
-      const frameSize = this.options.maxFrameSize;
+      const frameSize = this.frameQuantum();
       while (this.inFlight < limit && !this.ended) {
         if (this.control.length > 0 || this.pongValue !== undefined) {
           this.write(this.takeControlBatch());
           continue;
         }
-        const stream = this.scheduler.next();
+        // Control frames are never held; data waits in its stream's outbox until pongs prove
+        // delivery, except that a small write may pass a bulk stream a little beyond the cap.
+        const stream = this.path.allows(this.dataWritten)
+          ? this.scheduler.next()
+          : this.path.allowsSmall(this.dataWritten)
+            ? this.scheduler.takeFirst(isSmallSend, 16)
+            : undefined;
         if (stream === undefined) break;
         const frame = stream.takeFrame(frameSize);
         if (stream.sendable) this.scheduler.add(stream);
-        if (frame !== undefined) this.write(frame);
+        if (frame !== undefined) this.writeData(frame);
         if (stream.finished) this.retire(stream);
       }
     } finally {
       this.pumping = false;
     }
     if (this.ended) return;
+    this.probePath();
     if (this.closing && this.control.length === 0 && this.pongValue === undefined) {
       this.end(undefined, undefined, true);
     } else if (this.inFlight < this.options.transportHighWaterMark && this.control.length > 0) {
@@ -527,9 +546,68 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.pingSentAt !== undefined && performance.now() - this.pingSentAt < this.options.deadPeerTimeout) {
       return;
     }
-    this.pingValue = (this.pingValue + 1) >>> 0;
+    this.queuePing();
     this.pingSentAt = performance.now();
+  }
+
+  /**
+   * Every ping goes out through here: values come from one counter and the
+   * path estimator records each, since a pong for one ping also answers all
+   * earlier ones (the peer answers only the latest it saw).
+   */
+  private queuePing(): void {
+    this.pingValue = (this.pingValue + 1) >>> 0;
+    this.path.pingSent(this.pingValue, this.dataWritten, this.dataReceived, performance.now());
+    this.probedWritten = this.dataWritten;
+    this.probedReceived = this.dataReceived;
     this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, this.pingValue));
+  }
+
+  // ---- path estimation (path-estimator.ts holds the policy) ----
+
+  /** A delivery probe, one round trip at a time, while data moves in either direction. */
+  private probePath(): void {
+    if (this.ended || this.closing || this.path.outstanding) return;
+    if (this.dataWritten === this.probedWritten && this.dataReceived === this.probedReceived) return;
+    this.queuePing();
+  }
+
+  private onPathPong(value: number): void {
+    const now = performance.now();
+    const round = this.path.pongReceived(value, this.dataReceived, now);
+    if (round === undefined) return;
+    // Windows judge at least one min RTT of arrivals at a time, so a short round on
+    // loopback is not extrapolated from a burst.
+    const elapsed = now - this.windowRoundStart;
+    if (this.roundStreams.size > 0 && elapsed >= round.minRtt) {
+      for (const stream of this.roundStreams) {
+        if (stream.destroyed || this.streams.get(stream.id) !== stream) continue;
+        const growth = stream.recvWindow.endRound(elapsed, round.minRtt, round.startup);
+        if (growth > 0) this.sendWindowUpdate(stream, growth);
+      }
+      this.roundStreams.clear();
+    }
+    // The cap may have opened, and the next probe goes out after what that lets through.
+    if (this.scheduler.size > 0) this.requestPump();
+    else this.probePath();
+  }
+
+  /**
+   * Data payload per frame: what the path moves in about 4 ms (so a small
+   * response waits behind at most that much of a bulk stream's frame), at
+   * least 16 KiB, at most maxFrameSize.
+   */
+  private frameQuantum(): number {
+    const max = this.options.maxFrameSize;
+    const rate = this.path.rate;
+    if (rate === 0) return max;
+    return Math.min(max, Math.max(16 * 1024, Math.floor(rate * 4)));
+  }
+
+  private writeData(frame: Buffer): void {
+    if (this.dataWritten === this.path.delivered) this.path.noteIdleWrite(performance.now());
+    this.dataWritten += frame.length;
+    this.write(frame);
   }
 
   private checkLiveness(): void {
@@ -619,6 +697,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 }
 
 function noop(): void {}
+
+function isSmallSend(stream: TunnelStream): boolean {
+  return stream.smallSend;
+}
 
 function toTetherError(err: Error): TetherError {
   if (typeof (err as TetherError).code === "string" && (err as TetherError).code.startsWith("ERR_TETHER_")) {
