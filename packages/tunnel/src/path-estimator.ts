@@ -33,14 +33,14 @@ const RATE_SAMPLES = 10;
 export const STARTUP_GAIN = 4;
 export const GAIN = 2;
 /** The cap never goes below this, so startup and tiny links still move data. */
-export const CAP_FLOOR = 64 * 1024;
+export const CAP_FLOOR = 32 * 1024;
 /**
  * How far past the cap a stream with only a small write queued (a request, a
  * small response) may go: it need not wait for the next pong behind a bulk
  * stream. Bounded, so many small streams cannot build a queue.
  */
 export const SMALL_ALLOWANCE = 64 * 1024;
-/** The least cap in startup, before the rate is known. */
+/** The cap before the first delivery sample. */
 export const INITIAL_CAP = 1024 * 1024;
 /** Pings remembered while unanswered; beyond that the oldest are forgotten. */
 const SENT_LIMIT = 64;
@@ -103,9 +103,14 @@ export class PathEstimator {
     this.intervalStart = now;
   }
 
-  /** True while a ping is unanswered (the next probe waits for it). */
+  /** True while a ping is unanswered. */
   get outstanding(): boolean {
     return this.sent.length > 0;
+  }
+
+  /** Pings sent and not answered yet. */
+  get unanswered(): number {
+    return this.sent.length;
   }
 
   /** Delivery rate toward the peer, bytes per ms (max filter); 0 before a sample. */
@@ -135,7 +140,8 @@ export class PathEstimator {
 
   /** Most data bytes the session should keep written but unproven. */
   get cap(): number {
-    if (this.phase === "startup") return Math.max(INITIAL_CAP, STARTUP_GAIN * this.bdp);
+    if (this.rate === 0) return INITIAL_CAP;
+    if (this.phase === "startup") return Math.max(CAP_FLOOR, STARTUP_GAIN * this.bdp);
     if (this.phase === "probe-rtt") return Math.max(CAP_FLOOR, this.bdp / 2);
     return Math.max(CAP_FLOOR, GAIN * this.bdp);
   }

@@ -21,6 +21,12 @@ export class RoundRobin<T> {
     this.ready.delete(item);
   }
 
+  /** The item whose turn it is, left in place. */
+  peek(): T | undefined {
+    for (const item of this.ready) return item;
+    return undefined;
+  }
+
   /** Removes and returns the item whose turn it is; re-add it to keep it in the ring. */
   next(): T | undefined {
     for (const item of this.ready) {

@@ -45,6 +45,10 @@ export interface Transport {
   close(graceful: boolean): void;
 }
 
+/** Delivery probes a session keeps unanswered at most (see probePath). */
+const PROBES_IN_FLIGHT = 4;
+/** Data bytes moved (either way) since the last ping that make a probe worth sending. */
+const PROBE_MIN = 16 * 1024;
 /** Outbound control frames allowed to pile up while the peer does not read. */
 const CONTROL_QUEUE_LIMIT = 1024 * 1024;
 const LARGEST_ID = 0xffffffff;
@@ -95,6 +99,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private smoothedRtt: number | undefined;
   private pingValue = 0;
   private pingSentAt: number | undefined;
+  private pingSentValue = 0;
   private pingWaiters: Array<{ resolve: (rtt: number) => void; reject: (err: Error) => void }> = [];
   private lastInbound = performance.now();
   private keepAliveTimer: NodeJS.Timeout | undefined;
@@ -139,6 +144,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** True once the session has ended; it emitted 'close'. */
   get closed(): boolean {
     return this.ended;
+  }
+
+  /** @internal Data bytes written and not yet proven delivered by a pong (what the cap bounds). */
+  get inFlightData(): number {
+    return this.dataWritten - this.path.delivered;
   }
 
   /** @internal StreamHost: a new stream's receive window, the path's estimate of what arrives per min RTT. */
@@ -289,7 +299,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       return;
     }
     this.onPathPong(frame.length);
-    if (this.pingSentAt === undefined || frame.length !== this.pingValue) return;
+    // Probes share the counter, so a later value answers this ping too (the peer answers the latest).
+    if (this.pingSentAt === undefined || (frame.length - this.pingSentValue) >>> 0 >= 0x80000000) return;
     const sample = performance.now() - this.pingSentAt;
     this.pingSentAt = undefined;
     this.smoothedRtt = this.smoothedRtt === undefined ? sample : this.smoothedRtt * 0.875 + sample * 0.125;
@@ -478,6 +489,17 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         }
         // Control frames are never held; data waits in its stream's outbox until pongs prove
         // delivery, except that a small write may pass a bulk stream a little beyond the cap.
+        // From idle, a ping goes ahead of the first burst: its RTT is the empty path's.
+        const first = this.scheduler.peek();
+        if (
+          first !== undefined &&
+          !first.smallSend &&
+          !this.path.outstanding &&
+          this.inFlightData < PROBE_MIN
+        ) {
+          this.queuePing();
+          continue;
+        }
         const stream = this.path.allows(this.dataWritten)
           ? this.scheduler.next()
           : this.path.allowsSmall(this.dataWritten)
@@ -486,7 +508,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         if (stream === undefined) break;
         const frame = stream.takeFrame(frameSize);
         if (stream.sendable) this.scheduler.add(stream);
-        if (frame !== undefined) this.writeData(frame);
+        if (frame !== undefined) {
+          this.writeData(frame);
+          this.probePath();
+        }
         if (stream.finished) this.retire(stream);
       }
     } finally {
@@ -546,7 +571,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.pingSentAt !== undefined && performance.now() - this.pingSentAt < this.options.deadPeerTimeout) {
       return;
     }
-    this.queuePing();
+    this.pingSentValue = this.queuePing();
     this.pingSentAt = performance.now();
   }
 
@@ -555,20 +580,34 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
    * path estimator records each, since a pong for one ping also answers all
    * earlier ones (the peer answers only the latest it saw).
    */
-  private queuePing(): void {
+  private queuePing(): number {
     this.pingValue = (this.pingValue + 1) >>> 0;
     this.path.pingSent(this.pingValue, this.dataWritten, this.dataReceived, performance.now());
     this.probedWritten = this.dataWritten;
     this.probedReceived = this.dataReceived;
     this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, this.pingValue));
+    return this.pingValue;
   }
 
   // ---- path estimation (path-estimator.ts holds the policy) ----
 
-  /** A delivery probe, one round trip at a time, while data moves in either direction. */
+  /**
+   * Delivery probes while data moves in either direction: one when none is
+   * out, and while data flows one per quarter of the cap written (at most
+   * PROBES_IN_FLIGHT), so the cap reopens in quarters and the next bytes reach
+   * the bottleneck before the last ones drained: one probe per round trip would
+   * leave the link idle for a round trip after every capful.
+   */
   private probePath(): void {
-    if (this.ended || this.closing || this.path.outstanding) return;
-    if (this.dataWritten === this.probedWritten && this.dataReceived === this.probedReceived) return;
+    if (this.ended || this.closing) return;
+    const unanswered = this.path.unanswered;
+    if (unanswered === 0) {
+      // Small exchanges need no probe: what they leave in flight is far below any cap.
+      const moved = this.dataWritten - this.probedWritten + this.dataReceived - this.probedReceived;
+      if (moved < PROBE_MIN) return;
+    } else if (unanswered >= PROBES_IN_FLIGHT || this.dataWritten - this.probedWritten < this.path.cap / 4) {
+      return;
+    }
     this.queuePing();
   }
 

@@ -7,8 +7,9 @@
  * bytes the application consumed. At a pong, once at least one min RTT passed
  * since the last verdict, the session hands every stream that received data
  * the time passed and the path's min RTT (see path-estimator.ts). Bytes
- * received scaled to one min RTT is the stream's BDP sample (as in gRPC's BDP
- * estimator; the min RTT keeps a queue on the path from inflating it): a
+ * the reader took in that time, scaled to one min RTT, is the stream's BDP
+ * sample, as in gRPC's BDP estimator (but reads, not arrivals, so a stalled
+ * reader never grows; and the min RTT keeps a queue from inflating it): a
  * sample of at least 2/3 of the window means the window limited the round, so
  * it grows to twice the sample (four times while the session's arrival rate is
  * still growing), up to `max` and as far as the session's budget allows. A
@@ -35,7 +36,10 @@ export class ReceiveWindow {
   buffered = 0;
   /** Bytes consumed whose credit has not been returned yet. */
   pending = 0;
-  /** Bytes received in the current round. */
+  /**
+   * Bytes the reader took in the current round: what it consumed, not what
+   * arrived, so a stalled reader never grows its window.
+   */
   roundBytes = 0;
   private lowRounds = 0;
   /** Size the window shrinks toward as credit comes back. */
@@ -70,7 +74,6 @@ export class ReceiveWindow {
     if (n > this.credit) return false;
     this.credit -= n;
     this.buffered += n;
-    this.roundBytes += n;
     return true;
   }
 
@@ -81,6 +84,7 @@ export class ReceiveWindow {
   consume(n: number): number {
     this.buffered -= n;
     this.pending += n;
+    this.roundBytes += n;
     // A quarter window per update keeps the sender's pipe full on long links (it
     // never waits on credit held back here) at the cost of a 12-byte frame.
     if (this.pending < this.size / 4) return 0;

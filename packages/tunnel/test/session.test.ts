@@ -82,7 +82,9 @@ async function writeChunks(
     const size = chunks[i]!;
     const ok = stream.write(pattern(seed, offset, size));
     offset += size;
-    if (!ok) await Promise.race([once(stream, "drain"), once(stream, "close")]);
+    // once() rejects on 'error': a reset from the peer while waiting errors the stream, which
+    // collect() records; the writer just stops.
+    if (!ok) await Promise.race([once(stream, "drain"), once(stream, "close")]).catch(() => {});
     if (i % 2 === 0) await tick();
   }
   if (resetAfter !== undefined && resetAfter >= chunks.length) {
