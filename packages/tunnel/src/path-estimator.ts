@@ -42,6 +42,13 @@ export const CAP_FLOOR = 32 * 1024;
 export const SMALL_ALLOWANCE = 64 * 1024;
 /** The cap before the first delivery sample. */
 export const INITIAL_CAP = 1024 * 1024;
+/** Delivery probes kept unanswered at most (see probeDue). */
+const PROBES_IN_FLIGHT = 4;
+/** Data bytes moved (either way) since the last ping that make a probe worth sending. */
+const PROBE_MIN = 16 * 1024;
+/** A frame carries what the path moves in this long (see frameSize). */
+const FRAME_MS = 4;
+const FRAME_MIN = 16 * 1024;
 /** Pings remembered while unanswered; beyond that the oldest are forgotten. */
 const SENT_LIMIT = 64;
 
@@ -98,6 +105,9 @@ export class PathEstimator {
   private readonly sendGrowth = new GrowthCheck();
   private readonly recvGrowth = new GrowthCheck();
   private readonly sent: SentPing[] = [];
+  /** Data bytes written and received as of the last ping. */
+  private probedWritten = 0;
+  private probedReceived = 0;
 
   constructor(now: number) {
     this.intervalStart = now;
@@ -156,6 +166,35 @@ export class PathEstimator {
     return written - this.delivered < this.cap + SMALL_ALLOWANCE;
   }
 
+  /**
+   * Whether to send a delivery probe now. One when none is out and at least
+   * PROBE_MIN moved either way since the last ping (small exchanges leave far
+   * less than any cap in flight); while data flows, one per quarter of the cap
+   * written, at most PROBES_IN_FLIGHT, so the cap reopens in quarters and new
+   * bytes reach the bottleneck before the last ones drained (one probe per round
+   * trip would leave the link idle a round trip after every capful).
+   */
+  probeDue(written: number, received: number): boolean {
+    const sinceWritten = written - this.probedWritten;
+    if (this.sent.length === 0) return sinceWritten + received - this.probedReceived >= PROBE_MIN;
+    return this.sent.length < PROBES_IN_FLIGHT && sinceWritten >= this.cap / 4;
+  }
+
+  /** Nothing worth measuring in flight and no ping out: a burst starting now should be preceded by a ping. */
+  idle(written: number): boolean {
+    return this.sent.length === 0 && written - this.delivered < PROBE_MIN;
+  }
+
+  /**
+   * Data payload per frame: what the path moves in FRAME_MS (so a small
+   * response waits behind at most that much of a bulk stream's frame), at
+   * least FRAME_MIN, at most `max`.
+   */
+  frameSize(max: number): number {
+    if (this.rate === 0) return max;
+    return Math.min(max, Math.max(FRAME_MIN, Math.floor(this.rate * FRAME_MS)));
+  }
+
   /** Data was written while nothing was in flight: a delivery interval starts now. */
   noteIdleWrite(now: number): void {
     this.intervalStart = now;
@@ -163,6 +202,8 @@ export class PathEstimator {
 
   /** Records a ping just queued (any ping: keepalive, probe, ping()). */
   pingSent(value: number, written: number, received: number, now: number): void {
+    this.probedWritten = written;
+    this.probedReceived = received;
     if (this.sent.length >= SENT_LIMIT) this.sent.shift();
     this.sent.push({
       value,

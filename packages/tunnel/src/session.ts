@@ -45,10 +45,6 @@ export interface Transport {
   close(graceful: boolean): void;
 }
 
-/** Delivery probes a session keeps unanswered at most (see probePath). */
-const PROBES_IN_FLIGHT = 4;
-/** Data bytes moved (either way) since the last ping that make a probe worth sending. */
-const PROBE_MIN = 16 * 1024;
 /** Outbound control frames allowed to pile up while the peer does not read. */
 const CONTROL_QUEUE_LIMIT = 1024 * 1024;
 const LARGEST_ID = 0xffffffff;
@@ -81,9 +77,6 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** Data frame bytes written to / received from the transport (headers included). */
   private dataWritten = 0;
   private dataReceived = 0;
-  /** Both as of the last ping: a probe goes out only if data moved since. */
-  private probedWritten = 0;
-  private probedReceived = 0;
   /** Streams that received data since windowRoundStart (see onPathPong). */
   private readonly roundStreams = new Set<TunnelStream>();
   private windowRoundStart = 0;
@@ -481,7 +474,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.pumping = true;
     try {
       const limit = this.options.transportHighWaterMark;
-      const frameSize = this.frameQuantum();
+      const frameSize = this.path.frameSize(this.options.maxFrameSize);
       while (this.inFlight < limit && !this.ended) {
         if (this.control.length > 0 || this.pongValue !== undefined) {
           this.write(this.takeControlBatch());
@@ -491,12 +484,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         // delivery, except that a small write may pass a bulk stream a little beyond the cap.
         // From idle, a ping goes ahead of the first burst: its RTT is the empty path's.
         const first = this.scheduler.peek();
-        if (
-          first !== undefined &&
-          !first.smallSend &&
-          !this.path.outstanding &&
-          this.inFlightData < PROBE_MIN
-        ) {
+        if (first !== undefined && !first.smallSend && this.path.idle(this.dataWritten)) {
           this.queuePing();
           continue;
         }
@@ -583,32 +571,16 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private queuePing(): number {
     this.pingValue = (this.pingValue + 1) >>> 0;
     this.path.pingSent(this.pingValue, this.dataWritten, this.dataReceived, performance.now());
-    this.probedWritten = this.dataWritten;
-    this.probedReceived = this.dataReceived;
     this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, this.pingValue));
     return this.pingValue;
   }
 
   // ---- path estimation (path-estimator.ts holds the policy) ----
 
-  /**
-   * Delivery probes while data moves in either direction: one when none is
-   * out, and while data flows one per quarter of the cap written (at most
-   * PROBES_IN_FLIGHT), so the cap reopens in quarters and the next bytes reach
-   * the bottleneck before the last ones drained: one probe per round trip would
-   * leave the link idle for a round trip after every capful.
-   */
+  /** A delivery probe when the estimator wants one (path-estimator.ts: probeDue). */
   private probePath(): void {
     if (this.ended || this.closing) return;
-    const unanswered = this.path.unanswered;
-    if (unanswered === 0) {
-      // Small exchanges need no probe: what they leave in flight is far below any cap.
-      const moved = this.dataWritten - this.probedWritten + this.dataReceived - this.probedReceived;
-      if (moved < PROBE_MIN) return;
-    } else if (unanswered >= PROBES_IN_FLIGHT || this.dataWritten - this.probedWritten < this.path.cap / 4) {
-      return;
-    }
-    this.queuePing();
+    if (this.path.probeDue(this.dataWritten, this.dataReceived)) this.queuePing();
   }
 
   private onPathPong(value: number): void {
@@ -629,18 +601,6 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     // The cap may have opened, and the next probe goes out after what that lets through.
     if (this.scheduler.size > 0) this.requestPump();
     else this.probePath();
-  }
-
-  /**
-   * Data payload per frame: what the path moves in about 4 ms (so a small
-   * response waits behind at most that much of a bulk stream's frame), at
-   * least 16 KiB, at most maxFrameSize.
-   */
-  private frameQuantum(): number {
-    const max = this.options.maxFrameSize;
-    const rate = this.path.rate;
-    if (rate === 0) return max;
-    return Math.min(max, Math.max(16 * 1024, Math.floor(rate * 4)));
   }
 
   private writeData(frame: Buffer): void {
