@@ -23,6 +23,8 @@ const MB = 1_000_000;
 const ONE_WAY_MS = 25;
 /** Bytes each way of a small request and its response. */
 const GET_SIZE = 256;
+/** Round trips stop after this long even if fewer than asked were done (a badly queued link). */
+const BUDGET_MS = 90_000;
 
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -112,12 +114,17 @@ async function measure(
   const idle = await server.call<number[]>("serverRoundTrips", {
     count: Math.ceil(count / 4),
     size: GET_SIZE,
+    budgetMs: BUDGET_MS,
   });
   await agent.call("bulkStart");
   try {
     await new Promise((r) => setTimeout(r, rampMs));
     const before = await server.call<{ bytes: number; at: number }>("bulkBytes");
-    const busy = await server.call<number[]>("serverRoundTrips", { count, size: GET_SIZE });
+    const busy = await server.call<number[]>("serverRoundTrips", {
+      count,
+      size: GET_SIZE,
+      budgetMs: BUDGET_MS,
+    });
     const after = await server.call<{ bytes: number; at: number }>("bulkBytes");
     const bulkMBps = (after.bytes - before.bytes) / MB / ((after.at - before.at) / 1000);
     return {

@@ -118,12 +118,13 @@ if (role === "server") {
   /**
    * `count` request/response round trips on a stream the server opens on the
    * newest session: `size` bytes out, the agent echoes them back (a small GET's
-   * response takes the agent→server direction a bulk download takes). Returns ms each.
+   * response takes the agent→server direction a bulk download takes). Returns ms each;
+   * stops early after `budgetMs`.
    */
-  handlers.serverRoundTrips = async ({ count, size }) => {
+  handlers.serverRoundTrips = async ({ count, size, budgetMs }) => {
     const conn = sessions[sessions.length - 1]!.open("echo");
     conn.write("E");
-    const samples = await echoRoundTrips(conn, count as number, size as number);
+    const samples = await echoRoundTrips(conn, count as number, size as number, budgetMs as number);
     conn.destroy();
     return samples;
   };
@@ -290,10 +291,16 @@ if (role === "agent") {
 }
 
 /** `count` echoes of `size` bytes on an echo connection; ms each. */
-async function echoRoundTrips(conn: Duplex, count: number, size: number): Promise<number[]> {
+async function echoRoundTrips(
+  conn: Duplex,
+  count: number,
+  size: number,
+  budgetMs = Number.POSITIVE_INFINITY,
+): Promise<number[]> {
   const message = Buffer.alloc(size, 0x61);
   const samples: number[] = [];
-  for (let i = 0; i < count; i++) {
+  const deadline = performance.now() + budgetMs;
+  for (let i = 0; i < count && performance.now() < deadline; i++) {
     let got = 0;
     const done = new Promise<void>((resolve) => {
       const onData = (d: Buffer) => {
