@@ -28,8 +28,8 @@ export interface SessionOptions {
   /** Most streams open at once, both directions together. Default 1024. */
   maxStreams?: number;
   /**
-   * Largest receive window one stream may grow to. A window starts at the
-   * session's estimate of what arrives per minimum RTT (at least 256 KiB),
+   * Largest receive window one stream may grow to. A window starts at twice
+   * the session's estimate of what arrives per minimum RTT (at least 256 KiB),
    * doubles while a round at the min RTT shows the window was the limit, and
    * shrinks (by returning less credit, never below 64 KiB) while the stream
    * uses under a quarter of it (window.ts). Default 32 MiB, above the

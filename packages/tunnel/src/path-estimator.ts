@@ -243,9 +243,11 @@ export class PathEstimator {
       const interval = now - acked.intervalStart;
       const rate = interval > 0 ? (acked.written - acked.delivered) / interval : 0;
       if (acked.capLimited || rate > this.sendRate.max) this.sendRate.add(rate);
-      // Whatever limited the round (the cap, the peer's window, the application), a rate
-      // that stopped growing ends startup: steady's 2 x BDP still doubles per round if it rises.
-      if (!this.sendGrowth.check(this.sendRate.max) && this.phase === "startup") this.phase = "steady";
+      // Only rounds the cap limited tell whether the path is full (BBR ignores app-limited ones):
+      // while the peer's window or the application limits, a larger cap adds no queue.
+      if (acked.capLimited && !this.sendGrowth.check(this.sendRate.max) && this.phase === "startup") {
+        this.phase = "steady";
+      }
       this.delivered = acked.written;
       this.intervalStart = now;
     }

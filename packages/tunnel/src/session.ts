@@ -144,9 +144,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     return this.dataWritten - this.path.delivered;
   }
 
-  /** @internal StreamHost: a new stream's receive window, the path's estimate of what arrives per min RTT. */
+  /** @internal StreamHost: a new stream's receive window, from the path's estimate of what arrives per min RTT. */
   get initialWindow(): number {
-    return Math.min(this.maxWindow, Math.max(INITIAL_WINDOW, Math.floor(this.path.receiveBdp)));
+    // Twice the estimate, what a window that limited its round would grow to.
+    return Math.min(this.maxWindow, Math.max(INITIAL_WINDOW, Math.floor(2 * this.path.receiveBdp)));
   }
 
   /**
@@ -412,7 +413,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         return;
       }
       this.dataReceived += HEADER_SIZE + frame.length;
-      if (this.roundStreams.size === 0) this.windowRoundStart = performance.now();
+      if (this.roundStreams.size === 0) this.startWindowRound();
       this.roundStreams.add(stream);
       if (frame.length > 0) stream.onData(frame.payload!);
       if ((frame.flags & Flag.FIN) !== 0) {
@@ -587,10 +588,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const now = performance.now();
     const round = this.path.pongReceived(value, this.dataReceived, now);
     if (round === undefined) return;
-    // Windows judge at least one min RTT of arrivals at a time, so a short round on
-    // loopback is not extrapolated from a burst.
+    // Windows judge about one min RTT of reading at a time (never extrapolated from a
+    // shorter burst, see endRound), back to back while data flows.
     const elapsed = now - this.windowRoundStart;
-    if (this.roundStreams.size > 0 && elapsed >= round.minRtt) {
+    if (this.roundStreams.size > 0 && elapsed >= 0.9 * round.minRtt) {
+      this.windowRoundStart = now;
       for (const stream of this.roundStreams) {
         if (stream.destroyed || this.streams.get(stream.id) !== stream) continue;
         const growth = stream.recvWindow.endRound(elapsed, round.minRtt, round.startup);
@@ -601,6 +603,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     // The cap may have opened, and the next probe goes out after what that lets through.
     if (this.scheduler.size > 0) this.requestPump();
     else this.probePath();
+  }
+
+  /** The first data since the last window verdict: after an idle spell a new round starts now. */
+  private startWindowRound(): void {
+    const now = performance.now();
+    if (now - this.windowRoundStart > this.path.effectiveMinRtt) this.windowRoundStart = now;
   }
 
   private writeData(frame: Buffer): void {

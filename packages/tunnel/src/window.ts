@@ -10,7 +10,7 @@
  * the reader took in that time, scaled to one min RTT, is the stream's BDP
  * sample, as in gRPC's BDP estimator (but reads, not arrivals, so a stalled
  * reader never grows; and the min RTT keeps a queue from inflating it): a
- * sample of at least 2/3 of the window means the window limited the round, so
+ * sample of at least half the window means the window limited the round, so
  * it grows to twice the sample (four times while the session's arrival rate is
  * still growing), up to `max` and as far as the session's budget allows. A
  * sample under a quarter of the window three rounds in a row (a slower reader
@@ -112,7 +112,9 @@ export class ReceiveWindow {
     this.roundBytes = 0;
     if (elapsed <= 0) return 0;
     const sample = (bytes * Math.min(minRtt, elapsed)) / elapsed;
-    if (sample >= (this.size * 2) / 3) {
+    // Half, not gRPC's 2/3: credit comes back a quarter window at a time, so a window-limited
+    // stream moves about 3/4 of its window per round trip, and a round is a little longer than the min RTT.
+    if (sample >= this.size / 2) {
       const want = Math.floor(Math.min(this.max, (fast ? 4 : 2) * sample));
       if (want <= this.size) {
         this.target = this.size;
