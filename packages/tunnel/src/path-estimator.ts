@@ -16,8 +16,9 @@
  * delivery rate stops growing (by a quarter, three rounds in a row); steady
  * keeps it at GAIN × BDP. When the min RTT was not confirmed for
  * MIN_RTT_WINDOW_MS (a standing queue hides the empty path), probe-rtt caps
- * in-flight at half the BDP until a ping sent in that state comes back; its
- * RTT becomes the new minimum.
+ * in-flight at half the BDP until a ping sent with about that little in
+ * flight comes back (or PROBE_RTT_MAX_MS passed); its RTT becomes the new
+ * minimum.
  */
 
 /** How long a min-RTT sample stays valid without being matched (BBR's 10 s). */
@@ -29,6 +30,8 @@ export const MIN_RTT_WINDOW_MS = 10_000;
  * flight to keep both busy.
  */
 export const PIPELINE_MS = 10;
+/** Longest probe-rtt lasts; its first sample after that is taken whatever was in flight. */
+const PROBE_RTT_MAX_MS = 500;
 /** Rate samples the max filter keeps (about as many round trips while data flows). */
 const RATE_SAMPLES = 10;
 export const STARTUP_GAIN = 4;
@@ -100,6 +103,7 @@ export class PathEstimator {
   minRtt = Number.POSITIVE_INFINITY;
   phase: Phase = "startup";
   private minRttAt = 0;
+  private probeRttSince = 0;
   private readonly sendRate = new MaxFilter();
   private readonly recvRate = new MaxFilter();
   private intervalStart: number;
@@ -257,8 +261,9 @@ export class PathEstimator {
   private sampleRtt(ping: SentPing, now: number): void {
     const rtt = now - ping.sentAt;
     if (this.phase === "probe-rtt") {
-      // Sent with at most half a BDP in flight: no standing queue, the path's own delay.
-      if (ping.inflight > this.cap) return;
+      // Sent with about the low cap in flight (the pump may pass it by a frame): no standing
+      // queue, the path's own delay. Bounded in time, so it can never hold the cap low for long.
+      if (ping.inflight > 1.5 * this.cap && now - this.probeRttSince < PROBE_RTT_MAX_MS) return;
       this.minRtt = rtt;
       this.minRttAt = now;
       this.phase = "steady";
@@ -269,6 +274,7 @@ export class PathEstimator {
       this.minRttAt = now;
     } else if (now - this.minRttAt > MIN_RTT_WINDOW_MS) {
       this.phase = "probe-rtt";
+      this.probeRttSince = now;
     }
   }
 }

@@ -141,3 +141,16 @@ t.test("a min RTT not confirmed for 10 s is refreshed by a low-cap probe", async
   t.equal(p.phase, "steady", "back once a low-in-flight ping came back");
   t.equal(p.minRtt, 100, "the minimum now tells the new path");
 });
+
+t.test("probe-rtt cannot hold the cap low: it ends after a bounded time whatever is in flight", async (t) => {
+  const p = new PathEstimator(0);
+  const c = { now: 0, written: 0, value: 0 };
+  round(p, c, 0, 50);
+  for (let i = 0; i < 20; i++) full(p, c, 1000, 50); // 1 MB/s: the cap sits at its floor
+  while (p.phase !== "probe-rtt") full(p, c, 1000, 100);
+  // Every ping now goes out behind more than the low cap (a frame past it, say): none qualifies...
+  const entered = c.now;
+  while (p.phase === "probe-rtt" && c.now - entered < 5000) round(p, c, 2 * p.cap, 70);
+  t.equal(p.phase, "steady", "...yet it ends");
+  t.ok(c.now - entered <= 1000, `within ${c.now - entered} ms`);
+});

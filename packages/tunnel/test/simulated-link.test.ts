@@ -14,7 +14,8 @@ import { type Shape, SimulatedLink } from "./lib/simulated-link.js";
 
 const CHUNK = Buffer.alloc(64 * 1024, 0x5a);
 const WARM_UP = 3000;
-const DURATION = 8000;
+// Past MIN_RTT_WINDOW_MS, so every run goes through probe-rtt at least once.
+const DURATION = 14_000;
 
 interface Outcome {
   bulkRate: number;
