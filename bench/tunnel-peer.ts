@@ -6,7 +6,8 @@
  * Both the direct TLS baseline and the tunnel speak the same tiny protocol on
  * a connection or stream: "S" + u64 size then that many bytes, answered by one
  * byte once all arrived (sink); or "E" then echo everything (echo); or "P" and
- * the reader never reads (stall).
+ * the reader never reads (stall); or "B" and everything is counted in
+ * `bulkReceived`, never answered (bulk).
  */
 
 import { once } from "node:events";
@@ -36,6 +37,7 @@ const key = fs.readFileSync(path.join(certDir, "key.pem"));
 const cert = fs.readFileSync(path.join(certDir, "cert.pem"));
 const SESSION_OPTIONS = { maxStreams: 50_000 };
 const CHUNK = Buffer.alloc(64 * 1024, 0x5a);
+let bulkReceived = 0;
 
 /** Serves one connection or stream according to its first byte. */
 function serve(conn: Duplex): void {
@@ -57,6 +59,12 @@ function serve(conn: Duplex): void {
       if (mode === "P") {
         conn.removeListener("data", onData);
         conn.pause();
+        return;
+      }
+      if (mode === "B") {
+        conn.removeListener("data", onData);
+        bulkReceived += chunk.length;
+        conn.on("data", (d: Buffer) => (bulkReceived += d.length));
         return;
       }
     }
@@ -106,6 +114,21 @@ if (role === "server") {
     tunnel: (web.address() as AddressInfo).port,
   });
   handlers.memoryNow = async () => memory();
+  /** Bulk bytes received so far, and when (this process's clock, ms). */
+  handlers.bulkBytes = async () => ({ bytes: bulkReceived, at: performance.now() });
+  /**
+   * `count` request/response round trips on a stream the server opens on the
+   * newest session: `size` bytes out, the agent echoes them back (a small GET's
+   * response takes the agent→server direction a bulk download takes). Returns ms each;
+   * stops early after `budgetMs`.
+   */
+  handlers.serverRoundTrips = async ({ count, size, budgetMs }) => {
+    const conn = sessions[sessions.length - 1]!.open("echo");
+    conn.write("E");
+    const samples = await echoRoundTrips(conn, count as number, size as number, budgetMs as number);
+    conn.destroy();
+    return samples;
+  };
   handlers.sessionCount = async () => sessions.length;
   /** Opens `count` idle streams on the first session and reports the heap they cost here. */
   handlers.idleStreams = async ({ count }) => {
@@ -155,6 +178,7 @@ function connectTunnel(port: number, zeroMask = false): Promise<Session> {
       const session = sessionFromWebSocket(ws, { role: "client", ...SESSION_OPTIONS });
       session.on("error", () => {});
       session.on("stream", (s) => {
+        if (s.service === "echo") return serve(s);
         s.on("error", () => {});
         s.once("data", () => s.write("y")); // idle streams: answer once, then sit
       });
@@ -224,27 +248,33 @@ if (role === "agent") {
   handlers.roundTrips = async ({ mode, port, count }) => {
     const conn = mode === "direct" ? await connectDirect(port as number) : agentSession!.open("bench");
     conn.write("E");
-    const message = Buffer.alloc(64, 0x61);
-    const samples: number[] = [];
-    for (let i = 0; i < (count as number); i++) {
-      let got = 0;
-      const done = new Promise<void>((resolve) => {
-        const onData = (d: Buffer) => {
-          got += d.length;
-          if (got >= message.length) {
-            conn.removeListener("data", onData);
-            resolve();
-          }
-        };
-        conn.on("data", onData);
-      });
-      const started = performance.now();
-      conn.write(message);
-      await done;
-      samples.push(performance.now() - started);
-    }
+    const samples = await echoRoundTrips(conn, count as number, 64);
     conn.destroy();
     return samples;
+  };
+  /** Starts one stream writing to a bulk sink on the server until bulkStop. */
+  let bulk: { stream: TunnelStream; stopped: boolean } | undefined;
+  handlers.bulkStart = async () => {
+    const stream = agentSession!.open("bench");
+    stream.on("error", () => {});
+    const state = { stream, stopped: false };
+    bulk = state;
+    stream.write("B");
+    const closed = once(stream, "close").catch(() => {});
+    void (async () => {
+      while (!state.stopped && !stream.destroyed) {
+        if (!stream.write(CHUNK)) await Promise.race([once(stream, "drain").catch(() => {}), closed]);
+      }
+    })();
+    return true;
+  };
+  handlers.bulkStop = async () => {
+    if (bulk !== undefined) {
+      bulk.stopped = true;
+      bulk.stream.destroy();
+      bulk = undefined;
+    }
+    return true;
   };
   /** Opens `count` more sessions, each its own wss connection, and keeps them idle. */
   const extra: Session[] = [];
@@ -259,6 +289,36 @@ if (role === "agent") {
     for (const s of extra.splice(0)) s.close();
     return true;
   };
+}
+
+/** `count` echoes of `size` bytes on an echo connection; ms each. */
+async function echoRoundTrips(
+  conn: Duplex,
+  count: number,
+  size: number,
+  budgetMs = Number.POSITIVE_INFINITY,
+): Promise<number[]> {
+  const message = Buffer.alloc(size, 0x61);
+  const samples: number[] = [];
+  const deadline = performance.now() + budgetMs;
+  for (let i = 0; i < count && performance.now() < deadline; i++) {
+    let got = 0;
+    const done = new Promise<void>((resolve) => {
+      const onData = (d: Buffer) => {
+        got += d.length;
+        if (got >= message.length) {
+          conn.removeListener("data", onData);
+          resolve();
+        }
+      };
+      conn.on("data", onData);
+    });
+    const started = performance.now();
+    conn.write(message);
+    await done;
+    samples.push(performance.now() - started);
+  }
+  return samples;
 }
 
 /** CPU seconds this process used so far (user + system): a cost measure less swayed by other load than wall time. */

@@ -15,6 +15,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { deadSession } from "./dead-session.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
+import { shapedLink } from "./shaped-link.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MiB = 1024 * 1024;
@@ -260,6 +261,9 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
     const perSession = (after - before) / sessionCount;
     await agent.call("closeSessions");
 
+    const shaped = await shapedLink(quick, agent, server, ports.tunnel);
+    step("shaped links done");
+
     const m = {
       throughput_direct_mib_s: median(direct),
       throughput_tunnel_mib_s: median(tunnel),
@@ -340,10 +344,11 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
         String(m.bytes_per_idle_session),
         `server side, incl. its wss connection (TLS + ws), ${sessionCount} sessions`,
       ],
+      ...shaped.rows,
     ];
     const dead = await deadSession();
     step("dead session done");
-    Object.assign(m, dead.metrics);
+    Object.assign(m, shaped.metrics, dead.metrics);
     rows.push(...dead.rows);
     return { rows, metrics: m };
   } finally {

@@ -28,10 +28,12 @@ export interface SessionOptions {
   /** Most streams open at once, both directions together. Default 1024. */
   maxStreams?: number;
   /**
-   * Largest receive window one stream may grow to. Windows start at 256 KiB
-   * (or where earlier streams of the session got to) and double while the
-   * reader keeps up with the link. Default 32 MiB, above the bandwidth-delay
-   * product of a 50 ms link at 500 MiB/s.
+   * Largest receive window one stream may grow to. A window starts at twice
+   * the session's estimate of what arrives per minimum RTT (at least 256 KiB),
+   * doubles while a round at the min RTT shows the window was the limit, and
+   * shrinks (by returning less credit, never below 64 KiB) while the stream
+   * uses under a quarter of it (window.ts). Default 32 MiB, above the
+   * bandwidth-delay product of a 50 ms link at 500 MiB/s.
    */
   maxWindow?: number;
   /**
@@ -42,7 +44,9 @@ export interface SessionOptions {
   maxSessionWindow?: number;
   /**
    * Largest Data payload this end sends (the scheduler's round-robin quantum).
-   * At most 65536, which is also what every peer accepts. Default 65536.
+   * On slow paths frames are smaller: what the path moves in about 4 ms, at
+   * least 16 KiB, so a small response waits behind less of a bulk frame. At
+   * most 65536, which is also what every peer accepts. Default 65536.
    */
   maxFrameSize?: number;
   /** Milliseconds between keepalive pings; 0 disables them. Default 10000. */
@@ -73,7 +77,11 @@ export interface SessionOptions {
   probeTimeout?: number;
   /**
    * Bytes the session lets sit in the transport (sent, not yet flushed to the
-   * socket) before it stops writing and waits. Default 1 MiB.
+   * socket) before it stops writing and waits. Default 1 MiB. Not a tunable of
+   * the path: independently, Data written but not yet proven delivered by a
+   * pong is capped near twice the path's bandwidth-delay product
+   * (path-estimator.ts), which keeps the kernel's and proxies' queues to about
+   * one round trip.
    */
   transportHighWaterMark?: number;
 }

@@ -21,11 +21,30 @@ export class RoundRobin<T> {
     this.ready.delete(item);
   }
 
+  /** The item whose turn it is, left in place. */
+  peek(): T | undefined {
+    for (const item of this.ready) return item;
+    return undefined;
+  }
+
   /** Removes and returns the item whose turn it is; re-add it to keep it in the ring. */
   next(): T | undefined {
     for (const item of this.ready) {
       this.ready.delete(item);
       return item;
+    }
+    return undefined;
+  }
+
+  /** Removes and returns the first of the next `limit` items that satisfies `test`. */
+  takeFirst(test: (item: T) => boolean, limit: number): T | undefined {
+    let seen = 0;
+    for (const item of this.ready) {
+      if (seen++ >= limit) break;
+      if (test(item)) {
+        this.ready.delete(item);
+        return item;
+      }
     }
     return undefined;
   }

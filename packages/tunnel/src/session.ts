@@ -6,7 +6,8 @@
  * Outbound order: control frames (SYN, ACK, window updates, resets, pings)
  * always go before data, so credit and resets are never stuck behind bulk
  * transfers in our own queue; data frames are taken round-robin across streams.
- * Everything stops while the transport holds `transportHighWaterMark` bytes.
+ * Everything stops while the transport holds `transportHighWaterMark` bytes,
+ * and data also while the path estimator's in-flight cap is reached.
  */
 
 import { EventEmitter } from "node:events";
@@ -30,6 +31,7 @@ import { LivenessProbe } from "./liveness-probe.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
 import { Pings } from "./pings.js";
+import { PathEstimator } from "./path-estimator.js";
 import { RoundRobin } from "./scheduler.js";
 import { type StreamHost, TunnelStream } from "./stream.js";
 import { WindowBudget } from "./window-budget.js";
@@ -60,10 +62,10 @@ export interface SessionEvents {
 export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   readonly role: "client" | "server";
   readonly maxWindow: number;
-  /** @internal Receive window new streams start with: the largest any stream reached. */
-  learnedWindow = INITIAL_WINDOW;
   /** @internal */
   readonly windowBudget: WindowBudget;
+  /** @internal What pings taught about the path: the in-flight cap, the BDP, min RTT. */
+  readonly path = new PathEstimator(performance.now());
 
   private readonly transport: Transport;
   private readonly options: ResolvedOptions;
@@ -77,6 +79,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private receivedBytes = 0;
   private pumpQueued = false;
   private pumping = false;
+  /** Data frame bytes written to / received from the transport (headers included). */
+  private dataWritten = 0;
+  private dataReceived = 0;
+  /** Streams that received data since windowRoundStart (see onPathPong). */
+  private readonly roundStreams = new Set<TunnelStream>();
+  private windowRoundStart = 0;
 
   private nextLocalId: number;
   private highestRemoteId = 0;
@@ -149,9 +157,20 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     return this.ended;
   }
 
-  /** @internal StreamHost: the RTT that drives window growth. */
+  /** Smoothed RTT in ms, or 0 before the first measurement. */
   get rttForWindow(): number {
     return this.pings.smoothed ?? 0;
+  }
+
+  /** @internal Data bytes written and not yet proven delivered by a pong (what the cap bounds). */
+  get inFlightData(): number {
+    return this.dataWritten - this.path.delivered;
+  }
+
+  /** @internal StreamHost: a new stream's receive window, from the path's estimate of what arrives per min RTT. */
+  get initialWindow(): number {
+    // Twice the estimate, what a window that limited its round would grow to.
+    return Math.min(this.maxWindow, Math.max(INITIAL_WINDOW, Math.floor(2 * this.path.receiveBdp)));
   }
 
   /**
@@ -165,7 +184,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     const header = encodeOpenHeader(service, metadata);
     const failure = this.openFailure();
     const id = failure === undefined ? this.nextLocalId : 0;
-    const stream = new TunnelStream(this, id, service, { ...metadata }, "local", performance.now());
+    const stream = new TunnelStream(this, id, service, { ...metadata }, "local");
     if (failure !== undefined) {
       stream.detach();
       process.nextTick(() => stream.destroy(failure));
@@ -175,7 +194,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.streams.set(id, stream);
     this.queueControl(encodeData(Flag.SYN, id, header));
     this.probe.expectAnswer();
-    // A session that learned its link's window grants it to new streams at once instead of ramping up again.
+    // A session that knows its path grants new streams its BDP at once instead of ramping up again.
     const extra = stream.recvWindow.size - INITIAL_WINDOW;
     if (extra > 0) this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, id, extra));
     return stream;
@@ -233,6 +252,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     else for (const part of message) this.receivedBytes += part.length;
     const problem = parseFrames(message, this.handleFrame);
     if (problem !== undefined && !this.ended) this.protocolError(problem);
+    this.probePath();
   }
 
   /** Tell the session its transport is gone (closed by the peer or failed). */
@@ -263,10 +283,6 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal */
   sendWindowUpdate(stream: TunnelStream, delta: number): void {
-    // New streams start where earlier ones got to, so a long link is not ramped up again for
-    // every request. A new stream whose reader stalls at once pins that much, but all
-    // windows together stay within the session's budget.
-    if (stream.recvWindow.size > this.learnedWindow) this.learnedWindow = stream.recvWindow.size;
     this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, 0, stream.id, delta));
   }
 
@@ -304,6 +320,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.pongValue = frame.length;
       return;
     }
+    this.onPathPong(frame.length);
     this.onPong(frame.length);
   }
 
@@ -379,7 +396,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       refuse(decision);
       return;
     }
-    const stream = new TunnelStream(this, id, header.service, header.metadata, "remote", performance.now());
+    const stream = new TunnelStream(this, id, header.service, header.metadata, "remote");
     this.streams.set(id, stream);
     this.queueControl(
       encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, id, stream.recvWindow.size - INITIAL_WINDOW),
@@ -428,6 +445,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         this.protocolError(`stream ${id} overran its window by ${frame.length - stream.recvWindow.credit}`);
         return;
       }
+      this.dataReceived += HEADER_SIZE + frame.length;
+      if (this.roundStreams.size === 0) this.startWindowRound();
+      this.roundStreams.add(stream);
       if (frame.payload !== undefined) {
         if (frame.length > 0) stream.onData(frame.payload);
       } else {
@@ -492,23 +512,39 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.pumping = true;
     try {
       const limit = this.options.transportHighWaterMark;
-      const frameSize = this.options.maxFrameSize;
+      const frameSize = this.path.frameSize(this.options.maxFrameSize);
       while (this.inFlight < limit && !this.ended) {
         if (this.control.length > 0 || this.pongValue !== undefined) {
           this.write(this.takeControlBatch());
           continue;
         }
-        const stream = this.scheduler.next();
+        // Control frames are never held; data waits in its stream's outbox until pongs prove
+        // delivery, except that a small write may pass a bulk stream a little beyond the cap.
+        // From idle, a ping goes ahead of the first burst: its RTT is the empty path's.
+        const first = this.scheduler.peek();
+        if (first !== undefined && !first.smallSend && this.path.idle(this.dataWritten)) {
+          this.queuePing();
+          continue;
+        }
+        const stream = this.path.allows(this.dataWritten)
+          ? this.scheduler.next()
+          : this.path.allowsSmall(this.dataWritten)
+            ? this.scheduler.takeFirst(isSmallSend, 16)
+            : undefined;
         if (stream === undefined) break;
         const frame = stream.takeFrame(frameSize);
         if (stream.sendable) this.scheduler.add(stream);
-        if (frame !== undefined) this.write(frame);
+        if (frame !== undefined) {
+          this.writeData(frame);
+          this.probePath();
+        }
         if (stream.finished) this.retire(stream);
       }
     } finally {
       this.pumping = false;
     }
     if (this.ended) return;
+    this.probePath();
     if (this.closing && this.control.length === 0 && this.pongValue === undefined) {
       this.end(undefined, undefined, true);
     } else if (this.inFlight < this.options.transportHighWaterMark && this.control.length > 0) {
@@ -566,7 +602,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** Sends a ping at once; returns its value. Keepalives, probes and ping() all go through here. */
   private queuePing(): number {
-    const value = this.pings.next(performance.now());
+    const now = performance.now();
+    const value = this.pings.next(now);
+    // The path estimator records each ping: a pong for one answers all earlier ones (the peer answers only the latest it saw).
+    this.path.pingSent(value, this.dataWritten, this.dataReceived, now);
     this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, value));
     return value;
   }
@@ -580,6 +619,46 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         this.end(tetherError(ErrorCode.KEEPALIVE_TIMEOUT, message), GoAwayCode.KEEPALIVE_TIMEOUT, false),
     };
     return new LivenessProbe(host, this.options.probeDelay, this.options.probeTimeout);
+
+  // ---- path estimation (path-estimator.ts holds the policy) ----
+
+  /** A delivery probe when the estimator wants one (path-estimator.ts: probeDue). */
+  private probePath(): void {
+    if (this.ended || this.closing) return;
+    if (this.path.probeDue(this.dataWritten, this.dataReceived)) this.queuePing();
+  }
+
+  private onPathPong(value: number): void {
+    const now = performance.now();
+    const round = this.path.pongReceived(value, this.dataReceived, now);
+    if (round === undefined) return;
+    // Windows judge about one min RTT of reading at a time (never extrapolated from a
+    // shorter burst, see endRound), back to back while data flows.
+    const elapsed = now - this.windowRoundStart;
+    if (this.roundStreams.size > 0 && elapsed >= 0.9 * round.minRtt) {
+      this.windowRoundStart = now;
+      for (const stream of this.roundStreams) {
+        if (stream.destroyed || this.streams.get(stream.id) !== stream) continue;
+        const growth = stream.recvWindow.endRound(elapsed, round.minRtt, round.startup);
+        if (growth > 0) this.sendWindowUpdate(stream, growth);
+      }
+      this.roundStreams.clear();
+    }
+    // The cap may have opened, and the next probe goes out after what that lets through.
+    if (this.scheduler.size > 0) this.requestPump();
+    else this.probePath();
+  }
+
+  /** The first data since the last window verdict: after an idle spell a new round starts now. */
+  private startWindowRound(): void {
+    const now = performance.now();
+    if (now - this.windowRoundStart > this.path.effectiveMinRtt) this.windowRoundStart = now;
+  }
+
+  private writeData(frame: Buffer): void {
+    if (this.dataWritten === this.path.delivered) this.path.noteIdleWrite(performance.now());
+    this.dataWritten += frame.length;
+    this.write(frame);
   }
 
   private checkLiveness(): void {
@@ -670,6 +749,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 }
 
 function noop(): void {}
+
+function isSmallSend(stream: TunnelStream): boolean {
+  return stream.smallSend;
+}
 
 function toTetherError(err: Error): TetherError {
   if (typeof (err as TetherError).code === "string" && (err as TetherError).code.startsWith("ERR_TETHER_")) {

@@ -20,12 +20,10 @@ import type { WindowBudget } from "./window-budget.js";
 /** What a stream needs from its session; the session is the only implementation. */
 export interface StreamHost {
   readonly maxWindow: number;
-  /** Receive window new streams start with (the largest any stream of the session reached). */
-  readonly learnedWindow: number;
+  /** Receive window a new stream starts with (the session's estimate of the path's BDP). */
+  readonly initialWindow: number;
   /** Receive memory all windows of the session share beyond their initial 256 KiB. */
   readonly windowBudget: WindowBudget;
-  /** Smoothed round-trip time in ms, or 0 before the first measurement. */
-  readonly rttForWindow: number;
   schedule(stream: TunnelStream): void;
   sendWindowUpdate(stream: TunnelStream, delta: number): void;
   sendReset(stream: TunnelStream, code: number): void;
@@ -47,6 +45,8 @@ function detached(piece: Buffer): Buffer {
 
 /** Payloads from this size up are framed in pooled buffers (Buffer.allocUnsafe pools only below 4 KiB). */
 const POOLED_FRAME_MIN = 4096;
+/** A write up to this size counts as small (see SMALL_ALLOWANCE in path-estimator.ts). */
+const SMALL_SEND = 4096;
 
 interface Outgoing {
   chunk: Buffer;
@@ -86,7 +86,6 @@ export class TunnelStream extends Duplex {
     service: string,
     metadata: Metadata,
     initiator: "local" | "remote",
-    now: number,
   ) {
     super({ allowHalfOpen: true, writableHighWaterMark: 64 * 1024 });
     this.host = host;
@@ -95,7 +94,7 @@ export class TunnelStream extends Duplex {
     this.metadata = metadata;
     this.initiator = initiator;
     this.acked = initiator === "remote";
-    this.recvWindow = new ReceiveWindow(host.maxWindow, now, host.learnedWindow, host.windowBudget);
+    this.recvWindow = new ReceiveWindow(host.maxWindow, host.initialWindow, host.windowBudget);
   }
 
   /** Bytes received and not yet handed to the reader. */
@@ -273,6 +272,13 @@ export class TunnelStream extends Duplex {
     return this.finalDone !== undefined;
   }
 
+  /** @internal Whether all this stream has queued is one small write (or just its FIN). */
+  get smallSend(): boolean {
+    if (this.outbox.length > 1) return false;
+    const head = this.outbox[0];
+    return head === undefined || head.chunk.length - head.offset <= SMALL_SEND;
+  }
+
   /** @internal The next frame to send, at most `max` payload bytes. */
   takeFrame(max: number): Buffer | undefined {
     const head = this.outbox[0];
@@ -337,7 +343,7 @@ export class TunnelStream extends Duplex {
   private deliver(chunk: Buffer): void {
     const host = this.host;
     if (host !== undefined) {
-      const delta = this.recvWindow.consume(chunk.length, performance.now(), host.rttForWindow);
+      const delta = this.recvWindow.consume(chunk.length);
       if (delta > 0) host.sendWindowUpdate(this, delta);
     } else {
       this.recvWindow.buffered -= chunk.length;

@@ -1,18 +1,31 @@
 /**
- * Receive-side credit for one stream, with window auto-tuning.
+ * Receive-side credit for one stream, sized to what the stream moves per
+ * minimum RTT.
  *
  * The window is the most the peer may have in flight plus what sits unread
  * here, so a paused reader pins at most `size` bytes. Credit goes back only for
- * bytes the application consumed. When a reader drains a full window in less
- * than four round trips (checked at each update: a fraction f of the window in
- * under 4·f·RTT), the window rather than the reader limits the transfer, so it
- * doubles, up to `max` and as far as the session's budget allows. While the
- * window is the limit, a whole window arrives per round trip, far inside the
- * bound; a reader slower than the link never triggers growth.
+ * bytes the application consumed. At a pong, once at least one min RTT passed
+ * since the last verdict, the session hands every stream that received data
+ * the time passed and the path's min RTT (see path-estimator.ts). Bytes
+ * the reader took in that time, scaled to one min RTT, is the stream's BDP
+ * sample, as in gRPC's BDP estimator (but reads, not arrivals, so a stalled
+ * reader never grows; and the min RTT keeps a queue from inflating it): a
+ * sample of at least half the window means the window limited the round, so
+ * it grows to twice the sample (four times while the session's arrival rate is
+ * still growing), up to `max` and as far as the session's budget allows. A
+ * sample under a quarter of the window three rounds in a row (a slower reader
+ * or sender, or a queue) shrinks it toward twice the sample, at most by half
+ * per round and never below WINDOW_FLOOR. Credit is never taken back on the
+ * wire: the window shrinks by returning less of what the reader consumes.
  */
 
 import { INITIAL_WINDOW } from "./frame.js";
 import type { WindowBudget } from "./window-budget.js";
+
+/** Rounds in a row a window must be under a quarter used before it shrinks. */
+const SHRINK_ROUNDS = 3;
+/** Smallest a window shrinks to. */
+export const WINDOW_FLOOR = 64 * 1024;
 
 export class ReceiveWindow {
   /** Current window size. */
@@ -23,7 +36,14 @@ export class ReceiveWindow {
   buffered = 0;
   /** Bytes consumed whose credit has not been returned yet. */
   pending = 0;
-  private epochStart: number;
+  /**
+   * Bytes the reader took in the current round: what it consumed, not what
+   * arrived, so a stalled reader never grows its window.
+   */
+  roundBytes = 0;
+  private lowRounds = 0;
+  /** Size the window shrinks toward as credit comes back. */
+  private target: number;
   /** What this window holds of the session budget: everything above INITIAL_WINDOW. */
   private claimed: number;
 
@@ -34,14 +54,13 @@ export class ReceiveWindow {
    */
   constructor(
     readonly max: number,
-    now: number,
     initial: number,
     private readonly budget: WindowBudget,
   ) {
     this.claimed = budget.claim(Math.min(Math.max(initial, INITIAL_WINDOW), max) - INITIAL_WINDOW);
     this.size = INITIAL_WINDOW + this.claimed;
     this.credit = this.size;
-    this.epochStart = now;
+    this.target = this.size;
   }
 
   /** Gives the window's share back to the budget; the stream is gone. Idempotent. */
@@ -62,22 +81,61 @@ export class ReceiveWindow {
    * Accounts for data the application took. Returns the credit to send back in
    * a WindowUpdate, or 0 when it is not worth a frame yet.
    */
-  consume(n: number, now: number, rttMs: number): number {
+  consume(n: number): number {
     this.buffered -= n;
     this.pending += n;
+    this.roundBytes += n;
     // A quarter window per update keeps the sender's pipe full on long links (it
     // never waits on credit held back here) at the cost of a 12-byte frame.
     if (this.pending < this.size / 4) return 0;
-    let growth = 0;
-    if (now - this.epochStart < 4 * (this.pending / this.size) * rttMs && this.size < this.max) {
-      growth = this.budget.claim(Math.min(this.size, this.max - this.size));
-      this.claimed += growth;
-      this.size += growth;
-    }
-    this.epochStart = now;
-    const delta = this.pending + growth;
+    let delta = this.pending;
     this.pending = 0;
+    if (this.size > this.target) {
+      const withheld = Math.min(delta, this.size - this.target);
+      this.size -= withheld;
+      delta -= withheld;
+      const claimed = Math.max(0, this.size - INITIAL_WINDOW);
+      this.budget.release(this.claimed - claimed);
+      this.claimed = claimed;
+    }
     this.credit += delta;
     return delta;
+  }
+
+  /**
+   * Ends a round of `elapsed` ms (at least `minRtt`) for this stream; `fast`
+   * while the session's arrival rate still grows. Returns credit to grant at
+   * once (the window grew), or 0.
+   */
+  endRound(elapsed: number, minRtt: number, fast: boolean): number {
+    const bytes = this.roundBytes;
+    this.roundBytes = 0;
+    if (elapsed <= 0) return 0;
+    const sample = (bytes * Math.min(minRtt, elapsed)) / elapsed;
+    // Half, not gRPC's 2/3: credit comes back a quarter window at a time, so a window-limited
+    // stream moves about 3/4 of its window per round trip, and a round is a little longer than the min RTT.
+    if (sample >= this.size / 2) {
+      const want = Math.floor(Math.min(this.max, (fast ? 4 : 2) * sample));
+      if (want <= this.size) {
+        this.target = this.size;
+        return 0;
+      }
+      // Up to INITIAL_WINDOW a window is the protocol's; only the part above draws on the budget.
+      this.claimed += this.budget.claim(Math.max(0, want - INITIAL_WINDOW) - this.claimed);
+      const growth = Math.max(0, Math.min(want, INITIAL_WINDOW + this.claimed) - this.size);
+      this.size += growth;
+      this.target = this.size;
+      this.lowRounds = 0;
+      this.credit += growth;
+      return growth;
+    }
+    // Shrink only after SHRINK_ROUNDS low rounds in a row: a grant takes a round trip to be used.
+    if (sample < this.size / 4 && ++this.lowRounds >= SHRINK_ROUNDS) {
+      this.target = Math.max(WINDOW_FLOOR, Math.ceil(2 * sample), Math.ceil(this.size / 2));
+    } else if (sample >= this.size / 4) {
+      this.lowRounds = 0;
+      this.target = this.size;
+    }
+    return 0;
   }
 }

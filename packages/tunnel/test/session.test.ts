@@ -82,7 +82,9 @@ async function writeChunks(
     const size = chunks[i]!;
     const ok = stream.write(pattern(seed, offset, size));
     offset += size;
-    if (!ok) await Promise.race([once(stream, "drain"), once(stream, "close")]);
+    // once() rejects on 'error': a reset from the peer while waiting errors the stream, which
+    // collect() records; the writer just stops.
+    if (!ok) await Promise.race([once(stream, "drain"), once(stream, "close")]).catch(() => {});
     if (i % 2 === 0) await tick();
   }
   if (resetAfter !== undefined && resetAfter >= chunks.length) {
@@ -326,8 +328,6 @@ t.test("a paused reader holds at most its window and the sender stops", async (t
 
 t.test("windows grow while the reader keeps up with the link", async (t) => {
   const link = pair();
-  // Pretend the link is slow to answer so that draining half a window counts as faster than one RTT.
-  Object.defineProperty(link.server, "rttForWindow", { get: () => 1e9 });
   let remote: TunnelStream | undefined;
   link.server.on("stream", (s) => {
     remote = s;
@@ -347,7 +347,6 @@ t.test("stalled readers pin at most the session budget; other streams still flow
   const MiB = 1024 * 1024;
   const budget = 6 * MiB;
   const link = pair({}, { maxWindow: 4 * MiB, maxSessionWindow: budget });
-  Object.defineProperty(link.server, "rttForWindow", { get: () => 1e9 }); // every drain counts as fast
   const remotes: TunnelStream[] = [];
   let stall = false;
   link.server.on("stream", (s) => {
@@ -357,12 +356,12 @@ t.test("stalled readers pin at most the session budget; other streams still flow
     if (stall) s.pause();
     else s.resume();
   });
-  // A fast stream teaches the session a large start window...
   const fast = link.client.open("svc");
   fast.end(Buffer.alloc(16 * MiB));
   await once(fast, "finish");
   await tick();
-  t.equal(link.server.learnedWindow, 4 * MiB, "the session learned the cap");
+  // Say the path estimate grants every new stream the largest window...
+  Object.defineProperty(link.server, "initialWindow", { get: () => 4 * MiB });
   // ...then five streams whose readers never read try to fill everything they are given.
   stall = true;
   const stalled = Array.from({ length: 5 }, () => link.client.open("svc"));

@@ -1,0 +1,298 @@
+/**
+ * What a session knows about its path, learned from pings: the peer answers
+ * a ping only after it processed every frame sent before it, so a pong proves
+ * delivery of all data written before its ping. From that come a delivery
+ * rate (max filter over the last rounds), the minimum RTT (min filter over
+ * 10 s: the moments the queue was empty) and their product, the
+ * bandwidth-delay product. The session caps the data it keeps in flight near
+ * twice that (so the standing queue is about one RTT), as BBR does with its
+ * congestion window, and sizes new streams' receive windows from it.
+ *
+ * The peer answers only the latest ping it saw, so a pong for value N also
+ * acknowledges every ping sent before N: every ping the session sends must be
+ * recorded here, in order, whoever sent it.
+ *
+ * Phases: startup grows the cap by STARTUP_GAIN per round trip until the
+ * delivery rate stops growing (by a quarter, three rounds in a row); steady
+ * keeps it at GAIN × BDP. When the min RTT was not confirmed for
+ * MIN_RTT_WINDOW_MS (a standing queue hides the empty path), probe-rtt caps
+ * in-flight at half the BDP until a ping sent with about that little in
+ * flight comes back (or PROBE_RTT_MAX_MS passed); its RTT becomes the new
+ * minimum.
+ */
+
+/** How long a min-RTT sample stays valid without being matched (BBR's 10 s). */
+export const MIN_RTT_WINDOW_MS = 10_000;
+/**
+ * The least RTT the estimates use. On loopback the wire takes microseconds but
+ * two event loops' turns, TLS and the socket buffers between them (rounds of
+ * 10 to 30 ms under load were seen on loopback) set how much must be in
+ * flight to keep both busy.
+ */
+export const PIPELINE_MS = 10;
+/** Longest probe-rtt lasts; its first sample after that is taken whatever was in flight. */
+const PROBE_RTT_MAX_MS = 500;
+/** Rate samples the max filter keeps (about as many round trips while data flows). */
+const RATE_SAMPLES = 10;
+export const STARTUP_GAIN = 4;
+export const GAIN = 2;
+/** The cap never goes below this, so startup and tiny links still move data. */
+export const CAP_FLOOR = 32 * 1024;
+/**
+ * How far past the cap a stream with only a small write queued (a request, a
+ * small response) may go: it need not wait for the next pong behind a bulk
+ * stream. Bounded, so many small streams cannot build a queue.
+ */
+export const SMALL_ALLOWANCE = 64 * 1024;
+/** The cap before the first delivery sample. */
+export const INITIAL_CAP = 1024 * 1024;
+/** Delivery probes kept unanswered at most (see probeDue). */
+const PROBES_IN_FLIGHT = 4;
+/** Data bytes moved (either way) since the last ping that make a probe worth sending. */
+const PROBE_MIN = 16 * 1024;
+/** A frame carries what the path moves in this long (see frameSize). */
+const FRAME_MS = 4;
+const FRAME_MIN = 16 * 1024;
+/** Pings remembered while unanswered; beyond that the oldest are forgotten. */
+const SENT_LIMIT = 64;
+
+interface SentPing {
+  value: number;
+  sentAt: number;
+  /** Data bytes written when the ping was queued. */
+  written: number;
+  /** Data bytes received when the ping was queued. */
+  received: number;
+  /** `delivered` and the time it was last raised, when the ping was queued. */
+  delivered: number;
+  intervalStart: number;
+  /** Data bytes in flight (written, unproven) then. */
+  inflight: number;
+  /** Whether the cap, not the application, limited what was in flight then. */
+  capLimited: boolean;
+}
+
+/** What a pong ended: one round, from its first ping to now. */
+export interface Round {
+  /** Milliseconds from the round's first ping to its pong. */
+  elapsed: number;
+  /** The min RTT the windows should use (never below PIPELINE_MS). */
+  minRtt: number;
+  /** Whether the rate of what arrives is still growing (windows may grow faster). */
+  startup: boolean;
+}
+
+export type Phase = "startup" | "steady" | "probe-rtt";
+
+/** Max filter over the last RATE_SAMPLES samples. */
+class MaxFilter {
+  private readonly samples: number[] = [];
+  max = 0;
+
+  add(sample: number): void {
+    this.samples.push(sample);
+    if (this.samples.length > RATE_SAMPLES) this.samples.shift();
+    this.max = Math.max(...this.samples);
+  }
+}
+
+export class PathEstimator {
+  /** Data bytes proven delivered: written before an answered ping. */
+  delivered = 0;
+  /** Smallest RTT seen in the current window, ms; Infinity before the first pong. */
+  minRtt = Number.POSITIVE_INFINITY;
+  phase: Phase = "startup";
+  private minRttAt = 0;
+  private probeRttSince = 0;
+  private readonly sendRate = new MaxFilter();
+  private readonly recvRate = new MaxFilter();
+  private intervalStart: number;
+  private readonly sendGrowth = new GrowthCheck();
+  private readonly recvGrowth = new GrowthCheck();
+  private readonly sent: SentPing[] = [];
+  /** Data bytes written and received as of the last ping. */
+  private probedWritten = 0;
+  private probedReceived = 0;
+
+  constructor(now: number) {
+    this.intervalStart = now;
+  }
+
+  /** True while a ping is unanswered. */
+  get outstanding(): boolean {
+    return this.sent.length > 0;
+  }
+
+  /** Pings sent and not answered yet. */
+  get unanswered(): number {
+    return this.sent.length;
+  }
+
+  /** Delivery rate toward the peer, bytes per ms (max filter); 0 before a sample. */
+  get rate(): number {
+    return this.sendRate.max;
+  }
+
+  /** Bytes per ms that arrived from the peer (max filter); 0 before a sample. */
+  get receiveRate(): number {
+    return this.recvRate.max;
+  }
+
+  /** Min RTT as the estimates use it, ms (PIPELINE_MS before the first pong). */
+  get effectiveMinRtt(): number {
+    return Number.isFinite(this.minRtt) ? Math.max(this.minRtt, PIPELINE_MS) : PIPELINE_MS;
+  }
+
+  /** Bandwidth-delay product toward the peer, bytes; 0 before a rate sample. */
+  get bdp(): number {
+    return this.rate * this.effectiveMinRtt;
+  }
+
+  /** Bandwidth-delay product of what the peer sends us, bytes. */
+  get receiveBdp(): number {
+    return this.receiveRate * this.effectiveMinRtt;
+  }
+
+  /** Most data bytes the session should keep written but unproven. */
+  get cap(): number {
+    if (this.rate === 0) return INITIAL_CAP;
+    if (this.phase === "startup") return Math.max(CAP_FLOOR, STARTUP_GAIN * this.bdp);
+    if (this.phase === "probe-rtt") return Math.max(CAP_FLOOR, this.bdp / 2);
+    return Math.max(CAP_FLOOR, GAIN * this.bdp);
+  }
+
+  /** Whether another data frame may go out with `written` data bytes written so far. */
+  allows(written: number): boolean {
+    return written - this.delivered < this.cap;
+  }
+
+  /** Whether a small write may still go out (within SMALL_ALLOWANCE past the cap). */
+  allowsSmall(written: number): boolean {
+    return written - this.delivered < this.cap + SMALL_ALLOWANCE;
+  }
+
+  /**
+   * Whether to send a delivery probe now. One when none is out and at least
+   * PROBE_MIN moved either way since the last ping (small exchanges leave far
+   * less than any cap in flight); while data flows, one per quarter of the cap
+   * written, at most PROBES_IN_FLIGHT, so the cap reopens in quarters and new
+   * bytes reach the bottleneck before the last ones drained (one probe per round
+   * trip would leave the link idle a round trip after every capful).
+   */
+  probeDue(written: number, received: number): boolean {
+    const sinceWritten = written - this.probedWritten;
+    if (this.sent.length === 0) return sinceWritten + received - this.probedReceived >= PROBE_MIN;
+    return this.sent.length < PROBES_IN_FLIGHT && sinceWritten >= this.cap / 4;
+  }
+
+  /** Nothing worth measuring in flight and no ping out: a burst starting now should be preceded by a ping. */
+  idle(written: number): boolean {
+    return this.sent.length === 0 && written - this.delivered < PROBE_MIN;
+  }
+
+  /**
+   * Data payload per frame: what the path moves in FRAME_MS (so a small
+   * response waits behind at most that much of a bulk stream's frame), at
+   * least FRAME_MIN, at most `max`.
+   */
+  frameSize(max: number): number {
+    if (this.rate === 0) return max;
+    return Math.min(max, Math.max(FRAME_MIN, Math.floor(this.rate * FRAME_MS)));
+  }
+
+  /** Data was written while nothing was in flight: a delivery interval starts now. */
+  noteIdleWrite(now: number): void {
+    this.intervalStart = now;
+  }
+
+  /** Records a ping just queued (any ping: keepalive, probe, ping()). */
+  pingSent(value: number, written: number, received: number, now: number): void {
+    this.probedWritten = written;
+    this.probedReceived = received;
+    if (this.sent.length >= SENT_LIMIT) this.sent.shift();
+    this.sent.push({
+      value,
+      sentAt: now,
+      written,
+      received,
+      delivered: this.delivered,
+      intervalStart: this.intervalStart,
+      inflight: written - this.delivered,
+      capLimited: written - this.delivered >= this.cap / 2,
+    });
+  }
+
+  /**
+   * A pong arrived with `value`. Returns the round it ended, or undefined if
+   * it answers no ping recorded here (a stale or foreign value).
+   */
+  pongReceived(value: number, received: number, now: number): Round | undefined {
+    // Serial-number order: `value` covers every recorded ping at or before it.
+    let last = -1;
+    for (let i = 0; i < this.sent.length; i++) {
+      if ((value - this.sent[i]!.value) >>> 0 < 0x80000000) last = i;
+    }
+    if (last < 0) return undefined;
+    const first = this.sent[0]!;
+    const acked = this.sent[last]!;
+    this.sent.splice(0, last + 1);
+
+    this.sampleRtt(acked, now);
+    const elapsed = now - first.sentAt;
+    if (elapsed > 0 && received > first.received) {
+      this.recvRate.add((received - first.received) / elapsed);
+      this.recvGrowth.check(this.recvRate.max);
+    }
+    if (acked.written > this.delivered) {
+      const interval = now - acked.intervalStart;
+      const rate = interval > 0 ? (acked.written - acked.delivered) / interval : 0;
+      if (acked.capLimited || rate > this.sendRate.max) this.sendRate.add(rate);
+      // Only rounds the cap limited tell whether the path is full (BBR ignores app-limited ones):
+      // while the peer's window or the application limits, a larger cap adds no queue.
+      if (acked.capLimited && !this.sendGrowth.check(this.sendRate.max) && this.phase === "startup") {
+        this.phase = "steady";
+      }
+      this.delivered = acked.written;
+      this.intervalStart = now;
+    }
+    return { elapsed, minRtt: this.effectiveMinRtt, startup: this.recvGrowth.growing };
+  }
+
+  private sampleRtt(ping: SentPing, now: number): void {
+    const rtt = now - ping.sentAt;
+    if (this.phase === "probe-rtt") {
+      // Sent with about the low cap in flight (the pump may pass it by a frame): no standing
+      // queue, the path's own delay. Bounded in time, so it can never hold the cap low for long.
+      if (ping.inflight > 1.5 * this.cap && now - this.probeRttSince < PROBE_RTT_MAX_MS) return;
+      this.minRtt = rtt;
+      this.minRttAt = now;
+      this.phase = "steady";
+      return;
+    }
+    if (rtt <= this.minRtt) {
+      this.minRtt = rtt;
+      this.minRttAt = now;
+    } else if (now - this.minRttAt > MIN_RTT_WINDOW_MS) {
+      this.phase = "probe-rtt";
+      this.probeRttSince = now;
+    }
+  }
+}
+
+/** BBR's "full pipe" test: growing until the max rate rose less than a quarter three rounds in a row. */
+class GrowthCheck {
+  growing = true;
+  private full = 0;
+  private flat = 0;
+
+  /** Feeds one round's max rate; returns whether the rate is still growing. */
+  check(rate: number): boolean {
+    if (rate >= this.full * 1.25) {
+      this.full = rate;
+      this.flat = 0;
+    } else if (++this.flat >= 3) {
+      this.growing = false;
+    }
+    return this.growing;
+  }
+}
