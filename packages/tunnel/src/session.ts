@@ -157,11 +157,6 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     return this.ended;
   }
 
-  /** Smoothed RTT in ms, or 0 before the first measurement. */
-  get rttForWindow(): number {
-    return this.pings.smoothed ?? 0;
-  }
-
   /** @internal Data bytes written and not yet proven delivered by a pong (what the cap bounds). */
   get inFlightData(): number {
     return this.dataWritten - this.path.delivered;
@@ -619,6 +614,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         this.end(tetherError(ErrorCode.KEEPALIVE_TIMEOUT, message), GoAwayCode.KEEPALIVE_TIMEOUT, false),
     };
     return new LivenessProbe(host, this.options.probeDelay, this.options.probeTimeout);
+  }
 
   // ---- path estimation (path-estimator.ts holds the policy) ----
 
