@@ -335,7 +335,8 @@ t.test("windows grow while the reader keeps up with the link", async (t) => {
     s.on("error", () => {});
   });
   const s = link.client.open("svc");
-  s.end(Buffer.alloc(8 * 1024 * 1024));
+  // Long enough to span several window rounds (at least one 10 ms min RTT each) on an in-memory link.
+  s.end(Buffer.alloc(64 * 1024 * 1024));
   await once(s, "finish");
   await tick();
   t.ok(remote!.recvWindow.size > INITIAL_WINDOW, `grew to ${remote!.recvWindow.size}`);
@@ -637,7 +638,11 @@ t.test("bytesSent and bytesReceived count every frame byte each way", async (t) 
   stream.end(Buffer.alloc(100_000, 1));
   stream.resume();
   await once(stream, "end");
-  await tick();
+  // Probes and their answers may still be on the way: let the link go quiet.
+  const quiet = () =>
+    link.client.bytesReceived === link.server.bytesSent &&
+    link.server.bytesReceived === link.client.bytesSent;
+  for (let i = 0; i < 100 && !quiet(); i++) await tick();
   // 100,000 payload bytes need at least two 64 KiB frames, each with a 12-byte header, plus SYN and FIN.
   t.ok(link.client.bytesSent - before.sent >= 100_000 + 4 * 12, "sender counted payload and headers");
   t.equal(
