@@ -83,7 +83,7 @@ export interface ServerOptions {
   limits?: Partial<Limits>;
   /** Prometheus metrics at /metrics (observe/metrics.ts). Default true. */
   metrics?: boolean;
-  /** The read-only bearer token of /metrics and /status besides the admin token (--metrics-token-file). */
+  /** The read-only bearer token of /metrics besides the admin token (--metrics-token-file); /status takes the admin token only. */
   metricsToken?: string;
   /** Where audit events go (observe/audit-log.ts); none when undefined. */
   audit?: AuditLog;
@@ -95,7 +95,7 @@ export class TetherServer {
   readonly sessions: AgentSessions;
   /** Undefined with `metrics: false`. */
   readonly metrics: TetherMetrics | undefined;
-  /** Who may read /metrics and /status. */
+  /** Who may read /metrics. */
   readonly readAccess: ReadAccess;
   private readonly https: Server;
   private readonly wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
@@ -408,7 +408,7 @@ export class TetherServer {
       this.metrics?.agentRefused(why);
       this.log.warn({ remoteAddress, reason }, `agent refused: ${message}`);
       if (cluster) this.events.error(cluster, `agent refused: ${message}`);
-      this.audit?.agent("refused", { remoteAddress, message });
+      this.audit?.agent("refused", { remoteAddress, message, ...(cluster ? { cluster } : {}) });
       closeWith(socket, statusResponseHead(reason, message));
     };
     if (!tls.authorized) {
@@ -553,7 +553,6 @@ export class TetherServer {
         else if (entry.certNotAfter.getTime() <= Date.now())
           [why, reason] = ["its certificate expired", "certificate_expired"];
         else why = foreignIncarnation(entry, record);
-        if (!record) void this.metrics?.forgetCluster(entry.cluster);
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, "session check could not read the store");
         continue;
@@ -563,6 +562,11 @@ export class TetherServer {
         this.events.error(entry.cluster, `session closed: ${why}`);
         this.metrics?.closeReason(entry.session, reason);
         entry.session.close();
+        // After the close, whose handlers record the session's last bytes under the cluster's name.
+        if (reason === "cluster_removed") {
+          this.events.forget(entry.cluster);
+          void this.metrics?.forgetCluster(entry.cluster);
+        }
       } else {
         this.reportStatus(entry.cluster);
       }

@@ -35,6 +35,11 @@ export class Pings {
     return this.recent.length === 0 ? undefined : Math.max(...this.recent);
   }
 
+  /** False for a value this end has not sent yet (a pong from the future is a lie, not a late answer). */
+  issued(value: number): boolean {
+    return (this.value - value) >>> 0 < 0x80000000;
+  }
+
   /** True while the ping sent with `value` has not been answered. */
   pending(value: number): boolean {
     return this.outstanding.some((p) => p.value === value);

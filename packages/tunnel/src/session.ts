@@ -315,6 +315,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.pongValue = frame.length;
       return;
     }
+    // A pong for a ping never sent would mark unsent data delivered and open the in-flight cap.
+    if (!this.pings.issued(frame.length)) return;
     this.onPathPong(frame.length);
     this.onPong(frame.length);
   }

@@ -5,8 +5,8 @@
 // and an idle session costs nothing beyond its keepalive pings.
 import { MessageChannel } from "node:worker_threads";
 import t from "tap";
-import { Flag, FrameType } from "../src/frame.js";
-import { ErrorCode, type Session, type TetherError, type TunnelStream } from "../src/index.js";
+import { encodeControl, Flag, FrameType } from "../src/frame.js";
+import { ErrorCode, Session, type TetherError, type TunnelStream } from "../src/index.js";
 import { Pings } from "../src/pings.js";
 import { readAll } from "./lib/pair.js";
 import { type Direction, lossyLink } from "./lib/lossy-link.js";
@@ -287,4 +287,21 @@ t.test("our own busy event loop is not taken for a dead peer: input waiting unre
   port1.close();
   link.client.close();
   link.server.close();
+});
+
+t.test("a pong for a ping never sent is ignored: it cannot mark unsent data delivered", async (t) => {
+  const session = new Session(
+    { send: (_m, done) => setImmediate(done), close: () => {} },
+    { role: "client", keepAliveInterval: 0, deadPeerTimeout: 0, probeDelay: 0 },
+  );
+  const stream = session.open("bulk");
+  stream.on("error", () => {});
+  // Enough for delivery probes to go out after data (each records what was written before it).
+  stream.write(Buffer.alloc(2 * 1024 * 1024, 1));
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const inFlight = session.inFlightData;
+  t.ok(inFlight > 0, `${inFlight} bytes written and unanswered`);
+  session.receive(encodeControl(FrameType.PING, Flag.ACK, 0, 1_000_000));
+  t.equal(session.inFlightData, inFlight, "still unanswered after a pong from the future");
+  session.close();
 });

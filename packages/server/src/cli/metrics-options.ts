@@ -14,7 +14,7 @@ export function addMetricsOptions(cmd: Command): Command {
     .addOption(
       new Option(
         "--metrics-token-file <path>",
-        "a read-only bearer token (one line, at least 32 characters) that may GET /metrics and /status besides the admin token",
+        "a read-only bearer token (one line, at least 32 characters) that may GET /metrics besides the admin token",
       ),
     )
     .addOption(new Option("--no-metrics", "collect no metrics and answer /metrics with 404"));

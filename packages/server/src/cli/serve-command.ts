@@ -62,7 +62,7 @@ export function addServe(program: Command): void {
       async (
         opts: StoreOptions &
           MetricsFlags &
-            AuditOptions & {
+          AuditOptions & {
             listen: { host: string; port: number };
             externalUrl?: string;
             clusterDomain?: string;

@@ -1,4 +1,4 @@
-// Who may read the server's operational views (/metrics, /status): the admin
+// Who may read the server's metrics (/metrics): the admin
 // token, or the read-only scrape token of --metrics-token-file, which can read
 // and do nothing else. A user token or certificate is a known caller but no
 // reader (403); anything else is unauthenticated (401, counted as a failed
@@ -72,7 +72,7 @@ export class ReadAccess {
     return (req.socket as TLSSocket).authorized ? "forbidden" : "unauthenticated";
   }
 
-  /** Whether `req` carries a credential that may read /metrics and /status. */
+  /** Whether `req` carries a credential that may read /metrics. */
   async mayRead(req: IncomingMessage): Promise<boolean> {
     return (await this.decide(req)) === "allowed";
   }
@@ -84,13 +84,13 @@ export function refuseRead(res: ServerResponse, decision: Exclude<ReadDecision, 
     sendStatus(
       res,
       "Forbidden",
-      "this credential may not read tether-server's metrics or status: use the admin token or the --metrics-token-file token",
+      "this credential may not read tether-server's metrics: use the admin token or the --metrics-token-file token",
     );
   } else {
     sendStatus(
       res,
       "Unauthorized",
-      "reading tether-server's metrics or status needs a bearer token: the admin token or the --metrics-token-file token",
+      "reading tether-server's metrics needs a bearer token: the admin token or the --metrics-token-file token",
     );
   }
 }

@@ -1,9 +1,9 @@
-// Who may read the status page: for now whoever holds an admin token, the
-// admin API's rule (admin-api.ts). The token comes as a bearer token or as
-// the password of HTTP Basic authentication (any user name): a phone's
-// browser can send the latter, which it asks for after the 401, but never the
-// former. Once http/read-access.ts (the read-only scrape credential of
-// /metrics) exists, the status page takes its rule instead of this one.
+// Who may read the status page: whoever holds an admin token, the admin API's
+// rule (admin-api.ts) — the page shows agent addresses and error messages, more
+// than the read-only scrape token of /metrics should see. The token comes as a
+// bearer token or as the password of HTTP Basic authentication (any user
+// name): a phone's browser can send the latter, which it asks for after the
+// 401, but never the former.
 import type { IncomingMessage } from "node:http";
 import { hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
