@@ -319,21 +319,9 @@ export class TetherServer {
       if (routed.kind === "cluster") return await this.proxy.handleRequest(req, res);
       if (routed.kind === "misdirected") return sendStatus(res, "MisdirectedRequest", routed.message);
       if (routed.kind === "refused") return sendStatus(res, "BadRequest", routed.message);
-      const path = (req.url ?? "/").split("?")[0];
-      if (
-        path?.startsWith("/join/") ||
-        path?.startsWith(ADMIN_API_PREFIX) ||
-        path === METRICS_PATH ||
-        path === STATUS_PATH
-      ) {
-        const endpoint =
-          path === METRICS_PATH
-            ? "metrics"
-            : path === STATUS_PATH
-              ? "status"
-              : path.startsWith("/join/")
-                ? "join"
-                : "admin";
+      const path = (req.url ?? "/").split("?")[0] ?? "/";
+      const endpoint = authenticatedEndpoint(path);
+      if (endpoint !== undefined) {
         if (path === JOIN_CERTIFICATE_PATH && this.metrics) {
           const metrics = this.metrics;
           res.once("close", () => metrics.joinAnswered(res.statusCode));
@@ -346,15 +334,15 @@ export class TetherServer {
       } else if (path === "/readyz") {
         await this.store.listClusters();
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
-      } else if (path?.startsWith("/clusters/")) {
+      } else if (path.startsWith("/clusters/")) {
         await this.proxy.handleRequest(req, res);
-      } else if (path === STATUS_PATH) {
+      } else if (endpoint === "status") {
         await serveStatus(this.statusPage, req, res);
-      } else if (path?.startsWith("/join/")) {
+      } else if (endpoint === "join") {
         await this.join.handle(req, res, path);
-      } else if (path?.startsWith(ADMIN_API_PREFIX)) {
+      } else if (endpoint === "admin") {
         await this.admin.handle(req, res, path);
-      } else if (path === METRICS_PATH) {
+      } else if (endpoint === "metrics") {
         await serveMetrics(req, res, this.readAccess, this.metrics);
       } else {
         sendStatus(
@@ -655,4 +643,13 @@ export class TetherServer {
     this.https.closeAllConnections();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
   }
+}
+
+/** The endpoints whose callers present a credential of their own (and whose failures count per source). */
+function authenticatedEndpoint(path: string): Exclude<AuthEndpoint, "proxy"> | undefined {
+  if (path === METRICS_PATH) return "metrics";
+  if (path === STATUS_PATH) return "status";
+  if (path.startsWith("/join/")) return "join";
+  if (path.startsWith(ADMIN_API_PREFIX)) return "admin";
+  return undefined;
 }

@@ -23,7 +23,7 @@ const POOL_LIMIT = 64; // 4 MiB idle at most
  * Free bytes in front of a pooled frame: room for a masked WebSocket header
  * for 64 KiB and more (2 + 8 + 4), rounded up so the frame stays 8-byte aligned.
  */
-export const HEADROOM = 16;
+const HEADROOM = 16;
 const idle: ArrayBuffer[] = [];
 const ours = new WeakSet<ArrayBuffer>();
 

@@ -21,6 +21,8 @@
  * minimum.
  */
 
+import { serialAtOrAfter } from "./pings.js";
+
 /** How long a min-RTT sample stays valid without being matched (BBR's 10 s). */
 export const MIN_RTT_WINDOW_MS = 10_000;
 /**
@@ -74,8 +76,6 @@ interface SentPing {
 
 /** What a pong ended: one round, from its first ping to now. */
 export interface Round {
-  /** Milliseconds from the round's first ping to its pong. */
-  elapsed: number;
   /** The min RTT the windows should use (never below PIPELINE_MS). */
   minRtt: number;
   /** Whether the rate of what arrives is still growing (windows may grow faster). */
@@ -121,11 +121,6 @@ export class PathEstimator {
   /** True while a ping is unanswered. */
   get outstanding(): boolean {
     return this.sent.length > 0;
-  }
-
-  /** Pings sent and not answered yet. */
-  get unanswered(): number {
-    return this.sent.length;
   }
 
   /** Delivery rate toward the peer, bytes per ms (max filter); 0 before a sample. */
@@ -227,10 +222,13 @@ export class PathEstimator {
    * it answers no ping recorded here (a stale or foreign value).
    */
   pongReceived(value: number, received: number, now: number): Round | undefined {
+    // A value after the newest ping is for a ping never sent: crediting it would mark unsent data delivered.
+    const newest = this.sent.at(-1);
+    if (newest === undefined || !serialAtOrAfter(newest.value, value)) return undefined;
     // Serial-number order: `value` covers every recorded ping at or before it.
     let last = -1;
     for (let i = 0; i < this.sent.length; i++) {
-      if ((value - this.sent[i]!.value) >>> 0 < 0x80000000) last = i;
+      if (serialAtOrAfter(value, this.sent[i]!.value)) last = i;
     }
     if (last < 0) return undefined;
     const first = this.sent[0]!;
@@ -255,7 +253,7 @@ export class PathEstimator {
       this.delivered = acked.written;
       this.intervalStart = now;
     }
-    return { elapsed, minRtt: this.effectiveMinRtt, startup: this.recvGrowth.growing };
+    return { minRtt: this.effectiveMinRtt, startup: this.recvGrowth.growing };
   }
 
   private sampleRtt(ping: SentPing, now: number): void {

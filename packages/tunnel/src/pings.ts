@@ -5,6 +5,11 @@
  * the sample is taken from the ping the pong names.
  */
 
+/** Whether ping value `a` was sent at or after `b`, in serial-number order (values wrap at 2^32). */
+export function serialAtOrAfter(a: number, b: number): boolean {
+  return (a - b) >>> 0 < 0x80000000;
+}
+
 /** Older unanswered pings are forgotten: a later pong answers them anyway. */
 const MAX_OUTSTANDING = 32;
 /** Samples kept for the largest recent round trip, which bounds how long a probe waits. */
@@ -33,11 +38,6 @@ export class Pings {
   /** Largest round trip among the last few samples; undefined before the first pong. */
   get largestRecent(): number | undefined {
     return this.recent.length === 0 ? undefined : Math.max(...this.recent);
-  }
-
-  /** False for a value this end has not sent yet (a pong from the future is a lie, not a late answer). */
-  issued(value: number): boolean {
-    return (this.value - value) >>> 0 < 0x80000000;
   }
 
   /** True while the ping sent with `value` has not been answered. */

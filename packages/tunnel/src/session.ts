@@ -164,8 +164,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal StreamHost: a new stream's receive window, from the path's estimate of what arrives per min RTT. */
   get initialWindow(): number {
-    // Twice the estimate, what a window that limited its round would grow to.
-    return Math.min(this.maxWindow, Math.max(INITIAL_WINDOW, Math.floor(2 * this.path.receiveBdp)));
+    // Twice the estimate, what a window that limited its round would grow to (ReceiveWindow clamps it).
+    return Math.floor(2 * this.path.receiveBdp);
   }
 
   /**
@@ -315,8 +315,6 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.pongValue = frame.length;
       return;
     }
-    // A pong for a ping never sent would mark unsent data delivered and open the in-flight cap.
-    if (!this.pings.issued(frame.length)) return;
     this.onPathPong(frame.length);
     this.onPong(frame.length);
   }

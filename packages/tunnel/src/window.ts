@@ -40,7 +40,7 @@ export class ReceiveWindow {
    * Bytes the reader took in the current round: what it consumed, not what
    * arrived, so a stalled reader never grows its window.
    */
-  roundBytes = 0;
+  private roundBytes = 0;
   private lowRounds = 0;
   /** Size the window shrinks toward as credit comes back. */
   private target: number;

@@ -82,7 +82,7 @@ export function socketSender(ws: WebSocket): SocketSender | undefined {
  * Queues a WebSocket's messages and writes them to its socket (a class, not
  * closures: every session keeps one).
  */
-export class SocketSender {
+class SocketSender {
   private readonly queue: Array<{ message: Buffer; done: Done }> = [];
   private writing = false;
   private whenFlushed: Array<() => void> | undefined;

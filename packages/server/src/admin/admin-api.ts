@@ -17,7 +17,7 @@ import { readBounded } from "../join/join-endpoint.js";
 import type { Logger } from "../logger.js";
 import type { ClusterConnection } from "../observe/status-model.js";
 import type { AuditLog } from "../observe/audit-log.js";
-import { hashToken, looksLikeToken } from "../pki/tokens.js";
+import { bearerToken, hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 import { TetherCliError } from "./admin-input.js";
 import type { ClusterAdmin } from "./cluster-admin.js";
@@ -40,8 +40,6 @@ export interface AdminApiDeps {
 }
 
 type Body = Record<string, unknown>;
-
-const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 const bad = (message: string): never => {
   throw new TetherCliError(ERR_TETHER_ADMIN_BAD_REQUEST, message);
@@ -100,7 +98,7 @@ export class AdminApi {
   }
 
   private async authorize(req: IncomingMessage): Promise<void> {
-    const token = BEARER.exec(req.headers.authorization ?? "")?.[1];
+    const token = bearerToken(req.headers.authorization);
     if (!token && (req.socket as TLSSocket).authorized) {
       // A cluster or user certificate from Tether's CA: a known caller, but never an admin.
       throw new TetherCliError(

@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { sendStatus } from "@tether/common";
-import { hashToken, looksLikeToken } from "../pki/tokens.js";
+import { bearerToken, hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 
 export const ERR_TETHER_METRICS_TOKEN = "ERR_TETHER_METRICS_TOKEN";
@@ -16,8 +16,6 @@ export const ERR_TETHER_METRICS_TOKEN = "ERR_TETHER_METRICS_TOKEN";
 export const MIN_SCRAPE_TOKEN_LENGTH = 32;
 
 export type ReadDecision = "allowed" | "unauthenticated" | "forbidden";
-
-const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 const digest = (text: string) => createHash("sha256").update(text, "utf8").digest();
 
@@ -60,7 +58,7 @@ export class ReadAccess {
   async decide(req: IncomingMessage): Promise<ReadDecision> {
     const authorization = req.headers.authorization;
     if (authorization !== undefined) {
-      const token = BEARER.exec(authorization)?.[1];
+      const token = bearerToken(authorization);
       if (!token) return "unauthenticated";
       if (this.scrapeDigest && timingSafeEqual(digest(token), this.scrapeDigest)) return "allowed";
       if (!looksLikeToken(token)) return "unauthenticated";
@@ -70,11 +68,6 @@ export class ReadAccess {
     }
     // A certificate from Tether's CA (a user's or a cluster's): a known caller, never a reader.
     return (req.socket as TLSSocket).authorized ? "forbidden" : "unauthenticated";
-  }
-
-  /** Whether `req` carries a credential that may read /metrics. */
-  async mayRead(req: IncomingMessage): Promise<boolean> {
-    return (await this.decide(req)) === "allowed";
   }
 }
 

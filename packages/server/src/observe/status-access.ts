@@ -5,16 +5,15 @@
 // name): a phone's browser can send the latter, which it asks for after the
 // 401, but never the former.
 import type { IncomingMessage } from "node:http";
-import { hashToken, looksLikeToken } from "../pki/tokens.js";
+import { bearerToken, hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 
-const BEARER = /^Bearer\s+(\S+)\s*$/i;
 const BASIC = /^Basic\s+([A-Za-z0-9+/=]{1,1024})\s*$/i;
 
 /** The token a request carries, bearer or Basic password; undefined when it carries none. */
 export function presentedToken(req: IncomingMessage): string | undefined {
   const header = req.headers.authorization ?? "";
-  const bearer = BEARER.exec(header)?.[1];
+  const bearer = bearerToken(header);
   if (bearer) return bearer;
   const basic = BASIC.exec(header)?.[1];
   if (!basic) return undefined;

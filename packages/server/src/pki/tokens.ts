@@ -19,6 +19,13 @@ export function issueToken(): { token: string; hash: string } {
   return { token, hash: hashToken(token) };
 }
 
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
+
+/** The token of an `Authorization: Bearer …` header value; undefined for any other value or none. */
+export function bearerToken(authorization: string | undefined): string | undefined {
+  return authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
+}
+
 /** Whether `token` has the shape of a token issueToken() makes (a cheap pre-check, not a secret check). */
 export function looksLikeToken(token: unknown): token is string {
   return typeof token === "string" && TOKEN_RE.test(token);

@@ -4,7 +4,7 @@
 import type { IncomingMessage } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { identityFromPeerCertificate } from "../pki/identity.js";
-import { hashToken } from "../pki/tokens.js";
+import { bearerToken, hashToken } from "../pki/tokens.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 import type { Caller } from "./forwarded-headers.js";
 
@@ -14,15 +14,13 @@ export interface AuthenticatedCaller extends Caller {
   clusters?: string[];
 }
 
-const BEARER = /^Bearer\s+(\S+)\s*$/i;
-
 export async function authenticate(
   req: IncomingMessage,
   store: Store,
 ): Promise<AuthenticatedCaller | undefined> {
   const auth = req.headers.authorization;
   if (auth) {
-    const token = BEARER.exec(auth)?.[1];
+    const token = bearerToken(auth);
     if (!token) return undefined;
     const record = await store.findToken(hashToken(token));
     if (record?.kind !== "user" || !record.user) return undefined;

@@ -9,6 +9,7 @@ import { type StatusReason, sendStatus, statusResponseHead } from "@tether/commo
 import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
+import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
@@ -22,7 +23,6 @@ import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 const passthroughRequests = new WeakSet<IncomingMessage>();
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
 
 /** Why a request or upgrade was answered by Tether instead of the member. */
@@ -121,7 +121,7 @@ export class ClusterProxy {
   private async admit(req: IncomingMessage): Promise<Admission> {
     const m = CLUSTER_PATH.exec(req.url ?? "");
     const name = m?.[1] ?? "";
-    if (!DNS_LABEL.test(name)) {
+    if (!isValidClusterName(name)) {
       return {
         ok: false,
         reason: "NotFound",

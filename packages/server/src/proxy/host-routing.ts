@@ -7,6 +7,7 @@
 // differ, the request is refused (421) rather than sent to either.
 import type { IncomingMessage } from "node:http";
 import type { TLSSocket } from "node:tls";
+import { isValidClusterName } from "../pki/pki.js";
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
@@ -25,7 +26,7 @@ export function memberOfHost(host: string | undefined, domain: string): string |
   const suffix = `.${domain}`;
   if (!name.endsWith(suffix)) return undefined;
   const label = name.slice(0, -suffix.length);
-  return DNS_LABEL.test(label) ? label : undefined;
+  return isValidClusterName(label) ? label : undefined;
 }
 
 /** Normalises a --cluster-domain value: lower case, no leading or trailing dot. */
