@@ -12,7 +12,7 @@
 import type { ClientRequestArgs } from "node:http";
 import { isIP, connect as netConnect, type Socket } from "node:net";
 import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from "node:tls";
-import { TetherError } from "@tether/common";
+import { type ProxyUrl, parseProxyUrl as parseUrl, TetherError } from "@tether/common";
 import { parseNoProxy } from "./no-proxy.js";
 
 export const ERR_PROXY_URL = "ERR_TETHER_AGENT_PROXY_URL";
@@ -31,50 +31,19 @@ export class ProxyError extends TetherError {
   override name = "ProxyError";
 }
 
-export interface EgressProxy {
-  protocol: "http:" | "https:";
-  hostname: string;
-  port: number;
-  /** `Basic …` from the URL's userinfo, if it has one. */
-  authorization?: string;
-  /** scheme://host:port — the only form of the proxy that is ever printed. */
-  display: string;
+export interface EgressProxy extends ProxyUrl {
   /** Where the URL came from, for messages: "--proxy", "HTTPS_PROXY", … */
   source: string;
 }
 
-/** Parses a proxy URL; a bare host:port means http://host:port, as in curl and Go. */
+/** Parses a proxy URL the way the manifest generator checks one. */
 export function parseProxyUrl(raw: string, source: string): EgressProxy {
-  const text = raw.trim();
-  let url: URL;
-  try {
-    url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `http://${text}`);
-  } catch {
-    // Not the value: it may hold a password.
-    throw new ProxyError(ERR_PROXY_URL, `${source} is not a URL: give http://[user:password@]host:port`);
+  const parsed = parseUrl(raw);
+  if ("problem" in parsed) {
+    const gap = parsed.problem.startsWith(":") ? "" : " ";
+    throw new ProxyError(ERR_PROXY_URL, `${source}${gap}${parsed.problem}`);
   }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new ProxyError(
-      ERR_PROXY_URL,
-      `${source}: a proxy URL is http:// or https://, not ${url.protocol}// (SOCKS is not supported)`,
-    );
-  }
-  if (!url.hostname) throw new ProxyError(ERR_PROXY_URL, `${source} names no proxy host`);
-  const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
-  const hostname = url.hostname.replace(/^\[|\]$/g, "");
-  const proxy: EgressProxy = {
-    protocol: url.protocol,
-    hostname,
-    port,
-    display: `${url.protocol}//${url.hostname}:${port}`,
-    source,
-  };
-  if (url.username || url.password) {
-    const user = decodeURIComponent(url.username);
-    const password = decodeURIComponent(url.password);
-    proxy.authorization = `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
-  }
-  return proxy;
+  return { ...parsed, source };
 }
 
 function firstSet(env: NodeJS.ProcessEnv, ...names: string[]): [string, string] | undefined {

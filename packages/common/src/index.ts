@@ -34,3 +34,4 @@ export {
   statusResponseHead,
 } from "./k8s-status.js";
 export { packageVersion } from "./package-version.js";
+export { type ProxyUrl, parseProxyUrl } from "./proxy-url.js";

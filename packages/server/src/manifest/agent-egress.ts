@@ -4,6 +4,7 @@
 // HTTPS_PROXY through a secretKeyRef, never in clear in the Deployment;
 // NO_PROXY holds no secret and is a plain env value.
 import type { V1EnvVar } from "@kubernetes/client-node";
+import { parseProxyUrl } from "@tether/common";
 import { fail } from "../admin/admin-input.js";
 
 export const ERR_TETHER_BAD_PROXY = "ERR_TETHER_BAD_PROXY";
@@ -18,15 +19,13 @@ export interface AgentEgress {
   noProxy?: string | undefined;
 }
 
-/** Refuses what the agent would refuse at start, without echoing a URL that may hold a password. */
+/** Refuses what the agent would refuse at start (one parser for both), without echoing a URL that may hold a password. */
 export function checkEgress(egress: AgentEgress): AgentEgress {
   if (egress.proxy !== undefined) {
-    let url: URL | undefined;
-    try {
-      url = new URL(egress.proxy);
-    } catch {}
-    if (!url || (url.protocol !== "http:" && url.protocol !== "https:") || !url.hostname) {
-      fail(ERR_TETHER_BAD_PROXY, "--agent-proxy is http://[user:password@]host:port (or https://)");
+    const parsed = parseProxyUrl(egress.proxy);
+    if ("problem" in parsed) {
+      const gap = parsed.problem.startsWith(":") ? "" : " ";
+      fail(ERR_TETHER_BAD_PROXY, `--agent-proxy${gap}${parsed.problem}`);
     }
   }
   if (

@@ -356,6 +356,10 @@ t.test("agent-manifest on a state directory", async (t) => {
   t.equal(badProxy.code, 1);
   t.match(badProxy.stderr, /ERR_TETHER_BAD_PROXY/);
   t.equal(await store.getCluster("p2"), undefined, "checked before anything is registered");
+  // The agent starts with a bare host:port (http://, as curl and Go read it): the generator takes it too.
+  const bare = await cli("agent-manifest", "p3", "--state-dir", stateDir, "--agent-proxy", "proxy:3128");
+  t.equal(bare.code, 0, bare.stderr);
+  t.match(bare.stdout, /httpsProxy: proxy:3128/, "a bare host:port is what the agent accepts");
 
   const first = await cli("agent-manifest", "m1", "--state-dir", stateDir);
   t.equal(first.code, 0, first.stderr);
