@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- <suite> [--quick] [--json]`. Suites register below; each
+ * `npm run bench -- <suite> [--quick] [--json] [--agents N]`. Suites register below; each
  * returns rows for a readable table and a flat map of metrics. With --json the
  * metrics are printed as one JSON object on the last line of stdout.
  */
@@ -8,6 +8,8 @@ import { parseArgs } from "node:util";
 
 export interface SuiteOptions {
   quick: boolean;
+  /** --agents N: the scale suite's one fleet size instead of its levels. */
+  agents?: number;
 }
 
 export interface SuiteResult {
@@ -21,19 +23,29 @@ type Suite = (options: SuiteOptions) => Promise<SuiteResult>;
 const suites: Record<string, () => Promise<Suite>> = {
   tunnel: async () => (await import("./tunnel.js")).run,
   e2e: async () => (await import("./e2e.js")).run,
+  scale: async () => (await import("./scale.js")).run,
 };
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { quick: { type: "boolean", default: false }, json: { type: "boolean", default: false } },
+  options: {
+    quick: { type: "boolean", default: false },
+    json: { type: "boolean", default: false },
+    agents: { type: "string" },
+  },
 });
 const name = positionals[0];
 const load = name === undefined ? undefined : suites[name];
 if (load === undefined) {
-  console.error(`usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json]`);
+  console.error(`usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N]`);
   process.exit(2);
 }
-const result = await (await load())({ quick: values.quick });
+const agents = values.agents === undefined ? undefined : Number(values.agents);
+if (agents !== undefined && !(Number.isInteger(agents) && agents > 0)) {
+  console.error("--agents is a whole number of agents, e.g. --agents 10000");
+  process.exit(2);
+}
+const result = await (await load())({ quick: values.quick, ...(agents === undefined ? {} : { agents }) });
 const widths = [0, 1, 2].map((i) => Math.max(...result.rows.map((r) => r[i]!.length), 6));
 console.log(`\n${name}${values.quick ? " (quick)" : ""}`);
 for (const row of result.rows) {

@@ -277,6 +277,21 @@ export class FileStore implements Store {
     });
   }
 
+  /**
+   * putCluster for many records in one write: registering a fleet one
+   * cluster at a time rewrites the whole clusters document each time.
+   */
+  async putClusters(records: ClusterInput[]): Promise<void> {
+    const rs = records.map(normalizeCluster);
+    await this.#mutate(CLUSTERS, (doc) => {
+      for (const r of rs) {
+        const uid = has(doc.clusters, r.name) ? doc.clusters[r.name]!.uid : undefined;
+        doc.clusters[r.name] = { ...r, uid: isIncarnation(uid) ? uid : newIncarnation() };
+      }
+      return [undefined, rs.length > 0];
+    });
+  }
+
   async addCluster(record: ClusterInput): Promise<boolean> {
     const r = normalizeCluster(record);
     return this.#mutate(CLUSTERS, (doc) => {

@@ -192,6 +192,25 @@ async function runTests(): Promise<void> {
     );
   });
 
+  t.test("putClusters registers many in one write, keeping incarnations, all or nothing", async (t) => {
+    const dir = t.testdir();
+    const store = await FileStore.open(dir);
+    await store.putCluster(cluster("a"));
+    const uidA = (await store.getCluster("a"))?.uid;
+    await store.putClusters([cluster("a", { labels: { env: "prod" } }), cluster("b"), cluster("c")]);
+    t.same(
+      (await store.listClusters()).map((c) => c.name),
+      ["a", "b", "c"],
+    );
+    t.equal((await store.getCluster("a"))?.uid, uidA, "a re-put keeps its incarnation");
+    t.same((await store.getCluster("a"))?.labels, { env: "prod" });
+    t.not((await store.getCluster("b"))?.uid, (await store.getCluster("c"))?.uid, "each a new incarnation");
+    await t.rejects(store.putClusters([cluster("d"), cluster("Bad_Name")]), {
+      code: "ERR_TETHER_INVALID_CLUSTER_NAME",
+    });
+    t.equal(await store.getCluster("d"), undefined, "a bad record refuses the whole batch");
+  });
+
   t.test("clusters: put, get, list, delete, validation, round-trip through a new instance", async (t) => {
     const dir = t.testdir();
     const store = await FileStore.open(dir);

@@ -1,0 +1,382 @@
+/**
+ * `npm run bench -- scale [--agents N] [--json]`: a fleet of real agent
+ * sessions against one tether-server process on the file store. Each agent
+ * is a TetherAgent with a certificate of its own cluster (registered and
+ * issued in bulk through the store), dialing over mutual-TLS WebSocket;
+ * several hundred share a worker process (scale-agents.ts). The fleet grows
+ * through the levels (1,000, 5,000, 10,000 by default; --agents N for one
+ * level), and at each:
+ *
+ * - the server's RSS and V8 heap per session (the delta from the server
+ *   with no agents, divided by the sessions), its open FDs, and its CPU over
+ *   an idle window with every session up (keepalive pings only);
+ * - a reconnect storm: kill -9 of the server and a restart on the same port
+ *   and state: seconds from the kill until 50%, 99% and 100% of the agents
+ *   are connected again, the peak reconnects per second and their share of
+ *   the fleet, and agents that had not returned after RECONNECT_DEADLINE_MS.
+ *
+ * Not measured yet (issue 18): 10,000 watches through one tunnel, and the
+ * Kubernetes store's write rate.
+ */
+import { type ChildProcess, fork } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { request } from "node:https";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { FileStore } from "@tether/server";
+import { SERVER_BIN } from "../test/e2e/tether-processes.js";
+import { freePort } from "../test/kube/index.js";
+import { ManagedProcess } from "../test/kube/processes.js";
+import type { SuiteOptions, SuiteResult } from "./run.js";
+import type { AgentCredentials, FromWorker, ToWorker } from "./scale-agents.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const DEFAULT_LEVELS = [1_000, 5_000, 10_000];
+const AGENTS_PER_WORKER = 1_250;
+/** How fast the fleet is first brought up (connects per second), so the first connect is not the storm. */
+const RAMP_PER_SECOND = 1_000;
+const CONNECT_DEADLINE_MS = 300_000;
+const RECONNECT_DEADLINE_MS = 120_000;
+const IDLE_WINDOW_MS = 15_000;
+const SETTLE_MS = 5_000;
+/** The serve flags: production tunnel timing, and room for the whole fleet from one source address. */
+const SERVE_FLAGS = ["--max-connections", "30000", "--max-connections-per-source", "30000"];
+const CLOCK_TICKS = 100;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const label = (n: number) => (n % 1000 === 0 ? `${n / 1000}k` : String(n));
+const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+
+interface Proc {
+  rss: number;
+  fds: number;
+  cpuSeconds: number;
+}
+
+function procStats(pid: number): Proc {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  // utime and stime are fields 14 and 15 of stat, 12 and 13 after "pid (comm) ".
+  const cpuSeconds = (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  return { rss, fds: readdirSync(`/proc/${pid}/fd`).length, cpuSeconds };
+}
+
+function scrapeHeap(url: string, caPem: string, token: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${url}/metrics`,
+      { ca: caPem, headers: { authorization: `Bearer ${token}` }, timeout: 60_000 },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => {
+          text += c;
+        });
+        res.on("end", () => {
+          const used = /^nodejs_heap_size_used_bytes (\S+)$/m.exec(text);
+          if (!used) reject(new Error(`no heap figure in /metrics (status ${res.statusCode})`));
+          else resolve(Number(used[1]));
+        });
+      },
+    );
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("/metrics timed out")));
+    req.end();
+  });
+}
+
+class Server {
+  proc: ManagedProcess | undefined;
+  readonly url: string;
+  private starts = 0;
+  constructor(
+    private readonly dir: string,
+    private readonly port: number,
+    private readonly tokenFile: string,
+  ) {
+    this.url = `https://127.0.0.1:${port}`;
+  }
+
+  async start(caPem: string): Promise<void> {
+    this.starts++;
+    this.proc = new ManagedProcess(
+      "tether-server",
+      "env",
+      [
+        "-u",
+        "NODE_OPTIONS",
+        process.execPath,
+        SERVER_BIN,
+        "serve",
+        "--state-dir",
+        join(this.dir, "state"),
+        "--listen",
+        `127.0.0.1:${this.port}`,
+        "--metrics-token-file",
+        this.tokenFile,
+        ...SERVE_FLAGS,
+      ],
+      join(this.dir, `server-${this.starts}.log`),
+    );
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      this.proc.assertRunning();
+      const status = await new Promise<number>((resolve) => {
+        const req = request(`${this.url}/readyz`, { ca: caPem, timeout: 1_000 }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on("error", () => resolve(0));
+        req.on("timeout", () => req.destroy());
+        req.end();
+      });
+      if (status === 200) return;
+      if (Date.now() > deadline) throw new Error(`tether-server not ready:\n${this.proc.logTail()}`);
+      await sleep(50);
+    }
+  }
+
+  get pid(): number {
+    const pid = this.proc?.pid;
+    if (pid === undefined) throw new Error("the server is not running");
+    return pid;
+  }
+
+  async kill9(): Promise<void> {
+    process.kill(this.pid, "SIGKILL");
+    await this.proc?.exited;
+  }
+}
+
+class Fleet {
+  private readonly workers: { child: ChildProcess; report: FromWorker }[] = [];
+  private next = 0;
+
+  constructor(private readonly init: Extract<ToWorker, { type: "config" }>) {}
+
+  get connected(): number {
+    return this.workers.reduce((n, w) => n + w.report.connected, 0);
+  }
+
+  get total(): number {
+    return this.workers.reduce((n, w) => n + w.report.total, 0);
+  }
+
+  async add(agents: AgentCredentials[]): Promise<void> {
+    const needed = Math.ceil((this.total + agents.length) / AGENTS_PER_WORKER);
+    while (this.workers.length < needed) {
+      const child = fork(join(here, "scale-agents.ts"), [], {
+        execArgv: ["--import", "tsx", "--conditions=tether-source", "--max-old-space-size=4096"],
+        stdio: ["ignore", "inherit", "inherit", "ipc"],
+      });
+      const w = { child, report: { type: "count", connected: 0, total: 0, drops: 0 } as FromWorker };
+      child.on("message", (m: FromWorker) => {
+        w.report = m;
+      });
+      child.send(this.init satisfies ToWorker);
+      this.workers.push(w);
+    }
+    // Fill the workers in turn, each at its share of the ramp rate.
+    const shares = new Map<number, AgentCredentials[]>();
+    for (const a of agents) {
+      let i = this.next++ % this.workers.length;
+      while (this.workers[i]!.report.total + (shares.get(i)?.length ?? 0) >= AGENTS_PER_WORKER) {
+        i = this.next++ % this.workers.length;
+      }
+      shares.set(i, [...(shares.get(i) ?? []), a]);
+    }
+    for (const [i, list] of shares) {
+      const msg: ToWorker = {
+        type: "add",
+        agents: list,
+        perSecond: RAMP_PER_SECOND / Math.max(1, shares.size),
+      };
+      this.workers[i]!.child.send(msg);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.workers.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            w.child.once("exit", () => resolve());
+            w.child.send({ type: "stop" } satisfies ToWorker);
+            setTimeout(() => w.child.kill("SIGKILL"), 10_000).unref();
+          }),
+      ),
+    );
+  }
+}
+
+async function until(what: string, deadlineMs: number, done: () => boolean): Promise<boolean> {
+  const end = Date.now() + deadlineMs;
+  while (!done()) {
+    if (Date.now() > end) {
+      console.error(`scale bench: ${what} did not happen within ${deadlineMs} ms`);
+      return false;
+    }
+    await sleep(100);
+  }
+  return true;
+}
+
+/** Kill -9, restart on the same port and state, and follow the fleet's return in 100 ms samples. */
+async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: number) {
+  const killedAt = Date.now();
+  await server.kill9();
+  await until("the fleet noticing the kill", 60_000, () => fleet.connected < n * 0.01);
+  const restartAt = Date.now();
+  await server.start(caPem);
+  const readyAt = Date.now();
+  const samples: { t: number; connected: number }[] = [];
+  const end = Date.now() + RECONNECT_DEADLINE_MS;
+  const reached: Record<number, number> = {};
+  while (Date.now() < end) {
+    const connected = fleet.connected;
+    const t = Date.now();
+    samples.push({ t, connected });
+    for (const share of [0.5, 0.99, 1]) {
+      if (reached[share] === undefined && connected >= Math.ceil(n * share)) reached[share] = t;
+    }
+    if (connected >= n) break;
+    await sleep(100);
+  }
+  // Reconnects per whole second since the restart.
+  const perSecond: number[] = [];
+  for (let i = 1; i < samples.length; i++) {
+    const s = Math.floor((samples[i]!.t - restartAt) / 1000);
+    perSecond[s] = (perSecond[s] ?? 0) + Math.max(0, samples[i]!.connected - samples[i - 1]!.connected);
+  }
+  const histogram = Array.from(perSecond, (x) => x ?? 0);
+  const peak = Math.max(0, ...histogram);
+  const since = (t: number | undefined) => (t === undefined ? Number.NaN : round((t - killedAt) / 1000, 2));
+  return {
+    restartSeconds: round((readyAt - restartAt) / 1000, 2),
+    s50: since(reached[0.5]),
+    s99: since(reached[0.99]),
+    sAll: since(reached[1]),
+    failed: n - (samples.at(-1)?.connected ?? 0),
+    peakPerSecond: peak,
+    peakShare: round(peak / n),
+    histogram,
+  };
+}
+
+export async function run(options: SuiteOptions): Promise<SuiteResult> {
+  const levels = options.agents ? [options.agents] : options.quick ? [200] : DEFAULT_LEVELS;
+  const max = Math.max(...levels);
+  const dir = await mkdtemp(join(tmpdir(), "tether-scale-"));
+  const rows: SuiteResult["rows"] = [];
+  const metrics: Record<string, number> = {};
+  let server: Server | undefined;
+  let fleet: Fleet | undefined;
+  try {
+    const store = await FileStore.open(join(dir, "state"));
+    const ca = await store.loadOrCreateCa();
+    const names = Array.from({ length: max }, (_, i) => `scale-${String(i).padStart(5, "0")}`);
+    let t = Date.now();
+    await store.putClusters(
+      names.map((name) => ({
+        name,
+        auth: "impersonate",
+        labels: {},
+        allowedUsers: [],
+        allowedGroups: [],
+        createdAt: new Date().toISOString(),
+      })),
+    );
+    const uids = new Map((await store.listClusters()).map((c) => [c.name, c.uid]));
+    rows.push(["register clusters", `${max}`, `one store write, ${Date.now() - t} ms`]);
+    t = Date.now();
+    const creds: AgentCredentials[] = [];
+    for (const cluster of names) {
+      const uid = uids.get(cluster);
+      const issued = await ca.issueClusterCertificate(cluster, uid ? { incarnation: uid } : {});
+      creds.push({ cluster, certPem: issued.certPem, keyPem: issued.keyPem! });
+    }
+    rows.push(["issue certificates", `${max}`, `${Date.now() - t} ms`]);
+    const served = await ca.issueServerCertificate({ dnsNames: [], ips: ["127.0.0.1"] });
+    const apiserverCert = { certPem: served.certPem, keyPem: served.keyPem! };
+    const token = randomBytes(24).toString("hex");
+    const tokenFile = join(dir, "metrics-token");
+    await writeFile(tokenFile, token, { mode: 0o600 });
+
+    server = new Server(dir, await freePort(), tokenFile);
+    await server.start(ca.certPem);
+    await sleep(SETTLE_MS);
+    const base = procStats(server.pid);
+    const baseHeap = await scrapeHeap(server.url, ca.certPem, token);
+    rows.push([
+      "server, no agents",
+      `${(base.rss / 2 ** 20).toFixed(1)} MiB`,
+      `heap ${(baseHeap / 2 ** 20).toFixed(1)} MiB, ${base.fds} fds`,
+    ]);
+    fleet = new Fleet({ type: "config", server: server.url, caPem: ca.certPem, apiserverCert });
+
+    let started = 0;
+    for (const n of levels) {
+      const key = label(n);
+      const t0 = Date.now();
+      await fleet.add(creds.slice(started, n));
+      started = n;
+      const up = await until(`${n} agents connected`, CONNECT_DEADLINE_MS, () => fleet!.connected >= n);
+      rows.push([
+        `${key}: connect`,
+        up ? `${((Date.now() - t0) / 1000).toFixed(1)} s` : "incomplete",
+        `${fleet.connected}/${n} at ${RAMP_PER_SECOND}/s ramp`,
+      ]);
+      if (!up) break;
+      await sleep(SETTLE_MS);
+      const before = procStats(server.pid);
+      await sleep(IDLE_WINDOW_MS);
+      const after = procStats(server.pid);
+      const heap = await scrapeHeap(server.url, ca.certPem, token);
+      metrics[`server_bytes_per_session_${key}`] = Math.round((after.rss - base.rss) / n);
+      metrics[`server_heap_bytes_per_session_${key}`] = Math.round((heap - baseHeap) / n);
+      metrics[`server_idle_cpu_${key}`] = round(
+        (after.cpuSeconds - before.cpuSeconds) / (IDLE_WINDOW_MS / 1000),
+      );
+      metrics[`server_fds_${key}`] = after.fds;
+      metrics[`server_rss_mib_${key}`] = round(after.rss / 2 ** 20, 1);
+      rows.push([
+        `${key}: server per session`,
+        `${metrics[`server_bytes_per_session_${key}`]} B`,
+        `RSS ${(after.rss / 2 ** 20).toFixed(1)} MiB, heap ${metrics[`server_heap_bytes_per_session_${key}`]} B/session, ${after.fds} fds`,
+      ]);
+      rows.push([
+        `${key}: server idle CPU`,
+        `${metrics[`server_idle_cpu_${key}`]} cores`,
+        `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
+      ]);
+
+      const storm = await reconnectStorm(server, fleet, ca.certPem, n);
+      metrics[`reconnect_50_s_${key}`] = storm.s50;
+      metrics[`reconnect_99_s_${key}`] = storm.s99;
+      metrics[`reconnect_all_s_${key}`] = storm.sAll;
+      metrics[`reconnect_failed_${key}`] = storm.failed;
+      metrics[`reconnect_peak_per_s_${key}`] = storm.peakPerSecond;
+      metrics[`reconnect_peak_share_${key}`] = storm.peakShare;
+      metrics[`server_restart_s_${key}`] = storm.restartSeconds;
+      rows.push([
+        `${key}: reconnect after kill -9`,
+        `${storm.sAll} s`,
+        `50% ${storm.s50} s, 99% ${storm.s99} s (from the kill; restart took ${storm.restartSeconds} s), ${storm.failed} not back`,
+      ]);
+      rows.push([
+        `${key}: reconnects per second`,
+        `peak ${storm.peakPerSecond}`,
+        `${(storm.peakShare * 100).toFixed(1)}% of the fleet; per second: ${storm.histogram.join(" ")}`,
+      ]);
+    }
+    return { rows, metrics };
+  } finally {
+    await fleet?.stop().catch(() => {});
+    await server?.proc?.stop().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  }
+}
