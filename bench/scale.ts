@@ -15,6 +15,9 @@
  *   are connected again, the peak reconnects per second and their share of
  *   the fleet, and agents that had not returned after RECONNECT_DEADLINE_MS.
  *
+ * With TETHER_BENCH_PROFILE_DIR set, the server's CPU is also profiled over
+ * a second idle window at each level (server-idle-<level>.cpuprofile there).
+ *
  * Not measured yet (issue 18): 10,000 watches through one tunnel, and the
  * Kubernetes store's write rate.
  */
@@ -30,6 +33,7 @@ import { FileStore } from "@tether/server";
 import { SERVER_BIN } from "../test/e2e/tether-processes.js";
 import { freePort } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
+import { profileFor } from "./inspector-profile.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
 import type { AgentCredentials, FromWorker, ToWorker } from "./scale-agents.js";
 
@@ -353,6 +357,13 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
         `${metrics[`server_idle_cpu_${key}`]} cores`,
         `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
       ]);
+
+      const profileDir = process.env.TETHER_BENCH_PROFILE_DIR;
+      if (profileDir) {
+        const file = join(profileDir, `server-idle-${key}.cpuprofile`);
+        await profileFor(server.pid, IDLE_WINDOW_MS, file);
+        rows.push([`${key}: idle profile`, file, "bench/cpu-profile-summary.ts reads it"]);
+      }
 
       const storm = await reconnectStorm(server, fleet, ca.certPem, n);
       metrics[`reconnect_50_s_${key}`] = storm.s50;

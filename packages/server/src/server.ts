@@ -115,6 +115,8 @@ export class TetherServer {
   /** --external-url's host: never a member's name, even under the cluster domain. */
   private readonly ownHost: string | undefined;
   private readonly checker: NodeJS.Timeout;
+  /** The store's changeMark() at the last session check that read every record. */
+  private checkedMark: string | undefined;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
   /** Last disconnects and errors per cluster, and the status page's inputs. */
@@ -529,21 +531,37 @@ export class TetherServer {
    * has expired.
    */
   private async checkSessions(): Promise<void> {
+    // Records are read only when the store says something changed since the last full check: a
+    // fleet's sessions cost no store reads per second, only the expiry check below.
+    let mark: string | undefined;
+    try {
+      mark = await this.store.changeMark();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "session check could not read the store");
+    }
+    const full = mark === undefined || mark !== this.checkedMark;
+    let complete = true;
     for (const entry of this.sessions.list()) {
       if (entry.session.closed) continue;
       let why: string | undefined;
       let reason: DisconnectReason = "reregistered";
-      try {
-        const record = await this.store.getCluster(entry.cluster);
-        if (!record) [why, reason] = ["the cluster was removed", "cluster_removed"];
-        else if (await this.store.isRevoked(entry.serial))
-          [why, reason] = ["its certificate was revoked", "certificate_revoked"];
-        else if (entry.certNotAfter.getTime() <= Date.now())
+      if (!full) {
+        if (entry.certNotAfter.getTime() <= Date.now())
           [why, reason] = ["its certificate expired", "certificate_expired"];
-        else why = foreignIncarnation(entry, record);
-      } catch (err) {
-        this.log.warn({ err: (err as Error).message }, "session check could not read the store");
-        continue;
+      } else {
+        try {
+          const record = await this.store.getCluster(entry.cluster);
+          if (!record) [why, reason] = ["the cluster was removed", "cluster_removed"];
+          else if (await this.store.isRevoked(entry.serial))
+            [why, reason] = ["its certificate was revoked", "certificate_revoked"];
+          else if (entry.certNotAfter.getTime() <= Date.now())
+            [why, reason] = ["its certificate expired", "certificate_expired"];
+          else why = foreignIncarnation(entry, record);
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message }, "session check could not read the store");
+          complete = false;
+          continue;
+        }
       }
       if (why) {
         this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
@@ -559,6 +577,7 @@ export class TetherServer {
         this.reportStatus(entry.cluster);
       }
     }
+    if (complete && mark !== undefined) this.checkedMark = mark;
   }
 
   /** Closes every session of `cluster`, draining ones too, saying why in the metrics. */

@@ -23,6 +23,7 @@ const OPERATIONS = [
   "recordIssued",
   "revokeCluster",
   "isRevoked",
+  "changeMark",
   "listTokens",
   "deleteToken",
   "serverUrl",

@@ -12,6 +12,7 @@
 // lock: they see the last complete write. Leftover temporary files of dead
 // writers are removed on open.
 import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
+import type { BigIntStats } from "node:fs";
 import { chmod, mkdir, open, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
@@ -124,6 +125,11 @@ function checkDoc<D>(spec: DocSpec<D>, path: string, value: unknown): D {
 
 const has = (o: object, k: string) => Object.hasOwn(o, k);
 const expired = (iso: string | undefined, now: number) => iso === undefined || !(Date.parse(iso) > now);
+
+/** inode, size, mtime and ctime in ns: every write is a rename to a new file, so any write changes it. */
+function fileKey(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
 
 interface CachedDoc {
   /** inode, size, mtime and ctime in ns: every write is a rename to a new file. */
@@ -389,6 +395,20 @@ export class FileStore implements Store {
     });
   }
 
+  async changeMark(): Promise<string> {
+    const keys = await Promise.all(
+      [CLUSTERS, CERTS].map(async (spec) => {
+        try {
+          return fileKey(await stat(this.#path(spec.file), { bigint: true }));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === "ENOENT") return "none";
+          throw err;
+        }
+      }),
+    );
+    return keys.join("|");
+  }
+
   async isRevoked(serial: string): Promise<boolean> {
     let s: string;
     try {
@@ -470,8 +490,7 @@ export class FileStore implements Store {
       throw err;
     }
     try {
-      const st = await fh.stat({ bigint: true });
-      const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      const key = fileKey(await fh.stat({ bigint: true }));
       const cached = this.#cache.get(spec.file);
       if (!fresh && cached?.key === key) return cached.doc as D;
       const doc = checkDoc(spec, path, parseJsonText<unknown>(path, await fh.readFile("utf8")));

@@ -136,6 +136,8 @@ export class KubeStore implements Store, ClusterStatusSink {
   private readonly revokedByCluster = new Map<string, Set<string>>();
   /** serial -> cluster, for isRevoked in O(1). */
   private readonly revoked = new Map<string, string>();
+  /** Moves whenever a cluster or a revocation changes: see changeMark(). */
+  private generation = 0;
   /** Last resourceVersion seen per cluster object: older watch events don't undo newer writes. */
   private readonly clusterVersions = new Map<string, bigint>();
   /** Clusters whose stored status says AgentConnected=True (a previous server may have died). */
@@ -199,8 +201,8 @@ export class KubeStore implements Store, ClusterStatusSink {
         set: (o) => {
           if (this.stale(o)) return;
           const c = clusterFrom(o);
-          if (c) this.clusters.set(c.name, c);
-          else this.clusters.delete(o.metadata.name);
+          if (c) this.cacheCluster(c);
+          else this.uncacheCluster(o.metadata.name);
           const conditions = (o.status as { conditions?: { type: string; status: string }[] } | undefined)
             ?.conditions;
           if (conditions?.some((x) => x.type === "AgentConnected" && x.status === "True")) {
@@ -209,7 +211,7 @@ export class KubeStore implements Store, ClusterStatusSink {
         },
         delete: (o) => {
           if (this.stale(o)) return;
-          this.clusters.delete(o.metadata.name);
+          this.uncacheCluster(o.metadata.name);
           this.markedConnected.delete(o.metadata.name);
         },
       }),
@@ -261,15 +263,33 @@ export class KubeStore implements Store, ClusterStatusSink {
   private cacheSerials(o: DataObject): void {
     const cluster = o.metadata.labels?.["tether.io/cluster"];
     if (!cluster) return;
-    this.uncacheSerials(cluster);
     const serials = new Set(Object.keys(serialsFrom(o).revoked));
+    const before = this.revokedByCluster.get(cluster);
+    const same = before?.size === serials.size && [...serials].every((s) => before.has(s));
+    this.uncacheSerials(cluster);
     this.revokedByCluster.set(cluster, serials);
     for (const s of serials) this.revoked.set(s, cluster);
+    // Issuing a certificate rewrites the same object: only a new revocation matters to the session check.
+    if (!same) this.generation++;
   }
 
   private uncacheSerials(cluster: string): void {
     for (const s of this.revokedByCluster.get(cluster) ?? []) this.revoked.delete(s);
     this.revokedByCluster.delete(cluster);
+  }
+
+  /** Status updates leave the generation alone: only a new, removed or re-registered cluster moves it. */
+  private cacheCluster(c: ClusterRecord): void {
+    if (this.clusters.get(c.name)?.uid !== c.uid) this.generation++;
+    this.clusters.set(c.name, c);
+  }
+
+  private uncacheCluster(name: string): void {
+    if (this.clusters.delete(name)) this.generation++;
+  }
+
+  async changeMark(): Promise<string> {
+    return String(this.generation);
   }
 
   /** Whether a cluster object event is older than what this store already knows. */
@@ -403,7 +423,7 @@ export class KubeStore implements Store, ClusterStatusSink {
   private cacheWritten(o: ClusterObject): void {
     this.remember(o);
     const c = clusterFrom(o);
-    if (c) this.clusters.set(c.name, c);
+    if (c) this.cacheCluster(c);
   }
 
   async putCluster(record: ClusterInput): Promise<void> {
@@ -444,7 +464,7 @@ export class KubeStore implements Store, ClusterStatusSink {
       [404],
     );
     if (answer.status !== 404) this.remember(answer.body);
-    this.clusters.delete(name);
+    this.uncacheCluster(name);
     this.markedConnected.delete(name);
     return answer.status !== 404;
   }

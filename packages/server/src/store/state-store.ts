@@ -65,6 +65,12 @@ export interface Store {
   /** Revokes every recorded serial of the cluster. */
   revokeCluster(cluster: string): Promise<void>;
   isRevoked(serial: string): Promise<boolean>;
+  /**
+   * A value that changes whenever a cluster is added, removed or registered
+   * again, or a certificate is revoked: the server's once-a-second session
+   * check compares it instead of reading every session's records.
+   */
+  changeMark(): Promise<string>;
   /** Every unexpired token record. */
   listTokens(): Promise<TokenRecord[]>;
   /** Deletes a token by hash; returns whether it existed. */

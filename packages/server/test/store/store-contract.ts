@@ -105,6 +105,27 @@ export async function storeContract(t: Test, open: () => Promise<Store>): Promis
     t.equal(await store.isRevoked("0d0e"), false, "other clusters keep theirs");
   });
 
+  await t.test("changeMark moves when a cluster comes, goes or is revoked", async (t) => {
+    // A watch-backed store learns of some writes from its watch: give it a few seconds.
+    const moves = async (from: string, what: string) => {
+      for (let i = 0; i < 100 && (await store.changeMark()) === from; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      t.not(await store.changeMark(), from, what);
+      return store.changeMark();
+    };
+    // It may also move for other writes (a spare full check costs little); never missing one is the promise.
+    let mark = await store.changeMark();
+    await store.addCluster(cluster("mark"));
+    mark = await moves(mark, "a new cluster");
+    await store.recordIssued("0f01", "mark", later());
+    mark = await store.changeMark();
+    await store.revokeCluster("mark");
+    mark = await moves(mark, "a revocation");
+    await store.deleteCluster("mark");
+    await moves(mark, "a removed cluster");
+  });
+
   await t.test("the server URL and the admin credential", async (t) => {
     t.equal(await store.serverUrl(), undefined);
     await store.recordServerUrl("https://tether.example:8443");
