@@ -24,6 +24,7 @@ import {
   exposedServiceStream,
   isExposedServiceName,
   sendStatus,
+  servicePathRefusal,
   statusResponseHead,
 } from "@tether/common";
 import type { ForwardingErrorHandler } from "./forwarder.js";
@@ -61,8 +62,8 @@ export function parseExpose(value: string): ExposedService {
   if (url.search || url.hash || value.includes("#"))
     throw new Error(`${name}: the URL may not have a query or fragment`);
   const base = url.pathname.replace(/\/+$/, "");
-  const refusal = checkedPath(base || "/");
-  if (typeof refusal === "string") throw new Error(`${name}: the URL's path ${refusal}`);
+  const refusal = servicePathRefusal(base || "/");
+  if (refusal) throw new Error(`${name}: the URL's path ${refusal}`);
   return { name, url, base };
 }
 
@@ -74,31 +75,6 @@ export function duplicateNames(services: ExposedService[]): string[] {
   return [...twice];
 }
 
-/** Rounds of percent-decoding looked through: a service that decodes twice still sees no dot segment. */
-const DECODE_ROUNDS = 3;
-
-/** `path` (no query) if it is an origin-form path without dot segments in any decoding; else why not. */
-function checkedPath(path: string): string | { path: string } {
-  if (!path.startsWith("/")) return "must be a path starting with /, not an absolute URL or *";
-  if (path.startsWith("//")) return "may not start with //";
-  let text = path;
-  for (let round = 0; round <= DECODE_ROUNDS; round++) {
-    // Backslashes: some servers take them for slashes; "..;x": some take path parameters off a segment.
-    for (const segment of text.split(/[/\\]/)) {
-      const bare = segment.split(";")[0];
-      if (bare === "." || bare === "..") return "may not contain . or .. segments";
-    }
-    if (/\p{Cc}/u.test(text)) return "may not contain control characters";
-    if (!text.includes("%")) break;
-    try {
-      text = decodeURIComponent(text);
-    } catch {
-      return "is not valid percent-encoding";
-    }
-  }
-  return { path };
-}
-
 /**
  * Where a request for `target` (the request line's target, as the server
  * relays it) goes on the service: under `base`, or a refusal.
@@ -106,8 +82,8 @@ function checkedPath(path: string): string | { path: string } {
 export function upstreamPath(base: string, target: string): { path: string } | { refusal: string } {
   const q = target.indexOf("?");
   const path = q < 0 ? target : target.slice(0, q);
-  const checked = checkedPath(path);
-  if (typeof checked === "string") return { refusal: `the request path ${checked}` };
+  const refusal = servicePathRefusal(path);
+  if (refusal) return { refusal: `the request path ${refusal}` };
   const joined = base + path;
   return { path: (joined || "/") + (q < 0 ? "" : target.slice(q)) };
 }

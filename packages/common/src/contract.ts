@@ -68,8 +68,8 @@ export const EXPOSED_SERVICE_PREFIX = "service:";
 /** An exposed service's NAME: a DNS label short enough that its stream service fits the tunnel's 63 characters. */
 const EXPOSED_NAME = /^[a-z0-9]([-a-z0-9]{0,53}[a-z0-9])?$/;
 
-export function isExposedServiceName(name: unknown): name is string {
-  return typeof name === "string" && EXPOSED_NAME.test(name);
+export function isExposedServiceName(name: string): boolean {
+  return EXPOSED_NAME.test(name);
 }
 
 export function exposedServiceStream(name: string): string {

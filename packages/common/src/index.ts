@@ -41,3 +41,4 @@ export {
   statusResponseHead,
 } from "./k8s-status.js";
 export { packageVersion } from "./package-version.js";
+export { servicePathRefusal } from "./service-path.js";

@@ -183,6 +183,8 @@ export class AuditedRequest implements UpgradeAudit {
   /** The URL as it arrived (the proxy rewrites req.url to the member path). */
   private readonly url: string;
   private cluster: string | undefined;
+  /** The exposed service the request is for (proxy/service-proxy.ts), if any. */
+  service: string | undefined;
   private mode: AuthMode | undefined;
   private caller: AuthenticatedCaller | undefined;
   private refusal: { reason: StatusReason; message: string } | undefined;
@@ -266,6 +268,7 @@ export class AuditedRequest implements UpgradeAudit {
       stage,
       requestId: this.id,
       cluster: this.cluster ?? (validName ? named : undefined),
+      ...(this.service ? { service: this.service } : {}),
       auth,
       user: caller?.user,
       groups: caller?.groups,
