@@ -12,7 +12,7 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { request } from "node:https";
 import { connect as tlsConnect } from "node:tls";
 import { parseExpose } from "@tether/agent";
-import { issueToken } from "@tether/server";
+import { AuditLog, issueToken } from "@tether/server";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { startTether, TEST_CLUSTER_DOMAIN } from "./fixture.js";
@@ -77,7 +77,13 @@ t.teardown(() => service.close());
 const set = await startClusters(1);
 t.teardown(() => set.stop());
 const member = set.clusters[0]!;
-const tether = await startTether({ clusterDomain: TEST_CLUSTER_DOMAIN }, "path");
+const auditLines: Record<string, unknown>[] = [];
+const audit = new AuditLog({
+  write: (line) => auditLines.push(JSON.parse(line) as Record<string, unknown>),
+  reopen() {},
+  close: async () => {},
+});
+const tether = await startTether({ clusterDomain: TEST_CLUSTER_DOMAIN, audit }, "path");
 t.teardown(() => tether.stop());
 const { store } = tether;
 await tether.registerCluster("m1");
@@ -170,6 +176,12 @@ t.test("an allowed user reaches the service: GET, identity headers, no caller cr
   );
   t.equal(got.headers["x-tether-cluster"], "m1");
   t.equal(got.headers.authorization, undefined, "the caller's Tether token never reaches the service");
+  const line = auditLines.find((l) => typeof l.path === "string" && l.path.includes("/services/web/hello"));
+  t.match(
+    line,
+    { kind: "request", cluster: "m1", service: "web", user: "alice", code: 200 },
+    "the audit line names the service",
+  );
   t.equal(got.headers.cookie, undefined);
   t.equal(got.headers["impersonate-user"], undefined);
   t.equal(elsewhereHits.length, 0);
@@ -244,9 +256,14 @@ t.test("the host form reaches the same service", async (t) => {
 });
 
 t.test("callers not listed for the service are refused", async (t) => {
+  seen.length = 0;
   const bob = await tokenFor("bob", ["devs"]);
   const refused = await rawRequest(target, "/clusters/m1/services/web/", { headers: bearer(bob) });
   t.equal(refused.status, 403);
+  t.ok(
+    auditLines.some((l) => l.service === "web" && l.user === "bob" && l.reason === "Forbidden"),
+    "the refusal is audited",
+  );
   t.match(JSON.parse(refused.body), {
     kind: "Status",
     message: 'user "bob" may not use service "web" of cluster "m1" through Tether',

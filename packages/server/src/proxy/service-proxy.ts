@@ -41,6 +41,12 @@ export function isServiceRequest(url: string | undefined): boolean {
   return SERVICE_URL.test(url ?? "");
 }
 
+/** The service a request names, when the name is valid (for the audit line, refused requests too). */
+function serviceNamed(url: string | undefined): string | undefined {
+  const name = SERVICE_URL.exec(url ?? "")?.[2];
+  return name !== undefined && isExposedServiceName(name) ? name : undefined;
+}
+
 /**
  * Whether a caller may use an exposed service: it is listed for the service
  * (by user or group), and a token must be scoped to the cluster as well. The
@@ -230,6 +236,7 @@ export class ServiceProxy {
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const audit = this.deps.audit?.request(req, res);
+    if (audit) audit.service = serviceNamed(req.url);
     const admission = await this.admit(req);
     if (!admission.ok) {
       this.deps.metrics?.refused(admission.why);
@@ -239,7 +246,6 @@ export class ServiceProxy {
       return;
     }
     const { caller, cluster, entry, service, path } = admission;
-    if (audit) audit.service = service;
     releaseOnClose(req.socket, admission.release);
     releaseOnClose(res, () => {
       req.socket.off("close", admission.release);
@@ -281,6 +287,7 @@ export class ServiceProxy {
   /** Exposed services take plain requests only: nothing long-lived and opaque goes to a service. */
   handleUpgrade(req: IncomingMessage, socket: Duplex): void {
     const audit = this.deps.audit?.upgrade(req, socket);
+    if (audit) audit.service = serviceNamed(req.url);
     const message =
       "an exposed service takes plain HTTP requests only: upgrades (WebSocket, SPDY) are refused";
     this.deps.metrics?.refused("bad_request");
