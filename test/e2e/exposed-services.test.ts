@@ -15,8 +15,8 @@ import { parseExpose } from "@tether/agent";
 import { AuditLog, issueToken } from "@tether/server";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
-import { startTether, TEST_CLUSTER_DOMAIN } from "./fixture.js";
-import { rawRequest, upgrade } from "./raw-client.js";
+import { bindTetherAdmins, startTether, TEST_CLUSTER_DOMAIN } from "./fixture.js";
+import { heldRequest, rawRequest, upgrade } from "./raw-client.js";
 
 interface Seen {
   method: string;
@@ -42,6 +42,7 @@ t.teardown(() => elsewhere.close());
 
 const seen: Seen[] = [];
 let releaseStream: () => void = () => {};
+const held: (() => void)[] = [];
 const service = createServer((req, res) => {
   seen.push({
     method: req.method ?? "",
@@ -51,6 +52,13 @@ const service = createServer((req, res) => {
   });
   if (req.url === "/base/redirect") {
     res.writeHead(302, { location: `http://127.0.0.1:${elsewherePort}/secret` }).end();
+    return;
+  }
+  if (req.url === "/base/hold") {
+    // Held until the test lets go: a caller's open requests.
+    res.writeHead(200, { "content-type": "text/plain" });
+    res.write("held\n");
+    held.push(() => res.end());
     return;
   }
   if (req.url === "/base/stream") {
@@ -83,7 +91,11 @@ const audit = new AuditLog({
   reopen() {},
   close: async () => {},
 });
-const tether = await startTether({ clusterDomain: TEST_CLUSTER_DOMAIN, audit }, "path");
+const MAX_PER_CALLER = 3;
+const tether = await startTether(
+  { clusterDomain: TEST_CLUSTER_DOMAIN, audit, limits: { maxStreamsPerCaller: MAX_PER_CALLER } },
+  "path",
+);
 t.teardown(() => tether.stop());
 const { store } = tether;
 await tether.registerCluster("m1");
@@ -342,9 +354,37 @@ t.test("SSRF: nothing but the configured host and port under the base path is re
   t.same(elsewhereHits, [], "the other server was never reached");
 });
 
+t.test("a caller's open requests to services count against its per-cluster quota", async (t) => {
+  const erin = await tokenFor("erin", ["sre"]);
+  const open = [];
+  for (let i = 0; i < MAX_PER_CALLER; i++) {
+    const h = await heldRequest(target, "/clusters/m1/services/web/hold", erin);
+    t.equal(h.status, 200);
+    open.push(h);
+  }
+  const over = await rawRequest(target, "/clusters/m1/services/web/", { headers: bearer(erin) });
+  t.equal(over.status, 429);
+  t.match(JSON.parse(over.body).message, /you hold 3 requests and connections on cluster "m1" already/);
+  for (const release of held.splice(0)) release();
+  for (const h of open) await h.body;
+  const after = await rawRequest(target, "/clusters/m1/services/web/", { headers: bearer(erin) });
+  t.equal(after.status, 200, "the slots came back");
+});
+
 t.test("the apiserver is still served next to the services", async (t) => {
+  await bindTetherAdmins(member);
   const admins = await tokenFor("alice", ["admins"]);
   const res = await rawRequest(target, "/clusters/m1/version", { headers: bearer(admins) });
   t.equal(res.status, 200, res.body);
   t.match(JSON.parse(res.body), { gitVersion: /^v1\./ });
+  // Why /services/ is free for Tether: the apiserver's own root paths, as it lists them, have none under it.
+  const root = await rawRequest(target, "/clusters/m1/", { headers: bearer(admins) });
+  t.equal(root.status, 200, root.body);
+  const paths = (JSON.parse(root.body) as { paths: string[] }).paths;
+  t.ok(paths.includes("/api") && paths.includes("/version"), "the apiserver's path list");
+  t.same(
+    paths.filter((p) => p === "/services" || p.startsWith("/services/")),
+    [],
+    "the apiserver serves nothing under /services",
+  );
 });
