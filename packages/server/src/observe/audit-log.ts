@@ -153,9 +153,9 @@ function adminAction(method: string, path: string): { action: string; cluster?: 
   const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
   const [collection, segment, sub] = parts;
   const route =
-    collection !== "clusters" || parts.length > 3
+    collection !== "clusters" || (parts.length > 3 && !(parts.length === 4 && sub === "services"))
       ? "?"
-      : ["clusters", "NAME", sub].slice(0, parts.length).join("/");
+      : ["clusters", "NAME", sub, "SERVICE"].slice(0, parts.length).join("/");
   let cluster: string | undefined;
   try {
     cluster = segment === undefined ? undefined : decodeURIComponent(segment);
@@ -172,6 +172,8 @@ const ADMIN_ACTIONS: Record<string, string> = {
   "DELETE clusters/NAME": "cluster.remove",
   "POST clusters/NAME/join-tokens": "join-token.create",
   "POST clusters/NAME/user-tokens": "user-token.create",
+  "POST clusters/NAME/services/SERVICE": "service.allow",
+  "DELETE clusters/NAME/services/SERVICE": "service.remove",
 };
 
 /** One request (or upgrade) to a member, from arrival to the close of its response or connection. */

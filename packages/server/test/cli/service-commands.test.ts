@@ -9,6 +9,7 @@ import t, { type Test } from "tap";
 import { ensureAdminCredential } from "../../src/admin/admin-credential.js";
 import { runCliCaptured } from "../../src/cli/cli.js";
 import { createLogger } from "../../src/logger.js";
+import { AuditLog } from "../../src/observe/audit-log.js";
 import { TetherServer } from "../../src/server.js";
 import { FileStore } from "../../src/store/file-store.js";
 import { ADMIN_CREDENTIAL_FILE } from "../../src/store/state-store.js";
@@ -88,11 +89,18 @@ t.test("locally: bad input is refused with a code", async (t) => {
 t.test("remotely through the admin API, the same", async (t) => {
   const dir = await tempStateDir(t);
   const store = await FileStore.open(dir);
+  const lines: Record<string, unknown>[] = [];
+  const audit = new AuditLog({
+    write: (line) => lines.push(JSON.parse(line) as Record<string, unknown>),
+    reopen() {},
+    close: async () => {},
+  });
   const server = await TetherServer.start({
     store,
     host: "127.0.0.1",
     port: 0,
     log: createLogger({ level: "silent" }),
+    audit,
   });
   t.teardown(() => server.close());
   await store.recordServerUrl(server.url);
@@ -123,4 +131,12 @@ t.test("remotely through the admin API, the same", async (t) => {
   const removed = await cli("cluster", "service", "remove", "m1", "web", ...remote);
   t.equal(removed.code, 0, removed.stderr);
   t.equal((await store.getCluster("m1"))?.services, undefined);
+  t.match(
+    lines.filter((l) => l.kind === "admin" && String(l.action).startsWith("service.")),
+    [
+      { action: "service.allow", cluster: "m1", service: "web", code: 200 },
+      { action: "service.remove", cluster: "m1", service: "web", code: 200 },
+    ],
+    "the admin audit lines name the action and the service",
+  );
 });
