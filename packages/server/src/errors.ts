@@ -90,6 +90,9 @@ export const SERVER_ERRORS = {
   },
   ERR_TETHER_BAD_IMAGE: { hint: "--image is an image reference: registry/path[:tag][@sha256:digest]" },
   ERR_TETHER_BAD_NAMESPACE: { hint: "--namespace is a DNS-1123 label" },
+  ERR_TETHER_BAD_EXPOSE: {
+    hint: "--agent-expose is NAME=URL: NAME a lowercase DNS label of at most 55 characters, URL http:// or https:// without credentials, query or fragment",
+  },
   ERR_TETHER_BAD_PROXY: {
     hint: "--agent-proxy is http://[user:password@]host:port (or https://); --agent-no-proxy a list of hosts, domains and ranges",
   },

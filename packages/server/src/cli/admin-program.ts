@@ -213,6 +213,14 @@ export function addAgentManifest(program: Command, io: CliIo): void {
       ),
     )
     .addOption(new Option("--agent-no-proxy <list>", "NO_PROXY for the agent: hosts, .domains, CIDR ranges"))
+    .addOption(
+      new Option(
+        "--agent-expose <name=url>",
+        "the agent also serves this in-cluster service (its --expose NAME=URL; repeatable)",
+      )
+        .default([])
+        .argParser(collect),
+    )
     .addOption(serverOption())
     .action(
       async (
@@ -224,12 +232,14 @@ export function addAgentManifest(program: Command, io: CliIo): void {
           server?: string;
           agentProxy?: string;
           agentNoProxy?: string;
+          agentExpose: string[];
         },
       ) => {
         await agentManifest({ ...adminContext(o, io.stdout), note: io.stderr }, name, {
           namespace: o.agentNamespace,
           tokenTtl: o.tokenTtl,
           egress: { proxy: o.agentProxy, noProxy: o.agentNoProxy },
+          expose: o.agentExpose,
           ...(o.image ? { image: o.image } : {}),
           ...(o.server ? { server: o.server } : {}),
         });
