@@ -5,7 +5,13 @@
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type AgentMetrics, inClusterTarget, kubeconfigTarget, TetherAgent } from "@tether/agent";
+import {
+  type AgentMetrics,
+  type ExposedService,
+  inClusterTarget,
+  kubeconfigTarget,
+  TetherAgent,
+} from "@tether/agent";
 import {
   type AuthMode,
   type CertificateAuthority,
@@ -39,7 +45,12 @@ export interface Fixture {
   startAgent(
     name: string,
     member: Cluster,
-    options?: { credential?: "service-account" | "client-certificate"; metrics?: AgentMetrics },
+    options?: {
+      credential?: "service-account" | "client-certificate";
+      metrics?: AgentMetrics;
+      /** In-cluster services the agent exposes, as --expose gives them. */
+      expose?: ExposedService[];
+    },
   ): Promise<TetherAgent>;
   /** A kubeconfig for /clusters/<cluster> with a Tether token for user (scoped to `scope`, default that cluster). */
   userKubeconfig(
@@ -160,6 +171,7 @@ export async function startTether(
         tunnel: TEST_TUNNEL,
         backoff: { baseMs: 100, capMs: 1_000 },
         ...(options.metrics ? { metrics: options.metrics } : {}),
+        ...(options.expose ? { expose: options.expose } : {}),
       });
       agents.push(agent);
       agent.start();

@@ -21,6 +21,7 @@ import {
   renewalDelayMs,
 } from "./credentials.js";
 import { connectThrough, type EgressProxy } from "./egress-proxy.js";
+import { type ExposedService, ExposedServices } from "./exposed-services.js";
 import { Forwarder } from "./forwarder.js";
 import type { KubeTarget } from "./kube-target.js";
 import type { AgentMetrics } from "./metrics.js";
@@ -53,6 +54,10 @@ export interface AgentOptions {
   metrics?: AgentMetrics;
   /** The forward proxy the tunnel goes through (egress-proxy.ts); without it the server is dialed directly. */
   proxy?: EgressProxy;
+  /** In-cluster services served besides the apiserver (--expose; exposed-services.ts). */
+  expose?: ExposedService[];
+  /** PEM CAs an https exposed service's certificate may chain to, besides Node's (--expose-ca). */
+  exposeCa?: string;
 }
 
 const quiet: AgentLog = { debug() {}, info() {}, warn() {} };
@@ -60,6 +65,9 @@ const quiet: AgentLog = { debug() {}, info() {}, warn() {} };
 export class TetherAgent {
   private readonly backoff: Backoff;
   private readonly forwarder: Forwarder;
+  private readonly exposed: ExposedServices;
+  /** The one allowlist: streams for any other service are refused. */
+  private readonly services: ReadonlySet<string>;
   private readonly log: AgentLog;
   private current: Session | undefined;
   private socket: WebSocket | undefined;
@@ -85,6 +93,14 @@ export class TetherAgent {
       },
       () => options.metrics?.apiserverError(),
     );
+    this.exposed = new ExposedServices(options.expose ?? [], {
+      ...(options.exposeCa ? { ca: options.exposeCa } : {}),
+      onError: (err, normal) => {
+        if (normal) this.log.debug({ err: err.message }, "exposed service stream ended");
+        else this.log.warn({ err: err.message }, "exposed service forwarding error");
+      },
+    });
+    this.services = new Set([...DEFAULT_SERVICES, ...this.exposed.streamNames()]);
   }
 
   get session(): Session | undefined {
@@ -154,7 +170,7 @@ export class TetherAgent {
         ...this.options.tunnel,
         role: "client",
         accept: (req) => {
-          const served = (DEFAULT_SERVICES as readonly string[]).includes(req.service);
+          const served = this.services.has(req.service);
           metrics?.stream(served);
           return served ? true : ResetCode.REFUSED;
         },
@@ -165,7 +181,9 @@ export class TetherAgent {
       this.current = session;
       this.backoff.reset();
       this.log.info({ server: this.options.server }, "connected");
-      session.on("stream", (stream) => this.forwarder.handle(stream));
+      session.on("stream", (stream) =>
+        stream.service === KUBERNETES_SERVICE ? this.forwarder.handle(stream) : this.exposed.handle(stream),
+      );
       session.on("goaway", () => {
         goAway = true;
       });
@@ -266,5 +284,6 @@ export class TetherAgent {
     }
     this.socket?.terminate();
     this.forwarder.close();
+    this.exposed.close();
   }
 }

@@ -6,6 +6,7 @@ import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
 import { type CredentialStore, type Credentials, CredentialsDir } from "./credentials.js";
 import { type EgressProxy, parseProxyUrl, proxyFor } from "./egress-proxy.js";
+import { duplicateNames, type ExposedService, parseExpose } from "./exposed-services.js";
 import { startupIdentity } from "./identity.js";
 import {
   inClusterTarget,
@@ -38,6 +39,8 @@ interface RunOptions {
   deadPeerTimeout: number;
   metricsAddress?: { host: string; port: number };
   proxy?: string;
+  expose: ExposedService[];
+  exposeCa?: string;
 }
 
 function readFlagFile(path: string, flag: string): string {
@@ -174,6 +177,30 @@ export function buildProgram(): Command {
       }),
     )
     .addOption(
+      new Option(
+        "--expose <name=url>",
+        "also serve this in-cluster service at /clusters/<cluster>/services/<name>/ on tether-server, e.g. " +
+          "prometheus=http://prometheus.monitoring.svc:9090 (repeatable); only users the server lists for it may use it",
+      )
+        .default([])
+        .argParser((v: string, previous: ExposedService[]) => {
+          let service: ExposedService;
+          try {
+            service = parseExpose(v);
+          } catch (err) {
+            throw new InvalidArgumentError((err as Error).message);
+          }
+          const all = [...previous, service];
+          const twice = duplicateNames(all);
+          if (twice.length > 0) throw new InvalidArgumentError(`${twice[0]} is exposed twice`);
+          return all;
+        }),
+    )
+    .option(
+      "--expose-ca <path>",
+      "PEM CAs that https --expose services' certificates may chain to, besides the system's",
+    )
+    .addOption(
       new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
     )
     .addOption(
@@ -241,12 +268,20 @@ export async function main(argv: string[]): Promise<void> {
       target,
       credentialStore,
       ...(proxy ? { proxy } : {}),
+      expose: opts.expose,
+      ...(opts.exposeCa ? { exposeCa: readFlagFile(opts.exposeCa, "--expose-ca") } : {}),
       tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
       log,
       ...(metrics ? { metrics } : {}),
     });
     log.info(
-      { target: target.description, server: opts.server, proxy: proxy?.display ?? "none", version: VERSION },
+      {
+        target: target.description,
+        server: opts.server,
+        proxy: proxy?.display ?? "none",
+        expose: opts.expose.map((s) => `${s.name}=${s.url.origin}${s.base}`),
+        version: VERSION,
+      },
       "starting",
     );
     agent.start();

@@ -58,3 +58,36 @@ export interface RenewRefusal {
 
 /** Largest join or renewal body either side accepts. */
 export const MAX_JOIN_BODY = 64 * 1024;
+
+/**
+ * Stream services for in-cluster services an agent exposes (tether-agent
+ * --expose NAME=URL) are this prefix and the NAME; the agent opens nothing
+ * else it was not told to.
+ */
+export const EXPOSED_SERVICE_PREFIX = "service:";
+/** An exposed service's NAME: a DNS label short enough that its stream service fits the tunnel's 63 characters. */
+const EXPOSED_NAME = /^[a-z0-9]([-a-z0-9]{0,53}[a-z0-9])?$/;
+
+export function isExposedServiceName(name: string): boolean {
+  return EXPOSED_NAME.test(name);
+}
+
+export function exposedServiceStream(name: string): string {
+  return EXPOSED_SERVICE_PREFIX + name;
+}
+
+/**
+ * Headers naming the caller to an exposed service. The server removes any a
+ * caller sends and sets them from the identity it authenticated; the values
+ * are the names percent-encoded (decodeURIComponent gives them back), so that
+ * any name fits a header.
+ */
+export const SERVICE_USER_HEADER = "x-tether-user";
+/** One per group of the caller. */
+export const SERVICE_GROUP_HEADER = "x-tether-group";
+export const SERVICE_CLUSTER_HEADER = "x-tether-cluster";
+
+/** A name as an identity header carries it: printable ASCII as is, everything else (and "%") percent-encoded. */
+export function identityHeaderValue(name: string): string {
+  return name.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
+}

@@ -13,8 +13,12 @@ export {
   AGENT_VERSION_HEADER,
   AUTH_METADATA,
   type AuthMode,
+  EXPOSED_SERVICE_PREFIX,
+  exposedServiceStream,
+  identityHeaderValue,
   type IssuedForAgent,
   isAuthMode,
+  isExposedServiceName,
   JOIN_CA_PATH,
   JOIN_CERTIFICATE_PATH,
   type JoinRequest,
@@ -23,6 +27,9 @@ export {
   RENEW_SERVICE,
   type RenewRefusal,
   type RenewRequest,
+  SERVICE_CLUSTER_HEADER,
+  SERVICE_GROUP_HEADER,
+  SERVICE_USER_HEADER,
 } from "./contract.js";
 export { COMMON_ERRORS, type ErrorCatalogue, type ErrorInfo } from "./errors.js";
 export { type JsonAnswer, requestJson } from "./json-request.js";
@@ -35,3 +42,4 @@ export {
 } from "./k8s-status.js";
 export { packageVersion } from "./package-version.js";
 export { type ProxyUrl, parseProxyUrl } from "./proxy-url.js";
+export { servicePathRefusal } from "./service-path.js";

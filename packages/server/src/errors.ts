@@ -84,8 +84,15 @@ export const SERVER_ERRORS = {
     status: 400,
     hint: "system: users belong to Kubernetes: issue the token for a person's or a tool's own name",
   },
+  ERR_TETHER_BAD_SERVICE_NAME: {
+    status: 400,
+    hint: "a service name is a lowercase DNS label of at most 55 characters, the NAME of the agent's --expose NAME=URL",
+  },
   ERR_TETHER_BAD_IMAGE: { hint: "--image is an image reference: registry/path[:tag][@sha256:digest]" },
   ERR_TETHER_BAD_NAMESPACE: { hint: "--namespace is a DNS-1123 label" },
+  ERR_TETHER_BAD_EXPOSE: {
+    hint: "--agent-expose is NAME=URL: NAME a lowercase DNS label of at most 55 characters, URL http:// or https:// without credentials, query or fragment",
+  },
   ERR_TETHER_BAD_PROXY: {
     hint: "--agent-proxy is http://[user:password@]host:port (or https://); --agent-no-proxy a list of hosts, domains and ranges",
   },

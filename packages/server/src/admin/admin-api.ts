@@ -10,6 +10,8 @@
 //   DELETE /admin/v1/clusters/NAME                     -> RemoveResult
 //   POST   /admin/v1/clusters/NAME/join-tokens  {ttlMs} -> JoinInfo
 //   POST   /admin/v1/clusters/NAME/user-tokens  {user, groups?, ttlMs} -> UserToken
+//   POST   /admin/v1/clusters/NAME/services/SVC {allowedUsers?, allowedGroups?} -> ServiceGrant (added to)
+//   DELETE /admin/v1/clusters/NAME/services/SVC        -> {cluster, service, removed}
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { httpStatusOf } from "../errors.js";
@@ -128,7 +130,8 @@ export class AdminApi {
     const { admin } = this.deps;
     const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
     const method = req.method ?? "GET";
-    if (parts[0] !== "clusters" || parts.length > 3) return notFound(method, path);
+    const servicePath = parts.length === 4 && parts[2] === "services";
+    if (parts[0] !== "clusters" || (parts.length > 3 && !servicePath)) return notFound(method, path);
     const name = parts[1] === undefined ? undefined : decodeSegment(parts[1]);
     if (parts.length === 1) {
       if (method === "GET") {
@@ -173,6 +176,16 @@ export class AdminApi {
         this.deps.onClusterRemoved?.(name);
         return { status: 200, body: removed };
       }
+    } else if (servicePath && name !== undefined) {
+      const service = decodeSegment(parts[3]!);
+      this.deps.audit?.note(req, { cluster: name.slice(0, 63), service: service.slice(0, 63) });
+      if (method === "POST") {
+        const b = fields(await readJson(req), { allowedUsers: isStrings, allowedGroups: isStrings }, []);
+        const users = (b.allowedUsers as string[] | undefined) ?? [];
+        const groups = (b.allowedGroups as string[] | undefined) ?? [];
+        return { status: 200, body: await admin.allowService(name, service, users, groups) };
+      }
+      if (method === "DELETE") return { status: 200, body: await admin.removeService(name, service) };
     } else if (parts[2] === "join-tokens" && name !== undefined) {
       if (method === "POST") {
         const b = fields(await readJson(req), { ttlMs: isMs }, ["ttlMs"]);

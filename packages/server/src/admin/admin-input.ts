@@ -3,7 +3,7 @@
 // failure is a TetherCliError with a code and a one-line message that says
 // what a valid value looks like.
 import { isIP } from "node:net";
-import { isAuthMode, TetherError } from "@tether/common";
+import { isAuthMode, isExposedServiceName, TetherError } from "@tether/common";
 import type { AuthMode } from "../store/state-store.js";
 
 export const ERR_TETHER_CLUSTER_EXISTS = "ERR_TETHER_CLUSTER_EXISTS";
@@ -16,6 +16,7 @@ export const ERR_TETHER_BAD_AUTH_MODE = "ERR_TETHER_BAD_AUTH_MODE";
 export const ERR_TETHER_BAD_IDENTITY = "ERR_TETHER_BAD_IDENTITY";
 export const ERR_TETHER_RESERVED_GROUP = "ERR_TETHER_RESERVED_GROUP";
 export const ERR_TETHER_RESERVED_USER = "ERR_TETHER_RESERVED_USER";
+export const ERR_TETHER_BAD_SERVICE_NAME = "ERR_TETHER_BAD_SERVICE_NAME";
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
@@ -168,6 +169,17 @@ export function checkIdentity(kind: "user" | "group", name: string): string {
 
 export function uniqueIdentities(kind: "user" | "group", names: string[]): string[] {
   return [...new Set(names.map((n) => checkIdentity(kind, n)))];
+}
+
+/** The NAME of an exposed service (tether-agent --expose NAME=URL). */
+export function checkServiceName(name: string): string {
+  if (!isExposedServiceName(name)) {
+    fail(
+      ERR_TETHER_BAD_SERVICE_NAME,
+      `invalid service name ${q(name)}: a lowercase DNS label of at most 55 characters, as the agent's --expose NAME=URL names it`,
+    );
+  }
+  return name;
 }
 
 /** An https URL without a trailing slash, query or fragment. */

@@ -13,6 +13,7 @@ import { issueToken } from "../pki/tokens.js";
 import type { AuthMode, ClusterInput, ClusterRecord, Store, TokenRecord } from "../store/state-store.js";
 import {
   checkIdentity,
+  checkServiceName,
   checkTtlMs,
   ERR_TETHER_CLUSTER_EXISTS,
   ERR_TETHER_NO_SERVER_URL,
@@ -66,6 +67,14 @@ export interface UserToken {
   caPem: string;
 }
 
+/** Who may use one exposed service of a cluster. */
+export interface ServiceGrant {
+  cluster: string;
+  service: string;
+  allowedUsers: string[];
+  allowedGroups: string[];
+}
+
 /** A cluster as listed: through a running server, with its agent session there; from the store alone, without. */
 export type ListedCluster = ClusterRecord & { connection?: ClusterConnection };
 
@@ -77,6 +86,13 @@ export interface ClusterAdmin {
   removeCluster(name: string): Promise<RemoveResult>;
   newJoinToken(name: string, ttlMs: number): Promise<JoinInfo>;
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken>;
+  /** Adds users and groups to those allowed an exposed service of the cluster. */
+  allowService(name: string, service: string, users: string[], groups: string[]): Promise<ServiceGrant>;
+  /** Drops the service's list: nobody may use it. Returns whether there was one. */
+  removeService(
+    name: string,
+    service: string,
+  ): Promise<{ cluster: string; service: string; removed: boolean }>;
 }
 
 /** Shell-quotes `s` unless it is made only of safe characters. */
@@ -210,6 +226,38 @@ export class StoreClusterAdmin implements ClusterAdmin {
       expiresAt,
     });
     return { cluster: name, user, groups: uniqueGroups, token, expiresAt, server, caPem: ca.certPem };
+  }
+
+  async allowService(
+    name: string,
+    service: string,
+    users: string[],
+    groups: string[],
+  ): Promise<ServiceGrant> {
+    checkServiceName(service);
+    const newUsers = uniqueIdentities("user", users);
+    const newGroups = uniqueIdentities("group", groups);
+    const cluster = await this.#existing(name);
+    const was = cluster.services?.[service] ?? { allowedUsers: [], allowedGroups: [] };
+    const access = {
+      allowedUsers: [...new Set([...was.allowedUsers, ...newUsers])],
+      allowedGroups: [...new Set([...was.allowedGroups, ...newGroups])],
+    };
+    await this.store.putCluster({ ...cluster, services: { ...cluster.services, [service]: access } });
+    return { cluster: name, service, ...access };
+  }
+
+  async removeService(
+    name: string,
+    service: string,
+  ): Promise<{ cluster: string; service: string; removed: boolean }> {
+    checkServiceName(service);
+    const cluster = await this.#existing(name);
+    if (!cluster.services?.[service]) return { cluster: name, service, removed: false };
+    const { [service]: _dropped, ...rest } = cluster.services;
+    const { services: _all, ...record } = cluster;
+    await this.store.putCluster(Object.keys(rest).length > 0 ? { ...record, services: rest } : record);
+    return { cluster: name, service, removed: true };
   }
 
   async #existing(name: string): Promise<ClusterRecord> {

@@ -6,13 +6,14 @@
 
 import { type JsonAnswer, requestJson } from "@tether/common";
 import type { AdminCredential } from "./admin-credential.js";
-import { TetherCliError } from "./admin-input.js";
+import { checkServiceName, TetherCliError } from "./admin-input.js";
 import type {
   ClusterAdmin,
   ClusterSpec,
   JoinInfo,
   ListedCluster,
   RemoveResult,
+  ServiceGrant,
   UserToken,
 } from "./cluster-admin.js";
 
@@ -51,6 +52,23 @@ export class RemoteClusterAdmin implements ClusterAdmin {
 
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken> {
     return this.call("POST", `clusters/${encodeURIComponent(name)}/user-tokens`, { user, groups, ttlMs });
+  }
+
+  allowService(name: string, service: string, users: string[], groups: string[]): Promise<ServiceGrant> {
+    return this.call("POST", this.servicePath(name, service), { allowedUsers: users, allowedGroups: groups });
+  }
+
+  removeService(
+    name: string,
+    service: string,
+  ): Promise<{ cluster: string; service: string; removed: boolean }> {
+    return this.call("DELETE", this.servicePath(name, service));
+  }
+
+  /** Checked here too: a URL would resolve a name like ".." before the server saw it. */
+  private servicePath(name: string, service: string): string {
+    checkServiceName(service);
+    return `clusters/${encodeURIComponent(name)}/services/${encodeURIComponent(service)}`;
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -20,6 +20,7 @@ import type {
   JoinInfo,
   ListedCluster,
   RemoveResult,
+  ServiceGrant,
   UserToken,
 } from "../admin/cluster-admin.js";
 import { kubeconfigServer } from "../proxy/host-routing.js";
@@ -185,6 +186,48 @@ export async function clusterRemove(
       ".\n",
   );
   return result;
+}
+
+/** `cluster service allow CLUSTER SERVICE`: adds users and groups to those allowed an exposed service. */
+export async function serviceAllow(
+  ctx: AdminContext,
+  name: string,
+  service: string,
+  opts: {
+    users: string[];
+    groups: string[];
+    server?: string | undefined;
+    output?: "json" | "yaml" | undefined;
+  },
+): Promise<ServiceGrant> {
+  const grant = await (await ctx.admin(opts.server)).allowService(name, service, opts.users, opts.groups);
+  if (opts.output) ctx.out(formatAs(opts.output, grant, () => ""));
+  else
+    ctx.out(
+      `Service ${service} of cluster ${name} may be used by:\n` +
+        formatFields([
+          ["Users", grant.allowedUsers.join(",") || "<none>"],
+          ["Groups", grant.allowedGroups.join(",") || "<none>"],
+        ]) +
+        `\nIt is reached at /clusters/${name}/services/${service}/ once the agent runs with --expose ${service}=URL.\n`,
+    );
+  return grant;
+}
+
+/** `cluster service remove CLUSTER SERVICE`: nobody may use the service any more. */
+export async function serviceRemove(
+  ctx: AdminContext,
+  name: string,
+  service: string,
+  opts: { server?: string | undefined } = {},
+): Promise<boolean> {
+  const { removed } = await (await ctx.admin(opts.server)).removeService(name, service);
+  ctx.out(
+    removed
+      ? `Service ${service} of cluster ${name}: nobody may use it now.\n`
+      : `Service ${service} of cluster ${name} allowed nobody already.\n`,
+  );
+  return removed;
 }
 
 export interface KubeconfigOptions {

@@ -20,6 +20,8 @@ import {
   clusterRemove,
   joinToken,
   kubeconfig,
+  serviceAllow,
+  serviceRemove,
 } from "./admin-commands.js";
 import type { CliIo } from "./cli-io.js";
 import { collect, serverOption } from "./option-parsers.js";
@@ -101,6 +103,7 @@ export function addClusterCommands(program: Command, out: (text: string) => void
         ...(o.server ? { server: o.server } : {}),
       });
     });
+  addServiceCommands(cluster, out);
   addAdminOptions(cluster.command("remove"))
     .alias("rm")
     .description("remove a cluster: revoke its agent certificates, delete its tokens and its record")
@@ -108,6 +111,53 @@ export function addClusterCommands(program: Command, out: (text: string) => void
     .addOption(serverOption())
     .action(async (name: string, o: StoreOptions & { server?: string }) => {
       await clusterRemove(adminContext(o, out), name, o.server ? { server: o.server } : {});
+    });
+}
+
+/** `cluster service allow|remove`: who may use the in-cluster services an agent exposes (--expose). */
+function addServiceCommands(cluster: Command, out: (text: string) => void): void {
+  const service = cluster
+    .command("service")
+    .description(
+      "who may use an in-cluster service the cluster's agent exposes (tether-agent --expose NAME=URL)",
+    )
+    .helpOption("-h, --help", "show help");
+  addAdminOptions(service.command("allow"))
+    .description(
+      "allow users or groups to use service SERVICE of cluster CLUSTER at /clusters/CLUSTER/services/SERVICE/ " +
+        "(added to those allowed already; a service nobody was allowed is usable by nobody)",
+    )
+    .argument("<cluster>", "the cluster's name")
+    .argument("<service>", "the NAME the agent's --expose NAME=URL gives")
+    .addOption(new Option("--user <user>", "a user to allow (repeatable)").default([]).argParser(collect))
+    .addOption(new Option("--group <group>", "a group to allow (repeatable)").default([]).argParser(collect))
+    .addOption(serverOption())
+    .addOption(new Option("-o, --output <format>", "print as json or yaml").choices(["json", "yaml"]))
+    .action(
+      async (
+        name: string,
+        svc: string,
+        o: StoreOptions & { user: string[]; group: string[]; server?: string; output?: "json" | "yaml" },
+        cmd: Command,
+      ) => {
+        if (o.user.length === 0 && o.group.length === 0)
+          cmd.error("give at least one --user or --group to allow");
+        await serviceAllow(adminContext(o, out), name, svc, {
+          users: o.user,
+          groups: o.group,
+          server: o.server,
+          output: o.output,
+        });
+      },
+    );
+  addAdminOptions(service.command("remove"))
+    .alias("rm")
+    .description("allow nobody to use service SERVICE of cluster CLUSTER any more")
+    .argument("<cluster>", "the cluster's name")
+    .argument("<service>", "the service's NAME")
+    .addOption(serverOption())
+    .action(async (name: string, svc: string, o: StoreOptions & { server?: string }) => {
+      await serviceRemove(adminContext(o, out), name, svc, { server: o.server });
     });
 }
 
@@ -163,6 +213,14 @@ export function addAgentManifest(program: Command, io: CliIo): void {
       ),
     )
     .addOption(new Option("--agent-no-proxy <list>", "NO_PROXY for the agent: hosts, .domains, CIDR ranges"))
+    .addOption(
+      new Option(
+        "--agent-expose <name=url>",
+        "the agent also serves this in-cluster service (its --expose NAME=URL; repeatable)",
+      )
+        .default([])
+        .argParser(collect),
+    )
     .addOption(serverOption())
     .action(
       async (
@@ -174,12 +232,14 @@ export function addAgentManifest(program: Command, io: CliIo): void {
           server?: string;
           agentProxy?: string;
           agentNoProxy?: string;
+          agentExpose: string[];
         },
       ) => {
         await agentManifest({ ...adminContext(o, io.stdout), note: io.stderr }, name, {
           namespace: o.agentNamespace,
           tokenTtl: o.tokenTtl,
           egress: { proxy: o.agentProxy, noProxy: o.agentNoProxy },
+          expose: o.agentExpose,
           ...(o.image ? { image: o.image } : {}),
           ...(o.server ? { server: o.server } : {}),
         });

@@ -16,6 +16,7 @@ import type {
   V1Secret,
   V1ServiceAccount,
 } from "@kubernetes/client-node";
+import { isExposedServiceName } from "@tether/common";
 import { Document } from "yaml";
 import {
   DEFAULT_JOIN_TOKEN_TTL,
@@ -45,6 +46,7 @@ export const IMAGE_USER = 65532;
 
 export const ERR_TETHER_BAD_IMAGE = "ERR_TETHER_BAD_IMAGE";
 export const ERR_TETHER_BAD_NAMESPACE = "ERR_TETHER_BAD_NAMESPACE";
+export const ERR_TETHER_BAD_EXPOSE = "ERR_TETHER_BAD_EXPOSE";
 
 /** What the agent needs to join: the values `cluster add` and `join-token` print. */
 export interface JoinValues {
@@ -60,6 +62,8 @@ export interface AgentManifestOptions {
   image?: string;
   /** An egress proxy for the agent (agent-egress.ts). */
   egress?: AgentEgress;
+  /** The agent's --expose NAME=URL values. */
+  expose?: string[];
 }
 
 const MAX_IMAGE_LENGTH = 512;
@@ -75,6 +79,36 @@ export function checkImage(image: string): string {
     );
   }
   return image;
+}
+
+/**
+ * An --expose NAME=URL for the agent's command line, checked as far as the
+ * server can (the agent checks the rest when it starts): a wrong one would
+ * only show as a crash-looping pod.
+ */
+export function checkExpose(value: string): string {
+  const at = value.indexOf("=");
+  let url: URL | undefined;
+  try {
+    url = new URL(value.slice(at + 1));
+  } catch {}
+  const ok =
+    at > 0 &&
+    isExposedServiceName(value.slice(0, at)) &&
+    url !== undefined &&
+    (url.protocol === "http:" || url.protocol === "https:") &&
+    !url.username &&
+    !url.password &&
+    !url.search &&
+    !value.includes("#") &&
+    !/\s/.test(value);
+  if (!ok) {
+    fail(
+      ERR_TETHER_BAD_EXPOSE,
+      `invalid --agent-expose ${q(value)}: give NAME=URL, NAME a lowercase DNS label of at most 55 characters and URL http:// or https:// without credentials, query or fragment`,
+    );
+  }
+  return value;
 }
 
 export function checkNamespace(namespace: string): string {
@@ -106,6 +140,7 @@ export function agentManifestObjects(opts: AgentManifestOptions): KubernetesObje
   const impersonator = `${namespace}-impersonate`;
   const serviceAccount = { kind: "ServiceAccount", name: AGENT_NAME, namespace };
   const egress = egressObjects(checkEgress(opts.egress ?? {}), JOIN_SECRET);
+  const expose = (opts.expose ?? []).map(checkExpose);
 
   const ns: V1Namespace = { apiVersion: "v1", kind: "Namespace", metadata: { name: namespace, labels } };
   const sa: V1ServiceAccount = {
@@ -193,7 +228,12 @@ export function agentManifestObjects(opts: AgentManifestOptions): KubernetesObje
             {
               name: "agent",
               image,
-              args: ["tether-agent", "--credentials-secret", CREDENTIALS_SECRET],
+              args: [
+                "tether-agent",
+                "--credentials-secret",
+                CREDENTIALS_SECRET,
+                ...expose.flatMap((e) => ["--expose", e]),
+              ],
               env,
               resources: { requests: { cpu: "50m", memory: "64Mi" }, limits: { memory: "256Mi" } },
               securityContext: {
@@ -228,6 +268,7 @@ export interface AgentManifestCommandOptions {
   tokenTtl?: string;
   server?: string;
   egress?: AgentEgress;
+  expose?: string[];
 }
 
 /** Where the command reports what it did besides the manifest (stderr in the CLI). */
@@ -274,11 +315,12 @@ export async function agentManifest(
   const namespace = checkNamespace(opts.namespace ?? AGENT_NAMESPACE);
   const image = checkImage(opts.image ?? TETHER_IMAGE);
   const egress = checkEgress(opts.egress ?? {});
+  const expose = (opts.expose ?? []).map(checkExpose);
   const ttlMs = parseTtl("--token-ttl", opts.tokenTtl ?? DEFAULT_JOIN_TOKEN_TTL, MAX_JOIN_TOKEN_TTL_MS);
   const admin = await ctx.admin(opts.server);
   const info = await joinTokenRegistering(admin, name, ttlMs, ctx.note);
   const join = { server: info.server, cluster: info.name, token: info.token, caHash: info.caHash };
-  const objects = agentManifestObjects({ join, namespace, image, egress });
+  const objects = agentManifestObjects({ join, namespace, image, egress, expose });
   ctx.out(
     manifestYaml(
       objects,

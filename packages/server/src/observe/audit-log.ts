@@ -153,9 +153,9 @@ function adminAction(method: string, path: string): { action: string; cluster?: 
   const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
   const [collection, segment, sub] = parts;
   const route =
-    collection !== "clusters" || parts.length > 3
+    collection !== "clusters" || (parts.length > 3 && !(parts.length === 4 && sub === "services"))
       ? "?"
-      : ["clusters", "NAME", sub].slice(0, parts.length).join("/");
+      : ["clusters", "NAME", sub, "SERVICE"].slice(0, parts.length).join("/");
   let cluster: string | undefined;
   try {
     cluster = segment === undefined ? undefined : decodeURIComponent(segment);
@@ -172,6 +172,8 @@ const ADMIN_ACTIONS: Record<string, string> = {
   "DELETE clusters/NAME": "cluster.remove",
   "POST clusters/NAME/join-tokens": "join-token.create",
   "POST clusters/NAME/user-tokens": "user-token.create",
+  "POST clusters/NAME/services/SERVICE": "service.allow",
+  "DELETE clusters/NAME/services/SERVICE": "service.remove",
 };
 
 /** One request (or upgrade) to a member, from arrival to the close of its response or connection. */
@@ -183,6 +185,8 @@ export class AuditedRequest implements UpgradeAudit {
   /** The URL as it arrived (the proxy rewrites req.url to the member path). */
   private readonly url: string;
   private cluster: string | undefined;
+  /** The exposed service the request is for (proxy/service-proxy.ts), if any. */
+  service: string | undefined;
   private mode: AuthMode | undefined;
   private caller: AuthenticatedCaller | undefined;
   private refusal: { reason: StatusReason; message: string } | undefined;
@@ -266,6 +270,7 @@ export class AuditedRequest implements UpgradeAudit {
       stage,
       requestId: this.id,
       cluster: this.cluster ?? (validName ? named : undefined),
+      ...(this.service ? { service: this.service } : {}),
       auth,
       user: caller?.user,
       groups: caller?.groups,

@@ -16,6 +16,7 @@ import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
@@ -83,8 +84,10 @@ export interface ClusterProxyDeps {
 export class ClusterProxy {
   private readonly proxy = createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0, timeout: 0 });
   private lastFullWarning = 0;
+  private readonly services: ServiceProxy;
 
   constructor(private readonly deps: ClusterProxyDeps) {
+    this.services = new ServiceProxy(deps);
     // Errors are answered per request (see handleRequest); this keeps
     // http-proxy from throwing on an error nobody handles.
     this.proxy.on("error", () => {});
@@ -232,6 +235,7 @@ export class ClusterProxy {
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (isServiceRequest(req.url)) return this.services.handleRequest(req, res);
     const audit = this.deps.audit?.request(req, res);
     const admission = await this.admit(req);
     if (!admission.ok) {
@@ -278,6 +282,7 @@ export class ClusterProxy {
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    if (isServiceRequest(req.url)) return this.services.handleUpgrade(req, socket);
     const audit = this.deps.audit?.upgrade(req, socket);
     const upgrade = checkUpgrade(req);
     if (!upgrade.ok) {

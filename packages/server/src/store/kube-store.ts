@@ -31,7 +31,7 @@ import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { servingCertUsable } from "./file-store.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
 import { checkIsoDate, normalizeCluster, normalizeSerial, normalizeToken } from "./records.js";
-import type { ClusterInput, ClusterRecord, Store, TokenRecord } from "./state-store.js";
+import type { ClusterInput, ClusterRecord, ServiceAccess, Store, TokenRecord } from "./state-store.js";
 
 export const DEFAULT_NAMESPACE = "tether-system";
 const CLUSTERS_PATH = "/apis/tether.io/v1alpha1/clusters";
@@ -53,7 +53,12 @@ interface ClusterObject {
   apiVersion: string;
   kind: string;
   metadata: ObjectMeta;
-  spec: { auth: "impersonate" | "passthrough"; allowedUsers?: string[]; allowedGroups?: string[] };
+  spec: {
+    auth: "impersonate" | "passthrough";
+    allowedUsers?: string[];
+    allowedGroups?: string[];
+    services?: Record<string, ServiceAccess>;
+  };
   status?: unknown;
 }
 interface DataObject {
@@ -89,6 +94,7 @@ function clusterFrom(obj: ClusterObject): ClusterRecord | undefined {
       labels: obj.metadata.labels ?? {},
       allowedUsers: obj.spec?.allowedUsers ?? [],
       allowedGroups: obj.spec?.allowedGroups ?? [],
+      ...(obj.spec?.services === undefined ? {} : { services: obj.spec.services }),
       createdAt:
         obj.metadata.annotations?.[CREATED_AT] ?? obj.metadata.creationTimestamp ?? new Date(0).toISOString(),
       // The apiserver makes a new one whenever the object is created: the incarnation.
@@ -407,7 +413,12 @@ export class KubeStore implements Store, ClusterStatusSink {
         annotations: { [CREATED_AT]: record.createdAt },
         ...(resourceVersion ? { resourceVersion } : {}),
       },
-      spec: { auth: record.auth, allowedUsers: record.allowedUsers, allowedGroups: record.allowedGroups },
+      spec: {
+        auth: record.auth,
+        allowedUsers: record.allowedUsers,
+        allowedGroups: record.allowedGroups,
+        ...(record.services ? { services: record.services } : {}),
+      },
     };
   }
 

@@ -1,10 +1,18 @@
 // Validation of the records a store keeps: what is written is checked the
 // same way whichever store writes it, and a record that fails is refused with
 // ERR_TETHER_INVALID_RECORD before anything is written.
-import { codedError, isAuthMode } from "@tether/common";
+import { codedError, isAuthMode, isExposedServiceName } from "@tether/common";
 import { isIncarnation, isValidClusterName, validateClusterName } from "../pki/pki.js";
 import { isTokenHash } from "../pki/tokens.js";
-import { type ClusterInput, ERR_TETHER_INVALID_RECORD, type TokenRecord } from "./state-store.js";
+import {
+  type ClusterInput,
+  ERR_TETHER_INVALID_RECORD,
+  type ServiceAccess,
+  type TokenRecord,
+} from "./state-store.js";
+
+/** How many exposed services one cluster may list. */
+export const MAX_SERVICES_PER_CLUSTER = 64;
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -37,6 +45,7 @@ export function normalizeCluster<R extends ClusterInput>(r: R): R {
   }
   if (r.uid !== undefined && !isIncarnation(r.uid))
     throw invalid(`cluster ${r.name}: uid must be a lowercase UUID`);
+  const services = normalizeServices(r.name, r.services);
   return {
     name: r.name,
     auth: r.auth,
@@ -45,7 +54,31 @@ export function normalizeCluster<R extends ClusterInput>(r: R): R {
     allowedGroups: [...r.allowedGroups],
     createdAt: checkIsoDate("createdAt", r.createdAt),
     ...(r.uid === undefined ? {} : { uid: r.uid }),
+    ...(services ? { services } : {}),
   } as R;
+}
+
+function normalizeServices(cluster: string, services: unknown): Record<string, ServiceAccess> | undefined {
+  if (services === undefined) return undefined;
+  if (!isPlainObject(services)) throw invalid(`cluster ${cluster}: services must map names to access lists`);
+  const names = Object.keys(services);
+  if (names.length > MAX_SERVICES_PER_CLUSTER)
+    throw invalid(`cluster ${cluster}: at most ${MAX_SERVICES_PER_CLUSTER} services`);
+  if (names.length === 0) return undefined;
+  const out: Record<string, ServiceAccess> = {};
+  for (const name of names.sort()) {
+    const access = services[name];
+    if (!isExposedServiceName(name))
+      throw invalid(
+        `cluster ${cluster}: service name ${JSON.stringify(name.slice(0, 80))} is not a DNS label of at most 55 characters`,
+      );
+    if (!isPlainObject(access) || !isStringArray(access.allowedUsers) || !isStringArray(access.allowedGroups))
+      throw invalid(
+        `cluster ${cluster}: service ${name} needs allowedUsers and allowedGroups arrays of strings`,
+      );
+    out[name] = { allowedUsers: [...access.allowedUsers], allowedGroups: [...access.allowedGroups] };
+  }
+  return out;
 }
 
 export function normalizeToken(r: TokenRecord): TokenRecord {

@@ -21,6 +21,17 @@ export interface ClusterRecord {
    * when the cluster is added: a name removed and added again gets a new one.
    */
   uid: string;
+  /**
+   * Who may use each in-cluster service the agent exposes (tether-agent
+   * --expose NAME=URL), by NAME. A service not listed here is usable by nobody.
+   */
+  services?: Record<string, ServiceAccess>;
+}
+
+/** The users and groups allowed one exposed service; empty lists allow nobody. */
+export interface ServiceAccess {
+  allowedUsers: string[];
+  allowedGroups: string[];
 }
 
 /** A cluster as callers hand it to a store, which assigns (or keeps) its uid and ignores any given one. */

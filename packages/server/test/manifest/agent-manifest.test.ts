@@ -279,6 +279,38 @@ t.test("an egress proxy: its URL only in the join Secret, NO_PROXY in clear", as
   }
 });
 
+t.test("--agent-expose becomes the agent's --expose flags, checked first", async (t) => {
+  const expose = [
+    "ks-apiserver=http://ks-apiserver.kubesphere-system.svc:80",
+    "prom=https://prom.monitoring.svc/p",
+  ];
+  const container = one(agentManifestObjects({ join: JOIN, expose }), "Deployment").spec.template.spec
+    .containers[0];
+  t.same(container.args, [
+    "tether-agent",
+    "--credentials-secret",
+    CREDENTIALS_SECRET,
+    "--expose",
+    expose[0],
+    "--expose",
+    expose[1],
+  ]);
+  for (const bad of [
+    "noequals",
+    "Bad=http://x",
+    "x=ftp://h",
+    "x=http://u:p@h",
+    "x=http://h/?q",
+    "x=http://h/ y",
+  ]) {
+    t.equal(
+      codeOf(() => agentManifestObjects({ join: JOIN, expose: [bad] })),
+      "ERR_TETHER_BAD_EXPOSE",
+      bad,
+    );
+  }
+});
+
 t.test("YAML", async (t) => {
   const objects = agentManifestObjects({ join: { ...JOIN, token: "tether_x: y # not a comment" } });
   const text = manifestYaml(objects, "line one\nline two");

@@ -42,6 +42,28 @@ export async function storeContract(t: Test, open: () => Promise<Store>): Promis
     t.not((await store.getCluster("alpha"))?.uid, got?.uid, "as a new incarnation");
   });
 
+  await t.test("clusters: exposed services' access lists are kept, replaced and dropped", async (t) => {
+    const services = {
+      prometheus: { allowedUsers: ["alice"], allowedGroups: ["sre", "ops"] },
+      "ks-apiserver": { allowedUsers: [], allowedGroups: ["admins"] },
+    };
+    t.equal(await store.addCluster(cluster("svc", { services })), true);
+    t.same((await store.getCluster("svc"))?.services, services);
+    await store.putCluster(cluster("svc", { services: { prometheus: services.prometheus } }));
+    t.same((await store.getCluster("svc"))?.services, { prometheus: services.prometheus }, "replaced");
+    await store.putCluster(cluster("svc"));
+    t.equal((await store.getCluster("svc"))?.services, undefined, "dropped");
+    await t.rejects(
+      store.putCluster(cluster("svc", { services: { "Bad Name": { allowedUsers: [], allowedGroups: [] } } })),
+      { code: "ERR_TETHER_INVALID_RECORD" },
+    );
+    await t.rejects(
+      store.putCluster(cluster("svc", { services: { ok: { allowedUsers: "alice" } as never } })),
+      { code: "ERR_TETHER_INVALID_RECORD" },
+    );
+    t.equal(await store.deleteCluster("svc"), true);
+  });
+
   await t.test("invalid records are refused with the same code", async (t) => {
     await t.rejects(store.addCluster(cluster("Not_A_Name")), { code: "ERR_TETHER_INVALID_CLUSTER_NAME" });
     await t.rejects(store.addCluster(cluster("beta", { auth: "root" as never })), {
