@@ -7,7 +7,7 @@
 // the member.
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { KubeApi, TokenReviewer } from "@tether/server";
+import { KubeApi, runCliCaptured, TokenReviewer } from "@tether/server";
 import t from "tap";
 import { stringify as toYaml } from "yaml";
 import { freePort, startClusters, writeKubeconfig } from "../kube/index.js";
@@ -184,4 +184,78 @@ t.test("Tether not allowed to create TokenReviews: 503 naming the missing RBAC",
   const res = await throughReviewer(new KubeApi({ kubeconfig: unprivileged }), controllerToken);
   t.equal(res.status, 503, res.body);
   t.match((JSON.parse(res.body) as { message: string }).message, /create on tokenreviews/);
+});
+
+interface PrintedSecret {
+  type: string;
+  metadata: { name: string };
+  data?: unknown;
+}
+interface StoredKubeFedCluster {
+  spec: { apiEndpoint: string; caBundle: string };
+}
+
+t.test("kubefed --auth service-account: KubeFed's own SA token, filled in by the host, works", async (t) => {
+  const kfNs = "kube-federation-system";
+  const user = `system:serviceaccount:${kfNs}:kubefed-controller`;
+  await host.api("POST", "/api/v1/namespaces", { metadata: { name: kfNs } }, [409]);
+  await host.api(
+    "POST",
+    `/api/v1/namespaces/${kfNs}/serviceaccounts`,
+    { metadata: { name: "kubefed-controller" } },
+    [409],
+  );
+  await tether.registerCluster("fed-sa", "impersonate", { users: [user] });
+  await tether.startAgent("fed-sa", host);
+  await host.api(
+    "POST",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    {
+      metadata: { name: "tether-kubefed-view" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "view" },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: `tether:${user}` }],
+    },
+    [409],
+  );
+  const printed = await runCliCaptured([
+    "kubefed",
+    "fed-sa",
+    "--auth",
+    "service-account",
+    "-o",
+    "json",
+    "--state-dir",
+    tether.store.dir,
+    "--server",
+    tether.server.url,
+  ]);
+  t.equal(printed.code, 0, printed.stderr);
+  const [secret, kfc] = (JSON.parse(printed.stdout) as { items: [PrintedSecret, StoredKubeFedCluster] })
+    .items;
+  t.equal(secret.type, "kubernetes.io/service-account-token");
+  t.notOk(secret.data, "no Tether token is printed");
+  await host.api("POST", `/api/v1/namespaces/${kfNs}/secrets`, secret);
+  let token = "";
+  await until("the token controller fills the Secret", async () => {
+    const got = await host.api<{ data?: { token?: string } }>(
+      "GET",
+      `/api/v1/namespaces/${kfNs}/secrets/${secret.metadata.name}`,
+    );
+    token = Buffer.from(got.body.data?.token ?? "", "base64").toString("utf8");
+    return token !== "";
+  });
+  // KubeFed's member client: apiEndpoint, caBundle and the Secret's token, nothing else.
+  const kubeconfig = await writeKubeconfig(join(tether.dir, "kc-kubefed-sa"), {
+    name: "fed-sa",
+    server: kfc.spec.apiEndpoint,
+    caPem: Buffer.from(kfc.spec.caBundle, "base64").toString("utf8"),
+    token,
+  });
+  const who = await host.kubectl(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"], {
+    kubeconfig,
+  });
+  t.equal(who.stdout, `tether:${user}`, who.stderr);
+  const list = await host.kubectl(["get", "namespaces", "-o", "name"], { kubeconfig });
+  t.equal(list.code, 0, list.stderr);
+  t.match(list.stdout, /namespace\/kube-federation-system/);
 });

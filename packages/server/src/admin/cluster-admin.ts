@@ -66,6 +66,15 @@ export interface UserToken {
   caPem: string;
 }
 
+/** Where a host caller reaches a cluster, and who the cluster lets in: what a credential-less client config needs. */
+export interface MemberEndpoint {
+  cluster: string;
+  server: string;
+  caPem: string;
+  allowedUsers: string[];
+  allowedGroups: string[];
+}
+
 /** A cluster as listed: through a running server, with its agent session there; from the store alone, without. */
 export type ListedCluster = ClusterRecord & { connection?: ClusterConnection };
 
@@ -77,6 +86,7 @@ export interface ClusterAdmin {
   removeCluster(name: string): Promise<RemoveResult>;
   newJoinToken(name: string, ttlMs: number): Promise<JoinInfo>;
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken>;
+  memberEndpoint(name: string): Promise<MemberEndpoint>;
 }
 
 /** Shell-quotes `s` unless it is made only of safe characters. */
@@ -210,6 +220,13 @@ export class StoreClusterAdmin implements ClusterAdmin {
       expiresAt,
     });
     return { cluster: name, user, groups: uniqueGroups, token, expiresAt, server, caPem: ca.certPem };
+  }
+
+  async memberEndpoint(name: string): Promise<MemberEndpoint> {
+    const server = await this.server();
+    const { allowedUsers, allowedGroups } = await this.#existing(name);
+    const ca = await this.store.loadOrCreateCa();
+    return { cluster: name, server, caPem: ca.certPem, allowedUsers, allowedGroups };
   }
 
   async #existing(name: string): Promise<ClusterRecord> {

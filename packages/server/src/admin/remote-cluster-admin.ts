@@ -6,12 +6,13 @@
 
 import { type JsonAnswer, requestJson } from "@tether/common";
 import type { AdminCredential } from "./admin-credential.js";
-import { TetherCliError } from "./admin-input.js";
+import { fail, TetherCliError } from "./admin-input.js";
 import type {
   ClusterAdmin,
   ClusterSpec,
   JoinInfo,
   ListedCluster,
+  MemberEndpoint,
   RemoveResult,
   UserToken,
 } from "./cluster-admin.js";
@@ -51,6 +52,19 @@ export class RemoteClusterAdmin implements ClusterAdmin {
 
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken> {
     return this.call("POST", `clusters/${encodeURIComponent(name)}/user-tokens`, { user, groups, ttlMs });
+  }
+
+  async memberEndpoint(name: string): Promise<MemberEndpoint> {
+    const found = (await this.listClusters()).find((c) => c.name === name);
+    if (!found) return fail("ERR_TETHER_UNKNOWN_CLUSTER", `no cluster named ${name} on ${this.where}`);
+    const { allowedUsers, allowedGroups } = found;
+    return {
+      cluster: name,
+      server: this.where,
+      caPem: this.credential.caCertificate,
+      allowedUsers,
+      allowedGroups,
+    };
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
