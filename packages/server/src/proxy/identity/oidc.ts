@@ -148,6 +148,8 @@ export class OidcVerifier {
     const options: RequestOptions & { timeout: number } = {
       method: "GET",
       timeout: FETCH_TIMEOUT_MS,
+      // kube-apiserver answers its JWKS only as application/jwk-set+json (406 to a plain JSON accept).
+      headers: { accept: "application/json, application/jwk-set+json" },
       ...(this.options.caPem ? { ca: this.options.caPem } : {}),
     };
     let answer: { status: number; body: unknown };
