@@ -259,3 +259,34 @@ t.test("kubefed --auth service-account: KubeFed's own SA token, filled in by the
   t.equal(list.code, 0, list.stderr);
   t.match(list.stdout, /namespace\/kube-federation-system/);
 });
+
+t.test(
+  "refused service-account tokens count against the source's failure limit: then 429, no review",
+  async (t) => {
+    const limited = await startTether({
+      limits: { authFailureLimit: 3, authFailureWindowMs: 3600_000 },
+      identity: { serviceAccounts: new TokenReviewer({ api: new KubeApi({ kubeconfig: host.kubeconfig }) }) },
+    });
+    t.teardown(() => limited.stop());
+    await limited.registerCluster("allows-sa", "impersonate", { users: [SA_USER] });
+    const get = async (token: string) =>
+      (
+        await rawRequest(
+          { url: limited.server.url, caPem: limited.ca.certPem },
+          "/clusters/allows-sa/version",
+          {
+            headers: { authorization: `Bearer ${token}` },
+          },
+        )
+      ).status;
+    const [h, p] = controllerToken.split(".");
+    const statuses = [];
+    for (let i = 0; i < 4; i++) statuses.push(await get(`${h}.${p}.forged${i}`));
+    t.same(statuses, [401, 401, 401, 429]);
+    t.equal(
+      await get(controllerToken),
+      429,
+      "even a good token waits: the source is refused before any review",
+    );
+  },
+);

@@ -25,6 +25,7 @@ issuer.publish("k1");
 
 const verifier = (options: {
   cooldownMs: number;
+  usernameClaim?: string;
   usernamePrefix?: string;
   groupsPrefix?: string;
   url?: string;
@@ -37,6 +38,7 @@ const verifier = (options: {
     caPem: issuer.caPem,
     jwksCooldownMs: options.cooldownMs,
     ...(options.usernamePrefix !== undefined ? { usernamePrefix: options.usernamePrefix } : {}),
+    ...(options.usernameClaim ? { usernameClaim: options.usernameClaim } : {}),
   });
 
 async function tetherWith(oidc: OidcVerifier): Promise<Fixture> {
@@ -136,6 +138,23 @@ t.test(
     t.equal(await status(prefixed), 403);
   },
 );
+
+t.test("--oidc-username-claim email: no default prefix, and an unverified email is refused", async (t) => {
+  const byEmail = await tetherWith(verifier({ cooldownMs: 0, usernameClaim: "email" }));
+  await byEmail.registerCluster("e", "impersonate", { users: ["alice@example.com"] });
+  await byEmail.startAgent("e", member);
+  const get = async (claims: Record<string, unknown>) =>
+    (
+      await rawRequest({ url: byEmail.server.url, caPem: byEmail.ca.certPem }, "/clusters/e/version", {
+        headers: {
+          authorization: `Bearer ${await issuer.token("k1", { sub: "1", aud: CLIENT, ...claims })}`,
+        },
+      })
+    ).status;
+  t.equal(await get({ email: "alice@example.com", email_verified: true }), 200);
+  t.equal(await get({ email: "alice@example.com", email_verified: false }), 401);
+  t.equal(await get({}), 401, "no email claim");
+});
 
 t.test("an issuer that cannot be reached is a 503, not a 401", async (t) => {
   const url = "https://127.0.0.1:9";
