@@ -23,6 +23,7 @@ import {
   normalizeServerUrl,
   parseAuthMode,
   parseLabels,
+  uniqueAllowed,
   uniqueIdentities,
 } from "./admin-input.js";
 
@@ -136,8 +137,8 @@ export class StoreClusterAdmin implements ClusterAdmin {
       name: spec.name,
       auth: parseAuthMode(spec.auth ?? "impersonate"),
       labels: parseLabels(Object.entries(spec.labels ?? {}).map(([k, v]) => `${k}=${v}`)),
-      allowedUsers: uniqueIdentities("user", spec.allowedUsers ?? []),
-      allowedGroups: uniqueIdentities("group", spec.allowedGroups ?? []),
+      allowedUsers: uniqueAllowed("user", spec.allowedUsers ?? []),
+      allowedGroups: uniqueAllowed("group", spec.allowedGroups ?? []),
       createdAt: new Date().toISOString(),
     };
     checkTtlMs("--token-ttl", joinTokenTtlMs, MAX_JOIN_TOKEN_TTL_MS);

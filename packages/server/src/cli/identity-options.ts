@@ -59,10 +59,19 @@ export async function identityFromOptions(opts: IdentityFlags & StoreOptions): P
   }
   if (opts.hostServiceAccounts) {
     const kubeconfig = opts.hostKubeconfig ?? (opts.store === "kubernetes" ? opts.kubeconfig : undefined);
-    const api = new KubeApi({
-      ...(kubeconfig ? { kubeconfig } : {}),
-      ...(!opts.hostKubeconfig && opts.context ? { context: opts.context } : {}),
-    });
+    let api: KubeApi;
+    try {
+      api = new KubeApi({
+        ...(kubeconfig ? { kubeconfig } : {}),
+        ...(!opts.hostKubeconfig && opts.context ? { context: opts.context } : {}),
+      });
+    } catch (err) {
+      if (!opts.hostKubeconfig) throw err;
+      throw new TetherError(
+        "ERR_TETHER_IDENTITY_CONFIG",
+        `cannot use --host-kubeconfig ${opts.hostKubeconfig}: ${(err as Error).message.replace(/; pass --kubeconfig.*$/, "")}`,
+      );
+    }
     sources.serviceAccounts = new TokenReviewer({ api });
   }
   if (opts.oidcIssuerUrl || opts.oidcClientId) {

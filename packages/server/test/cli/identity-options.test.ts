@@ -24,6 +24,13 @@ t.test("incomplete settings are ERR_TETHER_IDENTITY_CONFIG", async (t) => {
     code,
   );
   await t.rejects(identityFromOptions({ ...base, hostKubeconfig: "/some/file" }), code);
+  await t.rejects(
+    identityFromOptions({ ...base, hostServiceAccounts: true, hostKubeconfig: "/nonexistent" }),
+    {
+      code: "ERR_TETHER_IDENTITY_CONFIG",
+      message: /cannot use --host-kubeconfig \/nonexistent: cannot load/,
+    },
+  );
 });
 
 t.test("no flags, no sources; OIDC flags, an OIDC verifier of that issuer", async (t) => {
