@@ -6,8 +6,6 @@ import { readFile } from "node:fs/promises";
 import { TetherError } from "@tether/common";
 import { type Command, Option } from "commander";
 import type { IdentitySources } from "../proxy/identity/identity-sources.js";
-import { OidcVerifier } from "../proxy/identity/oidc.js";
-import { TokenReviewer } from "../proxy/identity/token-review.js";
 import { KubeApi } from "../store/kube-api.js";
 import type { StoreOptions } from "./store-options.js";
 
@@ -72,6 +70,7 @@ export async function identityFromOptions(opts: IdentityFlags & StoreOptions): P
         `cannot use --host-kubeconfig ${opts.hostKubeconfig}: ${(err as Error).message.replace(/; pass --kubeconfig.*$/, "")}`,
       );
     }
+    const { TokenReviewer } = await import("../proxy/identity/token-review.js");
     sources.serviceAccounts = new TokenReviewer({ api });
   }
   if (opts.oidcIssuerUrl || opts.oidcClientId) {
@@ -87,6 +86,8 @@ export async function identityFromOptions(opts: IdentityFlags & StoreOptions): P
         throw new TetherError("ERR_TETHER_IDENTITY_CONFIG", `cannot read --oidc-ca-file: ${err.message}`);
       });
     }
+    // Loaded only when asked for, as serve loads the proxy: the admin commands start without them.
+    const { OidcVerifier } = await import("../proxy/identity/oidc.js");
     try {
       sources.oidc = new OidcVerifier({
         issuerUrl: opts.oidcIssuerUrl,
