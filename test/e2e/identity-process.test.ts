@@ -45,25 +45,19 @@ const added = await runCliCaptured([
 ]);
 // A top-level assertion would let tap end the root test (and run the teardowns) at the next await.
 if (added.code !== 0) throw new Error(`cluster add failed: ${added.stderr}`);
-const { proc, url } = await spawnServer(
-  stateDir,
-  caPem,
-  join(dir, "server.log"),
-  undefined,
-  [
-    "--host-service-accounts",
-    "--host-kubeconfig",
-    host.kubeconfig,
-    "--oidc-issuer-url",
-    issuer.url,
-    "--oidc-client-id",
-    "tether",
-    "--oidc-username-prefix",
-    "oidc:",
-    "--oidc-ca-file",
-    issuerCa,
-  ],
-);
+const { proc, url } = await spawnServer(stateDir, caPem, join(dir, "server.log"), undefined, [
+  "--host-service-accounts",
+  "--host-kubeconfig",
+  host.kubeconfig,
+  "--oidc-issuer-url",
+  issuer.url,
+  "--oidc-client-id",
+  "tether",
+  "--oidc-username-prefix",
+  "oidc:",
+  "--oidc-ca-file",
+  issuerCa,
+]);
 t.teardown(async () => {
   await proc.stop();
   await rm(dir, { recursive: true, force: true });

@@ -59,6 +59,11 @@ export class TestIssuer {
     this.published = kids;
   }
 
+  /** What GET /jwks answers now. */
+  jwksBody(): Promise<{ keys: JWK[] }> {
+    return this.jwks();
+  }
+
   private async jwks(): Promise<{ keys: JWK[] }> {
     const keys: JWK[] = [];
     for (const kid of this.published) {

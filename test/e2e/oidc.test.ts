@@ -7,6 +7,7 @@
 // Tether refetch the JWKS at most once per cooldown; an unreachable issuer is
 // a 503.
 import { OidcVerifier } from "@tether/server";
+import { SignJWT } from "jose";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { type Fixture, startTether } from "./fixture.js";
@@ -93,6 +94,15 @@ t.test("wrong audience, expired, not yet valid, no exp, bad signature, unknown k
   t.equal(await status(await issuer.token("k1", { ...alice, exp: undefined })), 401, "no exp");
   t.equal(await status(await issuer.token("k1", alice, "evil")), 401, "k1's kid, signed by another key");
   t.equal(await status(await issuer.token("evil", alice)), 401, "a kid the issuer does not publish");
+  // alg none, and HS256 keyed with the issuer's public key (algorithm confusion): never accepted.
+  const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const payload = { ...alice, iss: issuer.url, exp: now + 3600 };
+  t.equal(await status(`${b64({ alg: "none", kid: "k1" })}.${b64(payload)}.`), 401, "alg none");
+  const publicJwk = JSON.stringify((await issuer.jwksBody()).keys[0]);
+  const hs = await new SignJWT(payload)
+    .setProtectedHeader({ alg: "HS256", kid: "k1" })
+    .sign(new TextEncoder().encode(publicJwk));
+  t.equal(await status(hs), 401, "HS256 with the public key as secret");
   const forgedIss = await issuer.token("k1", { ...alice, iss: "https://elsewhere.example" });
   t.equal(await status(forgedIss), 401, "another issuer (not configured: no source takes it)");
 });
