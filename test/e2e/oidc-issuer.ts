@@ -12,6 +12,8 @@ type Key = Awaited<ReturnType<typeof generateKeyPair>>;
 export class TestIssuer {
   /** GETs of the JWKS so far. */
   jwksFetches = 0;
+  /** While true, GET /jwks answers 500. */
+  jwksDown = false;
   private readonly keys = new Map<string, Key>();
   private published: string[] = [];
 
@@ -35,6 +37,9 @@ export class TestIssuer {
             id_token_signing_alg_values_supported: ["ES256"],
           }),
         );
+      } else if (req.url === "/jwks" && self.jwksDown) {
+        res.statusCode = 500;
+        res.end("{}");
       } else if (req.url === "/jwks") {
         self.jwksFetches++;
         void self.jwks().then((body) => res.end(JSON.stringify(body)));

@@ -166,6 +166,19 @@ t.test("--oidc-username-claim email: no default prefix, and an unverified email 
   t.equal(await get({}), 401, "no email claim");
 });
 
+t.test("a JWKS that fails to load is a 503 while it fails, then tokens work again", async (t) => {
+  issuer.publish("k1");
+  const fresh = await tetherWith(verifier({ cooldownMs: 0 }));
+  const token = await issuer.token("k1", { sub: "alice", aud: CLIENT });
+  issuer.jwksDown = true;
+  t.teardown(() => {
+    issuer.jwksDown = false;
+  });
+  t.equal(await status(token, fresh), 503);
+  issuer.jwksDown = false;
+  t.equal(await status(token, fresh), 200);
+});
+
 t.test("an issuer that cannot be reached is a 503, not a 401", async (t) => {
   const url = "https://127.0.0.1:9";
   const down = await tetherWith(verifier({ cooldownMs: 0, url }));
