@@ -81,6 +81,8 @@ export interface StartOptions {
   /** Cluster names; default `member1 … memberN`. */
   names?: string[];
   log?: (line: string) => void;
+  /** Each apiserver's service-account issuer is its own URL (an OIDC issuer tests can reach). */
+  selfIssuer?: boolean;
 }
 
 export async function freePort(): Promise<number> {
@@ -197,13 +199,23 @@ async function startCluster(
   name: string,
   etcdUrl: string,
   track: (p: ManagedProcess) => ManagedProcess,
+  selfIssuer = false,
 ): Promise<Cluster> {
   const dir = join(root, name);
   await mkdir(dir, { recursive: true });
   const pki = await createClusterPki(name, NODE_NAME);
   const port = await freePort();
   const server = `https://127.0.0.1:${port}`;
-  const files = await clusterFiles({ dir, name, nodeName: NODE_NAME, pki, server, port, etcdUrl });
+  const files = await clusterFiles({
+    dir,
+    name,
+    nodeName: NODE_NAME,
+    pki,
+    server,
+    port,
+    etcdUrl,
+    selfIssuer,
+  });
   const { logsRoot } = files;
   await mkdir(logsRoot, { recursive: true });
   const start = (component: string, bin: string, args: string[]) =>
@@ -358,7 +370,7 @@ export async function startClusters(count: number, options: StartOptions = {}): 
   try {
     etcd = await startEtcd(binaries, dir);
     const results = await Promise.allSettled(
-      names.map((n) => startCluster(binaries, dir, n, etcd!.url, track)),
+      names.map((n) => startCluster(binaries, dir, n, etcd!.url, track, options.selfIssuer)),
     );
     for (const r of results) if (r.status === "fulfilled") started.push(r.value);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");

@@ -37,6 +37,8 @@ export async function clusterFiles(options: {
   server: string;
   port: number;
   etcdUrl: string;
+  /** Issue service-account tokens as https://127.0.0.1:<port> (its discovery is then reachable), not kubernetes.default.svc. */
+  selfIssuer?: boolean;
 }): Promise<ClusterFiles> {
   const { dir, name, nodeName, pki, server } = options;
   const file = async (base: string, content: string, mode = 0o600) => {
@@ -70,6 +72,7 @@ export async function clusterFiles(options: {
     "--authorization-mode=Node,RBAC",
     "--enable-admission-plugins=NodeRestriction",
     "--service-cluster-ip-range=10.0.0.0/24",
+    ...(options.selfIssuer ? [`--service-account-issuer=${server}`] : []),
     "--service-account-issuer=https://kubernetes.default.svc",
     `--service-account-key-file=${await file("sa.pub", pki.serviceAccount.publicPem, 0o644)}`,
     `--service-account-signing-key-file=${saKey}`,

@@ -158,6 +158,15 @@ export const SERVER_ERRORS = {
     status: 502,
     hint: "the host cluster's apiserver refused a request: the message has its answer",
   },
+
+  // Identity sources (proxy/identity/, cli/identity-options.ts).
+  ERR_TETHER_IDENTITY_UNAVAILABLE: {
+    status: 503,
+    hint: "the host apiserver's TokenReview or the OIDC issuer could not judge the token: the message says which; retry, and check tether-server's RBAC (create tokenreviews) or the issuer",
+  },
+  ERR_TETHER_IDENTITY_CONFIG: {
+    hint: "give --oidc-issuer-url (https) with --oidc-client-id, a readable --oidc-ca-file, and --host-kubeconfig only with --host-service-accounts",
+  },
 } as const satisfies ErrorCatalogue;
 
 /** The server's codes and those of @tether/common it throws. */

@@ -12,3 +12,7 @@ export { KubeStore, type KubeStoreOptions } from "./store/kube-store.js";
 export type { AuthMode, ClusterInput, ClusterRecord, Store, TokenRecord } from "./store/state-store.js";
 export { type ReadDecision, ReadAccess } from "./http/read-access.js";
 export { TetherMetrics } from "./observe/metrics.js";
+export { type OidcOptions, OidcVerifier } from "./proxy/identity/oidc.js";
+export { type HostApi, TokenReviewer, type TokenReviewOptions } from "./proxy/identity/token-review.js";
+export type { IdentitySources } from "./proxy/identity/identity-sources.js";
+export { KubeApi } from "./store/kube-api.js";

@@ -43,6 +43,7 @@ import { foreignIncarnation } from "./pki/incarnation.js";
 import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
 import { type AgentSession, AgentSessions } from "./proxy/agent-sessions.js";
 import { CallerQuota, releaseOnClose } from "./proxy/caller-quota.js";
+import type { IdentitySources } from "./proxy/identity/identity-sources.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
 import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.js";
@@ -89,6 +90,8 @@ export interface ServerOptions {
   audit?: AuditLog;
   /** Host-based routing: <name>.<clusterDomain> is member <name> at "/" (proxy/host-routing.ts). */
   clusterDomain?: string;
+  /** Identity sources besides Tether tokens and certificates (proxy/identity/). */
+  identity?: IdentitySources;
 }
 
 export class TetherServer {
@@ -152,6 +155,7 @@ export class TetherServer {
       streamIdleTimeoutMs: this.limits.streamIdleTimeoutMs,
       ...(this.metrics ? { metrics: this.metrics } : {}),
       ...(options.audit ? { audit: options.audit } : {}),
+      ...(options.identity ? { identity: options.identity } : {}),
     });
     this.audit = options.audit;
     this.join = new JoinEndpoint({

@@ -182,6 +182,21 @@ export function checkServiceName(name: string): string {
   return name;
 }
 
+/** The only "system:" names a cluster may allow: a host service account's (serve --host-service-accounts). */
+const SERVICE_ACCOUNT_NAME = {
+  user: /^system:serviceaccount:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?:[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$/,
+  group: /^system:serviceaccounts(:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$/,
+};
+
+/**
+ * A cluster's allowed users or groups: what a Tether token may be issued for,
+ * plus host service accounts and their namespace groups. Those stay
+ * unissuable as Tether tokens, so only the host cluster can speak for them.
+ */
+export function uniqueAllowed(kind: "user" | "group", names: string[]): string[] {
+  return [...new Set(names.map((n) => (SERVICE_ACCOUNT_NAME[kind].test(n) ? n : checkIdentity(kind, n))))];
+}
+
 /** An https URL without a trailing slash, query or fragment. */
 export function normalizeServerUrl(text: string, from: string): string {
   let url: URL;

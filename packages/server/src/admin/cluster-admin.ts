@@ -24,6 +24,7 @@ import {
   normalizeServerUrl,
   parseAuthMode,
   parseLabels,
+  uniqueAllowed,
   uniqueIdentities,
 } from "./admin-input.js";
 
@@ -75,6 +76,15 @@ export interface ServiceGrant {
   allowedGroups: string[];
 }
 
+/** Where a host caller reaches a cluster, and who the cluster lets in: what a credential-less client config needs. */
+export interface MemberEndpoint {
+  cluster: string;
+  server: string;
+  caPem: string;
+  allowedUsers: string[];
+  allowedGroups: string[];
+}
+
 /** A cluster as listed: through a running server, with its agent session there; from the store alone, without. */
 export type ListedCluster = ClusterRecord & { connection?: ClusterConnection };
 
@@ -93,6 +103,7 @@ export interface ClusterAdmin {
     name: string,
     service: string,
   ): Promise<{ cluster: string; service: string; removed: boolean }>;
+  memberEndpoint(name: string): Promise<MemberEndpoint>;
 }
 
 /** Shell-quotes `s` unless it is made only of safe characters. */
@@ -142,8 +153,8 @@ export class StoreClusterAdmin implements ClusterAdmin {
       name: spec.name,
       auth: parseAuthMode(spec.auth ?? "impersonate"),
       labels: parseLabels(Object.entries(spec.labels ?? {}).map(([k, v]) => `${k}=${v}`)),
-      allowedUsers: uniqueIdentities("user", spec.allowedUsers ?? []),
-      allowedGroups: uniqueIdentities("group", spec.allowedGroups ?? []),
+      allowedUsers: uniqueAllowed("user", spec.allowedUsers ?? []),
+      allowedGroups: uniqueAllowed("group", spec.allowedGroups ?? []),
       createdAt: new Date().toISOString(),
     };
     checkTtlMs("--token-ttl", joinTokenTtlMs, MAX_JOIN_TOKEN_TTL_MS);
@@ -235,8 +246,8 @@ export class StoreClusterAdmin implements ClusterAdmin {
     groups: string[],
   ): Promise<ServiceGrant> {
     checkServiceName(service);
-    const newUsers = uniqueIdentities("user", users);
-    const newGroups = uniqueIdentities("group", groups);
+    const newUsers = uniqueAllowed("user", users);
+    const newGroups = uniqueAllowed("group", groups);
     const cluster = await this.#existing(name);
     const was = cluster.services?.[service] ?? { allowedUsers: [], allowedGroups: [] };
     const access = {
@@ -258,6 +269,13 @@ export class StoreClusterAdmin implements ClusterAdmin {
     const { services: _all, ...record } = cluster;
     await this.store.putCluster(Object.keys(rest).length > 0 ? { ...record, services: rest } : record);
     return { cluster: name, service, removed: true };
+  }
+
+  async memberEndpoint(name: string): Promise<MemberEndpoint> {
+    const server = await this.server();
+    const { allowedUsers, allowedGroups } = await this.#existing(name);
+    const ca = await this.store.loadOrCreateCa();
+    return { cluster: name, server, caPem: ca.certPem, allowedUsers, allowedGroups };
   }
 
   async #existing(name: string): Promise<ClusterRecord> {

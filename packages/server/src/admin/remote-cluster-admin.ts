@@ -6,12 +6,13 @@
 
 import { type JsonAnswer, requestJson } from "@tether/common";
 import type { AdminCredential } from "./admin-credential.js";
-import { checkServiceName, TetherCliError } from "./admin-input.js";
+import { checkServiceName, fail, TetherCliError } from "./admin-input.js";
 import type {
   ClusterAdmin,
   ClusterSpec,
   JoinInfo,
   ListedCluster,
+  MemberEndpoint,
   RemoveResult,
   ServiceGrant,
   UserToken,
@@ -69,6 +70,19 @@ export class RemoteClusterAdmin implements ClusterAdmin {
   private servicePath(name: string, service: string): string {
     checkServiceName(service);
     return `clusters/${encodeURIComponent(name)}/services/${encodeURIComponent(service)}`;
+  }
+
+  async memberEndpoint(name: string): Promise<MemberEndpoint> {
+    const found = (await this.listClusters()).find((c) => c.name === name);
+    if (!found) return fail("ERR_TETHER_UNKNOWN_CLUSTER", `no cluster named ${name} on ${this.where}`);
+    const { allowedUsers, allowedGroups } = found;
+    return {
+      cluster: name,
+      server: this.where,
+      caPem: this.credential.caCertificate,
+      allowedUsers,
+      allowedGroups,
+    };
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -9,7 +9,12 @@ import {
   DEFAULT_USER_TOKEN_TTL,
 } from "../admin/admin-input.js";
 import { AGENT_NAMESPACE, agentManifest } from "../manifest/agent-manifest.js";
-import { DEFAULT_KUBEFED_USER, KUBEFED_NAMESPACE, kubefed } from "../manifest/kubefed.js";
+import {
+  DEFAULT_KUBEFED_SERVICE_ACCOUNT,
+  DEFAULT_KUBEFED_USER,
+  KUBEFED_NAMESPACE,
+  kubefed,
+} from "../manifest/kubefed.js";
 import { normalizeClusterDomain } from "../proxy/host-routing.js";
 import { KubeStore } from "../store/kube-store.js";
 import {
@@ -273,6 +278,20 @@ export function addKubefed(program: Command, out: (text: string) => void): void 
         KUBEFED_NAMESPACE,
       ),
     )
+    .addOption(
+      new Option(
+        "--auth <kind>",
+        "tether-token: a Tether user token in the Secret; service-account: KubeFed's own service-account token (serve --host-service-accounts)",
+      )
+        .choices(["tether-token", "service-account"])
+        .default("tether-token"),
+    )
+    .addOption(
+      new Option(
+        "--service-account <name>",
+        "--auth service-account: the controller's service account in --kubefed-namespace",
+      ).default(DEFAULT_KUBEFED_SERVICE_ACCOUNT),
+    )
     .addOption(serverOption())
     .addOption(clusterDomainOption("apiEndpoint https://NAME.<domain>:<port> (needs DNS for *.<domain>)"))
     .addOption(new Option("-o, --output <format>", "yaml or json").choices(["yaml", "json"]).default("yaml"))
@@ -280,6 +299,8 @@ export function addKubefed(program: Command, out: (text: string) => void): void 
       async (
         name: string,
         o: StoreOptions & {
+          auth: "tether-token" | "service-account";
+          serviceAccount: string;
           user: string;
           group: string[];
           ttl: string;
@@ -290,6 +311,8 @@ export function addKubefed(program: Command, out: (text: string) => void): void 
         },
       ) => {
         await kubefed(adminContext(o, out), name, {
+          auth: o.auth,
+          serviceAccount: o.serviceAccount,
           clusterDomain: o.clusterDomain,
           user: o.user,
           groups: o.group,

@@ -10,13 +10,16 @@ import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
 import { normalizeClusterDomain } from "../proxy/host-routing.js";
 import { KubeStore } from "../store/kube-store.js";
 import { type AuditOptions, addAuditOptions, auditLevelOf, openAuditLog } from "./audit-options.js";
+import { addIdentityOptions, type IdentityFlags, identityFromOptions } from "./identity-options.js";
 import { addLimitOptions, limitsFromOptions } from "./limit-options.js";
 import { addMetricsOptions, type MetricsFlags, metricsFromOptions } from "./metrics-options.js";
 import { listenAddress, positiveDuration, seconds } from "./option-parsers.js";
 import { addStoreOptions, openStore, type StoreOptions } from "./store-options.js";
 
 export function addServe(program: Command): void {
-  addAuditOptions(addMetricsOptions(addLimitOptions(addStoreOptions(program.command("serve")))))
+  addIdentityOptions(
+    addAuditOptions(addMetricsOptions(addLimitOptions(addStoreOptions(program.command("serve"))))),
+  )
     .description("run the server: the agent tunnel endpoint and /clusters/<name>/ for host callers")
     .addOption(
       new Option("--listen <host:port>", "address to listen on")
@@ -61,6 +64,7 @@ export function addServe(program: Command): void {
     .action(
       async (
         opts: StoreOptions &
+          IdentityFlags &
           MetricsFlags &
           AuditOptions & {
             listen: { host: string; port: number };
@@ -80,6 +84,7 @@ export function addServe(program: Command): void {
         );
         const audit = await openAuditLog(opts, log);
         const metrics = await metricsFromOptions(opts);
+        const identity = await identityFromOptions(opts);
         const store = await openStore(opts, log);
         const server = await TetherServer.start({
           store,
@@ -89,6 +94,7 @@ export function addServe(program: Command): void {
           tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
           drainTimeoutMs: opts.drainTimeout,
           limits: limitsFromOptions(opts),
+          identity,
           ...metrics,
           ...(audit ? { audit } : {}),
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),

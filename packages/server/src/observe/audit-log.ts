@@ -36,7 +36,7 @@ const cap = (text: string | undefined): string | undefined =>
 const ms = (since: number): number => Math.round((performance.now() - since) * 1000) / 1000;
 
 /** How the caller was identified: a Tether token or certificate, the member's own credential, or not at all. */
-export type AuditAuth = "token" | "certificate" | "passthrough" | "none";
+export type AuditAuth = "token" | "certificate" | "service-account" | "oidc" | "passthrough" | "none";
 
 export class AuditLog {
   /** Records of proxied requests, for the member's response to find. */

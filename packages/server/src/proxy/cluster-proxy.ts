@@ -14,6 +14,8 @@ import type { AuditLog } from "../observe/audit-log.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
+import { IdentityUnavailableError } from "./identity/identity-error.js";
+import type { IdentitySources } from "./identity/identity-sources.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
@@ -32,6 +34,7 @@ export type RefusalReason =
   | "not_found"
   | "rate_limited"
   | "unauthorized"
+  | "identity_unavailable"
   | "forbidden"
   | "no_agent"
   | "caller_quota"
@@ -79,6 +82,8 @@ export interface ClusterProxyDeps {
   streamIdleTimeoutMs: number;
   metrics?: ProxyObserver;
   audit?: AuditLog;
+  /** Host service-account and OIDC tokens; Tether tokens and certificates only when empty. */
+  identity?: IdentitySources;
 }
 
 export class ClusterProxy {
@@ -155,10 +160,20 @@ export class ClusterProxy {
     }
     let caller: AuthenticatedCaller | undefined;
     if (cluster.auth === "impersonate") {
-      caller = await authenticate(req, this.deps.store).catch((err: unknown) => {
+      try {
+        caller = await authenticate(req, this.deps.store, this.deps.identity);
+      } catch (err) {
         attempt.succeeded();
-        throw err;
-      });
+        if (!(err instanceof IdentityUnavailableError)) throw err;
+        this.deps.log.warn({ err: err.message }, "an identity source is unavailable");
+        return {
+          ok: false,
+          reason: "ServiceUnavailable",
+          why: "identity_unavailable",
+          message: err.message,
+          retryAfterSeconds: 5,
+        };
+      }
       if (!caller) {
         this.countFailure(attempt, source);
         return {

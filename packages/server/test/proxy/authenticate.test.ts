@@ -52,3 +52,17 @@ t.test("a user certificate has no scope: the allowed users and groups are what i
   t.notOk(mayUseCluster(certificate("carol", ["devs"]), cluster("m1", [], ["admins"])));
   t.notOk(mayUseCluster(certificate("carol", []), cluster("m1")), "a cluster that lists nobody");
 });
+
+t.test("service accounts and OIDC users carry no scope: only a listing cluster admits them", async (t) => {
+  for (const via of ["service-account", "oidc"] as const) {
+    const caller: AuthenticatedCaller = {
+      user: "system:serviceaccount:fed:c",
+      groups: ["system:serviceaccounts:fed"],
+      via,
+    };
+    t.notOk(mayUseCluster(caller, cluster("open")), `${via}: a cluster that lists nobody`);
+    t.ok(mayUseCluster(caller, cluster("u", ["system:serviceaccount:fed:c"])), `${via}: listed user`);
+    t.ok(mayUseCluster(caller, cluster("g", [], ["system:serviceaccounts:fed"])), `${via}: listed group`);
+    t.notOk(mayUseCluster(caller, cluster("other", ["bob"], ["admins"])), `${via}: lists others`);
+  }
+});
