@@ -25,6 +25,7 @@ import {
   parseLabels,
   uniqueIdentities,
 } from "./admin-input.js";
+import { listUserTokens, revokeUserTokens, type TokenInfo, type TokenSelector } from "./token-admin.js";
 
 /** What an operator chooses for a new cluster. */
 export interface ClusterSpec {
@@ -77,6 +78,10 @@ export interface ClusterAdmin {
   removeCluster(name: string): Promise<RemoveResult>;
   newJoinToken(name: string, ttlMs: number): Promise<JoinInfo>;
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken>;
+  /** Unexpired user tokens (token-admin.ts), or those of `user`. */
+  listTokens(user?: string): Promise<TokenInfo[]>;
+  /** Deletes user tokens by id or user; returns those revoked. */
+  revokeTokens(selector: TokenSelector): Promise<TokenInfo[]>;
 }
 
 /** Shell-quotes `s` unless it is made only of safe characters. */
@@ -210,6 +215,14 @@ export class StoreClusterAdmin implements ClusterAdmin {
       expiresAt,
     });
     return { cluster: name, user, groups: uniqueGroups, token, expiresAt, server, caPem: ca.certPem };
+  }
+
+  listTokens(user?: string): Promise<TokenInfo[]> {
+    return listUserTokens(this.store, user);
+  }
+
+  revokeTokens(selector: TokenSelector): Promise<TokenInfo[]> {
+    return revokeUserTokens(this.store, selector);
   }
 
   async #existing(name: string): Promise<ClusterRecord> {

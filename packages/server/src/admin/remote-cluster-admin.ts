@@ -15,6 +15,7 @@ import type {
   RemoveResult,
   UserToken,
 } from "./cluster-admin.js";
+import type { TokenInfo, TokenSelector } from "./token-admin.js";
 
 export const ERR_TETHER_SERVER_UNREACHABLE = "ERR_TETHER_SERVER_UNREACHABLE";
 const MAX_RESPONSE_BYTES = 16 << 20;
@@ -51,6 +52,15 @@ export class RemoteClusterAdmin implements ClusterAdmin {
 
   issueUserToken(name: string, user: string, groups: string[], ttlMs: number): Promise<UserToken> {
     return this.call("POST", `clusters/${encodeURIComponent(name)}/user-tokens`, { user, groups, ttlMs });
+  }
+
+  async listTokens(user?: string): Promise<TokenInfo[]> {
+    const query = user === undefined ? "" : `?user=${encodeURIComponent(user)}`;
+    return (await this.call<{ tokens: TokenInfo[] }>("GET", `tokens${query}`)).tokens;
+  }
+
+  async revokeTokens(selector: TokenSelector): Promise<TokenInfo[]> {
+    return (await this.call<{ revoked: TokenInfo[] }>("POST", "token-revocations", selector)).revoked;
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -13,9 +13,15 @@ import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
-import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
+import {
+  type AuthenticatedCaller,
+  authenticate,
+  mayUseCluster,
+  unauthenticatedMessage,
+} from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import type { LiveCredentials } from "./live-credentials.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
@@ -78,6 +84,8 @@ export interface ClusterProxyDeps {
   streamIdleTimeoutMs: number;
   metrics?: ProxyObserver;
   audit?: AuditLog;
+  /** What each caller's credential holds open, ended when it expires or is revoked. */
+  live?: LiveCredentials;
 }
 
 export class ClusterProxy {
@@ -162,8 +170,7 @@ export class ClusterProxy {
           ok: false,
           reason: "Unauthorized",
           why: "unauthorized",
-          message:
-            "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
+          message: await unauthenticatedMessage(req, this.deps.store),
         };
       }
       attempt.succeeded();
@@ -249,6 +256,11 @@ export class ClusterProxy {
       admission.release();
     });
     const { mode, caller, entry, path } = admission;
+    if (this.deps.live)
+      releaseOnClose(
+        res,
+        this.deps.live.hold(caller, () => res.destroy()),
+      );
     if (mode === "passthrough") passthroughRequests.add(req);
     this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
     audit?.admitted(entry.cluster, mode, caller);
@@ -298,6 +310,11 @@ export class ClusterProxy {
       return;
     }
     releaseOnClose(socket, admission.release);
+    if (this.deps.live)
+      releaseOnClose(
+        socket,
+        this.deps.live.hold(admission.caller, () => socket.destroy()),
+      );
     const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.entry.cluster, admission.path);
     if (upgradeEnded) releaseOnClose(socket, upgradeEnded);
     // No bytes either way for this long: the exec or port-forward is abandoned.
