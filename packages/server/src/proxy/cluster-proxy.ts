@@ -21,6 +21,7 @@ import {
 } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { checkImpersonation, requestedHeaders, requestedIdentity } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
@@ -60,6 +61,8 @@ type Admission =
       ok: true;
       mode: AuthMode;
       caller?: AuthenticatedCaller;
+      /** The impersonation headers of the identity the member let the caller act as (--as). */
+      acting?: [string, string][];
       entry: AgentSession;
       path: string;
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
@@ -213,7 +216,41 @@ export class ClusterProxy {
         retryAfterSeconds: 1,
       };
     }
-    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path, release };
+    let acting: [string, string][] | undefined;
+    if (caller) {
+      const asked = requestedIdentity(req.rawHeaders);
+      const decision =
+        "error" in asked
+          ? ({ ok: false, reason: "BadRequest", message: asked.error } as const)
+          : asked.identity
+            ? await checkImpersonation(entry.httpAgent("impersonate"), caller, asked.identity, name)
+            : ({ ok: true } as const);
+      if (!decision.ok) {
+        release();
+        return {
+          ok: false,
+          reason: decision.reason,
+          why:
+            decision.reason === "BadRequest"
+              ? "bad_request"
+              : decision.reason === "Forbidden"
+                ? "forbidden"
+                : "no_agent",
+          message: decision.message,
+          caller,
+        };
+      }
+      if ("identity" in asked && asked.identity) acting = requestedHeaders(asked.identity);
+    }
+    return {
+      ok: true,
+      mode: cluster.auth,
+      ...(caller ? { caller } : {}),
+      ...(acting ? { acting } : {}),
+      entry,
+      path,
+      release,
+    };
   }
 
   /** Counts a failed authentication, and says once when it makes the source wait. */
@@ -264,7 +301,7 @@ export class ClusterProxy {
     if (mode === "passthrough") passthroughRequests.add(req);
     this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
     audit?.admitted(entry.cluster, mode, caller);
-    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
+    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress, admission.acting);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       const full = sessionFullStatus(err, entry.cluster);
@@ -327,7 +364,7 @@ export class ClusterProxy {
       head,
       method: req.method ?? "GET",
       path,
-      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress),
+      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress, admission.acting),
       protocol: upgrade.protocol,
       open: () => entry.openStream(mode),
       failure: (err) => {
