@@ -38,7 +38,8 @@ export function requestedIdentity(raw: string[]): ImpersonationRequest {
   const users: string[] = [];
   const uids: string[] = [];
   const groups: string[] = [];
-  const extra: Record<string, string[]> = {};
+  // No prototype: an extra key may be "__proto__".
+  const extra: Record<string, string[]> = Object.create(null);
   let count = 0;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
@@ -61,7 +62,9 @@ export function requestedIdentity(raw: string[]): ImpersonationRequest {
           error: `the Impersonate-Extra- header ${JSON.stringify(raw[i]!.slice(0, 80))} is not valid percent-encoding`,
         };
       }
-      (extra[key] ??= []).push(value);
+      const values = extra[key] ?? [];
+      values.push(value);
+      extra[key] = values;
     } else {
       return { error: `unknown impersonation header ${JSON.stringify(raw[i]!.slice(0, 80))}` };
     }
