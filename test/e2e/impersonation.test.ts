@@ -8,7 +8,7 @@
 import { request } from "node:https";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
-import { bindTetherAdmins, startTether } from "./fixture.js";
+import { bindTetherAdmins, startTether, tokenFor } from "./fixture.js";
 
 const set = await startClusters(1);
 t.teardown(() => set.stop());
@@ -51,6 +51,8 @@ const tether = await startTether();
 t.teardown(() => tether.stop());
 await tether.registerCluster("m1");
 await tether.startAgent("m1", member);
+await tether.registerCluster("m1pass", "passthrough");
+await tether.startAgent("m1pass", member);
 const alice = await tether.userKubeconfig("m1", "alice", ["admins"]); // cluster-admin: may impersonate anyone
 const bob = await tether.userKubeconfig("m1", "bob");
 const carol = await tether.userKubeconfig("m1", "carol"); // may impersonate nobody
@@ -202,4 +204,32 @@ t.test("hostile impersonation headers", async (t) => {
       .concat(["Impersonate-User", "x"]),
   );
   t.equal(many.status, 400, "the number of reviews one request costs is bounded");
+});
+
+t.test("passthrough: the member applies --as to the caller's own credential", async (t) => {
+  await member.api(
+    "POST",
+    "/api/v1/namespaces/default/serviceaccounts",
+    { metadata: { name: "pt-caller" } },
+    [409],
+  );
+  await member.api(
+    "POST",
+    `/apis/${RBAC}/v1/namespaces/default/rolebindings`,
+    {
+      metadata: { name: "pt-caller-views" },
+      roleRef: { apiGroup: RBAC, kind: "ClusterRole", name: "view" },
+      subjects: [{ kind: "ServiceAccount", name: "pt-caller", namespace: "default" }],
+    },
+    [409],
+  );
+  const kubeconfig = await tether.rawKubeconfig("m1pass", await tokenFor(member, "default", "pt-caller"));
+  const own = await member.kubectl(["get", "pods", "-n", "default", "-o", "name"], { kubeconfig });
+  t.equal(own.code, 0, own.stderr);
+  const as = await member.kubectl(["get", "pods", "-n", "default", `--as=${READER}`], { kubeconfig });
+  t.not(as.code, 0, "the caller may not impersonate: the member says so, not Tether, and not as the agent");
+  t.match(
+    as.stderr,
+    /"system:serviceaccount:default:pt-caller" cannot impersonate resource "serviceaccounts"/,
+  );
 });

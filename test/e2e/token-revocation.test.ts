@@ -4,7 +4,9 @@
 // expired one saying it expired and how to get a new token. kubectl against
 // the real harness. The bounds below are liveness limits; the measured times
 // are printed as comments.
+import { writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
+import { join } from "node:path";
 import { runCliCaptured } from "@tether/server";
 import t from "tap";
 import { ensureAdminCredential } from "../../packages/server/src/admin/admin-credential.js";
@@ -115,7 +117,24 @@ t.test("token revoke --user through the admin API ends the streams at once", asy
 t.test("an expiring token ends what it holds; its 401 says it expired and how to get another", async (t) => {
   const ttlMs = 10_000;
   const issued = Date.now();
-  const kubeconfig = await tether.userKubeconfig("m1", "carol", ["admins"], ["m1"], ttlMs);
+  // Issued as an admin would: tether-server kubeconfig with a short --ttl.
+  const printed = await runCliCaptured([
+    "kubeconfig",
+    "m1",
+    "--user",
+    "carol",
+    "--group",
+    "admins",
+    "--ttl",
+    `${ttlMs / 1000}s`,
+    "--state-dir",
+    state,
+    "--server",
+    tether.server.url,
+  ]);
+  t.equal(printed.code, 0, printed.stderr);
+  const kubeconfig = join(tether.dir, "carol.kubeconfig");
+  await writeFile(kubeconfig, printed.stdout, { mode: 0o600 });
   const procs = await holdStreams(kubeconfig, "expiry");
   t.ok(Date.now() < issued + ttlMs, "the streams were up before the token expired");
   const times = await ended(procs, issued + ttlMs, issued + ttlMs - Date.now() + 5_000);
