@@ -1,10 +1,10 @@
 // Issue 16: a user token that is revoked (`tether-server token revoke`, on the
 // state while the server runs, or through the admin API) or expires ends the
-// watch, exec and port-forward it holds open, and new requests get 401 — the
-// expired one saying it expired and how to get a new token. kubectl against
-// the real harness. The bounds below are liveness limits; the measured times
+// watch, exec, port-forward and logs -f it holds open, and new requests get
+// 401 — the expired one saying it expired and how to get a new token. kubectl
+// against the real harness. The bounds below are liveness limits; the measured times
 // are printed as comments.
-import { writeFile } from "node:fs/promises";
+import { appendFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { runCliCaptured } from "@tether/server";
@@ -29,7 +29,7 @@ await new Promise<void>((r) => http.listen(0, "127.0.0.1", r));
 t.teardown(() => new Promise<void>((r) => http.close(() => r())));
 const httpPort = (http.address() as { port: number }).port;
 
-/** A watch, an exec and a port-forward held open with `kubeconfig`, each shown to work first. */
+/** A watch, an exec, a port-forward and a logs -f held open with `kubeconfig`, each shown to work first. */
 async function holdStreams(kubeconfig: string, tag: string): Promise<Record<string, KubectlProcess>> {
   await member.kubectl(["create", "configmap", `held-${tag}`]);
   const watch = member.spawnKubectl(["get", "configmaps", "-w", "-o", "name"], { kubeconfig });
@@ -37,15 +37,18 @@ async function holdStreams(kubeconfig: string, tag: string): Promise<Record<stri
     kubeconfig,
   });
   const portForward = member.spawnKubectl(["port-forward", "pod/box", `:${httpPort}`], { kubeconfig });
+  await appendFile(member.logFile("default", "box", "main"), `log line ${tag}\n`);
+  const logs = member.spawnKubectl(["logs", "-f", "box"], { kubeconfig });
   t.teardown(async () => {
-    await Promise.all([watch.stop(), exec.stop(), portForward.stop()]);
+    await Promise.all([watch.stop(), exec.stop(), portForward.stop(), logs.stop()]);
   });
+  await logs.waitFor(new RegExp(`log line ${tag}`));
   await watch.waitFor(new RegExp(`configmap/held-${tag}`));
   await exec.waitFor(/ready/);
   const m = await portForward.waitFor(/Forwarding from 127\.0\.0\.1:(\d+) ->/);
   const body = await (await fetch(`http://127.0.0.1:${m[1]}/before`)).text();
   if (body !== "hello /before") throw new Error(`port-forward answered ${body}`);
-  return { watch, exec, portForward };
+  return { watch, exec, portForward, logs };
 }
 
 /** Waits for every process to exit (liveness bound `limitMs`); returns the ms each took from `since`. */
@@ -70,7 +73,7 @@ async function ended(
 const get = (kubeconfig: string) =>
   member.kubectl(["get", "--raw", "/api/v1/namespaces/default"], { kubeconfig });
 
-t.test("token revoke on the state ends a watch, an exec and a port-forward; then 401", async (t) => {
+t.test("token revoke on the state ends a watch, an exec, a port-forward and a logs -f; then 401", async (t) => {
   const kubeconfig = await tether.userKubeconfig("m1", "alice", ["admins"]);
   t.equal((await get(kubeconfig)).code, 0, "the token works");
   const procs = await holdStreams(kubeconfig, "revoke");
