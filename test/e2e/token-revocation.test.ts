@@ -6,11 +6,12 @@
 // are printed as comments.
 import { appendFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:http";
+import { Agent, request } from "node:https";
 import { join } from "node:path";
 import { runCliCaptured } from "@tether/server";
 import t from "tap";
 import { ensureAdminCredential } from "../../packages/server/src/admin/admin-credential.js";
-import { type KubectlProcess, startClusters } from "../kube/index.js";
+import { type KubectlProcess, startClusters, writeKubeconfig } from "../kube/index.js";
 import { bindTetherAdmins, startTether } from "./fixture.js";
 
 const set = await startClusters(1);
@@ -20,7 +21,8 @@ await bindTetherAdmins(member);
 await member.createPod("default", "box");
 const tether = await startTether();
 t.teardown(() => tether.stop());
-await tether.registerCluster("m1");
+// Every caller below is in "admins"; a user certificate reaches only clusters that list its user or group.
+await tether.registerCluster("m1", "impersonate", { groups: ["admins"] });
 await tether.startAgent("m1", member);
 const state = tether.store.dir;
 
@@ -73,34 +75,37 @@ async function ended(
 const get = (kubeconfig: string) =>
   member.kubectl(["get", "--raw", "/api/v1/namespaces/default"], { kubeconfig });
 
-t.test("token revoke on the state ends a watch, an exec, a port-forward and a logs -f; then 401", async (t) => {
-  const kubeconfig = await tether.userKubeconfig("m1", "alice", ["admins"]);
-  t.equal((await get(kubeconfig)).code, 0, "the token works");
-  const procs = await holdStreams(kubeconfig, "revoke");
-  const listed = await runCliCaptured([
-    "token",
-    "list",
-    "--state-dir",
-    state,
-    "--user",
-    "alice",
-    "-o",
-    "json",
-  ]);
-  t.equal(listed.code, 0, listed.stderr);
-  const tokens = (JSON.parse(listed.stdout) as { tokens: { id: string; user: string }[] }).tokens;
-  t.equal(tokens.length, 1, "alice has one token");
-  t.notMatch(listed.stdout, /sha256|tether_/, "neither the token nor its hash is listed");
-  const since = Date.now();
-  const revoked = await runCliCaptured(["token", "revoke", tokens[0]!.id, "--state-dir", state]);
-  t.equal(revoked.code, 0, revoked.stderr);
-  const times = await ended(procs, since, 5_000);
-  t.comment(`ended after revoke (ms): ${JSON.stringify(times)}`);
-  for (const [name, ms] of Object.entries(times)) t.type(ms, "number", `${name} ended`);
-  const after = await get(kubeconfig);
-  t.not(after.code, 0);
-  t.match(after.stderr, /Unauthorized|must be logged in/, "a new request gets 401");
-});
+t.test(
+  "token revoke on the state ends a watch, an exec, a port-forward and a logs -f; then 401",
+  async (t) => {
+    const kubeconfig = await tether.userKubeconfig("m1", "alice", ["admins"]);
+    t.equal((await get(kubeconfig)).code, 0, "the token works");
+    const procs = await holdStreams(kubeconfig, "revoke");
+    const listed = await runCliCaptured([
+      "token",
+      "list",
+      "--state-dir",
+      state,
+      "--user",
+      "alice",
+      "-o",
+      "json",
+    ]);
+    t.equal(listed.code, 0, listed.stderr);
+    const tokens = (JSON.parse(listed.stdout) as { tokens: { id: string; user: string }[] }).tokens;
+    t.equal(tokens.length, 1, "alice has one token");
+    t.notMatch(listed.stdout, /sha256|tether_/, "neither the token nor its hash is listed");
+    const since = Date.now();
+    const revoked = await runCliCaptured(["token", "revoke", tokens[0]!.id, "--state-dir", state]);
+    t.equal(revoked.code, 0, revoked.stderr);
+    const times = await ended(procs, since, 5_000);
+    t.comment(`ended after revoke (ms): ${JSON.stringify(times)}`);
+    for (const [name, ms] of Object.entries(times)) t.type(ms, "number", `${name} ended`);
+    const after = await get(kubeconfig);
+    t.not(after.code, 0);
+    t.match(after.stderr, /Unauthorized|must be logged in/, "a new request gets 401");
+  },
+);
 
 t.test("token revoke --user through the admin API ends the streams at once", async (t) => {
   const kubeconfig = await tether.userKubeconfig("m1", "bob", ["admins"]);
@@ -151,3 +156,48 @@ t.test("an expiring token ends what it holds; its 401 says it expired and how to
     "kubectl shows the 401's message",
   );
 });
+
+t.test(
+  "a user certificate's notAfter ends what it holds; a kept-alive connection cannot outlive it",
+  async (t) => {
+    const ttlMs = 12_000;
+    const cert = await tether.ca.issueUserCertificate("dave", ["admins"], { ttlMs });
+    const notAfter = cert.notAfter.getTime();
+    const kubeconfig = await writeKubeconfig(join(tether.dir, "dave-cert"), {
+      name: "m1",
+      server: `${tether.server.url}/clusters/m1`,
+      caPem: tether.ca.certPem,
+      certPem: cert.certPem,
+      keyPem: cert.keyPem!,
+    });
+    t.equal((await get(kubeconfig)).code, 0, "the certificate works");
+    // One kept-alive TLS connection, used before and after the certificate's end.
+    const agent = new Agent({
+      keepAlive: true,
+      maxSockets: 1,
+      ca: tether.ca.certPem,
+      cert: cert.certPem,
+      key: cert.keyPem!,
+    });
+    t.teardown(() => agent.destroy());
+    const sockets = new Set<unknown>();
+    const ask = () =>
+      new Promise<number>((resolve, reject) => {
+        const req = request(`${tether.server.url}/clusters/m1/api`, { agent }, (res) => {
+          sockets.add(res.socket);
+          res.resume();
+          res.on("end", () => resolve(res.statusCode ?? 0));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    t.equal(await ask(), 200, "a request on the kept-alive connection");
+    const procs = await holdStreams(kubeconfig, "cert");
+    t.ok(Date.now() < notAfter, "the streams were up before the certificate ended");
+    const times = await ended(procs, notAfter, notAfter - Date.now() + 5_000);
+    t.comment(`ended after the certificate's notAfter (ms past it): ${JSON.stringify(times)}`);
+    for (const [name, ms] of Object.entries(times)) t.type(ms, "number", `${name} ended`);
+    t.equal(await ask(), 401, "the same connection's next request is refused");
+    t.equal(sockets.size, 1, "both requests went over one connection");
+  },
+);

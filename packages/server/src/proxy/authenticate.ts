@@ -42,12 +42,15 @@ export async function authenticate(
   const peer = socket.getPeerCertificate(true);
   const identity = identityFromPeerCertificate(peer);
   if (identity?.kind !== "user") return undefined;
+  // The handshake checked the validity period once; a kept-alive connection outlives it.
+  const notAfter = Date.parse(peer.valid_to);
+  if (!(notAfter > Date.now())) return undefined;
   if (await store.isRevoked(identity.serial)) return undefined;
   return {
     user: identity.user,
     groups: identity.groups,
     via: "certificate",
-    expiresAt: new Date(peer.valid_to),
+    expiresAt: new Date(notAfter),
     credentialId: CERT_CREDENTIAL + identity.serial,
   };
 }

@@ -50,7 +50,8 @@ export class LiveCredentials {
     let entry = this.held.get(id);
     if (!entry) {
       entry = { ends: new Set() };
-      if (caller.expiresAt) entry.expiresAt = caller.expiresAt.getTime();
+      const expiresAt = caller.expiresAt?.getTime();
+      if (expiresAt !== undefined && !Number.isNaN(expiresAt)) entry.expiresAt = expiresAt;
       this.held.set(id, entry);
       this.arm(id, entry);
       this.startSweeping();
