@@ -21,7 +21,7 @@ import {
 } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
-import { checkImpersonation, requestedHeaders, requestedIdentity } from "./impersonation.js";
+import { callerImpersonation } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
@@ -216,32 +216,17 @@ export class ClusterProxy {
         retryAfterSeconds: 1,
       };
     }
-    let acting: [string, string][] | undefined;
-    if (caller) {
-      const asked = requestedIdentity(req.rawHeaders);
-      const decision =
-        "error" in asked
-          ? ({ ok: false, reason: "BadRequest", message: asked.error } as const)
-          : asked.identity
-            ? await checkImpersonation(entry.httpAgent("impersonate"), caller, asked.identity, name)
-            : ({ ok: true } as const);
-      if (!decision.ok) {
-        release();
-        return {
-          ok: false,
-          reason: decision.reason,
-          why:
-            decision.reason === "BadRequest"
-              ? "bad_request"
-              : decision.reason === "Forbidden"
-                ? "forbidden"
-                : "no_agent",
-          message: decision.message,
-          caller,
-        };
-      }
-      if ("identity" in asked && asked.identity) acting = requestedHeaders(asked.identity);
+    // The caller's own --as: the member must allow it (impersonation.ts).
+    const imp: Awaited<ReturnType<typeof callerImpersonation>> = caller
+      ? await callerImpersonation(req.rawHeaders, caller, entry.httpAgent("impersonate"), name)
+      : { ok: true };
+    if (!imp.ok) {
+      release();
+      const why =
+        imp.reason === "BadRequest" ? "bad_request" : imp.reason === "Forbidden" ? "forbidden" : "no_agent";
+      return { ok: false, reason: imp.reason, why, message: imp.message, caller };
     }
+    const { acting } = imp;
     return {
       ok: true,
       mode: cluster.auth,
@@ -293,6 +278,7 @@ export class ClusterProxy {
       admission.release();
     });
     const { mode, caller, entry, path } = admission;
+    // A revoked or expired credential's watch or logs -f ends here (live-credentials.ts).
     if (this.deps.live)
       releaseOnClose(
         res,

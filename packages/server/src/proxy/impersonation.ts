@@ -235,6 +235,23 @@ function selfReview(agent: Agent, caller: Caller, attributes: ResourceAttributes
   });
 }
 
+/**
+ * What the caller's own Impersonate-* headers (`raw` header pairs) come to:
+ * none asked for, the headers of an identity the member let it act as, or a refusal.
+ */
+export async function callerImpersonation(
+  raw: string[],
+  caller: Caller,
+  agent: Agent,
+  cluster: string,
+): Promise<{ ok: true; acting?: [string, string][] } | { ok: false; reason: StatusReason; message: string }> {
+  const asked = requestedIdentity(raw);
+  if ("error" in asked) return { ok: false, reason: "BadRequest", message: asked.error };
+  if (!asked.identity) return { ok: true };
+  const decision = await checkImpersonation(agent, caller, asked.identity, cluster);
+  return decision.ok ? { ok: true, acting: requestedHeaders(asked.identity) } : decision;
+}
+
 /** The headers that make the member act as `identity` (extra keys percent-encoded, as kubectl sends them). */
 export function requestedHeaders(identity: RequestedIdentity): [string, string][] {
   const pairs: [string, string][] = [["Impersonate-User", identity.user]];
