@@ -51,6 +51,14 @@ export const SERVER_ERRORS = {
     status: 404,
     hint: "check the name against cluster list",
   },
+  ERR_TETHER_UNKNOWN_TOKEN: {
+    status: 404,
+    hint: "check the id against token list (an expired token is gone already)",
+  },
+  ERR_TETHER_INVALID_TOKEN_ID: {
+    status: 400,
+    hint: "a token id is tok_ and 16 hex digits, as token list shows it",
+  },
   ERR_TETHER_INVALID_CLUSTER_NAME: {
     status: 400,
     hint: "a cluster name is a DNS-1123 label: lowercase letters, digits and '-', at most 63, starting and ending alphanumeric",

@@ -44,6 +44,8 @@ import { type CertificateAuthority, issuedAtOf } from "./pki/pki.js";
 import { type AgentSession, AgentSessions } from "./proxy/agent-sessions.js";
 import { CallerQuota, releaseOnClose } from "./proxy/caller-quota.js";
 import type { IdentitySources } from "./proxy/identity/identity-sources.js";
+import { TOKEN_CREDENTIAL } from "./proxy/authenticate.js";
+import { LiveCredentials } from "./proxy/live-credentials.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
 import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.js";
@@ -126,6 +128,7 @@ export class TetherServer {
   private readonly events = new ClusterEvents();
   private readonly statusPage: StatusPageDeps;
   private closing = false;
+  private readonly live: LiveCredentials;
 
   private constructor(
     options: ServerOptions,
@@ -146,7 +149,13 @@ export class TetherServer {
       limit: this.limits.authFailureLimit,
       windowMs: this.limits.authFailureWindowMs,
     });
+    this.live = new LiveCredentials(this.store, {
+      sweepIntervalMs: options.sessionCheckIntervalMs ?? 1000,
+      onEnded: (credential, why, count) =>
+        this.log.info({ credential, count }, `closed what a ${why} credential held open`),
+    });
     this.proxy = new ClusterProxy({
+      live: this.live,
       store: this.store,
       sessions: this.sessions,
       log: this.log,
@@ -182,6 +191,11 @@ export class TetherServer {
       admin: new StoreClusterAdmin(this.store, publicUrl),
       log: this.log,
       ...(options.audit ? { audit: options.audit } : {}),
+      onTokensRevoked: (ids) =>
+        this.live.end(
+          ids.map((id) => TOKEN_CREDENTIAL + id),
+          "revoked",
+        ),
       onClusterRemoved: (cluster) => {
         this.closeSessionsOf(cluster, "cluster_removed");
         this.renewals.forget(cluster);
@@ -653,6 +667,7 @@ export class TetherServer {
     this.closing = true;
     clearInterval(this.checker);
     clearInterval(this.rotation);
+    this.live.close();
     const live = this.sessions.list().map((e) => e.cluster);
     for (const entry of this.sessions.list()) this.metrics?.closeReason(entry.session, "shutdown");
     this.sessions.closeAll();

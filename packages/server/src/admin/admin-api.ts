@@ -12,6 +12,8 @@
 //   POST   /admin/v1/clusters/NAME/user-tokens  {user, groups?, ttlMs} -> UserToken
 //   POST   /admin/v1/clusters/NAME/services/SVC {allowedUsers?, allowedGroups?} -> ServiceGrant (added to)
 //   DELETE /admin/v1/clusters/NAME/services/SVC        -> {cluster, service, removed}
+//   GET    /admin/v1/tokens[?user=U]               -> {tokens} (token-admin.ts TokenInfo, never a secret)
+//   POST   /admin/v1/token-revocations    {id}|{user} -> {revoked}
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { httpStatusOf } from "../errors.js";
@@ -23,6 +25,7 @@ import { bearerToken, hashToken, looksLikeToken } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 import { TetherCliError } from "./admin-input.js";
 import type { ClusterAdmin } from "./cluster-admin.js";
+import type { TokenSelector } from "./token-admin.js";
 
 export const ADMIN_API_PREFIX = "/admin/v1/";
 export const ERR_TETHER_ADMIN_UNAUTHORIZED = "ERR_TETHER_ADMIN_UNAUTHORIZED";
@@ -39,6 +42,8 @@ export interface AdminApiDeps {
   /** The cluster's agent session on this server, for `cluster list`. */
   connection?: (name: string) => ClusterConnection;
   audit?: AuditLog;
+  /** Runs once user tokens are revoked (their ids): the server ends what they hold open at once. */
+  onTokensRevoked?: (ids: string[]) => void;
 }
 
 type Body = Record<string, unknown>;
@@ -130,6 +135,9 @@ export class AdminApi {
     const { admin } = this.deps;
     const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
     const method = req.method ?? "GET";
+    if (parts.length === 1 && (parts[0] === "tokens" || parts[0] === "token-revocations")) {
+      return this.tokens(req, parts[0], method, path);
+    }
     const servicePath = parts.length === 4 && parts[2] === "services";
     if (parts[0] !== "clusters" || (parts.length > 3 && !servicePath)) return notFound(method, path);
     const name = parts[1] === undefined ? undefined : decodeSegment(parts[1]);
@@ -209,6 +217,34 @@ export class AdminApi {
         );
         return { status: 201, body: issued };
       }
+    }
+    return notFound(method, path);
+  }
+
+  private async tokens(
+    req: IncomingMessage,
+    route: "tokens" | "token-revocations",
+    method: string,
+    path: string,
+  ): Promise<{ status: number; body: unknown }> {
+    const { admin } = this.deps;
+    if (route === "tokens" && method === "GET") {
+      const query = new URL(req.url ?? "/", "https://admin.invalid").searchParams;
+      const unknown = [...query.keys()].find((k) => k !== "user");
+      if (unknown !== undefined) bad(`unknown query parameter ${JSON.stringify(unknown.slice(0, 40))}`);
+      const user = query.getAll("user");
+      if (user.length > 1) bad("give the user parameter at most once");
+      return { status: 200, body: { tokens: await admin.listTokens(user[0]) } };
+    }
+    if (route === "token-revocations" && method === "POST") {
+      const b = fields(await readJson(req), { id: isString, user: isString }, []);
+      if ((b.id === undefined) === (b.user === undefined)) bad("give exactly one of the fields id and user");
+      const selector: TokenSelector =
+        b.id === undefined ? { user: b.user as string } : { id: b.id as string };
+      if ("user" in selector) this.deps.audit?.note(req, { subjectUser: selector.user.slice(0, 256) });
+      const revoked = await admin.revokeTokens(selector);
+      this.deps.onTokensRevoked?.(revoked.map((t) => t.id));
+      return { status: 200, body: { revoked } };
     }
     return notFound(method, path);
   }

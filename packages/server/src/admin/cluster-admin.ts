@@ -27,6 +27,7 @@ import {
   uniqueAllowed,
   uniqueIdentities,
 } from "./admin-input.js";
+import { listUserTokens, revokeUserTokens, type TokenInfo, type TokenSelector } from "./token-admin.js";
 
 /** What an operator chooses for a new cluster. */
 export interface ClusterSpec {
@@ -104,6 +105,10 @@ export interface ClusterAdmin {
     service: string,
   ): Promise<{ cluster: string; service: string; removed: boolean }>;
   memberEndpoint(name: string): Promise<MemberEndpoint>;
+  /** Unexpired user tokens (token-admin.ts), or those of `user`. */
+  listTokens(user?: string): Promise<TokenInfo[]>;
+  /** Deletes user tokens by id or user; returns those revoked. */
+  revokeTokens(selector: TokenSelector): Promise<TokenInfo[]>;
 }
 
 /** Shell-quotes `s` unless it is made only of safe characters. */
@@ -276,6 +281,14 @@ export class StoreClusterAdmin implements ClusterAdmin {
     const { allowedUsers, allowedGroups } = await this.#existing(name);
     const ca = await this.store.loadOrCreateCa();
     return { cluster: name, server, caPem: ca.certPem, allowedUsers, allowedGroups };
+  }
+
+  listTokens(user?: string): Promise<TokenInfo[]> {
+    return listUserTokens(this.store, user);
+  }
+
+  revokeTokens(selector: TokenSelector): Promise<TokenInfo[]> {
+    return revokeUserTokens(this.store, selector);
   }
 
   async #existing(name: string): Promise<ClusterRecord> {

@@ -17,6 +17,7 @@ import type {
   ServiceGrant,
   UserToken,
 } from "./cluster-admin.js";
+import type { TokenInfo, TokenSelector } from "./token-admin.js";
 
 export const ERR_TETHER_SERVER_UNREACHABLE = "ERR_TETHER_SERVER_UNREACHABLE";
 const MAX_RESPONSE_BYTES = 16 << 20;
@@ -83,6 +84,15 @@ export class RemoteClusterAdmin implements ClusterAdmin {
       allowedUsers,
       allowedGroups,
     };
+  }
+
+  async listTokens(user?: string): Promise<TokenInfo[]> {
+    const query = user === undefined ? "" : `?user=${encodeURIComponent(user)}`;
+    return (await this.call<{ tokens: TokenInfo[] }>("GET", `tokens${query}`)).tokens;
+  }
+
+  async revokeTokens(selector: TokenSelector): Promise<TokenInfo[]> {
+    return (await this.call<{ revoked: TokenInfo[] }>("POST", "token-revocations", selector)).revoked;
   }
 
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {

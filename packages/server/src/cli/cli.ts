@@ -15,6 +15,7 @@ import {
   addKubefed,
   addRotateAdminCredential,
 } from "./admin-program.js";
+import { addTokenCommands } from "./token-commands.js";
 import { type CliIo, processIo } from "./cli-io.js";
 import { addServe } from "./serve-command.js";
 import { closeOpenedStores } from "./store-options.js";
@@ -68,6 +69,7 @@ export function buildProgram(io: CliIo = processIo): Command {
   addAgentManifest(program, io);
   addKubefed(program, out);
   addRotateAdminCredential(program, out);
+  addTokenCommands(program, out);
   const override = (cmd: Command) => {
     cmd.exitOverride((err) => {
       throw new UsageError(err, commandPath(cmd));

@@ -153,9 +153,11 @@ function adminAction(method: string, path: string): { action: string; cluster?: 
   const parts = path.slice(ADMIN_API_PREFIX.length).split("/");
   const [collection, segment, sub] = parts;
   const route =
-    collection !== "clusters" || (parts.length > 3 && !(parts.length === 4 && sub === "services"))
-      ? "?"
-      : ["clusters", "NAME", sub, "SERVICE"].slice(0, parts.length).join("/");
+    parts.length === 1 && collection !== "clusters"
+      ? collection
+      : collection !== "clusters" || (parts.length > 3 && !(parts.length === 4 && sub === "services"))
+        ? "?"
+        : ["clusters", "NAME", sub, "SERVICE"].slice(0, parts.length).join("/");
   let cluster: string | undefined;
   try {
     cluster = segment === undefined ? undefined : decodeURIComponent(segment);
@@ -174,6 +176,8 @@ const ADMIN_ACTIONS: Record<string, string> = {
   "POST clusters/NAME/user-tokens": "user-token.create",
   "POST clusters/NAME/services/SERVICE": "service.allow",
   "DELETE clusters/NAME/services/SERVICE": "service.remove",
+  "GET tokens": "token.list",
+  "POST token-revocations": "token.revoke",
 };
 
 /** One request (or upgrade) to a member, from arrival to the close of its response or connection. */

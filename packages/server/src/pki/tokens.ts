@@ -35,3 +35,17 @@ export function looksLikeToken(token: unknown): token is string {
 export function isTokenHash(hash: unknown): hash is string {
   return typeof hash === "string" && /^sha256:[0-9a-f]{64}$/.test(hash);
 }
+
+/**
+ * A token's public id (`tok_` + 16 hex digits), what `token list` shows and
+ * `token revoke` takes. It is a hash of the stored hash, not a part of it, so
+ * it tells nothing about the token or its hash; being derived, every record
+ * has one, old ones included, and no store has to keep it.
+ */
+export function tokenId(hash: string): string {
+  return "tok_" + createHash("sha256").update(hash, "utf8").digest("hex").slice(0, 16);
+}
+
+export function isTokenId(id: unknown): id is string {
+  return typeof id === "string" && /^tok_[0-9a-f]{16}$/.test(id);
+}

@@ -6,7 +6,7 @@
 import type { IncomingMessage } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { identityFromPeerCertificate } from "../pki/identity.js";
-import { bearerToken, hashToken, TOKEN_PREFIX } from "../pki/tokens.js";
+import { bearerToken, hashToken, TOKEN_PREFIX, tokenId } from "../pki/tokens.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 import type { Caller } from "./forwarded-headers.js";
 import { externalCaller, type IdentitySources } from "./identity/identity-sources.js";
@@ -15,8 +15,10 @@ export interface AuthenticatedCaller extends Caller {
   via: "token" | "certificate" | "service-account" | "oidc";
   /** Clusters a Tether token is scoped to ("*" for all); undefined for every other credential. */
   clusters?: string[];
-  /** When the credential stops being valid, where its source says. */
-  expiresAt?: string;
+  /** When the credential stops working; streams it opened are closed then (live-credentials.ts). */
+  expiresAt?: Date;
+  /** Names the credential for revocation: `token:<token id>` or `cert:<serial>`. */
+  credentialId?: string;
 }
 
 export async function authenticate(
@@ -28,7 +30,13 @@ export async function authenticate(
   if (auth) {
     const token = bearerToken(auth);
     if (!token) return undefined;
-    if (!token.startsWith(TOKEN_PREFIX)) return externalCaller(token, sources);
+    if (!token.startsWith(TOKEN_PREFIX)) {
+      const external = await externalCaller(token, sources);
+      if (!external) return undefined;
+      // Its expiry ends the streams it opened, as a Tether token's does.
+      const { expiresAt, ...caller } = external;
+      return { ...caller, ...(expiresAt ? { expiresAt: new Date(expiresAt) } : {}) };
+    }
     const record = await store.findToken(hashToken(token));
     if (record?.kind !== "user" || !record.user) return undefined;
     return {
@@ -36,15 +44,46 @@ export async function authenticate(
       groups: record.groups ?? [],
       via: "token",
       clusters: record.clusters ?? [],
-      ...(record.expiresAt ? { expiresAt: record.expiresAt } : {}),
+      expiresAt: new Date(record.expiresAt),
+      credentialId: TOKEN_CREDENTIAL + tokenId(record.hash),
     };
   }
   const socket = req.socket as TLSSocket;
   if (typeof socket.getPeerCertificate !== "function" || !socket.authorized) return undefined;
-  const identity = identityFromPeerCertificate(socket.getPeerCertificate(true));
+  const peer = socket.getPeerCertificate(true);
+  const identity = identityFromPeerCertificate(peer);
   if (identity?.kind !== "user") return undefined;
+  // The handshake checked the validity period once; a kept-alive connection outlives it.
+  const notAfter = Date.parse(peer.valid_to);
+  if (!(notAfter > Date.now())) return undefined;
   if (await store.isRevoked(identity.serial)) return undefined;
-  return { user: identity.user, groups: identity.groups, via: "certificate" };
+  return {
+    user: identity.user,
+    groups: identity.groups,
+    via: "certificate",
+    expiresAt: new Date(notAfter),
+    credentialId: CERT_CREDENTIAL + identity.serial,
+  };
+}
+
+export const TOKEN_CREDENTIAL = "token:";
+export const CERT_CREDENTIAL = "cert:";
+
+/**
+ * Why a request that authenticate() refused was refused, when that helps the
+ * caller: a Tether user token that expired says so and how to get a new one.
+ */
+export async function unauthenticatedMessage(req: IncomingMessage, store: Store): Promise<string> {
+  const token = bearerToken(req.headers.authorization);
+  const record = token ? await store.findToken(hashToken(token), { includeExpired: true }) : undefined;
+  if (record?.kind === "user" && !(Date.parse(record.expiresAt) > Date.now())) {
+    const cluster = record.clusters?.find((c) => c !== "*") ?? "NAME";
+    return (
+      `your Tether token expired at ${record.expiresAt}: ask an admin for a new one ` +
+      `(tether-server kubeconfig ${cluster} --user ${record.user} prints a kubeconfig with one)`
+    );
+  }
+  return "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate";
 }
 
 /**

@@ -13,11 +13,18 @@ import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
 import type { AuthMode, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
-import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
-import { IdentityUnavailableError } from "./identity/identity-error.js";
-import type { IdentitySources } from "./identity/identity-sources.js";
+import {
+  type AuthenticatedCaller,
+  authenticate,
+  mayUseCluster,
+  unauthenticatedMessage,
+} from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { IdentityUnavailableError } from "./identity/identity-error.js";
+import type { IdentitySources } from "./identity/identity-sources.js";
+import { callerImpersonation } from "./impersonation.js";
+import type { LiveCredentials } from "./live-credentials.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
@@ -58,6 +65,8 @@ type Admission =
       ok: true;
       mode: AuthMode;
       caller?: AuthenticatedCaller;
+      /** The impersonation headers of the identity the member let the caller act as (--as). */
+      acting?: [string, string][];
       entry: AgentSession;
       path: string;
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
@@ -84,6 +93,8 @@ export interface ClusterProxyDeps {
   audit?: AuditLog;
   /** Host service-account and OIDC tokens; Tether tokens and certificates only when empty. */
   identity?: IdentitySources;
+  /** What each caller's credential holds open, ended when it expires or is revoked. */
+  live?: LiveCredentials;
 }
 
 export class ClusterProxy {
@@ -180,8 +191,7 @@ export class ClusterProxy {
           ok: false,
           reason: "Unauthorized",
           why: "unauthorized",
-          message:
-            "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
+          message: await unauthenticatedMessage(req, this.deps.store),
         };
       }
       attempt.succeeded();
@@ -224,7 +234,26 @@ export class ClusterProxy {
         retryAfterSeconds: 1,
       };
     }
-    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path, release };
+    // The caller's own --as: the member must allow it (impersonation.ts).
+    const imp: Awaited<ReturnType<typeof callerImpersonation>> = caller
+      ? await callerImpersonation(req.rawHeaders, caller, entry.httpAgent("impersonate"), name)
+      : { ok: true };
+    if (!imp.ok) {
+      release();
+      const why =
+        imp.reason === "BadRequest" ? "bad_request" : imp.reason === "Forbidden" ? "forbidden" : "no_agent";
+      return { ok: false, reason: imp.reason, why, message: imp.message, caller };
+    }
+    const { acting } = imp;
+    return {
+      ok: true,
+      mode: cluster.auth,
+      ...(caller ? { caller } : {}),
+      ...(acting ? { acting } : {}),
+      entry,
+      path,
+      release,
+    };
   }
 
   /** Counts a failed authentication, and says once when it makes the source wait. */
@@ -268,10 +297,16 @@ export class ClusterProxy {
       admission.release();
     });
     const { mode, caller, entry, path } = admission;
+    // A revoked or expired credential's watch or logs -f ends here (live-credentials.ts).
+    if (this.deps.live)
+      releaseOnClose(
+        res,
+        this.deps.live.hold(caller, () => res.destroy()),
+      );
     if (mode === "passthrough") passthroughRequests.add(req);
     this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
     audit?.admitted(entry.cluster, mode, caller);
-    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
+    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress, admission.acting);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       const full = sessionFullStatus(err, entry.cluster);
@@ -318,6 +353,11 @@ export class ClusterProxy {
       return;
     }
     releaseOnClose(socket, admission.release);
+    if (this.deps.live)
+      releaseOnClose(
+        socket,
+        this.deps.live.hold(admission.caller, () => socket.destroy()),
+      );
     const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.entry.cluster, admission.path);
     if (upgradeEnded) releaseOnClose(socket, upgradeEnded);
     // No bytes either way for this long: the exec or port-forward is abandoned.
@@ -330,7 +370,7 @@ export class ClusterProxy {
       head,
       method: req.method ?? "GET",
       path,
-      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress),
+      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress, admission.acting),
       protocol: upgrade.protocol,
       open: () => entry.openStream(mode),
       failure: (err) => {

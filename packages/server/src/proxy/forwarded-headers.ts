@@ -1,7 +1,9 @@
 // What a member apiserver is allowed to see of a caller's headers. In
 // impersonate mode nothing the caller sends may carry identity: every
 // Authorization and Impersonate-* header is dropped and Tether's own
-// impersonation headers, naming the authenticated caller, take their place.
+// impersonation headers, naming the authenticated caller, take their place —
+// or, when the member allowed the caller's own --as (impersonation.ts), the
+// identity it asked for.
 // In both modes what a caller says about where it connects from is replaced
 // by what Tether saw: audit logs on the member must not record a forged source.
 import type { IncomingHttpHeaders } from "node:http";
@@ -38,13 +40,16 @@ const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trail
 
 /**
  * Rewrites parsed headers of a plain (non-upgrade) request in place for
- * forwarding. `peer` is the caller's address as Tether's socket saw it.
+ * forwarding. `peer` is the caller's address as Tether's socket saw it;
+ * `acting`, the impersonation headers of an identity the member let the
+ * caller act as (impersonation.ts requestedHeaders).
  */
 export function rewriteHeaders(
   headers: IncomingHttpHeaders,
   mode: AuthMode,
   caller: Caller | undefined,
   peer: string | undefined,
+  acting?: [string, string][],
 ): void {
   for (const name of String(headers.connection ?? "").split(",")) {
     const token = name.trim().toLowerCase();
@@ -56,7 +61,15 @@ export function rewriteHeaders(
   if (mode === "passthrough") return;
   for (const name of Object.keys(headers)) if (CREDENTIAL_HEADER.test(name)) delete headers[name];
   if (!caller) throw new Error("impersonate mode needs an authenticated caller");
-  Object.assign(headers, impersonationHeaders(caller));
+  if (!acting) {
+    Object.assign(headers, impersonationHeaders(caller));
+    return;
+  }
+  for (const [name, value] of acting) {
+    const key = name.toLowerCase();
+    const had = headers[key];
+    headers[key] = had === undefined ? value : [...(Array.isArray(had) ? had : [String(had)]), value];
+  }
 }
 
 /** The same for raw header pairs ([name, value, name, value, …]), as an upgrade request needs. */
@@ -65,6 +78,7 @@ export function rewriteRawHeaders(
   mode: AuthMode,
   caller: Caller | undefined,
   peer: string | undefined,
+  acting?: [string, string][],
 ): [string, string][] {
   const pairs: [string, string][] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
@@ -74,6 +88,7 @@ export function rewriteRawHeaders(
   if (mode === "passthrough") return pairs;
   if (!caller) throw new Error("impersonate mode needs an authenticated caller");
   const kept = pairs.filter(([name]) => !CREDENTIAL_HEADER.test(name));
+  if (acting) return [...kept, ...acting];
   const imp = impersonationHeaders(caller);
   kept.push(["Impersonate-User", imp["impersonate-user"]]);
   for (const g of imp["impersonate-group"] ?? []) kept.push(["Impersonate-Group", g]);

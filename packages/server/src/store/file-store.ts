@@ -48,6 +48,7 @@ import {
   type ClusterRecord,
   ERR_TETHER_STATE_DIR,
   ERR_TETHER_STATE_VERSION,
+  EXPIRED_TOKENS_KEPT_MS,
   SERVER_INFO_FILE,
   type Store,
   type TokenRecord,
@@ -326,11 +327,15 @@ export class FileStore implements Store {
     });
   }
 
-  async findToken(hash: string): Promise<TokenRecord | undefined> {
+  async findToken(
+    hash: string,
+    options: { includeExpired?: boolean } = {},
+  ): Promise<TokenRecord | undefined> {
     const doc = await this.#read(TOKENS);
     if (!has(doc.tokens, hash)) return undefined;
     const r = doc.tokens[hash]!;
-    return expired(r.expiresAt, Date.now()) ? undefined : structuredClone(r);
+    const now = options.includeExpired ? Date.now() - EXPIRED_TOKENS_KEPT_MS : Date.now();
+    return expired(r.expiresAt, now) ? undefined : structuredClone(r);
   }
 
   async consumeJoinToken(hash: string, cluster: string): Promise<TokenRecord | undefined> {
@@ -519,11 +524,22 @@ export class FileStore implements Store {
   }
 }
 
-/** Drops expired tokens and certificates that have expired anyway. Returns whether anything was dropped. */
+/**
+ * Drops tokens that expired over EXPIRED_TOKENS_KEPT_MS ago and certificates
+ * that have expired anyway. Returns whether anything was dropped.
+ */
 function prune(doc: unknown, now: number): boolean {
   let pruned = false;
   const d = doc as Partial<TokensDoc & CertsDoc>;
-  for (const map of [d.tokens, d.issued, d.revoked] as (
+  if (d.tokens) {
+    for (const [k, v] of Object.entries(d.tokens)) {
+      if (expired(v.expiresAt, now - EXPIRED_TOKENS_KEPT_MS)) {
+        delete d.tokens[k];
+        pruned = true;
+      }
+    }
+  }
+  for (const map of [d.issued, d.revoked] as (
     | Record<string, { expiresAt?: string; notAfter?: string }>
     | undefined
   )[]) {

@@ -31,7 +31,14 @@ import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { servingCertUsable } from "./file-store.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
 import { checkIsoDate, normalizeCluster, normalizeSerial, normalizeToken } from "./records.js";
-import type { ClusterInput, ClusterRecord, ServiceAccess, Store, TokenRecord } from "./state-store.js";
+import {
+  type ClusterInput,
+  type ClusterRecord,
+  EXPIRED_TOKENS_KEPT_MS,
+  type ServiceAccess,
+  type Store,
+  type TokenRecord,
+} from "./state-store.js";
 
 export const DEFAULT_NAMESPACE = "tether-system";
 const CLUSTERS_PATH = "/apis/tether.io/v1alpha1/clusters";
@@ -529,16 +536,20 @@ export class KubeStore implements Store, ClusterStatusSink {
     await this.pruneExpiredTokens();
   }
 
-  /** Deletes a few token Secrets that expired over an hour ago (best effort; tokens are never reused). */
+  /** Deletes a few token Secrets kept past EXPIRED_TOKENS_KEPT_MS (best effort; tokens are never reused). */
   private async pruneExpiredTokens(): Promise<void> {
-    const cutoff = Date.now() - 3600_000;
+    const cutoff = Date.now() - EXPIRED_TOKENS_KEPT_MS;
     const expired = [...this.tokens.values()].filter((t) => Date.parse(t.expiresAt) < cutoff).slice(0, 20);
     for (const t of expired) await this.deleteToken(t.hash).catch(() => false);
   }
 
-  async findToken(hash: string): Promise<TokenRecord | undefined> {
+  async findToken(
+    hash: string,
+    options: { includeExpired?: boolean } = {},
+  ): Promise<TokenRecord | undefined> {
     const r = this.tokens.get(hash);
-    if (!r || !(Date.parse(r.expiresAt) > Date.now())) return undefined;
+    const now = options.includeExpired ? Date.now() - EXPIRED_TOKENS_KEPT_MS : Date.now();
+    if (!r || !(Date.parse(r.expiresAt) > now)) return undefined;
     return structuredClone(r);
   }
 

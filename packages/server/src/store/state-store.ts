@@ -68,8 +68,11 @@ export interface Store {
   addCluster(record: ClusterInput): Promise<boolean>;
   deleteCluster(name: string): Promise<boolean>;
   addToken(record: TokenRecord): Promise<void>;
-  /** Expired tokens are not returned. */
-  findToken(hash: string): Promise<TokenRecord | undefined>;
+  /**
+   * Expired tokens are not returned, unless `includeExpired` (then one that
+   * expired up to EXPIRED_TOKENS_KEPT_MS ago is, so a 401 can say it expired).
+   */
+  findToken(hash: string, options?: { includeExpired?: boolean }): Promise<TokenRecord | undefined>;
   /** Atomically marks a join token used; a used, expired, unknown or wrong-cluster token returns undefined. */
   consumeJoinToken(hash: string, cluster: string): Promise<TokenRecord | undefined>;
   recordIssued(serial: string, cluster: string, notAfter: string): Promise<void>;
@@ -104,6 +107,9 @@ export interface Store {
   /** Where the state lives, for messages: a directory, or a namespace of a cluster. */
   describe(): string;
 }
+
+/** How long a store keeps a token's record after it expired (see findToken's includeExpired). */
+export const EXPIRED_TOKENS_KEPT_MS = 24 * 3600_000;
 
 /** The file in the state directory where `serve` records the URL agents and callers use. */
 export const SERVER_INFO_FILE = "server.json";

@@ -469,3 +469,72 @@ t.test("tokens never reach the server's log", async (t) => {
     t.notOk(logged.includes(secret as string), `${what} is not in the log`);
   }
 });
+
+t.test("token routes: list without secrets, revoke by id or user, bad input refused", async (t) => {
+  const { server, credential, store } = await startServer(t);
+  const admin = (method: string, path: string, body?: unknown) =>
+    call(server.url, server.ca.certPem, method, path, {
+      token: credential.token,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+  await store.putCluster({
+    name: "m1",
+    auth: "impersonate",
+    labels: {},
+    allowedUsers: [],
+    allowedGroups: [],
+    createdAt: new Date().toISOString(),
+  });
+  const issued = [];
+  for (const user of ["alice", "alice", "bob"]) {
+    const r = await admin("POST", "/admin/v1/clusters/m1/user-tokens", {
+      user,
+      groups: ["g"],
+      ttlMs: 3600_000,
+    });
+    t.equal(r.status, 201);
+    issued.push(r.body!.token as string);
+  }
+  const all = await admin("GET", "/admin/v1/tokens");
+  t.equal(all.status, 200);
+  const tokens = all.body!.tokens as { id: string; user: string; clusters: string[] }[];
+  t.same(
+    tokens.map((x) => x.user),
+    ["alice", "alice", "bob"],
+    "user tokens only: not the admin token",
+  );
+  t.match(tokens[0], { id: /^tok_[0-9a-f]{16}$/, groups: ["g"], clusters: ["m1"], expiresAt: String });
+  const text = JSON.stringify(all.body);
+  for (const tok of issued) {
+    t.notOk(text.includes(tok), "no token in the list");
+    t.notOk(text.includes(hashToken(tok).slice(7)), "no hash in the list");
+  }
+  const bobs = await admin("GET", "/admin/v1/tokens?user=bob");
+  t.same(
+    (bobs.body!.tokens as { user: string }[]).map((x) => x.user),
+    ["bob"],
+  );
+  t.equal((await admin("GET", "/admin/v1/tokens?user=a&user=b")).status, 400, "user twice");
+  t.equal((await admin("GET", "/admin/v1/tokens?who=bob")).status, 400, "an unknown parameter");
+  t.equal((await admin("POST", "/admin/v1/token-revocations", {})).status, 400, "neither id nor user");
+  t.equal(
+    (await admin("POST", "/admin/v1/token-revocations", { id: tokens[2]!.id, user: "bob" })).status,
+    400,
+    "both",
+  );
+  t.match(await admin("POST", "/admin/v1/token-revocations", { id: "tok_nope" }), {
+    status: 400,
+    body: { code: "ERR_TETHER_INVALID_TOKEN_ID" },
+  });
+  t.match(await admin("POST", "/admin/v1/token-revocations", { id: "tok_0123456789abcdef" }), {
+    status: 404,
+    body: { code: "ERR_TETHER_UNKNOWN_TOKEN" },
+  });
+  const one = await admin("POST", "/admin/v1/token-revocations", { id: tokens[2]!.id });
+  t.match(one, { status: 200, body: { revoked: [{ id: tokens[2]!.id, user: "bob" }] } });
+  t.equal(await store.findToken(hashToken(issued[2]!)), undefined, "bob's token is gone");
+  const byUser = await admin("POST", "/admin/v1/token-revocations", { user: "alice" });
+  t.equal((byUser.body!.revoked as unknown[]).length, 2, "both of alice's");
+  t.same((await admin("GET", "/admin/v1/tokens")).body, { tokens: [] });
+  t.ok(await store.findToken(hashToken(credential.token)), "the admin token is untouched");
+});

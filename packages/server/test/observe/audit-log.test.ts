@@ -229,8 +229,12 @@ t.test("an admin API call: its action, cluster and notes", async (t) => {
   t.notOk("cluster" in list);
   const remove = await lineOf((await call("DELETE", "/admin/v1/clusters/gone")).id);
   t.match(remove, { action: "cluster.remove", cluster: "gone" });
+  const revoke = await lineOf((await call("POST", "/admin/v1/token-revocations", '{"user":"bob"}')).id);
+  t.match(revoke, { action: "token.revoke" }, "a revocation is audited as one");
+  t.match(await lineOf((await call("GET", "/admin/v1/tokens")).id), { action: "token.list" });
   const odd = await lineOf((await call("PUT", "/admin/v1/whatever/x/y/z")).id);
   t.match(odd, { action: "unknown" });
+  t.match(await lineOf((await call("GET", "/admin/v1/whatever")).id), { action: "unknown" });
 });
 
 t.test("an agent's tunnel", async (t) => {

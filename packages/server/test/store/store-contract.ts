@@ -95,6 +95,18 @@ export async function storeContract(t: Test, open: () => Promise<Store>): Promis
     const old = issueToken();
     await store.addToken({ hash: old.hash, kind: "user", user: "bob", expiresAt: later(-1000) });
     t.equal(await store.findToken(old.hash), undefined, "an expired token is not found");
+    t.match(
+      await store.findToken(old.hash, { includeExpired: true }),
+      { user: "bob" },
+      "unless asked for, to say in a 401 that it expired",
+    );
+    const ancient = issueToken();
+    await store.addToken({ hash: ancient.hash, kind: "user", user: "eve", expiresAt: later(-2 * 86400_000) });
+    t.equal(
+      await store.findToken(ancient.hash, { includeExpired: true }),
+      undefined,
+      "not once it expired over a day ago",
+    );
     t.notOk(
       (await store.listTokens()).some((r) => r.hash === old.hash),
       "nor listed",
