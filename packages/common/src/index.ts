@@ -9,6 +9,7 @@ export {
 export { caHashOf } from "./ca-hash.js";
 export { codedError, formatError, TetherError } from "./coded-error.js";
 export {
+  AGENT_FEATURES_HEADER,
   AGENT_PATH,
   AGENT_VERSION_HEADER,
   AUTH_METADATA,
@@ -33,4 +34,20 @@ export {
   statusCodeOf,
   statusResponseHead,
 } from "./k8s-status.js";
+export {
+  CONNECTION_HEADERS,
+  ERR_TETHER_HEAD_INVALID,
+  ERR_TETHER_HEAD_TOO_LARGE,
+  encodeRequestHead,
+  encodeResponseHead,
+  HEAD_FEATURE,
+  HEAD_METADATA,
+  HEAD_VERSION,
+  type HeaderPairs,
+  MAX_HEAD_BYTES,
+  type RequestHead,
+  type ResponseHead,
+  readRequestHead,
+  readResponseHead,
+} from "./request-head.js";
 export { packageVersion } from "./package-version.js";

@@ -4,7 +4,7 @@
 // http-proxy would drop it) are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import type { Duplex } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
 import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
@@ -16,6 +16,7 @@ import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { forwardPlain } from "./plain-forward.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
@@ -105,13 +106,7 @@ export class ClusterProxy {
         sendStatus(res, "BadGateway", UNASKED_SWITCH);
         return;
       }
-      // In passthrough mode the member judges the caller's credential: its 401 is a failed authentication
-      // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
-      if (proxyRes.statusCode === 401 && passthroughRequests.has(req)) {
-        this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
-        this.deps.metrics?.authFailure("proxy", "member_rejected");
-      }
-      this.deps.audit?.response(req, proxyRes);
+      this.answered(req, proxyRes.statusCode ?? 0, proxyRes);
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });
@@ -254,26 +249,52 @@ export class ClusterProxy {
     audit?.admitted(entry.cluster, mode, caller);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
     req.url = path;
-    this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
-      const full = sessionFullStatus(err, entry.cluster);
-      if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
-      if (full) {
-        this.deps.metrics?.refusedFull(err);
-        this.warnSessionFull(entry.cluster);
-        sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
-      } else if (!res.headersSent) {
-        const gone = entry.session.closed || entry.session.goingAway;
-        sendStatus(
-          res,
-          gone ? "ServiceUnavailable" : "BadGateway",
-          gone
-            ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
-            : `forwarding to cluster "${entry.cluster}" failed: ${err.message}`,
-        );
-      } else {
-        res.destroy();
-      }
-    });
+    const failed = (err: Error) => this.forwardingFailed(entry, res, err);
+    if (entry.structuredHead) {
+      forwardPlain({
+        req,
+        res,
+        path,
+        headers: req.headers,
+        open: () => entry.openStream(mode, { structuredHead: true }),
+        answered: (status, body) => this.answered(req, status, body),
+        failure: failed,
+      });
+      return;
+    }
+    this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, failed);
+  }
+
+  /** The member answered a plain request: its 401 may count against the caller, and the audit log counts the body. */
+  private answered(req: IncomingMessage, status: number, body: Readable): void {
+    // In passthrough mode the member judges the caller's credential: its 401 is a failed authentication
+    // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
+    if (status === 401 && passthroughRequests.has(req)) {
+      this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+      this.deps.metrics?.authFailure("proxy", "member_rejected");
+    }
+    this.deps.audit?.response(req, status, body);
+  }
+
+  private forwardingFailed(entry: AgentSession, res: ServerResponse, err: Error): void {
+    const full = sessionFullStatus(err, entry.cluster);
+    if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
+    if (full) {
+      this.deps.metrics?.refusedFull(err);
+      this.warnSessionFull(entry.cluster);
+      sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
+    } else if (!res.headersSent) {
+      const gone = entry.session.closed || entry.session.goingAway;
+      sendStatus(
+        res,
+        gone ? "ServiceUnavailable" : "BadGateway",
+        gone
+          ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
+          : `forwarding to cluster "${entry.cluster}" failed: ${err.message}`,
+      );
+    } else {
+      res.destroy();
+    }
   }
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
