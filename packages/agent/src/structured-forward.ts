@@ -3,9 +3,9 @@
 // and the request re-issued on a pooled apiserver connection; the response's
 // head goes back structured and its body as bytes, the stream's FIN ending it.
 // The body is framed here, never copied through as it came: a declared length
-// is held to exactly (strictContentLength), anything else goes chunked, so no
+// is held to exactly, anything else goes chunked, so no
 // bytes of one request can reach the apiserver as the start of another on a
-// kept-alive connection.
+// kept-alive connection (body-pipe.ts).
 import type { Agent as HttpsAgent } from "node:https";
 import { request as httpsRequest } from "node:https";
 import type { OutgoingHttpHeaders } from "node:http";
@@ -13,8 +13,10 @@ import type { Duplex } from "node:stream";
 import {
   type AuthMode,
   CONNECTION_HEADERS,
+  declaredLength,
   encodeResponseHead,
   type HeaderPairs,
+  pipeBody,
   readRequestHead,
   type StatusReason,
   statusBody,
@@ -53,6 +55,8 @@ function answerStatus(stream: Duplex, reason: StatusReason, message: string): vo
 
 /** Whether the request has a body: a declared length says; without one, the first byte or the FIN does. */
 function hasBody(stream: Duplex): Promise<boolean> {
+  // A stream whose FIN came with the head has emitted 'end' already.
+  if (stream.readableEnded) return Promise.resolve(false);
   return new Promise((resolve) => {
     const done = (value: boolean, chunk?: Buffer) => {
       stream.off("data", onData);
@@ -96,8 +100,8 @@ export async function forwardStructured(stream: Duplex, mode: AuthMode, deps: St
     return;
   }
   const headers = headerObject(head.headers);
-  const length = headers["content-length"];
-  if (length !== undefined && (typeof length !== "string" || !/^\d{1,15}$/.test(length))) {
+  const length = declaredLength(headers["content-length"]);
+  if (headers["content-length"] !== undefined && length === undefined) {
     answerStatus(stream, "BadRequest", "Content-Length must be one decimal number");
     return;
   }
@@ -118,11 +122,13 @@ export async function forwardStructured(stream: Duplex, mode: AuthMode, deps: St
     headers: { ...(headers as OutgoingHttpHeaders), host: deps.target.url.host },
     agent: deps.pool,
   });
-  // Node's types lack it (Node 18.10+): the body must be exactly the declared length.
-  (upstream as { strictContentLength?: boolean }).strictContentLength = true;
   const unasked = () => {
     answered = true;
-    answerStatus(stream, "BadGateway", "the apiserver switched protocols on a request that asked for no upgrade");
+    answerStatus(
+      stream,
+      "BadGateway",
+      "the apiserver switched protocols on a request that asked for no upgrade",
+    );
   };
   upstream.on("upgrade", (_up, socket) => {
     socket.destroy();
@@ -145,7 +151,11 @@ export async function forwardStructured(stream: Duplex, mode: AuthMode, deps: St
       encoded = encodeResponseHead({ status: up.statusCode ?? 502, headers: pairs });
     } catch (err) {
       upstream.destroy();
-      answerStatus(stream, "BadGateway", `the apiserver's answer cannot cross the tunnel: ${(err as Error).message}`);
+      answerStatus(
+        stream,
+        "BadGateway",
+        `the apiserver's answer cannot cross the tunnel: ${(err as Error).message}`,
+      );
       return;
     }
     stream.write(encoded);
@@ -154,12 +164,15 @@ export async function forwardStructured(stream: Duplex, mode: AuthMode, deps: St
     up.on("aborted", () => stream.destroy());
     up.on("error", () => stream.destroy());
   });
+  let cut = false;
   upstream.on("error", (err) => {
+    if (cut) return;
     deps.report(err, callerGone);
     if (!stream.destroyed) deps.onApiserverError();
     if (!answered) {
       answered = true;
-      if (!stream.destroyed) answerStatus(stream, "BadGateway", `the apiserver could not be reached: ${err.message}`);
+      if (!stream.destroyed)
+        answerStatus(stream, "BadGateway", `the apiserver could not be reached: ${err.message}`);
     } else stream.destroy();
   });
   // The caller went away (the stream was reset): stop the upstream request too.
@@ -168,5 +181,10 @@ export async function forwardStructured(stream: Duplex, mode: AuthMode, deps: St
     callerGone = true;
     upstream.destroy();
   });
-  stream.pipe(upstream);
+  pipeBody(stream, upstream, length, (why) => {
+    cut = true;
+    if (!answered) answerStatus(stream, "BadRequest", `the request body is ${why} than its Content-Length`);
+    else stream.destroy();
+    answered = true;
+  });
 }

@@ -53,7 +53,8 @@ function checkHeaders(headers: unknown): HeaderPairs {
   for (const pair of headers) {
     if (!Array.isArray(pair) || pair.length !== 2) throw invalid("a header is not a [name, value] pair");
     const [name, value] = pair as unknown[];
-    if (typeof name !== "string" || !TOKEN.test(name)) throw invalid(`bad header name ${JSON.stringify(name)}`);
+    if (typeof name !== "string" || !TOKEN.test(name))
+      throw invalid(`bad header name ${JSON.stringify(name)}`);
     if (typeof value !== "string" || !FIELD_VALUE.test(value))
       throw invalid(`bad value for header ${JSON.stringify(name)}`);
   }

@@ -9,10 +9,12 @@ import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerR
 import type { Duplex, Readable } from "node:stream";
 import {
   CONNECTION_HEADERS,
+  declaredLength,
   ERR_TETHER_HEAD_INVALID,
   ERR_TETHER_HEAD_TOO_LARGE,
   encodeRequestHead,
   type HeaderPairs,
+  pipeBody,
   type ResponseHead,
   readResponseHead,
   sendStatus,
@@ -64,7 +66,11 @@ export function forwardPlain(f: PlainForward): void {
   const { req, res } = f;
   let encoded: Buffer;
   try {
-    encoded = encodeRequestHead({ method: req.method ?? "GET", path: f.path, headers: requestPairs(f.headers) });
+    encoded = encodeRequestHead({
+      method: req.method ?? "GET",
+      path: f.path,
+      headers: requestPairs(f.headers),
+    });
   } catch (err) {
     sendStatus(res, "BadRequest", (err as Error).message);
     return;
@@ -92,13 +98,19 @@ export function forwardPlain(f: PlainForward): void {
     (head) => {
       answered = true;
       if (res.destroyed) return;
-      // Bytes past a declared length would reach an HTTP/1.1 caller as the next response.
-      (res as { strictContentLength?: boolean }).strictContentLength = true;
-      res.writeHead(head.status, responseHeaders(head));
+      const headers = responseHeaders(head);
+      res.writeHead(head.status, headers);
       // A watch may send nothing for minutes, and clients act on the head alone.
       res.flushHeaders();
       f.answered(head.status, stream);
-      stream.pipe(res);
+      // Bytes past a declared length would reach an HTTP/1.1 caller as the next response.
+      const bodyless = req.method === "HEAD" || head.status === 204 || head.status === 304;
+      pipeBody(
+        stream,
+        res,
+        bodyless ? undefined : declaredLength(headers["content-length"] as string | string[] | undefined),
+        () => stream.destroy(),
+      );
     },
     (err: TetherError) => {
       answered = true;
