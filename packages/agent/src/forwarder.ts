@@ -132,7 +132,7 @@ export class Forwarder {
     const metadata = (stream as { metadata?: Record<string, string> }).metadata;
     const mode = modeOf(stream);
     if (metadata?.[HEAD_METADATA] === HEAD_VERSION && mode) {
-      void forwardStructured(stream, mode, {
+      void forwardStructured(stream, {
         target: this.target,
         host: this.host,
         port: this.port,

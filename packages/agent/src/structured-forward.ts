@@ -11,7 +11,6 @@ import { request as httpsRequest } from "node:https";
 import type { OutgoingHttpHeaders } from "node:http";
 import type { Duplex } from "node:stream";
 import {
-  type AuthMode,
   CONNECTION_HEADERS,
   declaredLength,
   encodeResponseHead,
@@ -89,7 +88,7 @@ function headerObject(pairs: HeaderPairs): Record<string, string | string[]> {
   return out;
 }
 
-export async function forwardStructured(stream: Duplex, mode: AuthMode, deps: StructuredDeps): Promise<void> {
+export async function forwardStructured(stream: Duplex, deps: StructuredDeps): Promise<void> {
   let callerGone = false;
   stream.on("error", (err) => deps.report(err, false));
   let head: Awaited<ReturnType<typeof readRequestHead>>;

@@ -108,14 +108,10 @@ t.test("a body without a declared length goes chunked: a request hidden in it is
           ["Impersonate-User", "tether:alice"],
         ],
       },
-      `x\r\n\r\n${hidden}`,
+      hidden,
     );
     t.equal(reply.status, 200, `${auth}: answered`);
-    t.equal(
-      reply.body,
-      `seen ${5 + hidden.length}`,
-      `${auth}: the whole body reached the apiserver as a body`,
-    );
+    t.equal(reply.body, `seen ${hidden.length}`, `${auth}: the whole body reached the apiserver as a body`);
     t.same(headerValues(lastSeen("/body"), "transfer-encoding"), ["chunked"], `${auth}: framed as chunked`);
   }
   // A second request on a kept-alive upstream connection would arrive right behind the first.
