@@ -441,6 +441,11 @@ t.test("a lost agent turns into 503, a returning one works again, no stream leak
   await new Promise((r) => setTimeout(r, 500));
   const serverSession = () => tether.server.sessions.get("member1")?.session;
   t.ok((serverSession()?.streamCount ?? 0) >= 1, "the watch holds a stream");
+  t.equal(
+    tether.server.sessions.get("member1")?.structuredHead,
+    true,
+    "today's agent reads structured heads",
+  );
 
   await agents.member1.stop();
   const watchExit = await watch.exited;

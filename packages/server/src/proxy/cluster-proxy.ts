@@ -1,12 +1,11 @@
 // /clusters/<name>/… : admits a host caller to a member cluster and forwards
-// the request through that cluster's tunnel. Plain requests go through
-// http-proxy-3 over a pool of tunnel streams; upgrades (SPDY is a POST, so
-// http-proxy would drop it) are relayed one per stream (upgrade-relay.ts).
+// the request through that cluster's tunnel. Plain requests go with a
+// structured head (plain-forward.ts), or as raw HTTP/1.1 to agents from before
+// it (raw-forward.ts); upgrades are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
-import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
@@ -17,6 +16,7 @@ import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authent
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { forwardPlain } from "./plain-forward.js";
+import { forwardRaw } from "./raw-forward.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
@@ -24,7 +24,6 @@ import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 const passthroughRequests = new WeakSet<IncomingMessage>();
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
-const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
 
 /** Why a request or upgrade was answered by Tether instead of the member. */
 export type RefusalReason =
@@ -82,36 +81,9 @@ export interface ClusterProxyDeps {
 }
 
 export class ClusterProxy {
-  private readonly proxy = createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0, timeout: 0 });
   private lastFullWarning = 0;
 
-  constructor(private readonly deps: ClusterProxyDeps) {
-    // Errors are answered per request (see handleRequest); this keeps
-    // http-proxy from throwing on an error nobody handles.
-    this.proxy.on("error", () => {});
-    // A 101 to a request that asked for no upgrade: Node hands the stream to an
-    // 'upgrade' listener or, with none, drops it and the caller would wait forever.
-    this.proxy.on("proxyReq", (proxyReq, _req, res) => {
-      proxyReq.on("upgrade", (_upRes, stream) => {
-        stream.destroy();
-        sendStatus(res, "BadGateway", UNASKED_SWITCH);
-      });
-    });
-    // http-proxy sets the head and pipes the body in this same tick; Node then
-    // holds the head back until the first body byte. A watch may have none for
-    // minutes, and clients wait for the head before they act: send it now.
-    this.proxy.on("proxyRes", (proxyRes, req, res) => {
-      if (proxyRes.statusCode === 101) {
-        proxyRes.destroy();
-        sendStatus(res, "BadGateway", UNASKED_SWITCH);
-        return;
-      }
-      this.answered(req, proxyRes.statusCode ?? 0, proxyRes);
-      process.nextTick(() => {
-        if (!res.headersSent && !res.writableEnded) res.flushHeaders();
-      });
-    });
-  }
+  constructor(private readonly deps: ClusterProxyDeps) {}
 
   private async admit(req: IncomingMessage): Promise<Admission> {
     const m = CLUSTER_PATH.exec(req.url ?? "");
@@ -262,7 +234,15 @@ export class ClusterProxy {
       });
       return;
     }
-    this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, failed);
+    forwardRaw({
+      req,
+      res,
+      path,
+      headers: req.headers,
+      agent: entry.httpAgent(mode),
+      answered: (status, body) => this.answered(req, status, body),
+      failure: failed,
+    });
   }
 
   /** The member answered a plain request: its 401 may count against the caller, and the audit log counts the body. */
