@@ -29,7 +29,6 @@ import {
   sendStatus,
   statusResponseHead,
 } from "@tether/common";
-import { ApiPool } from "./api-pool.js";
 import { type KubeTarget, serverVerification } from "./kube-target.js";
 import { isNormalClose } from "./normal-close.js";
 import { forwardStructured } from "./structured-forward.js";
@@ -88,8 +87,6 @@ export class Forwarder {
   private readonly agents: Record<AuthMode, HttpsAgent>;
   /** Upgrades get a connection of their own (and a TLS session cache apart from the other mode's). */
   private readonly upgradeAgents: Record<AuthMode, HttpsAgent>;
-  /** Measuring only: TETHER_AGENT_APISERVER_H2=1 sends structured-head requests over HTTP/2. */
-  private readonly h2: ApiPool | undefined;
   /** The apiserver's host as a socket address (no IPv6 brackets) and port. */
   private readonly host: string;
   private readonly port: number;
@@ -112,7 +109,6 @@ export class Forwarder {
       return { impersonate: make("impersonate"), passthrough: make("passthrough") };
     };
     this.agents = pools(true);
-    this.h2 = process.env.TETHER_AGENT_APISERVER_H2 === "1" ? new ApiPool(target, tls) : undefined;
     this.upgradeAgents = pools(false);
     this.http = createServer(
       // A stream lives as long as the server's pool keeps it; watches as long as they run.
@@ -141,7 +137,6 @@ export class Forwarder {
         host: this.host,
         port: this.port,
         pool: this.agents[mode],
-        ...(this.h2 ? { h2: { pool: this.h2, mode } } : {}),
         applyCredentials: (headers) => credentialHeaders(headers, mode, this.target),
         report: (err, callerGone) => this.report(err, callerGone),
         onApiserverError: this.onApiserverError,
@@ -345,7 +340,6 @@ export class Forwarder {
   }
 
   close(): void {
-    this.h2?.close();
     for (const agent of [...Object.values(this.agents), ...Object.values(this.upgradeAgents)])
       agent.destroy();
     this.http.close();

@@ -11,19 +11,16 @@ import { request as httpsRequest } from "node:https";
 import type { OutgoingHttpHeaders } from "node:http";
 import type { Duplex } from "node:stream";
 import {
-  type AuthMode,
   CONNECTION_HEADERS,
   declaredLength,
   encodeResponseHead,
   type HeaderPairs,
   pipeBody,
-  type RequestHead,
   readRequestHead,
   type StatusReason,
   statusBody,
   statusCodeOf,
 } from "@tether/common";
-import type { ApiPool } from "./api-pool.js";
 import type { KubeTarget } from "./kube-target.js";
 
 export interface StructuredDeps {
@@ -32,8 +29,6 @@ export interface StructuredDeps {
   host: string;
   port: number;
   pool: HttpsAgent;
-  /** With it, requests go as streams of one HTTP/2 connection per mode instead of on the HTTP/1.1 pool. */
-  h2?: { pool: ApiPool; mode: AuthMode };
   applyCredentials(headers: Record<string, string | string[] | undefined>): string | undefined;
   report(err: Error, callerGone: boolean): void;
   onApiserverError(): void;
@@ -114,10 +109,6 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
     answerStatus(stream, "BadRequest", refusal);
     return;
   }
-  if (deps.h2) {
-    forwardH2(stream, head, headers, length, deps);
-    return;
-  }
   if (length === undefined && (await hasBody(stream))) headers["transfer-encoding"] = "chunked";
   if (stream.destroyed) return;
   let answered = false;
@@ -191,71 +182,6 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
   });
   pipeBody(stream, upstream, length, (why) => {
     cut = true;
-    if (!answered) answerStatus(stream, "BadRequest", `the request body is ${why} than its Content-Length`);
-    else stream.destroy();
-    answered = true;
-  });
-}
-
-function forwardH2(
-  stream: Duplex,
-  head: RequestHead,
-  headers: Record<string, string | string[]>,
-  length: number | undefined,
-  deps: StructuredDeps,
-): void {
-  const { pool, mode } = deps.h2!;
-  let answered = false;
-  let callerGone = false;
-  let upstream: ReturnType<ApiPool["request"]>;
-  try {
-    upstream = pool.request(mode, head.method, head.path, headers);
-  } catch (err) {
-    answerStatus(stream, "BadGateway", `the apiserver could not be reached: ${(err as Error).message}`);
-    return;
-  }
-  upstream.on("response", (h) => {
-    answered = true;
-    const status = Number(h[":status"]);
-    const pairs: HeaderPairs = [];
-    for (const [name, value] of Object.entries(h)) {
-      if (name.startsWith(":") || CONNECTION_HEADERS.has(name) || value === undefined) continue;
-      for (const v of Array.isArray(value) ? value : [value]) pairs.push([name, String(v)]);
-    }
-    let encoded: Buffer;
-    try {
-      encoded = encodeResponseHead({ status, headers: pairs });
-    } catch (err) {
-      upstream.close();
-      answerStatus(
-        stream,
-        "BadGateway",
-        `the apiserver's answer cannot cross the tunnel: ${(err as Error).message}`,
-      );
-      return;
-    }
-    stream.write(encoded);
-    upstream.pipe(stream);
-  });
-  upstream.on("close", () => {
-    // Reset, not ended: a response cut short must not look complete.
-    if (answered && !upstream.readableEnded) stream.destroy();
-  });
-  upstream.on("error", (err) => {
-    deps.report(err, callerGone);
-    if (!stream.destroyed) deps.onApiserverError();
-    if (!answered) {
-      answered = true;
-      if (!stream.destroyed)
-        answerStatus(stream, "BadGateway", `the apiserver could not be reached: ${err.message}`);
-    } else stream.destroy();
-  });
-  stream.on("close", () => {
-    if (stream.writableFinished) return;
-    callerGone = true;
-    upstream.close();
-  });
-  pipeBody(stream, upstream, length, (why) => {
     if (!answered) answerStatus(stream, "BadRequest", `the request body is ${why} than its Content-Length`);
     else stream.destroy();
     answered = true;
