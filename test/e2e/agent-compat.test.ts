@@ -81,6 +81,11 @@ t.test(`an agent built from ${COMMIT} joins today's server and serves kubectl`, 
     return tether.server.sessions.get("old") !== undefined;
   });
   t.equal(tether.server.sessions.get("old")?.agentVersion, built.version, "it says its version");
+  t.equal(
+    tether.server.sessions.get("old")?.structuredHead,
+    false,
+    "it announced no structured heads: raw streams",
+  );
   const kubeconfig = await tether.userKubeconfig("old", "alice", ["admins"]);
   const listed = await member.kubectl(["get", "namespaces", "-o", "name"], { kubeconfig });
   t.equal(listed.code, 0, listed.stderr);

@@ -444,6 +444,11 @@ t.test("a lost agent turns into 503, a returning one works again, no stream leak
   await new Promise((r) => setTimeout(r, 500));
   const serverSession = () => tether.server.sessions.get("member1")?.session;
   t.ok((serverSession()?.streamCount ?? 0) >= 1, "the watch holds a stream");
+  t.equal(
+    tether.server.sessions.get("member1")?.structuredHead,
+    true,
+    "today's agent reads structured heads",
+  );
 
   await agents.member1.stop();
   const watchExit = await watch.exited;
@@ -461,7 +466,10 @@ t.test("a lost agent turns into 503, a returning one works again, no stream leak
   // A client that disconnects mid-watch must not leave its stream open on either side.
   const w2 = m1.spawnKubectl(["get", "pods", "-w", "-o", "name"], { kubeconfig: kc.member1 });
   await w2.waitFor(/pod\/box/);
-  t.ok((serverSession()?.streamCount ?? 0) >= 1);
+  // The list that printed pod/box has its own stream, closed with its response; the watch opens one after it.
+  for (let i = 0; i < 50 && (serverSession()?.streamCount ?? 0) === 0; i++)
+    await new Promise((r) => setTimeout(r, 100));
+  t.ok((serverSession()?.streamCount ?? 0) >= 1, "the watch holds a stream");
   await w2.stop();
   const settled = async () => {
     for (let i = 0; i < 100; i++) {

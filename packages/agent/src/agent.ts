@@ -2,7 +2,14 @@
 // client certificate, serve the streams it opens, and redial when the
 // session ends — at once after a graceful go-away, otherwise with backoff.
 
-import { AGENT_PATH, AGENT_VERSION_HEADER, KUBERNETES_SERVICE, RENEW_SERVICE } from "@tether/common";
+import {
+  AGENT_FEATURES_HEADER,
+  AGENT_PATH,
+  AGENT_VERSION_HEADER,
+  HEAD_FEATURE,
+  KUBERNETES_SERVICE,
+  RENEW_SERVICE,
+} from "@tether/common";
 import {
   ResetCode,
   type Session,
@@ -132,7 +139,7 @@ export class TetherAgent {
       cert: creds.certPem,
       key: creds.keyPem,
       handshakeTimeout: 15_000,
-      headers: { [AGENT_VERSION_HEADER]: VERSION },
+      headers: { [AGENT_VERSION_HEADER]: VERSION, [AGENT_FEATURES_HEADER]: HEAD_FEATURE },
       // ws hands this to https.request, which takes Node's asynchronous form (ws's types know only the other).
       ...(this.options.proxy
         ? {

@@ -22,6 +22,8 @@ import type { Duplex } from "node:stream";
 import {
   AUTH_METADATA,
   type AuthMode,
+  HEAD_METADATA,
+  HEAD_VERSION,
   isAuthMode,
   type StatusReason,
   sendStatus,
@@ -29,6 +31,7 @@ import {
 } from "@tether/common";
 import { type KubeTarget, serverVerification } from "./kube-target.js";
 import { isNormalClose } from "./normal-close.js";
+import { forwardStructured } from "./structured-forward.js";
 
 export type { AuthMode };
 
@@ -126,6 +129,20 @@ export class Forwarder {
 
   /** Serves one tunnel stream. */
   handle(stream: Duplex): void {
+    const metadata = (stream as { metadata?: Record<string, string> }).metadata;
+    const mode = modeOf(stream);
+    if (metadata?.[HEAD_METADATA] === HEAD_VERSION && mode) {
+      void forwardStructured(stream, {
+        target: this.target,
+        host: this.host,
+        port: this.port,
+        pool: this.agents[mode],
+        applyCredentials: (headers) => credentialHeaders(headers, mode, this.target),
+        report: (err, callerGone) => this.report(err, callerGone),
+        onApiserverError: this.onApiserverError,
+      });
+      return;
+    }
     this.http.emit("connection", stream);
   }
 

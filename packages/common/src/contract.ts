@@ -7,6 +7,8 @@
 export const AGENT_PATH = "/agent/v1/connect";
 /** The agent's version, sent with the tunnel upgrade, for the cluster's status. */
 export const AGENT_VERSION_HEADER = "x-tether-agent-version";
+/** What the agent can do beyond the first release, comma-separated, sent with the tunnel upgrade (e.g. HEAD_FEATURE). */
+export const AGENT_FEATURES_HEADER = "x-tether-agent-features";
 
 /** GET: Tether's CA certificate (public; the agent pins its hash before sending anything secret). */
 export const JOIN_CA_PATH = "/join/v1/ca";

@@ -6,9 +6,11 @@ export {
   removeStaleTempFiles,
   writeFileAtomic,
 } from "./atomic-file.js";
+export { type BodyMismatch, declaredLength, pipeBody } from "./body-pipe.js";
 export { caHashOf } from "./ca-hash.js";
 export { codedError, formatError, TetherError } from "./coded-error.js";
 export {
+  AGENT_FEATURES_HEADER,
   AGENT_PATH,
   AGENT_VERSION_HEADER,
   AUTH_METADATA,
@@ -40,6 +42,22 @@ export {
   statusCodeOf,
   statusResponseHead,
 } from "./k8s-status.js";
+export {
+  CONNECTION_HEADERS,
+  ERR_TETHER_HEAD_INVALID,
+  ERR_TETHER_HEAD_TOO_LARGE,
+  encodeRequestHead,
+  encodeResponseHead,
+  HEAD_FEATURE,
+  HEAD_METADATA,
+  HEAD_VERSION,
+  type HeaderPairs,
+  MAX_HEAD_BYTES,
+  type RequestHead,
+  type ResponseHead,
+  readRequestHead,
+  readResponseHead,
+} from "./request-head.js";
 export { packageVersion } from "./package-version.js";
 export { type ProxyUrl, parseProxyUrl } from "./proxy-url.js";
 export { servicePathRefusal } from "./service-path.js";

@@ -9,6 +9,7 @@ import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import {
   AGENT_PATH,
+  AGENT_FEATURES_HEADER,
   AGENT_VERSION_HEADER,
   JOIN_CERTIFICATE_PATH,
   sendStatus,
@@ -481,10 +482,12 @@ export class TetherServer {
         this.reportStatus(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
+      const agentFeatures = req.headers[AGENT_FEATURES_HEADER];
       const entry = this.sessions.attach(cluster, session, {
         remoteAddress,
         ...certificate,
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
+        ...(typeof agentFeatures === "string" ? { agentFeatures: agentFeatures.slice(0, 256) } : {}),
       });
       this.metrics?.agentConnected(cluster, session);
       void this.probeKubernetesVersion(entry);

@@ -69,8 +69,8 @@ export class AuditLog {
   }
 
   /** The member's response to a forwarded plain request: its body bytes are counted. */
-  response(req: IncomingMessage, proxyRes: IncomingMessage): void {
-    this.requests.get(req)?.answered(proxyRes.statusCode ?? 0, proxyRes);
+  response(req: IncomingMessage, status: number, body: Readable): void {
+    this.requests.get(req)?.answered(status, body);
   }
 
   /** An upgrade request to /clusters/...: lines when it switches protocols and when the caller's connection closes. */

@@ -5,7 +5,7 @@
 // that reconnects over and over cannot pile up sessions.
 import { Agent as HttpAgent } from "node:http";
 import type { Duplex } from "node:stream";
-import { AUTH_METADATA, KUBERNETES_SERVICE } from "@tether/common";
+import { AUTH_METADATA, HEAD_FEATURE, HEAD_METADATA, HEAD_VERSION, KUBERNETES_SERVICE } from "@tether/common";
 import type { Session } from "@tether/tunnel";
 import type { AuthMode } from "../store/state-store.js";
 
@@ -30,8 +30,10 @@ export interface AgentSession extends SessionCertificate {
   readonly agentVersion?: string;
   /** The member apiserver's version, once read through the tunnel. */
   kubernetesVersion?: string;
-  /** Opens a raw stream to the agent's apiserver forwarder. */
-  openStream(mode: AuthMode): Duplex;
+  /** The agent reads structured request heads (HEAD_FEATURE); agents from before them get raw HTTP/1.1. */
+  readonly structuredHead: boolean;
+  /** Opens a stream to the agent's apiserver forwarder: raw HTTP/1.1, or a structured head first when asked. */
+  openStream(mode: AuthMode, options?: { structuredHead?: boolean }): Duplex;
   /** An http.Agent whose connections are tunnel streams, pooled per auth mode. */
   httpAgent(mode: AuthMode): HttpAgent;
 }
@@ -55,10 +57,14 @@ export class AgentSessions {
   attach(
     cluster: string,
     session: Session,
-    info: SessionCertificate & { remoteAddress: string; agentVersion?: string },
+    info: SessionCertificate & { remoteAddress: string; agentVersion?: string; agentFeatures?: string },
   ): AgentSession {
     const agents = new Map<AuthMode, HttpAgent>();
-    const openStream = (mode: AuthMode) => session.open(KUBERNETES_SERVICE, { [AUTH_METADATA]: mode });
+    const openStream = (mode: AuthMode, options: { structuredHead?: boolean } = {}) =>
+      session.open(KUBERNETES_SERVICE, {
+        [AUTH_METADATA]: mode,
+        ...(options.structuredHead ? { [HEAD_METADATA]: HEAD_VERSION } : {}),
+      });
     const entry: AgentSession = {
       cluster,
       session,
@@ -69,6 +75,7 @@ export class AgentSessions {
       certIssuedAt: info.certIssuedAt,
       ...(info.incarnation ? { incarnation: info.incarnation } : {}),
       ...(info.agentVersion ? { agentVersion: info.agentVersion } : {}),
+      structuredHead: (info.agentFeatures ?? "").split(",").some((f) => f.trim() === HEAD_FEATURE),
       openStream,
       httpAgent(mode) {
         let agent = agents.get(mode);

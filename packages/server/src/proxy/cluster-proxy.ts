@@ -1,12 +1,11 @@
 // /clusters/<name>/… : admits a host caller to a member cluster and forwards
-// the request through that cluster's tunnel. Plain requests go through
-// http-proxy-3 over a pool of tunnel streams; upgrades (SPDY is a POST, so
-// http-proxy would drop it) are relayed one per stream (upgrade-relay.ts).
+// the request through that cluster's tunnel. Plain requests go with a
+// structured head (plain-forward.ts), or as raw HTTP/1.1 to agents from before
+// it (raw-forward.ts); upgrades are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import type { Duplex } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
-import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
@@ -25,6 +24,8 @@ import { IdentityUnavailableError } from "./identity/identity-error.js";
 import type { IdentitySources } from "./identity/identity-sources.js";
 import { callerImpersonation } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
+import { forwardPlain } from "./plain-forward.js";
+import { forwardRaw } from "./raw-forward.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
@@ -33,7 +34,6 @@ import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 const passthroughRequests = new WeakSet<IncomingMessage>();
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
-const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
 
 /** Why a request or upgrade was answered by Tether instead of the member. */
 export type RefusalReason =
@@ -98,43 +98,11 @@ export interface ClusterProxyDeps {
 }
 
 export class ClusterProxy {
-  private readonly proxy = createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0, timeout: 0 });
   private lastFullWarning = 0;
   private readonly services: ServiceProxy;
 
   constructor(private readonly deps: ClusterProxyDeps) {
     this.services = new ServiceProxy(deps);
-    // Errors are answered per request (see handleRequest); this keeps
-    // http-proxy from throwing on an error nobody handles.
-    this.proxy.on("error", () => {});
-    // A 101 to a request that asked for no upgrade: Node hands the stream to an
-    // 'upgrade' listener or, with none, drops it and the caller would wait forever.
-    this.proxy.on("proxyReq", (proxyReq, _req, res) => {
-      proxyReq.on("upgrade", (_upRes, stream) => {
-        stream.destroy();
-        sendStatus(res, "BadGateway", UNASKED_SWITCH);
-      });
-    });
-    // http-proxy sets the head and pipes the body in this same tick; Node then
-    // holds the head back until the first body byte. A watch may have none for
-    // minutes, and clients wait for the head before they act: send it now.
-    this.proxy.on("proxyRes", (proxyRes, req, res) => {
-      if (proxyRes.statusCode === 101) {
-        proxyRes.destroy();
-        sendStatus(res, "BadGateway", UNASKED_SWITCH);
-        return;
-      }
-      // In passthrough mode the member judges the caller's credential: its 401 is a failed authentication
-      // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
-      if (proxyRes.statusCode === 401 && passthroughRequests.has(req)) {
-        this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
-        this.deps.metrics?.authFailure("proxy", "member_rejected");
-      }
-      this.deps.audit?.response(req, proxyRes);
-      process.nextTick(() => {
-        if (!res.headersSent && !res.writableEnded) res.flushHeaders();
-      });
-    });
   }
 
   private async admit(req: IncomingMessage): Promise<Admission> {
@@ -308,26 +276,60 @@ export class ClusterProxy {
     audit?.admitted(entry.cluster, mode, caller);
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress, admission.acting);
     req.url = path;
-    this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
-      const full = sessionFullStatus(err, entry.cluster);
-      if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
-      if (full) {
-        this.deps.metrics?.refusedFull(err);
-        this.warnSessionFull(entry.cluster);
-        sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
-      } else if (!res.headersSent) {
-        const gone = entry.session.closed || entry.session.goingAway;
-        sendStatus(
-          res,
-          gone ? "ServiceUnavailable" : "BadGateway",
-          gone
-            ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
-            : `forwarding to cluster "${entry.cluster}" failed: ${err.message}`,
-        );
-      } else {
-        res.destroy();
-      }
+    const failed = (err: Error) => this.forwardingFailed(entry, res, err);
+    if (entry.structuredHead) {
+      forwardPlain({
+        req,
+        res,
+        path,
+        headers: req.headers,
+        open: () => entry.openStream(mode, { structuredHead: true }),
+        answered: (status, body) => this.answered(req, status, body),
+        failure: failed,
+      });
+      return;
+    }
+    forwardRaw({
+      req,
+      res,
+      path,
+      headers: req.headers,
+      agent: entry.httpAgent(mode),
+      answered: (status, body) => this.answered(req, status, body),
+      failure: failed,
     });
+  }
+
+  /** The member answered a plain request: its 401 may count against the caller, and the audit log counts the body. */
+  private answered(req: IncomingMessage, status: number, body: Readable): void {
+    // In passthrough mode the member judges the caller's credential: its 401 is a failed authentication
+    // here too. In impersonate mode a 401 is about the agent's own credential, not the caller's.
+    if (status === 401 && passthroughRequests.has(req)) {
+      this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+      this.deps.metrics?.authFailure("proxy", "member_rejected");
+    }
+    this.deps.audit?.response(req, status, body);
+  }
+
+  private forwardingFailed(entry: AgentSession, res: ServerResponse, err: Error): void {
+    const full = sessionFullStatus(err, entry.cluster);
+    if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
+    if (full) {
+      this.deps.metrics?.refusedFull(err);
+      this.warnSessionFull(entry.cluster);
+      sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
+    } else if (!res.headersSent) {
+      const gone = entry.session.closed || entry.session.goingAway;
+      sendStatus(
+        res,
+        gone ? "ServiceUnavailable" : "BadGateway",
+        gone
+          ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
+          : `forwarding to cluster "${entry.cluster}" failed: ${err.message}`,
+      );
+    } else {
+      res.destroy();
+    }
   }
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {

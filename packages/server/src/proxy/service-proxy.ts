@@ -23,7 +23,6 @@ import {
   statusResponseHead,
 } from "@tether/common";
 import { isTetherError, ResetCode } from "@tether/tunnel";
-import { createProxyServer } from "http-proxy-3";
 import { sourceKey } from "../http/failure-rate-limit.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { ClusterRecord } from "../store/state-store.js";
@@ -31,6 +30,7 @@ import type { AgentSession } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate } from "./authenticate.js";
 import { callerKey, releaseOnClose } from "./caller-quota.js";
 import type { ClusterProxyDeps, RefusalReason } from "./cluster-proxy.js";
+import { forwardRaw } from "./raw-forward.js";
 import { sessionFullStatus } from "./session-full.js";
 import { closeWith } from "./upgrade-relay.js";
 
@@ -110,26 +110,10 @@ type Admission =
     };
 
 export class ServiceProxy {
-  private readonly proxy = createProxyServer({ xfwd: false, ws: false, proxyTimeout: 0, timeout: 0 });
   /** Keep-alive pools of tunnel streams, per session and service. */
   private readonly pools = new WeakMap<AgentSession, Map<string, HttpAgent>>();
 
-  constructor(private readonly deps: ClusterProxyDeps) {
-    this.proxy.on("error", () => {});
-    this.proxy.on("proxyReq", (proxyReq, _req, res) => {
-      proxyReq.on("upgrade", (_upRes, stream) => {
-        stream.destroy();
-        sendStatus(res, "BadGateway", "the exposed service switched protocols unasked");
-      });
-    });
-    this.proxy.on("proxyRes", (proxyRes, req, res) => {
-      this.deps.audit?.response(req, proxyRes);
-      // A streamed response may be slow to send its first byte; the head goes now.
-      process.nextTick(() => {
-        if (!res.headersSent && !res.writableEnded) res.flushHeaders();
-      });
-    });
-  }
+  constructor(private readonly deps: ClusterProxyDeps) {}
 
   private pool(entry: AgentSession, service: string): HttpAgent {
     let byService = this.pools.get(entry);
@@ -169,7 +153,7 @@ export class ServiceProxy {
         "not_found",
         `/clusters/${name}/services/ needs a service name, a DNS label of at most 55 characters`,
       );
-    // Before http-proxy parses the URL, which would resolve dot segments where the agent can no longer see them.
+    // On the path as the caller sent it: the agent too refuses dot segments, however encoded.
     const refusal = servicePathRefusal(m?.[3] || "/");
     if (refusal) return refuse("BadRequest", "bad_request", `the request path ${refusal}`);
     const cluster = await this.deps.store.getCluster(name);
@@ -254,33 +238,41 @@ export class ServiceProxy {
     audit?.admitted(entry.cluster, cluster.auth, caller);
     serviceHeaders(req.headers, caller, entry.cluster, req.socket.remoteAddress);
     req.url = path;
-    this.proxy.web(req, res, { target: "http://service.tether", agent: this.pool(entry, service) }, (err) => {
-      const full = sessionFullStatus(err, entry.cluster);
-      if (full) {
-        this.deps.metrics?.refusedFull(err);
-        sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
-      } else if (isTetherError(err) && err.resetCode === ResetCode.REFUSED) {
-        sendStatus(
-          res,
-          "BadGateway",
-          `the Tether agent of cluster "${entry.cluster}" refused service "${service}": it does not expose it (start the agent with --expose ${service}=URL)`,
-        );
-      } else if (!res.headersSent) {
-        this.deps.log.warn(
-          { cluster: entry.cluster, service, err: err.message },
-          "forwarding to an exposed service failed",
-        );
-        const gone = entry.session.closed || entry.session.goingAway;
-        sendStatus(
-          res,
-          gone ? "ServiceUnavailable" : "BadGateway",
-          gone
-            ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
-            : `forwarding to service "${service}" of cluster "${entry.cluster}" failed: ${err.message}`,
-        );
-      } else {
-        res.destroy();
-      }
+    forwardRaw({
+      req,
+      res,
+      path,
+      headers: req.headers,
+      agent: this.pool(entry, service),
+      answered: (status, body) => this.deps.audit?.response(req, status, body),
+      failure: (err) => {
+        const full = sessionFullStatus(err, entry.cluster);
+        if (full) {
+          this.deps.metrics?.refusedFull(err);
+          sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
+        } else if (isTetherError(err) && err.resetCode === ResetCode.REFUSED) {
+          sendStatus(
+            res,
+            "BadGateway",
+            `the Tether agent of cluster "${entry.cluster}" refused service "${service}": it does not expose it (start the agent with --expose ${service}=URL)`,
+          );
+        } else if (!res.headersSent) {
+          this.deps.log.warn(
+            { cluster: entry.cluster, service, err: err.message },
+            "forwarding to an exposed service failed",
+          );
+          const gone = entry.session.closed || entry.session.goingAway;
+          sendStatus(
+            res,
+            gone ? "ServiceUnavailable" : "BadGateway",
+            gone
+              ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
+              : `forwarding to service "${service}" of cluster "${entry.cluster}" failed: ${err.message}`,
+          );
+        } else {
+          res.destroy();
+        }
+      },
     });
   }
 

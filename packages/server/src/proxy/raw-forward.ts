@@ -1,0 +1,62 @@
+// A plain request to an agent from before structured heads (it did not
+// announce HEAD_FEATURE): re-sent as HTTP/1.1 by Node's client over the
+// session's pool of tunnel streams (agent-sessions.ts httpAgent), whose
+// framing of the body Node makes itself. The answer reaches the caller the
+// same way a structured one does: its head at once (a watch may send nothing
+// for minutes), its connection headers dropped.
+import { type Agent as HttpAgent, type OutgoingHttpHeaders, request } from "node:http";
+import { CONNECTION_HEADERS, sendStatus } from "@tether/common";
+import type { PlainForward } from "./plain-forward.js";
+
+const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
+
+export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent }): void {
+  const { req, res } = f;
+  const headers: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(f.headers)) {
+    if (value !== undefined && !name.startsWith(":")) headers[name] = value;
+  }
+  let answered = false;
+  const upstream = request({
+    host: "apiserver.tether",
+    method: req.method,
+    path: f.path,
+    headers,
+    agent: f.agent,
+  });
+  const unasked = () => {
+    answered = true;
+    sendStatus(res, "BadGateway", UNASKED_SWITCH);
+  };
+  // A 101 to a request that asked for no upgrade: without a listener Node drops the stream and the caller waits forever.
+  upstream.on("upgrade", (_up, socket) => {
+    socket.destroy();
+    unasked();
+  });
+  upstream.on("response", (up) => {
+    if (up.statusCode === 101) {
+      up.destroy();
+      unasked();
+      return;
+    }
+    answered = true;
+    const out: OutgoingHttpHeaders = {};
+    for (const [name, value] of Object.entries(up.headers)) {
+      if (value !== undefined && !CONNECTION_HEADERS.has(name)) out[name] = value;
+    }
+    f.answered(up.statusCode ?? 502, up);
+    res.writeHead(up.statusCode ?? 502, out);
+    res.flushHeaders();
+    up.pipe(res);
+    up.on("error", () => res.destroy());
+    up.on("aborted", () => res.destroy());
+  });
+  upstream.on("error", (err) => {
+    if (!answered) f.failure(err);
+    else res.destroy();
+  });
+  res.on("close", () => {
+    if (!res.writableFinished) upstream.destroy();
+  });
+  req.pipe(upstream);
+}
