@@ -116,3 +116,17 @@ t.test(
     t.equal(asked.length, 1);
   },
 );
+
+t.test("after an outage the host is left alone for the backoff, then asked again", async (t) => {
+  let now = 1_000_000_000_000;
+  let down = true;
+  const { api, asked } = host(() => (down ? "down" : true));
+  const reviewer = new TokenReviewer({ api, outageBackoffMs: 2_000, now: () => now });
+  await t.rejects(reviewer.review(jwt({ n: 1 })), IdentityUnavailableError);
+  await t.rejects(reviewer.review(jwt({ n: 2 })), /failed a moment ago/);
+  t.equal(asked.length, 1, "the second caller did not reach the host");
+  down = false;
+  now += 2_001;
+  t.equal((await reviewer.review(jwt({ n: 2 })))?.user, "system:serviceaccount:ns:sa");
+  t.equal(asked.length, 2);
+});

@@ -20,6 +20,8 @@ export interface TokenReviewOptions {
   cacheTtlMs?: number;
   /** Accepted tokens remembered at once; the oldest is forgotten first. Default 10,000. */
   maxCached?: number;
+  /** After a failed review, how long callers get 503 at once before the host is asked again. Default 2 s. */
+  outageBackoffMs?: number;
   now?: () => number;
 }
 
@@ -46,11 +48,15 @@ export class TokenReviewer {
   private readonly ttlMs: number;
   private readonly maxCached: number;
   private readonly now: () => number;
+  private readonly outageBackoffMs: number;
+  private downUntil = 0;
+  private lastFailure = "";
 
   constructor(private readonly options: TokenReviewOptions) {
     this.ttlMs = options.cacheTtlMs ?? DEFAULT_TTL_MS;
     this.maxCached = options.maxCached ?? DEFAULT_MAX_CACHED;
     this.now = options.now ?? Date.now;
+    this.outageBackoffMs = options.outageBackoffMs ?? 2_000;
   }
 
   /** The service account behind `token`, undefined when the host apiserver does not accept it. */
@@ -79,6 +85,23 @@ export class TokenReviewer {
   }
 
   private async ask(token: string): Promise<ReviewedCaller | undefined> {
+    if (this.now() < this.downUntil) {
+      throw new IdentityUnavailableError(
+        `Tether cannot verify service-account tokens now: the host apiserver failed a moment ago (${this.lastFailure}); retry shortly`,
+      );
+    }
+    try {
+      return await this.askHost(token);
+    } catch (err) {
+      // A host that just failed is not asked again for a moment: an outage must not turn every
+      // incoming JWT into one more hanging request to it.
+      this.downUntil = this.now() + this.outageBackoffMs;
+      this.lastFailure = (err as Error).message;
+      throw err;
+    }
+  }
+
+  private async askHost(token: string): Promise<ReviewedCaller | undefined> {
     let answer: { status: number; body: TokenReviewStatus };
     try {
       answer = await this.options.api.call<TokenReviewStatus>(
