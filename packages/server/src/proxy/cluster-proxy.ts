@@ -21,7 +21,7 @@ import {
 } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
-import { callerImpersonation } from "./impersonation.js";
+import { actingIdentity, callerImpersonation } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
@@ -286,7 +286,7 @@ export class ClusterProxy {
       );
     if (mode === "passthrough") passthroughRequests.add(req);
     this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
-    audit?.admitted(entry.cluster, mode, caller);
+    audit?.admitted(entry.cluster, mode, caller, actingIdentity(admission.acting));
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress, admission.acting);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
@@ -343,7 +343,7 @@ export class ClusterProxy {
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
-    audit?.admitted(entry.cluster, mode, caller);
+    audit?.admitted(entry.cluster, mode, caller, actingIdentity(admission.acting));
     relayUpgrade({
       ...(audit ? { audit } : {}),
       socket,
