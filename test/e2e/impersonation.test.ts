@@ -6,6 +6,7 @@
 // requests cover what kubectl cannot send: header case and duplicates,
 // groups without a user, unknown Impersonate-* headers, Impersonate-Extra.
 import { request } from "node:https";
+import { AuditLog } from "@tether/server";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
 import { bindTetherAdmins, startTether, tokenFor } from "./fixture.js";
@@ -47,7 +48,13 @@ await member.api(
   },
   [409],
 );
-const tether = await startTether();
+const auditLines: Record<string, unknown>[] = [];
+const audit = new AuditLog({
+  write: (line) => auditLines.push(JSON.parse(line) as Record<string, unknown>),
+  reopen: () => {},
+  close: async () => {},
+});
+const tether = await startTether({ audit });
 t.teardown(() => tether.stop());
 await tether.registerCluster("m1");
 await tether.startAgent("m1", member);
@@ -97,6 +104,17 @@ t.test("get pods --as acts as the requested identity, or is refused", async (t) 
   });
   t.not(asNobody.code, 0, "alice could list pods herself: the member judged nobody");
   t.match(asNobody.stderr, /"system:serviceaccount:default:nobody" cannot list resource "pods"/);
+  t.ok(
+    auditLines.some(
+      (l) =>
+        l.user === "alice" &&
+        l.impersonatedUser === READER &&
+        l.resource === "pods" &&
+        l.verb === "list" &&
+        l.code === 200,
+    ),
+    "the audit line names both alice and the identity she acted as",
+  );
   const refused = await member.kubectl(["get", "pods", `--as=${READER}`], { kubeconfig: carol });
   t.not(refused.code, 0);
   t.match(refused.stderr, /user "carol" may not impersonate/);

@@ -193,6 +193,8 @@ export class AuditedRequest implements UpgradeAudit {
   service: string | undefined;
   private mode: AuthMode | undefined;
   private caller: AuthenticatedCaller | undefined;
+  /** The identity the member let the caller act as (its own --as), as forwarded. */
+  private acting: { user: string; groups: string[] } | undefined;
   private refusal: { reason: StatusReason; message: string } | undefined;
   private proxied = false;
   private bytesIn = 0;
@@ -226,10 +228,16 @@ export class AuditedRequest implements UpgradeAudit {
   }
 
   /** Tether admitted the request: from here on its body is counted as it is forwarded. */
-  admitted(cluster: string, mode: AuthMode, caller: AuthenticatedCaller | undefined): void {
+  admitted(
+    cluster: string,
+    mode: AuthMode,
+    caller: AuthenticatedCaller | undefined,
+    acting?: { user: string; groups: string[] },
+  ): void {
     this.cluster = cluster;
     this.mode = mode;
     this.caller = caller;
+    this.acting = acting;
     // Only now: a listener added earlier would let the body flow before the proxy pipes it.
     if (this.kind === "request") this.req.on("data", (chunk: Buffer) => (this.bytesIn += chunk.length));
   }
@@ -278,6 +286,8 @@ export class AuditedRequest implements UpgradeAudit {
       auth,
       user: caller?.user,
       groups: caller?.groups,
+      impersonatedUser: this.acting?.user,
+      impersonatedGroups: this.acting?.groups,
       sourceAddress: this.req.socket.remoteAddress,
       userAgent: cap(this.req.headers["user-agent"]),
       verb: info.verb,

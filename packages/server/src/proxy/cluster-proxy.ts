@@ -22,7 +22,7 @@ import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
 import { IdentityUnavailableError } from "./identity/identity-error.js";
 import type { IdentitySources } from "./identity/identity-sources.js";
-import { callerImpersonation } from "./impersonation.js";
+import { actingIdentity, callerImpersonation } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
 import { forwardPlain } from "./plain-forward.js";
 import { forwardRaw } from "./raw-forward.js";
@@ -273,7 +273,7 @@ export class ClusterProxy {
       );
     if (mode === "passthrough") passthroughRequests.add(req);
     this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
-    audit?.admitted(entry.cluster, mode, caller);
+    audit?.admitted(entry.cluster, mode, caller, actingIdentity(admission.acting));
     rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress, admission.acting);
     req.url = path;
     const failed = (err: Error) => this.forwardingFailed(entry, res, err);
@@ -365,7 +365,7 @@ export class ClusterProxy {
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
-    audit?.admitted(entry.cluster, mode, caller);
+    audit?.admitted(entry.cluster, mode, caller, actingIdentity(admission.acting));
     relayUpgrade({
       ...(audit ? { audit } : {}),
       socket,

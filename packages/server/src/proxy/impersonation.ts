@@ -262,3 +262,12 @@ export function requestedHeaders(identity: RequestedIdentity): [string, string][
   }
   return pairs;
 }
+
+/** The user and groups of impersonation headers from requestedHeaders, for the audit line. */
+export function actingIdentity(
+  acting: [string, string][] | undefined,
+): { user: string; groups: string[] } | undefined {
+  const user = acting?.find(([name]) => name === "Impersonate-User")?.[1];
+  if (!acting || user === undefined) return undefined;
+  return { user, groups: acting.filter(([name]) => name === "Impersonate-Group").map(([, g]) => g) };
+}
