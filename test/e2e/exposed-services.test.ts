@@ -293,6 +293,18 @@ t.test("callers not listed for the service are refused", async (t) => {
   t.equal(seen.filter((s) => s.url === "/base/").length, 0, "none of them reached the service");
 });
 
+t.test("on a passthrough cluster too, only Tether's own credentials reach a service", async (t) => {
+  const record = (await store.getCluster("m1"))!;
+  await store.putCluster({ ...record, auth: "passthrough" });
+  t.teardown(() => store.putCluster(record));
+  const memberToken = await rawRequest(target, "/clusters/m1/services/web/", {
+    headers: { authorization: "Bearer some-member-service-account-token" },
+  });
+  t.equal(memberToken.status, 401, "a member's token means nothing to a service");
+  const own = await rawRequest(target, "/clusters/m1/services/web/", { headers: bearer(alice) });
+  t.equal(own.status, 200, own.body);
+});
+
 t.test("a service the agent does not expose: the agent refuses the stream, the caller is told", async (t) => {
   const res = await rawRequest(target, "/clusters/m1/services/not-exposed/", { headers: bearer(alice) });
   t.equal(res.status, 502);

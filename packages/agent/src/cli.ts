@@ -1,12 +1,18 @@
 // tether-agent's command line.
 
 import { readFileSync } from "node:fs";
+import { codedError } from "@tether/common";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
 import { type CredentialStore, type Credentials, CredentialsDir } from "./credentials.js";
 import { type EgressProxy, parseProxyUrl, proxyFor } from "./egress-proxy.js";
-import { duplicateNames, type ExposedService, parseExpose } from "./exposed-services.js";
+import {
+  duplicateNames,
+  ERR_TETHER_AGENT_EXPOSE,
+  type ExposedService,
+  parseExpose,
+} from "./exposed-services.js";
 import { startupIdentity } from "./identity.js";
 import {
   inClusterTarget,
@@ -184,15 +190,17 @@ export function buildProgram(): Command {
       )
         .default([])
         .argParser((v: string, previous: ExposedService[]) => {
+          // A coded error, not commander's, which would echo the value: a URL may hold a password.
           let service: ExposedService;
           try {
             service = parseExpose(v);
           } catch (err) {
-            throw new InvalidArgumentError((err as Error).message);
+            throw codedError(ERR_TETHER_AGENT_EXPOSE, `--expose: ${(err as Error).message}`);
           }
           const all = [...previous, service];
           const twice = duplicateNames(all);
-          if (twice.length > 0) throw new InvalidArgumentError(`${twice[0]} is exposed twice`);
+          if (twice.length > 0)
+            throw codedError(ERR_TETHER_AGENT_EXPOSE, `--expose: ${twice[0]} is exposed twice`);
           return all;
         }),
     )

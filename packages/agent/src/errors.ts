@@ -57,6 +57,9 @@ export const AGENT_ERRORS = {
   ERR_TETHER_AGENT_PROXY_URL: {
     hint: "--proxy or HTTPS_PROXY/HTTP_PROXY is not a proxy URL: give http://[user:password@]host:port (or https://)",
   },
+  ERR_TETHER_AGENT_EXPOSE: {
+    hint: "--expose is NAME=URL, each NAME once: NAME a lowercase DNS label of at most 55 characters, URL http:// or https:// without credentials, query or fragment",
+  },
   ERR_TETHER_AGENT_PROXY_UNREACHABLE: {
     hint: "the egress proxy did not accept a connection: check its host and port in --proxy or HTTPS_PROXY, and that this pod may reach it",
   },

@@ -30,6 +30,8 @@ import {
 import type { ForwardingErrorHandler } from "./forwarder.js";
 import { isNormalClose } from "./normal-close.js";
 
+export const ERR_TETHER_AGENT_EXPOSE = "ERR_TETHER_AGENT_EXPOSE";
+
 export interface ExposedService {
   name: string;
   /** http: or https:, a host and port, no credentials, query or fragment. */
@@ -51,7 +53,7 @@ export function parseExpose(value: string): ExposedService {
   try {
     url = new URL(value.slice(at + 1));
   } catch {
-    throw new Error(`${name}: ${JSON.stringify(value.slice(at + 1))} is not a URL`);
+    throw new Error(`${name}: the value after = is not a URL`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:")
     throw new Error(`${name}: the URL must be http:// or https://`);

@@ -59,6 +59,21 @@ t.test("--proxy: an empty value and a bad URL are refused, without echoing a pas
   t.notMatch(env.stderr, /hunter2/);
 });
 
+t.test("--expose: a bad value and a name given twice are refused, without echoing a password", async (t) => {
+  const base = ["--server", "https://x", "--ca-file", "a", "--cert-file", "b", "--key-file", "c"];
+  const secret = run(...base, "--expose", "web=http://u:hunter2@web.svc:80");
+  t.not(secret.status, 0);
+  t.match(
+    secret.stderr,
+    /^tether-agent: ERR_TETHER_AGENT_EXPOSE: --expose: web: the URL may not carry credentials/m,
+  );
+  t.notMatch(secret.stderr, /hunter2/);
+  const twice = run(...base, "--expose", "web=http://a.svc", "--expose", "web=http://b.svc");
+  t.match(twice.stderr, /ERR_TETHER_AGENT_EXPOSE: --expose: web is exposed twice/);
+  const name = run(...base, "--expose", "Web_UI=http://a.svc");
+  t.match(name.stderr, /ERR_TETHER_AGENT_EXPOSE: --expose: must be NAME=URL/);
+});
+
 t.test("a missing required flag is named", async (t) => {
   const r = run();
   t.not(r.status, 0);

@@ -3,11 +3,14 @@
 // HTTP over a real socket standing in for a tunnel stream: the caller's
 // credentials and Host never reach the service, its cookies and redirects are
 // not acted on, upgrades and CONNECT are refused.
+import "reflect-metadata";
 import { once } from "node:events";
 import { createServer, type IncomingMessage } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import { connect, createServer as createNetServer, type Socket } from "node:net";
 import t from "tap";
 import { duplicateNames, ExposedServices, parseExpose, upstreamPath } from "../src/exposed-services.js";
+import { makeCert } from "./lib/certs.js";
 
 t.test("parseExpose", async (t) => {
   const s = parseExpose("ks-apiserver=http://ks-apiserver.kubesphere-system.svc:80");
@@ -216,3 +219,41 @@ t.test("a stream for a service not exposed gets 404, and an unreachable service 
   dead.close();
   net2.close();
 });
+
+t.test(
+  "an https service is verified against --expose-ca (and Node's CAs), not trusted blindly",
+  async (t) => {
+    const ca = await makeCert({ cn: "in-cluster-ca", ca: true });
+    const serving = await makeCert({ cn: "svc", issuer: ca, ip: "127.0.0.1" });
+    const tlsService = createHttpsServer({ key: serving.keyPem, cert: serving.certPem }, (_req, res) =>
+      res.end("over tls"),
+    );
+    const tlsPort = await new Promise<number>((resolve) =>
+      tlsService.listen(0, "127.0.0.1", () => resolve((tlsService.address() as { port: number }).port)),
+    );
+    t.teardown(() => tlsService.close());
+    const ask = async (exposedTls: ExposedServices) => {
+      const listener = createNetServer((socket) => {
+        Object.assign(socket, { service: "service:tls" });
+        exposedTls.handle(socket);
+      });
+      await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", () => resolve()));
+      const s = connect((listener.address() as { port: number }).port, "127.0.0.1");
+      s.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+      let text = "";
+      s.setEncoding("utf8");
+      s.on("data", (c: string) => (text += c));
+      await once(s, "close");
+      listener.close();
+      exposedTls.close();
+      return text;
+    };
+    const url = `tls=https://127.0.0.1:${tlsPort}`;
+    const trusted = await ask(new ExposedServices([parseExpose(url)], { ca: ca.certPem }));
+    t.match(trusted, /^HTTP\/1\.1 200/);
+    t.match(trusted, /over tls/);
+    const untrusted = await ask(new ExposedServices([parseExpose(url)]));
+    t.match(untrusted, /^HTTP\/1\.1 502/);
+    t.match(untrusted, /could not be reached/);
+  },
+);

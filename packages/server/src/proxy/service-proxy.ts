@@ -225,7 +225,10 @@ export class ServiceProxy {
     if (!admission.ok) {
       this.deps.metrics?.refused(admission.why);
       audit?.refused(admission.reason, admission.message, admission.caller);
-      this.deps.log.info({ reason: admission.reason }, "refused a request for an exposed service");
+      // Limits' refusals at debug level: a flood of them must not flood the log.
+      const fields = { reason: admission.reason, service: audit?.service ?? serviceNamed(req.url) };
+      if (admission.reason === "TooManyRequests") this.deps.log.debug(fields, "refused a service request");
+      else this.deps.log.info(fields, "refused a service request");
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
     }
