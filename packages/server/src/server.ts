@@ -23,6 +23,7 @@ import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./http/fai
 import { type Limits, resolveLimits } from "./http/limits.js";
 import { ReadAccess } from "./http/read-access.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
+import { Drain } from "./lifecycle/drain.js";
 import { type RenewalOptions, Renewals } from "./join/renewal.js";
 import { createLogger, type Logger, loggablePath } from "./logger.js";
 import { ClusterEvents } from "./observe/cluster-events.js";
@@ -121,6 +122,7 @@ export class TetherServer {
   private readonly events = new ClusterEvents();
   private readonly statusPage: StatusPageDeps;
   private closing = false;
+  private readonly drain = new Drain();
 
   private constructor(
     options: ServerOptions,
@@ -188,7 +190,7 @@ export class TetherServer {
       store: this.store,
       sessions: this.sessions,
       events: this.events,
-      draining: () => this.closing,
+      draining: () => this.closing || this.drain.active,
     });
     this.statusPage = { mayRead: adminReader(this.store), snapshot: () => model.snapshot() };
     this.externalUrl = options.externalUrl;
@@ -316,10 +318,12 @@ export class TetherServer {
     req.socket.setTimeout(0);
     try {
       const routed = this.hostRouted(req);
+      const path = (req.url ?? "/").split("?")[0] ?? "/";
+      const health = routed.kind !== "cluster" && HEALTH_PATHS.has(path);
+      if (!health && !this.drain.admitRequest(req, res)) return;
       if (routed.kind === "cluster") return await this.proxy.handleRequest(req, res);
       if (routed.kind === "misdirected") return sendStatus(res, "MisdirectedRequest", routed.message);
       if (routed.kind === "refused") return sendStatus(res, "BadRequest", routed.message);
-      const path = (req.url ?? "/").split("?")[0] ?? "/";
       const endpoint = authenticatedEndpoint(path);
       if (endpoint !== undefined) {
         if (path === JOIN_CERTIFICATE_PATH && this.metrics) {
@@ -332,6 +336,7 @@ export class TetherServer {
       if (path === "/healthz" || path === "/livez") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path === "/readyz") {
+        if (this.drain.active) return sendStatus(res, "ServiceUnavailable", "tether-server is shutting down");
         await this.store.listClusters();
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path.startsWith("/clusters/")) {
@@ -366,12 +371,13 @@ export class TetherServer {
     (socket as Socket).setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
     try {
       const routed = this.hostRouted(req);
+      const path = (req.url ?? "/").split("?")[0];
+      if (!this.drain.admitUpgrade(socket, routed.kind === "cluster" || path !== AGENT_PATH)) return;
       if (routed.kind === "cluster") return await this.proxy.handleUpgrade(req, socket, head);
       if (routed.kind === "misdirected")
         return closeWith(socket, statusResponseHead("MisdirectedRequest", routed.message));
       if (routed.kind === "refused")
         return closeWith(socket, statusResponseHead("BadRequest", routed.message));
-      const path = (req.url ?? "/").split("?")[0];
       if (path === AGENT_PATH) await this.acceptAgent(req, socket, head);
       else if (path?.startsWith("/clusters/")) await this.proxy.handleUpgrade(req, socket, head);
       else closeWith(socket, statusResponseHead("NotFound", "no such upgrade path on tether-server"));
@@ -625,6 +631,23 @@ export class TetherServer {
     }
   }
 
+  /**
+   * The graceful stop of SIGTERM: readiness goes false, new callers and
+   * agents are refused and the listener closes, every session is sent
+   * go-away (its agent dials again, elsewhere), watches end between events;
+   * requests and upgrades in flight get `graceMs` (--shutdown-grace), then
+   * what is left is cut and the sessions close. Resolves with how many were cut.
+   */
+  async shutdown(graceMs = this.limits.shutdownGraceMs): Promise<number> {
+    this.drain.begin();
+    this.https.close();
+    this.sessions.drainAll();
+    const cut = await this.drain.settle(graceMs);
+    this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");
+    await this.close();
+    return cut;
+  }
+
   /** Stops accepting, closes every agent session and waits for the listener to close. */
   async close(): Promise<void> {
     this.closing = true;
@@ -639,11 +662,22 @@ export class TetherServer {
       await Promise.race([this.status.pump(), new Promise((r) => setTimeout(r, 2_000).unref())]);
       this.status.close();
     }
-    for (const ws of this.wss.clients) ws.terminate();
+    // The close handshake carries the go-away ahead of it; an agent that does not answer is cut.
+    const clients = [...this.wss.clients];
+    await Promise.race([
+      Promise.all(
+        clients.map((ws) => new Promise((r) => (ws.readyState === ws.CLOSED ? r(0) : ws.once("close", r)))),
+      ),
+      new Promise((r) => setTimeout(r, 1_000).unref()),
+    ]);
+    for (const ws of clients) ws.terminate();
     this.https.closeAllConnections();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
   }
 }
+
+/** Answered during a drain too: the kubelet's probes. */
+const HEALTH_PATHS = new Set(["/healthz", "/livez", "/readyz"]);
 
 /** The endpoints whose callers present a credential of their own (and whose failures count per source). */
 function authenticatedEndpoint(path: string): Exclude<AuthEndpoint, "proxy"> | undefined {

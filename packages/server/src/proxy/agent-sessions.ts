@@ -34,6 +34,8 @@ export interface AgentSession extends SessionCertificate {
   openStream(mode: AuthMode): Duplex;
   /** An http.Agent whose connections are tunnel streams, pooled per auth mode. */
   httpAgent(mode: AuthMode): HttpAgent;
+  /** The pools httpAgent made. */
+  pools(): Iterable<HttpAgent>;
 }
 
 export interface AgentSessionsOptions {
@@ -70,6 +72,7 @@ export class AgentSessions {
       ...(info.incarnation ? { incarnation: info.incarnation } : {}),
       ...(info.agentVersion ? { agentVersion: info.agentVersion } : {}),
       openStream,
+      pools: () => agents.values(),
       httpAgent(mode) {
         let agent = agents.get(mode);
         if (!agent) {
@@ -96,7 +99,7 @@ export class AgentSessions {
   private drain(entry: AgentSession): void {
     const { session } = entry;
     if (session.closed) return;
-    session.goAway();
+    goAway(entry);
     const timer = setTimeout(() => session.close(), this.drainTimeoutMs);
     timer.unref();
     session.once("close", () => clearTimeout(timer));
@@ -117,7 +120,26 @@ export class AgentSessions {
     return [...this.live];
   }
 
+  /** Sends go-away on every session (a graceful stop): each closes when its last stream ends. */
+  drainAll(): void {
+    for (const entry of [...this.live]) goAway(entry);
+  }
+
   closeAll(): void {
     for (const entry of [...this.live]) entry.session.close();
+  }
+}
+
+/**
+ * Go-away, and the session's pooled streams stop being kept: an idle one is
+ * a stream too, and the session closes only when it has none.
+ */
+function goAway(entry: AgentSession): void {
+  entry.session.goAway();
+  for (const pool of entry.pools()) {
+    // http.Agent destroys a socket handed back while keepAlive is off.
+    (pool as unknown as { keepAlive: boolean }).keepAlive = false;
+    for (const sockets of Object.values(pool.freeSockets))
+      for (const socket of sockets ?? []) socket.destroy();
   }
 }
