@@ -1,6 +1,8 @@
 // tether-agent's connection: dial the server over wss with this cluster's
 // client certificate, serve the streams it opens, and redial when the
-// session ends — at once after a graceful go-away, otherwise with backoff.
+// session ends, with backoff. A go-away (the server is stopping) makes it
+// dial a new session at a random moment within the reconnect spread, while
+// the old one finishes the streams it carries.
 
 import { AGENT_PATH, AGENT_VERSION_HEADER, KUBERNETES_SERVICE, RENEW_SERVICE } from "@tether/common";
 import {
@@ -11,7 +13,7 @@ import {
   WEBSOCKET_OPTIONS,
 } from "@tether/tunnel";
 import { type ClientOptions, WebSocket } from "ws";
-import { Backoff, type BackoffOptions } from "./backoff.js";
+import { Backoff, type BackoffOptions, DEFAULT_RECONNECT_SPREAD_MS, spreadDelay } from "./backoff.js";
 import {
   type CredentialStore,
   type Credentials,
@@ -46,6 +48,8 @@ export interface AgentOptions {
   target: KubeTarget;
   tunnel?: Omit<SessionOptions, "role" | "accept">;
   backoff?: BackoffOptions;
+  /** After a go-away, dial again at a random moment within this many ms. Default DEFAULT_RECONNECT_SPREAD_MS. */
+  reconnectSpreadMs?: number;
   log?: AgentLog;
   /** Where renewed credentials are saved; without it they live in memory only. */
   credentialStore?: CredentialStore;
@@ -62,6 +66,8 @@ export class TetherAgent {
   private readonly forwarder: Forwarder;
   private readonly log: AgentLog;
   private current: Session | undefined;
+  /** Every session not yet closed: the current one and those draining after a go-away. */
+  private readonly sessions = new Set<Session>();
   private socket: WebSocket | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -163,18 +169,28 @@ export class TetherAgent {
       metrics?.dialed("connected");
       metrics?.sessionStarted(session);
       this.current = session;
+      this.sessions.add(session);
       this.backoff.reset();
       this.log.info({ server: this.options.server }, "connected");
       session.on("stream", (stream) => this.forwarder.handle(stream));
       session.on("goaway", () => {
         goAway = true;
+        if (this.current === session) this.current = undefined;
+        if (this.stopped) return;
+        const delayMs = spreadDelay(this.options.reconnectSpreadMs ?? DEFAULT_RECONNECT_SPREAD_MS);
+        this.log.info({ delayMs }, "the server sent go-away: dialing a new session, the old one drains");
+        metrics?.reconnecting("go_away");
+        this.reconnect(delayMs);
       });
       session.on("error", (err) => this.log.warn({ err: err.message }, "session error"));
       session.once("close", () => {
+        this.sessions.delete(session);
         if (this.current === session) this.current = undefined;
         this.log.info({ goAway }, "disconnected");
-        if (!this.stopped) metrics?.reconnecting(goAway ? "go_away" : "session_lost");
-        this.reconnect(goAway ? 0 : this.backoff.next());
+        // After a go-away the redial is already under way.
+        if (goAway || this.stopped) return;
+        metrics?.reconnecting("session_lost");
+        this.reconnect(this.backoff.next());
       });
       for (const w of this.connectedWaiters.splice(0)) w();
       this.scheduleRenewal();
@@ -257,13 +273,16 @@ export class TetherAgent {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.renewTimer = undefined;
     this.timer = undefined;
-    const session = this.current;
-    if (session && !session.closed) {
-      await new Promise<void>((resolve) => {
-        session.once("close", () => resolve());
-        session.close();
-      });
-    }
+    await Promise.all(
+      [...this.sessions].map(
+        (session) =>
+          new Promise<void>((resolve) => {
+            if (session.closed) return resolve();
+            session.once("close", () => resolve());
+            session.close();
+          }),
+      ),
+    );
     this.socket?.terminate();
     this.forwarder.close();
   }
