@@ -114,6 +114,7 @@ export class TetherAgent {
 
   private dial(): void {
     if (this.stopped) return;
+    this.log.debug({}, "dialing");
     const creds = this.creds;
     const url = new URL(AGENT_PATH, this.options.server).toString().replace(/^http/, "ws");
     const ws = new WebSocket(url, {
