@@ -4,7 +4,14 @@
 // dial a new session at a random moment within the reconnect spread, while
 // the old one finishes the streams it carries.
 
-import { AGENT_PATH, AGENT_VERSION_HEADER, KUBERNETES_SERVICE, RENEW_SERVICE } from "@tether/common";
+import { randomUUID } from "node:crypto";
+import {
+  AGENT_INSTANCE_HEADER,
+  AGENT_PATH,
+  AGENT_VERSION_HEADER,
+  KUBERNETES_SERVICE,
+  RENEW_SERVICE,
+} from "@tether/common";
 import {
   ResetCode,
   type Session,
@@ -77,6 +84,8 @@ export class TetherAgent {
   private renewing = false;
   /** Certificates renewed over the tunnel so far. */
   renewals = 0;
+  /** Tells the server a new session of ours replaces our old one, not another replica's. */
+  private readonly instance = randomUUID();
 
   constructor(private readonly options: AgentOptions) {
     this.creds = { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem };
@@ -123,7 +132,7 @@ export class TetherAgent {
       cert: creds.certPem,
       key: creds.keyPem,
       handshakeTimeout: 15_000,
-      headers: { [AGENT_VERSION_HEADER]: VERSION },
+      headers: { [AGENT_VERSION_HEADER]: VERSION, [AGENT_INSTANCE_HEADER]: this.instance },
       // ws hands this to https.request, which takes Node's asynchronous form (ws's types know only the other).
       ...(this.options.proxy
         ? {

@@ -7,6 +7,12 @@
 export const AGENT_PATH = "/agent/v1/connect";
 /** The agent's version, sent with the tunnel upgrade, for the cluster's status. */
 export const AGENT_VERSION_HEADER = "x-tether-agent-version";
+/**
+ * A random id per agent process, sent with the tunnel upgrade: a session from
+ * the same instance replaces its previous one, another instance's (a second
+ * agent replica of the member) is kept beside it.
+ */
+export const AGENT_INSTANCE_HEADER = "x-tether-agent-instance";
 
 /** GET: Tether's CA certificate (public; the agent pins its hash before sending anything secret). */
 export const JOIN_CA_PATH = "/join/v1/ca";

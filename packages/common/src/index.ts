@@ -10,6 +10,7 @@ export { caHashOf } from "./ca-hash.js";
 export { codedError, formatError, TetherError } from "./coded-error.js";
 export {
   AGENT_PATH,
+  AGENT_INSTANCE_HEADER,
   AGENT_VERSION_HEADER,
   AUTH_METADATA,
   type AuthMode,

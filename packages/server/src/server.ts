@@ -8,6 +8,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import {
+  AGENT_INSTANCE_HEADER,
   AGENT_PATH,
   AGENT_VERSION_HEADER,
   JOIN_CERTIFICATE_PATH,
@@ -135,10 +136,11 @@ export class TetherServer {
     this.readAccess = new ReadAccess(this.store, options.metricsToken);
     this.log = options.log ?? createLogger();
     this.tunnel = options.tunnel ?? {};
-    this.sessions = new AgentSessions(
-      options.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: options.drainTimeoutMs },
-    );
     this.limits = resolveLimits(options.limits);
+    this.sessions = new AgentSessions({
+      maxPerCluster: this.limits.maxAgentsPerCluster,
+      ...(options.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: options.drainTimeoutMs }),
+    });
     this.authFailures = new FailureRateLimit({
       limit: this.limits.authFailureLimit,
       windowMs: this.limits.authFailureWindowMs,
@@ -184,7 +186,7 @@ export class TetherServer {
         this.events.forget(cluster);
         void this.metrics?.forgetCluster(cluster);
       },
-      connection: (cluster) => connectionOf(this.sessions.get(cluster)),
+      connection: (cluster) => connectionOf(this.sessions.usable(cluster)[0]),
     });
     const model = new StatusModel({
       store: this.store,
@@ -467,10 +469,12 @@ export class TetherServer {
         this.reportStatus(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
+      const instance = req.headers[AGENT_INSTANCE_HEADER];
       const entry = this.sessions.attach(cluster, session, {
         remoteAddress,
         ...certificate,
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
+        ...(typeof instance === "string" ? { instance: instance.slice(0, 64) } : {}),
       });
       this.metrics?.agentConnected(cluster, session);
       void this.probeKubernetesVersion(entry);
@@ -577,7 +581,7 @@ export class TetherServer {
   /** Hands the cluster's current state to the status reporter (which decides whether to write). */
   private reportStatus(cluster: string): void {
     if (!this.status) return;
-    const entry = this.sessions.get(cluster);
+    const entry = this.sessions.usable(cluster)[0];
     const base = this.externalUrl ?? this.url;
     this.status.report(cluster, {
       connected: entry !== undefined,
