@@ -81,6 +81,6 @@ t.test("during a drain, open connections get 503 and new ones are refused", asyn
     /\r\nconnection: close\r\n/i,
     "and the connection closes, so the retry dials again",
   );
-  t.match(second(refused), /"kind":"Status"[^]*shutting down/, "a Kubernetes Status that says why");
+  t.match(second(refused), /"kind":"Status"[\s\S]*shutting down/, "a Kubernetes Status that says why");
   t.equal(await shutdown, 0, "the drain ends once both are answered, with nothing cut");
 });
