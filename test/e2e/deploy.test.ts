@@ -233,6 +233,12 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     t.pass("readiness probe: 200");
     t.equal(await probe(probeUrl(container.livenessProbe)), 200, "liveness probe: 200");
     t.equal(await probe(probeUrl(container.startupProbe)), 200, "startup probe: 200");
+    const grace = Number(String(args[args.indexOf("--shutdown-grace") + 1]).replace(/s$/, ""));
+    const preStop = Number(container.lifecycle?.preStop?.sleep?.seconds ?? 0);
+    t.ok(
+      grace > 0 && pod.terminationGracePeriodSeconds >= preStop + grace + 5,
+      `terminationGracePeriodSeconds (${pod.terminationGracePeriodSeconds}) covers the preStop sleep (${preStop} s), --shutdown-grace (${grace} s) and 5 s to exit`,
+    );
     const secrets = await m1.kubectl(["get", "secrets", "-n", "tether-system", "-o", "name"]);
     t.match(secrets.stdout, /secret\/tether-ca/, "the server keeps its CA in its namespace");
     for (const [verb, resource, ns, allowed] of [

@@ -74,6 +74,11 @@ export class ManagedProcess {
     return this.exitResult === undefined;
   }
 
+  /** The exit code, once exited (null when a signal ended it). */
+  get exitCode(): number | null | undefined {
+    return this.exitResult?.code;
+  }
+
   /** The last lines of the process's log, for error messages. */
   logTail(lines = 25): string {
     try {

@@ -1,9 +1,13 @@
 // tether-agent's connection: dial the server over wss with this cluster's
 // client certificate, serve the streams it opens, and redial when the
-// session ends — at once after a graceful go-away, otherwise with backoff.
+// session ends, with backoff. A go-away (the server is stopping) makes it
+// dial a new session at a random moment within the reconnect spread, while
+// the old one finishes the streams it carries.
 
+import { randomUUID } from "node:crypto";
 import {
   AGENT_FEATURES_HEADER,
+  AGENT_INSTANCE_HEADER,
   AGENT_PATH,
   AGENT_VERSION_HEADER,
   HEAD_FEATURE,
@@ -18,7 +22,7 @@ import {
   WEBSOCKET_OPTIONS,
 } from "@tether/tunnel";
 import { type ClientOptions, WebSocket } from "ws";
-import { Backoff, type BackoffOptions } from "./backoff.js";
+import { Backoff, type BackoffOptions, DEFAULT_RECONNECT_SPREAD_MS, spreadDelay } from "./backoff.js";
 import {
   type CredentialStore,
   type Credentials,
@@ -54,6 +58,8 @@ export interface AgentOptions {
   target: KubeTarget;
   tunnel?: Omit<SessionOptions, "role" | "accept">;
   backoff?: BackoffOptions;
+  /** After a go-away, dial again at a random moment within this many ms. Default DEFAULT_RECONNECT_SPREAD_MS. */
+  reconnectSpreadMs?: number;
   log?: AgentLog;
   /** Where renewed credentials are saved; without it they live in memory only. */
   credentialStore?: CredentialStore;
@@ -77,6 +83,8 @@ export class TetherAgent {
   private readonly services: ReadonlySet<string>;
   private readonly log: AgentLog;
   private current: Session | undefined;
+  /** Every session not yet closed: the current one and those draining after a go-away. */
+  private readonly sessions = new Set<Session>();
   private socket: WebSocket | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -86,6 +94,8 @@ export class TetherAgent {
   private renewing = false;
   /** Certificates renewed over the tunnel so far. */
   renewals = 0;
+  /** Tells the server a new session of ours replaces our old one, not another replica's. */
+  private readonly instance = randomUUID();
 
   constructor(private readonly options: AgentOptions) {
     this.creds = { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem };
@@ -131,6 +141,7 @@ export class TetherAgent {
 
   private dial(): void {
     if (this.stopped) return;
+    this.log.debug({}, "dialing");
     const creds = this.creds;
     const url = new URL(AGENT_PATH, this.options.server).toString().replace(/^http/, "ws");
     const ws = new WebSocket(url, {
@@ -139,7 +150,11 @@ export class TetherAgent {
       cert: creds.certPem,
       key: creds.keyPem,
       handshakeTimeout: 15_000,
-      headers: { [AGENT_VERSION_HEADER]: VERSION, [AGENT_FEATURES_HEADER]: HEAD_FEATURE },
+      headers: {
+        [AGENT_VERSION_HEADER]: VERSION,
+        [AGENT_FEATURES_HEADER]: HEAD_FEATURE,
+        [AGENT_INSTANCE_HEADER]: this.instance,
+      },
       // ws hands this to https.request, which takes Node's asynchronous form (ws's types know only the other).
       ...(this.options.proxy
         ? {
@@ -186,6 +201,7 @@ export class TetherAgent {
       metrics?.dialed("connected");
       metrics?.sessionStarted(session);
       this.current = session;
+      this.sessions.add(session);
       this.backoff.reset();
       this.log.info({ server: this.options.server }, "connected");
       session.on("stream", (stream) =>
@@ -193,13 +209,22 @@ export class TetherAgent {
       );
       session.on("goaway", () => {
         goAway = true;
+        if (this.current === session) this.current = undefined;
+        if (this.stopped) return;
+        const delayMs = spreadDelay(this.options.reconnectSpreadMs ?? DEFAULT_RECONNECT_SPREAD_MS);
+        this.log.info({ delayMs }, "the server sent go-away: dialing a new session, the old one drains");
+        metrics?.reconnecting("go_away");
+        this.reconnect(delayMs);
       });
       session.on("error", (err) => this.log.warn({ err: err.message }, "session error"));
       session.once("close", () => {
+        this.sessions.delete(session);
         if (this.current === session) this.current = undefined;
         this.log.info({ goAway }, "disconnected");
-        if (!this.stopped) metrics?.reconnecting(goAway ? "go_away" : "session_lost");
-        this.reconnect(goAway ? 0 : this.backoff.next());
+        // After a go-away the redial is already under way.
+        if (goAway || this.stopped) return;
+        metrics?.reconnecting("session_lost");
+        this.reconnect(this.backoff.next());
       });
       for (const w of this.connectedWaiters.splice(0)) w();
       this.scheduleRenewal();
@@ -282,13 +307,16 @@ export class TetherAgent {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.renewTimer = undefined;
     this.timer = undefined;
-    const session = this.current;
-    if (session && !session.closed) {
-      await new Promise<void>((resolve) => {
-        session.once("close", () => resolve());
-        session.close();
-      });
-    }
+    await Promise.all(
+      [...this.sessions].map(
+        (session) =>
+          new Promise<void>((resolve) => {
+            if (session.closed) return resolve();
+            session.once("close", () => resolve());
+            session.close();
+          }),
+      ),
+    );
     this.socket?.terminate();
     this.forwarder.close();
     this.exposed.close();

@@ -5,6 +5,7 @@ import { codedError } from "@tether/common";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
+import { DEFAULT_RECONNECT_SPREAD_MS } from "./backoff.js";
 import { type CredentialStore, type Credentials, CredentialsDir } from "./credentials.js";
 import { type EgressProxy, parseProxyUrl, proxyFor } from "./egress-proxy.js";
 import {
@@ -43,6 +44,7 @@ interface RunOptions {
   serviceAccountDir: string;
   keepalive: number;
   deadPeerTimeout: number;
+  reconnectSpread: number;
   metricsAddress?: { host: string; port: number };
   proxy?: string;
   expose: ExposedService[];
@@ -218,6 +220,14 @@ export function buildProgram(): Command {
     )
     .addOption(
       new Option(
+        "--reconnect-spread <seconds>",
+        "after the server's go-away, dial a new session at a random moment within this many seconds (spreads a fleet's reconnects)",
+      )
+        .default(DEFAULT_RECONNECT_SPREAD_MS / 1000)
+        .argParser(seconds),
+    )
+    .addOption(
+      new Option(
         "--metrics-address <host:port>",
         "serve Prometheus metrics at http://<host:port>/metrics, without authentication (off by default; e.g. 127.0.0.1:9464)",
       )
@@ -279,6 +289,7 @@ export async function main(argv: string[]): Promise<void> {
       expose: opts.expose,
       ...(opts.exposeCa ? { exposeCa: readFlagFile(opts.exposeCa, "--expose-ca") } : {}),
       tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
+      reconnectSpreadMs: opts.reconnectSpread * 1000,
       log,
       ...(metrics ? { metrics } : {}),
     });

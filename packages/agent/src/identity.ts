@@ -106,7 +106,22 @@ export async function startupIdentity(
   if (why) log.warn({ reason: why }, "the saved identity is unusable; joining again with the join token");
   // The token works once: make sure the result can be kept before spending it.
   await store.checkWritable();
-  const joined = await joinWith({ server: opts.server, cluster, token, caHash, proxy: opts.proxy });
+  let joined: Credentials;
+  try {
+    joined = await joinWith({ server: opts.server, cluster, token, caHash, proxy: opts.proxy });
+  } catch (err) {
+    // Two agent replicas start with one single-use token: the one that lost the race takes what
+    // the winner saved in the store they share.
+    const peer = await store.load().catch(() => undefined);
+    if (peer && !unusable(peer, opts, store.where)) {
+      log.info(
+        { from: store.where },
+        "the join failed, but another replica of this agent joined: using its identity",
+      );
+      return peer;
+    }
+    throw err;
+  }
   await store.save(joined);
   log.info({ cluster, savedIn: store.where }, "joined");
   return joined;

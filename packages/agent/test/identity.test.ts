@@ -188,3 +188,21 @@ t.test("nothing secret is logged", async (t) => {
   t.notMatch(all, /join-token/);
   t.notMatch(all, /PRIVATE KEY/);
 });
+
+t.test("a replica that loses the join race uses the identity the other one saved", async (t) => {
+  const store = new MemoryStore();
+  const spent = async () => {
+    // The other replica joined with the same token in the meantime and saved its identity.
+    store.saved = good;
+    throw new Error("the join token has already been used");
+  };
+  t.equal(await startupIdentity(JOIN, store, log, spent), good);
+  const alone = new MemoryStore();
+  await t.rejects(
+    startupIdentity(JOIN, alone, log, async () => {
+      throw new Error("the join token has already been used");
+    }),
+    /already been used/,
+    "with nothing saved by anyone the join's error stands",
+  );
+});

@@ -9,6 +9,12 @@ export const AGENT_PATH = "/agent/v1/connect";
 export const AGENT_VERSION_HEADER = "x-tether-agent-version";
 /** What the agent can do beyond the first release, comma-separated, sent with the tunnel upgrade (e.g. HEAD_FEATURE). */
 export const AGENT_FEATURES_HEADER = "x-tether-agent-features";
+/**
+ * A random id per agent process, sent with the tunnel upgrade: a session from
+ * the same instance replaces its previous one, another instance's (a second
+ * agent replica of the member) is kept beside it.
+ */
+export const AGENT_INSTANCE_HEADER = "x-tether-agent-instance";
 
 /** GET: Tether's CA certificate (public; the agent pins its hash before sending anything secret). */
 export const JOIN_CA_PATH = "/join/v1/ca";

@@ -12,6 +12,7 @@ export { codedError, formatError, TetherError } from "./coded-error.js";
 export {
   AGENT_FEATURES_HEADER,
   AGENT_PATH,
+  AGENT_INSTANCE_HEADER,
   AGENT_VERSION_HEADER,
   AUTH_METADATA,
   type AuthMode,

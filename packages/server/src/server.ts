@@ -8,6 +8,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import {
+  AGENT_INSTANCE_HEADER,
   AGENT_PATH,
   AGENT_FEATURES_HEADER,
   AGENT_VERSION_HEADER,
@@ -24,6 +25,7 @@ import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./http/fai
 import { type Limits, resolveLimits } from "./http/limits.js";
 import { ReadAccess } from "./http/read-access.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
+import { Drain } from "./lifecycle/drain.js";
 import { type RenewalOptions, Renewals } from "./join/renewal.js";
 import { createLogger, type Logger, loggablePath } from "./logger.js";
 import { ClusterEvents } from "./observe/cluster-events.js";
@@ -130,6 +132,7 @@ export class TetherServer {
   private readonly statusPage: StatusPageDeps;
   private closing = false;
   private readonly live: LiveCredentials;
+  private readonly drain = new Drain();
 
   private constructor(
     options: ServerOptions,
@@ -142,10 +145,11 @@ export class TetherServer {
     this.readAccess = new ReadAccess(this.store, options.metricsToken);
     this.log = options.log ?? createLogger();
     this.tunnel = options.tunnel ?? {};
-    this.sessions = new AgentSessions(
-      options.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: options.drainTimeoutMs },
-    );
     this.limits = resolveLimits(options.limits);
+    this.sessions = new AgentSessions({
+      maxPerCluster: this.limits.maxAgentsPerCluster,
+      ...(options.drainTimeoutMs === undefined ? {} : { drainTimeoutMs: options.drainTimeoutMs }),
+    });
     this.authFailures = new FailureRateLimit({
       limit: this.limits.authFailureLimit,
       windowMs: this.limits.authFailureWindowMs,
@@ -203,13 +207,13 @@ export class TetherServer {
         this.events.forget(cluster);
         void this.metrics?.forgetCluster(cluster);
       },
-      connection: (cluster) => connectionOf(this.sessions.get(cluster)),
+      connection: (cluster) => connectionOf(this.sessions.usable(cluster)[0]),
     });
     const model = new StatusModel({
       store: this.store,
       sessions: this.sessions,
       events: this.events,
-      draining: () => this.closing,
+      draining: () => this.closing || this.drain.active,
     });
     this.statusPage = { mayRead: adminReader(this.store), snapshot: () => model.snapshot() };
     this.externalUrl = options.externalUrl;
@@ -337,10 +341,12 @@ export class TetherServer {
     req.socket.setTimeout(0);
     try {
       const routed = this.hostRouted(req);
+      const path = (req.url ?? "/").split("?")[0] ?? "/";
+      const health = routed.kind !== "cluster" && HEALTH_PATHS.has(path);
+      if (!health && !this.drain.admitRequest(req, res)) return;
       if (routed.kind === "cluster") return await this.proxy.handleRequest(req, res);
       if (routed.kind === "misdirected") return sendStatus(res, "MisdirectedRequest", routed.message);
       if (routed.kind === "refused") return sendStatus(res, "BadRequest", routed.message);
-      const path = (req.url ?? "/").split("?")[0] ?? "/";
       const endpoint = authenticatedEndpoint(path);
       if (endpoint !== undefined) {
         if (path === JOIN_CERTIFICATE_PATH && this.metrics) {
@@ -353,6 +359,7 @@ export class TetherServer {
       if (path === "/healthz" || path === "/livez") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path === "/readyz") {
+        if (this.drain.active) return sendStatus(res, "ServiceUnavailable", "tether-server is shutting down");
         await this.store.listClusters();
         res.writeHead(200, { "content-type": "text/plain" }).end("ok");
       } else if (path.startsWith("/clusters/")) {
@@ -387,12 +394,13 @@ export class TetherServer {
     (socket as Socket).setTimeout(this.limits.idleTimeoutMs, () => socket.destroy());
     try {
       const routed = this.hostRouted(req);
+      const path = (req.url ?? "/").split("?")[0];
+      if (!this.drain.admitUpgrade(socket, routed.kind === "cluster" || path !== AGENT_PATH)) return;
       if (routed.kind === "cluster") return await this.proxy.handleUpgrade(req, socket, head);
       if (routed.kind === "misdirected")
         return closeWith(socket, statusResponseHead("MisdirectedRequest", routed.message));
       if (routed.kind === "refused")
         return closeWith(socket, statusResponseHead("BadRequest", routed.message));
-      const path = (req.url ?? "/").split("?")[0];
       if (path === AGENT_PATH) await this.acceptAgent(req, socket, head);
       else if (path?.startsWith("/clusters/")) await this.proxy.handleUpgrade(req, socket, head);
       else closeWith(socket, statusResponseHead("NotFound", "no such upgrade path on tether-server"));
@@ -483,11 +491,13 @@ export class TetherServer {
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
       const agentFeatures = req.headers[AGENT_FEATURES_HEADER];
+      const instance = req.headers[AGENT_INSTANCE_HEADER];
       const entry = this.sessions.attach(cluster, session, {
         remoteAddress,
         ...certificate,
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
         ...(typeof agentFeatures === "string" ? { agentFeatures: agentFeatures.slice(0, 256) } : {}),
+        ...(typeof instance === "string" ? { instance: instance.slice(0, 64) } : {}),
       });
       this.metrics?.agentConnected(cluster, session);
       void this.probeKubernetesVersion(entry);
@@ -611,7 +621,7 @@ export class TetherServer {
   /** Hands the cluster's current state to the status reporter (which decides whether to write). */
   private reportStatus(cluster: string): void {
     if (!this.status) return;
-    const entry = this.sessions.get(cluster);
+    const entry = this.sessions.usable(cluster)[0];
     const base = this.externalUrl ?? this.url;
     this.status.report(cluster, {
       connected: entry !== undefined,
@@ -665,6 +675,23 @@ export class TetherServer {
     }
   }
 
+  /**
+   * The graceful stop of SIGTERM: readiness goes false, new callers and
+   * agents are refused and the listener closes, every session is sent
+   * go-away (its agent dials again, elsewhere), watches end between events;
+   * requests and upgrades in flight get `graceMs` (--shutdown-grace), then
+   * what is left is cut and the sessions close. Resolves with how many were cut.
+   */
+  async shutdown(graceMs = this.limits.shutdownGraceMs): Promise<number> {
+    this.drain.begin();
+    this.https.close();
+    this.sessions.drainAll();
+    const cut = await this.drain.settle(graceMs);
+    this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");
+    await this.close();
+    return cut;
+  }
+
   /** Stops accepting, closes every agent session and waits for the listener to close. */
   async close(): Promise<void> {
     this.closing = true;
@@ -680,11 +707,22 @@ export class TetherServer {
       await Promise.race([this.status.pump(), new Promise((r) => setTimeout(r, 2_000).unref())]);
       this.status.close();
     }
-    for (const ws of this.wss.clients) ws.terminate();
+    // The close handshake carries the go-away ahead of it; an agent that does not answer is cut.
+    const clients = [...this.wss.clients];
+    await Promise.race([
+      Promise.all(
+        clients.map((ws) => new Promise((r) => (ws.readyState === ws.CLOSED ? r(0) : ws.once("close", r)))),
+      ),
+      new Promise((r) => setTimeout(r, 1_000).unref()),
+    ]);
+    for (const ws of clients) ws.terminate();
     this.https.closeAllConnections();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
   }
 }
+
+/** Answered during a drain too: the kubelet's probes. */
+const HEALTH_PATHS = new Set(["/healthz", "/livez", "/readyz"]);
 
 /** The endpoints whose callers present a credential of their own (and whose failures count per source). */
 function authenticatedEndpoint(path: string): Exclude<AuthEndpoint, "proxy"> | undefined {

@@ -727,6 +727,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.transport.send(encodeControl(FrameType.GO_AWAY, 0, this.highestRemoteId, goAwayCode), noop);
     }
     this.goAwaySent = true;
+    // A graceful end still delivers what is queued: a go-away sent just before close(), the last FINs.
+    if (graceful) while (this.control.length > 0) this.transport.send(this.takeControlBatch(), noop);
     this.control = [];
     this.controlBytes = 0;
     this.scheduler.clear();

@@ -109,15 +109,23 @@ export function addServe(program: Command): void {
             log.warn({ err: err.message }, "could not record the server URL in the state directory"),
           );
         await maintainAdminCredential(store, url, server.ca.certPem, log);
+        // The first signal drains (lifecycle/drain.ts), a second one stops at once.
+        let stopping = false;
         const stop = () => {
-          log.info("stopping");
+          if (stopping) {
+            log.info("stopping now");
+            void server.close().then(() => process.exit(0));
+            return;
+          }
+          stopping = true;
+          log.info("stopping: draining");
           void server
-            .close()
+            .shutdown()
             .then(() => audit?.close())
             .then(() => process.exit(0));
         };
-        process.once("SIGTERM", stop);
-        process.once("SIGINT", stop);
+        process.on("SIGTERM", stop);
+        process.on("SIGINT", stop);
         process.on("SIGHUP", () => {
           audit?.reopen();
           server

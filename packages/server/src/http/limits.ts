@@ -22,6 +22,10 @@ export interface Limits {
   /** Failed authentications or joins per source address within authFailureWindowMs before it gets 429. */
   authFailureLimit: number;
   authFailureWindowMs: number;
+  /** On SIGTERM, how long requests and upgrades in flight may run before they are cut (lifecycle/drain.ts). */
+  shutdownGraceMs: number;
+  /** Agent sessions one cluster may hold at once (redundant agents); the oldest beyond it is drained. */
+  maxAgentsPerCluster: number;
 }
 
 export const ERR_TETHER_INVALID_LIMIT = "ERR_TETHER_INVALID_LIMIT";
@@ -43,6 +47,10 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxConnectionsPerSource: 1_000,
   authFailureLimit: 20,
   authFailureWindowMs: 10_000,
+  // Kubernetes' default terminationGracePeriodSeconds is 30: the rest is for closing the sessions and exiting.
+  shutdownGraceMs: 25_000,
+  // Two agent replicas per member, each with room to replace its session while the old one drains.
+  maxAgentsPerCluster: 4,
 });
 
 export interface LimitFlag {
@@ -113,6 +121,18 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     flag: "--auth-failure-window <duration>",
     kind: "duration",
     help: "the window of --auth-failure-limit",
+  },
+  {
+    key: "shutdownGraceMs",
+    flag: "--shutdown-grace <duration>",
+    kind: "duration",
+    help: "on SIGTERM, how long requests and upgrades in flight may finish before they are cut (watches end at once, cleanly)",
+  },
+  {
+    key: "maxAgentsPerCluster",
+    flag: "--max-agents-per-cluster <n>",
+    kind: "count",
+    help: "agent sessions one cluster may hold at once (redundant agents); a session beyond it drains the oldest",
   },
 ];
 

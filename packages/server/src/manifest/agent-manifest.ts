@@ -1,6 +1,6 @@
 // What runs tether-agent in a member cluster, as Kubernetes objects: its
 // namespace, service account and RBAC, a Secret with the join values, and a
-// one-replica Deployment. `tether-server agent-manifest NAME` prints them with
+// two-replica Deployment. `tether-server agent-manifest NAME` prints them with
 // a fresh join token; deploy/agent/ is the same objects with placeholder join
 // values, written by scripts/generate-deploy.ts and checked against this file
 // by packages/server/test/manifest/agent-manifest.test.ts, so the two cannot drift.
@@ -208,14 +208,31 @@ export function agentManifestObjects(opts: AgentManifestOptions): KubernetesObje
     kind: "Deployment",
     metadata: meta(AGENT_NAME),
     spec: {
-      replicas: 1,
-      // One agent per cluster: never two pods joining or renewing into one Secret at once.
-      strategy: { type: "Recreate" },
+      // Two agents, each with its tunnel (the server spreads streams over both): losing a pod or
+      // its node fails only the streams it carried. They share the credentials Secret; a write
+      // that races the other's re-reads and writes again (secret-credentials.ts).
+      replicas: 2,
+      // One pod at a time: the other keeps the cluster reachable through a rollout.
+      strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } },
       selector: { matchLabels: { "app.kubernetes.io/name": AGENT_NAME } },
       template: {
         metadata: { labels },
         spec: {
           serviceAccountName: AGENT_NAME,
+          // On different nodes where there are several; preferred, so a one-node cluster runs both.
+          affinity: {
+            podAntiAffinity: {
+              preferredDuringSchedulingIgnoredDuringExecution: [
+                {
+                  weight: 100,
+                  podAffinityTerm: {
+                    labelSelector: { matchLabels: { "app.kubernetes.io/name": AGENT_NAME } },
+                    topologyKey: "kubernetes.io/hostname",
+                  },
+                },
+              ],
+            },
+          },
           // The agent authenticates to its own apiserver with this token.
           automountServiceAccountToken: true,
           securityContext: {

@@ -90,7 +90,7 @@ export class StatusModel {
     const now = Date.now();
     const clusters = names.sort().map((name): ClusterView => {
       const record = byName.get(name);
-      const entry = sessions.get(name);
+      const entry = sessions.usable(name)[0];
       const history = events.get(name);
       return {
         name,

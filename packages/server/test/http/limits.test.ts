@@ -23,6 +23,8 @@ t.test("the defaults are the team's", async (t) => {
     maxConnectionsPerSource: 1_000,
     authFailureLimit: 20,
     authFailureWindowMs: 10_000,
+    shutdownGraceMs: 25_000,
+    maxAgentsPerCluster: 4,
   });
   t.throws(() => {
     (DEFAULT_LIMITS as { maxConnections: number }).maxConnections = 1;
@@ -95,6 +97,10 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     "5",
     "--auth-failure-window",
     "1m",
+    "--shutdown-grace",
+    "5s",
+    "--max-agents-per-cluster",
+    "2",
   ]);
   t.same(set, {
     maxStreamsPerCaller: 3,
@@ -107,6 +113,8 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     maxConnectionsPerSource: 20,
     authFailureLimit: 5,
     authFailureWindowMs: 60_000,
+    shutdownGraceMs: 5000,
+    maxAgentsPerCluster: 2,
   });
   t.throws(() => parse(["--headers-timeout", "soon"]), /is not a duration/);
   t.throws(() => parse(["--max-connections", "0"]), /not a positive integer/);

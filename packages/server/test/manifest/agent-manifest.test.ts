@@ -146,8 +146,18 @@ t.test("the objects", async (t) => {
 t.test("the Deployment", async (t) => {
   const objects: Obj[] = agentManifestObjects({ join: JOIN });
   const deployment = one(objects, "Deployment");
-  t.equal(deployment.spec.replicas, 1);
-  t.equal(deployment.spec.strategy.type, "Recreate", "never two agents writing one Secret");
+  t.equal(deployment.spec.replicas, 2, "two agents: losing one fails only its streams");
+  t.same(
+    deployment.spec.strategy,
+    { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } },
+    "a rollout replaces one agent at a time",
+  );
+  t.equal(
+    deployment.spec.template.spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]
+      .podAffinityTerm.topologyKey,
+    "kubernetes.io/hostname",
+    "preferably on different nodes",
+  );
   const pod = deployment.spec.template.spec;
   t.same(
     deployment.spec.selector.matchLabels,

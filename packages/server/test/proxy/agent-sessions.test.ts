@@ -64,7 +64,8 @@ t.test("a replaced session that holds a stream is closed after the drain timeout
   const first = link();
   const entry = sessions.attach("m1", first.server, cert());
   hold(first.agent); // held open by the agent, never ended
-  await new Promise((r) => setTimeout(r, 50));
+  // Polled, not slept: on a loaded machine the in-memory link takes a while.
+  while (first.server.streamCount === 0) await new Promise((r) => setTimeout(r, 10));
   t.equal(first.server.streamCount, 1, "the old session holds a stream");
   const second = link();
   const current = sessions.attach("m1", second.server, cert());
@@ -91,7 +92,7 @@ t.test("disconnect closes the cluster's draining sessions too, and only that clu
   const a = link();
   sessions.attach("m1", a.server, cert());
   hold(a.agent);
-  await new Promise((r) => setTimeout(r, 50));
+  while (a.server.streamCount === 0) await new Promise((r) => setTimeout(r, 10));
   const b = link();
   sessions.attach("m1", b.server, cert());
   const other = link();
@@ -104,4 +105,46 @@ t.test("disconnect closes the cluster's draining sessions too, and only that clu
   t.equal(sessions.get("m2")?.session, other.server);
   sessions.closeAll();
   t.ok(await closes(other.server));
+});
+
+t.test(
+  "agents of different instances are kept side by side; new streams go to the least loaded",
+  async (t) => {
+    const sessions = new AgentSessions({ drainTimeoutMs: 3600_000 });
+    const a = link();
+    const b = link();
+    const first = sessions.attach("m1", a.server, { ...cert(), instance: "a" });
+    const second = sessions.attach("m1", b.server, { ...cert(), instance: "b" });
+    t.notOk(a.server.goingAway, "the first agent's session is not replaced by another instance's");
+    t.same(sessions.usable("m1"), [first, second]);
+    const picks = new Set([sessions.get("m1"), sessions.get("m1")]);
+    t.equal(picks.size, 2, "equally loaded sessions take turns");
+    hold(a.agent);
+    await new Promise((r) => setTimeout(r, 50));
+    t.equal(sessions.get("m1"), second, "the session with fewer streams is chosen");
+    t.equal(sessions.get("m1"), second, "and again");
+    a.server.close();
+    await closes(a.server);
+    t.same(sessions.usable("m1"), [second], "losing one agent leaves the other serving");
+    t.equal(sessions.get("m1"), second);
+    b.server.close();
+  },
+);
+
+t.test("the same instance replaces its session; beyond the bound the oldest drains", async (t) => {
+  const sessions = new AgentSessions({ drainTimeoutMs: 3600_000, maxPerCluster: 2 });
+  const a1 = link();
+  sessions.attach("m1", a1.server, { ...cert(), instance: "a" });
+  const a2 = link();
+  const again = sessions.attach("m1", a2.server, { ...cert(), instance: "a" });
+  t.ok(a1.server.goingAway, "a reconnect of the same instance drains its old session");
+  t.same(sessions.usable("m1"), [again]);
+  const b = link();
+  const c = link();
+  const fromB = sessions.attach("m1", b.server, { ...cert(), instance: "b" });
+  const fromC = sessions.attach("m1", c.server, { ...cert(), instance: "c" });
+  t.ok(a2.server.goingAway, "a third instance beyond the bound of 2 drains the oldest");
+  t.same(sessions.usable("m1"), [fromB, fromC]);
+  t.ok(await closes(a2.server), "the drained session closes (it held nothing)");
+  for (const l of [b, c]) l.server.close();
 });

@@ -1,0 +1,119 @@
+// A graceful stop (SIGTERM): what the server holds for callers, and the
+// order it lets go of it in. Readiness goes false and new requests, upgrades
+// and agents are refused (503 with Retry-After, so client-go retries, through
+// a load balancer on another replica); watches end between two events so
+// informers resume from their resourceVersion; plain requests and upgrades
+// in flight get until the grace period ends. TetherServer.shutdown() drives it.
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import { sendStatus, statusResponseHead } from "@tether/common";
+import { closeWith } from "../proxy/upgrade-relay.js";
+import { isWatchRequest, WatchEnd } from "./watch-end.js";
+
+const REFUSAL =
+  "tether-server is shutting down: retry, the request goes to another replica or the restarted server";
+
+export class Drain {
+  private draining = false;
+  private readonly requests = new Set<ServerResponse>();
+  private readonly watches = new Set<WatchEnd>();
+  private readonly upgrades = new Set<Duplex>();
+  private settled: (() => void) | undefined;
+
+  /** True from the start of the drain: /readyz answers 503. */
+  get active(): boolean {
+    return this.draining;
+  }
+
+  /** Requests and upgrades still in flight. */
+  get inFlight(): number {
+    return this.requests.size + this.upgrades.size;
+  }
+
+  /**
+   * Counts a request until its response closes; during a drain answers it
+   * 503 (closing the connection) and returns false.
+   */
+  admitRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    if (this.draining) {
+      res.shouldKeepAlive = false;
+      sendStatus(res, "ServiceUnavailable", REFUSAL, 1);
+      return false;
+    }
+    this.requests.add(res);
+    const watch = isWatchRequest(req) ? new WatchEnd(res) : undefined;
+    if (watch) this.watches.add(watch);
+    const done = () => {
+      this.requests.delete(res);
+      if (watch) this.watches.delete(watch);
+      this.check();
+    };
+    // A response is finished once handed to the socket, not once written out of it: a slow
+    // reader's LIST may still sit in the socket's buffer, which closing the connection would drop.
+    res.once("close", () => (res.writableFinished ? flushed(res.socket, done) : done()));
+    return true;
+  }
+
+  /**
+   * As admitRequest, for an upgrade. An agent's tunnel is refused during a
+   * drain but not counted: sessions are the server's to close, not work to wait for.
+   */
+  admitUpgrade(socket: Duplex, counted: boolean): boolean {
+    if (this.draining) {
+      closeWith(socket, statusResponseHead("ServiceUnavailable", REFUSAL, 1));
+      return false;
+    }
+    if (!counted) return true;
+    this.upgrades.add(socket);
+    socket.once("close", () => {
+      this.upgrades.delete(socket);
+      this.check();
+    });
+    return true;
+  }
+
+  /** Stops admitting and ends every watch at its next event boundary. */
+  begin(): void {
+    this.draining = true;
+    for (const watch of this.watches) watch.end();
+  }
+
+  /**
+   * Resolves once nothing admitted is in flight, or after `graceMs`; says
+   * how many were still in flight (the caller cuts them).
+   */
+  async settle(graceMs: number): Promise<number> {
+    if (this.inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.settled = () => {
+          if (this.inFlight > 0) return;
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.settled = undefined;
+    }
+    return this.inFlight;
+  }
+
+  private check(): void {
+    this.settled?.();
+  }
+}
+
+/** Calls `done` once `socket` has handed everything written to it to the kernel, or closed. */
+function flushed(socket: Duplex | null, done: () => void): void {
+  if (!socket || socket.destroyed || socket.writableLength === 0) {
+    done();
+    return;
+  }
+  const check = () => {
+    if (!socket.destroyed && socket.writableLength > 0) return;
+    socket.off("drain", check);
+    socket.off("close", check);
+    done();
+  };
+  socket.on("drain", check);
+  socket.on("close", check);
+}

@@ -1,0 +1,86 @@
+// Issue 14, drain: what a caller on a connection still open sees once the
+// drain began, on raw TLS sockets. A request head finished after SIGTERM's
+// drain started gets 503 with Retry-After and Connection: close (/readyz
+// too, which is how the kubelet sees the pod unready); a new connection is
+// refused; a request in flight (a join whose body is still coming) is
+// waited for, and the drain ends as soon as it is answered.
+import { mkdtemp, rm } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { TLSSocket } from "node:tls";
+import { createLogger, FileStore, TetherServer } from "@tether/server";
+import t from "tap";
+import { type RawTarget, rawTls, whenClosed } from "./raw-client.js";
+
+const dir = await mkdtemp(join(tmpdir(), "tether-drain-refusals-"));
+t.teardown(() => rm(dir, { recursive: true, force: true }));
+const store = await FileStore.open(join(dir, "state"));
+const server = await TetherServer.start({
+  store,
+  host: "127.0.0.1",
+  port: 0,
+  log: createLogger({ level: "silent" }),
+});
+t.teardown(() => server.close());
+const target: RawTarget = { url: server.url, caPem: server.ca.certPem };
+
+/** Everything the server sends on `socket` until it closes it. */
+function answer(socket: TLSSocket): Promise<string> {
+  let text = "";
+  socket.setEncoding("utf8").on("data", (d: string) => (text += d));
+  return whenClosed(socket).then(() => text);
+}
+
+t.test("during a drain, open connections get 503 and new ones are refused", async (t) => {
+  const port = Number(new URL(server.url).port);
+  const body = JSON.stringify({ token: "x".repeat(40), csr: "y" });
+  // Two joins whose bodies are still coming: requests in flight, on connections the drain keeps.
+  const held = await Promise.all(
+    [0, 1].map(async () => {
+      const socket = await rawTls(target);
+      const text = answer(socket);
+      socket.write(
+        `POST /join/v1/certificate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`,
+      );
+      return { socket, text };
+    }),
+  );
+  await new Promise((r) => setTimeout(r, 200));
+
+  let drained = false;
+  const shutdown = server.shutdown(30_000).then((cut) => {
+    drained = true;
+    return cut;
+  });
+  const code = await new Promise<string>((resolve) => {
+    const s = connect(port, "127.0.0.1");
+    s.once("connect", () => {
+      s.destroy();
+      resolve("connected");
+    });
+    s.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? "error"));
+  });
+  t.equal(code, "ECONNREFUSED", "a new connection is refused: the listener is closed");
+  t.notOk(drained, "the drain waits for the requests in flight");
+
+  // Each finishes its body and sends the next request on the same connection.
+  const [readyz, proxied] = held;
+  readyz!.socket.write(`${body.slice(10)}GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n`);
+  proxied!.socket.write(
+    `${body.slice(10)}GET /clusters/m1/api HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer whatever\r\n\r\n`,
+  );
+  const [ready, refused] = await Promise.all([readyz!.text, proxied!.text]);
+  const second = (text: string) => text.slice(text.indexOf("HTTP/1.1", 1));
+  t.match(ready, /^HTTP\/1\.1 [45]\d\d /, "the join in flight is answered (refused: its token is made up)");
+  t.match(second(ready), /^HTTP\/1\.1 503 /, "then /readyz on the same connection answers 503");
+  t.match(second(refused), /^HTTP\/1\.1 503 /, "a request for a member gets 503");
+  t.match(second(refused), /\r\nretry-after: 1\r\n/i, "with Retry-After, so client-go retries");
+  t.match(
+    second(refused),
+    /\r\nconnection: close\r\n/i,
+    "and the connection closes, so the retry dials again",
+  );
+  t.match(second(refused), /"kind":"Status"[\s\S]*shutting down/, "a Kubernetes Status that says why");
+  t.equal(await shutdown, 0, "the drain ends once both are answered, with nothing cut");
+});
