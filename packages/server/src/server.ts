@@ -46,6 +46,7 @@ import { CallerQuota, releaseOnClose } from "./proxy/caller-quota.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
 import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.js";
+import { type Replicas, type ReplicaOptions, startReplicas } from "./proxy/replicas.js";
 import { closeWith } from "./proxy/upgrade-relay.js";
 import {
   ClusterStatusReporter,
@@ -89,6 +90,8 @@ export interface ServerOptions {
   audit?: AuditLog;
   /** Host-based routing: <name>.<clusterDomain> is member <name> at "/" (proxy/host-routing.ts). */
   clusterDomain?: string;
+  /** One of several active replicas on the Kubernetes store (proxy/replicas.ts). */
+  replica?: ReplicaOptions;
 }
 
 export class TetherServer {
@@ -127,6 +130,7 @@ export class TetherServer {
     readonly ca: CertificateAuthority,
     serving: { certPem: string; keyPem: string },
     private readonly servingNames: { dnsNames: string[]; ips: string[] },
+    private readonly replicas?: Replicas,
   ) {
     this.metrics = options.metrics === false ? undefined : new TetherMetrics();
     this.store = this.metrics ? instrumentStore(options.store, this.metrics) : options.store;
@@ -150,6 +154,7 @@ export class TetherServer {
       streamIdleTimeoutMs: this.limits.streamIdleTimeoutMs,
       ...(this.metrics ? { metrics: this.metrics } : {}),
       ...(options.audit ? { audit: options.audit } : {}),
+      ...(replicas ? { replicas } : {}),
     });
     this.audit = options.audit;
     this.join = new JoinEndpoint({
@@ -267,7 +272,11 @@ export class TetherServer {
     ];
     const names = { dnsNames, ips };
     const serving = await options.store.loadOrCreateServingCertificate(names);
-    const server = new TetherServer(options, ca, serving, names);
+    const replicas = options.replica
+      ? await startReplicas(options.replica, ca, options.log ?? createLogger())
+      : undefined;
+    const server = new TetherServer(options, ca, serving, names, replicas);
+    await replicas?.hop.start(server.proxy);
     await new Promise<void>((resolve, reject) => {
       server.https.once("error", reject);
       server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
@@ -459,6 +468,8 @@ export class TetherServer {
         if (err) this.events.error(cluster, `session ended: ${err.message}`);
         this.audit?.agent("disconnected", { cluster, remoteAddress, serial: entry.serial });
         this.reportStatus(cluster);
+        const current = this.sessions.get(cluster);
+        if (!current || current.session.closed) void this.replicas?.ownership.release(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
       const entry = this.sessions.attach(cluster, session, {
@@ -467,6 +478,7 @@ export class TetherServer {
         ...(typeof agentVersion === "string" ? { agentVersion: agentVersion.slice(0, 64) } : {}),
       });
       this.metrics?.agentConnected(cluster, session);
+      void this.replicas?.ownership.claim(cluster);
       void this.probeKubernetesVersion(entry);
       session.on("stream", (stream) => {
         void this.renewals
@@ -640,6 +652,7 @@ export class TetherServer {
       this.status.close();
     }
     for (const ws of this.wss.clients) ws.terminate();
+    await this.replicas?.close();
     this.https.closeAllConnections();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
   }

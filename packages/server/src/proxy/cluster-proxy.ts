@@ -11,11 +11,13 @@ import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
-import type { AuthMode, Store } from "../store/state-store.js";
+import type { AuthMode, ClusterRecord, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, mayUseCluster } from "./authenticate.js";
 import { type CallerQuota, callerKey, releaseOnClose } from "./caller-quota.js";
 import { rewriteHeaders, rewriteRawHeaders } from "./forwarded-headers.js";
+import { type Arrival, arrivalOf, carriesReplicaHeaders, type ReplicaHop } from "./replica-hop.js";
+import type { Owner, Ownership } from "../store/ownership.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
@@ -50,15 +52,16 @@ export interface ProxyObserver {
 }
 
 type Admission =
-  | {
+  | ({
       ok: true;
       mode: AuthMode;
       caller?: AuthenticatedCaller;
-      entry: AgentSession;
+      cluster: string;
       path: string;
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
       release: () => void;
-    }
+      /** The cluster is served here (`entry`) or held by another replica (`hop`, replica-hop.ts). */
+    } & ({ entry: AgentSession; hop?: undefined } | { hop: Owner; entry?: undefined }))
   | {
       ok: false;
       reason: StatusReason;
@@ -78,6 +81,8 @@ export interface ClusterProxyDeps {
   streamIdleTimeoutMs: number;
   metrics?: ProxyObserver;
   audit?: AuditLog;
+  /** Several replicas: who holds which cluster, and the hop to the holder. */
+  replicas?: { ownership: Ownership; hop: ReplicaHop };
 }
 
 export class ClusterProxy {
@@ -130,6 +135,15 @@ export class ClusterProxy {
       };
     }
     const path = (m?.[2] || "/") + (m?.[3] ?? "");
+    const arrival = arrivalOf(req);
+    if (!arrival && carriesReplicaHeaders(req.headers)) {
+      return {
+        ok: false,
+        reason: "BadRequest",
+        why: "bad_request",
+        message: "Tether-Replica-* headers are accepted only from other tether-server replicas",
+      };
+    }
     const cluster = await this.deps.store.getCluster(name);
     if (!cluster) {
       return {
@@ -139,6 +153,7 @@ export class ClusterProxy {
         message: `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
       };
     }
+    if (arrival) return this.admitArrival(req, arrival, cluster, path);
     const source = sourceKey(req.socket.remoteAddress);
     const attempt = this.deps.failures.begin(source);
     if (typeof attempt === "number") {
@@ -187,8 +202,9 @@ export class ClusterProxy {
     }
     // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
     attempt.succeeded();
-    const entry = this.deps.sessions.get(name);
-    if (!entry) {
+    const entry = this.localSession(name);
+    const owner = entry ? undefined : this.deps.replicas?.ownership.owner(name);
+    if (!entry && !owner) {
       return {
         ok: false,
         reason: "ServiceUnavailable",
@@ -206,7 +222,79 @@ export class ClusterProxy {
         retryAfterSeconds: 1,
       };
     }
-    return { ok: true, mode: cluster.auth, ...(caller ? { caller } : {}), entry, path, release };
+    const base = {
+      ok: true as const,
+      mode: cluster.auth,
+      ...(caller ? { caller } : {}),
+      cluster: name,
+      path,
+    };
+    return entry ? { ...base, entry, release } : { ...base, hop: owner!, release };
+  }
+
+  /** The session this replica serves `cluster` through: with replicas, only while it holds the owner Lease. */
+  private localSession(cluster: string): AgentSession | undefined {
+    const entry = this.deps.sessions.get(cluster);
+    const ownership = this.deps.replicas?.ownership;
+    return entry && (!ownership || ownership.holds(cluster)) ? entry : undefined;
+  }
+
+  /**
+   * A request another replica authenticated and forwarded here: served only
+   * if this replica holds the cluster under the generation it was routed to.
+   */
+  private admitArrival(
+    req: IncomingMessage,
+    arrival: Arrival,
+    cluster: ClusterRecord,
+    path: string,
+  ): Admission {
+    const ownership = this.deps.replicas?.ownership;
+    const entry = this.deps.sessions.get(cluster.name);
+    const { caller } = arrival;
+    if (
+      !entry ||
+      !ownership ||
+      arrival.owner.replica !== ownership.replicaId ||
+      !ownership.holds(cluster.name, arrival.owner.generation)
+    ) {
+      return {
+        ok: false,
+        reason: "ServiceUnavailable",
+        why: "no_agent",
+        message: `cluster "${cluster.name}" is not held by the replica it was forwarded to (a request takes one hop at most): try again`,
+        retryAfterSeconds: 1,
+      };
+    }
+    if (
+      cluster.auth === "impersonate" ? !caller || !mayUseCluster(caller, cluster) : !req.headers.authorization
+    ) {
+      return {
+        ok: false,
+        reason: "Forbidden",
+        why: "forbidden",
+        message: `the forwarded caller may not use cluster "${cluster.name}"`,
+      };
+    }
+    const release = this.deps.quota.acquire(cluster.name, callerKey(req, caller));
+    if (!release) {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        why: "caller_quota",
+        message: `you hold ${this.deps.quota.max} requests and connections on cluster "${cluster.name}" already: close some and retry`,
+        retryAfterSeconds: 1,
+      };
+    }
+    return {
+      ok: true,
+      mode: cluster.auth,
+      ...(caller ? { caller } : {}),
+      cluster: cluster.name,
+      path,
+      entry,
+      release,
+    };
   }
 
   /** Counts a failed authentication, and says once when it makes the source wait. */
@@ -231,6 +319,22 @@ export class ClusterProxy {
     else this.deps.log.info(fields, message);
   }
 
+  private hopTo(a: {
+    hop: Owner;
+    cluster: string;
+    path: string;
+    mode: AuthMode;
+    caller?: AuthenticatedCaller;
+  }) {
+    return {
+      owner: a.hop,
+      cluster: a.cluster,
+      url: `/clusters/${a.cluster}${a.path}`,
+      mode: a.mode,
+      ...(a.caller ? { caller: a.caller } : {}),
+    };
+  }
+
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const audit = this.deps.audit?.request(req, res);
     const admission = await this.admit(req);
@@ -249,10 +353,12 @@ export class ClusterProxy {
       admission.release();
     });
     const { mode, caller, entry, path } = admission;
+    this.deps.metrics?.requestStarted(req, res, admission.cluster, path);
+    audit?.admitted(admission.cluster, mode, caller);
+    // An admission names a hop only when replicas are configured.
+    if (!entry) return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission));
     if (mode === "passthrough") passthroughRequests.add(req);
-    this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
-    audit?.admitted(entry.cluster, mode, caller);
-    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress);
+    rewriteHeaders(req.headers, mode, caller, arrivalOf(req)?.source || req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
       const full = sessionFullStatus(err, entry.cluster);
@@ -298,19 +404,28 @@ export class ClusterProxy {
       return;
     }
     releaseOnClose(socket, admission.release);
-    const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.entry.cluster, admission.path);
+    const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.cluster, admission.path);
     if (upgradeEnded) releaseOnClose(socket, upgradeEnded);
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
-    audit?.admitted(entry.cluster, mode, caller);
+    audit?.admitted(admission.cluster, mode, caller);
+    if (!entry) {
+      const hop = this.deps.replicas!.hop;
+      return hop.forwardUpgrade(req, socket, head, upgrade.protocol, this.hopTo(admission));
+    }
     relayUpgrade({
       ...(audit ? { audit } : {}),
       socket,
       head,
       method: req.method ?? "GET",
       path,
-      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress),
+      headers: rewriteRawHeaders(
+        req.rawHeaders,
+        mode,
+        caller,
+        arrivalOf(req)?.source || req.socket.remoteAddress,
+      ),
       protocol: upgrade.protocol,
       open: () => entry.openStream(mode),
       failure: (err) => {
