@@ -53,16 +53,28 @@ function status(url: string, o: { ca?: string; token?: string; agent?: Agent } =
         headers: o.token ? { authorization: `Bearer ${o.token}` } : {},
       },
       (res) => {
-        res.resume();
-        res.on("end", () => resolve(res.statusCode ?? 0));
+        let body = "";
+        res.on("data", (c: Buffer) => {
+          if (body.length < 300) body += c.toString();
+        });
+        res.on("end", () => {
+          if (res.statusCode !== 200) lastFailure = `${res.statusCode} ${body.slice(0, 200)}`;
+          resolve(res.statusCode ?? 0);
+        });
         res.on("error", () => resolve(0));
       },
     );
     req.on("timeout", () => req.destroy());
-    req.on("error", () => resolve(0));
+    req.on("error", (err) => {
+      lastFailure = err.message;
+      resolve(0);
+    });
     req.end();
   });
 }
+
+/** What the last failed status() saw, for the test's report. */
+let lastFailure = "";
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
 
@@ -128,10 +140,14 @@ t.test("several active replicas", async (t) => {
     );
     t.teardown(() => proc.stop());
     r.proc = proc;
-    await until(`${r.id} ready`, async () => {
-      proc.assertRunning();
-      return (await status(`${r.url}/readyz`)) === 200;
-    });
+    await until(
+      `${r.id} ready`,
+      async () => {
+        proc.assertRunning();
+        return (await status(`${r.url}/readyz`)) === 200;
+      },
+      120_000,
+    );
   };
   // The first creates the CA in the host cluster; the others load it.
   await startReplica(replicas[0]!);
@@ -392,7 +408,7 @@ t.test("several active replicas", async (t) => {
   await t.test("kill -9 of an owner: its members come back through the other replicas", async (t) => {
     const trials: number[] = [];
     /** Failed loop requests, and whether they fell between a kill and its members being reachable again. */
-    const failures: { at: number; code: number; name: string; outage: boolean }[] = [];
+    const failures: { at: number; code: number; name: string; outage: boolean; what: string }[] = [];
     let outage = false;
     let requests = 0;
     let stop = false;
@@ -406,7 +422,8 @@ t.test("several active replicas", async (t) => {
             ca: ca.certPem,
             token: tokens[name]!,
           });
-          if (code !== 200) failures.push({ at: Date.now(), code, name, outage: during || outage });
+          if (code !== 200)
+            failures.push({ at: Date.now(), code, name, outage: during || outage, what: lastFailure });
         }
         await new Promise((r) => setTimeout(r, 50));
       }
@@ -459,6 +476,9 @@ t.test("several active replicas", async (t) => {
         `GET loop through the balancer: ${requests} requests, ${inOutage.length} failed between a kill and reachable again (${codes(inOutage)}), ` +
         `${after.length} outside those windows (${codes(after)}; 0 = connection failure)`,
     );
+    const seen = new Map<string, number>();
+    for (const f of after) seen.set(f.what, (seen.get(f.what) ?? 0) + 1);
+    for (const [what, n] of seen) t.comment(`outside the windows, ${n}×: ${what}`);
     t.equal(trials.length, TRIALS);
     t.equal(
       after.length,

@@ -355,9 +355,18 @@ export class ClusterProxy {
     const { mode, caller, entry, path } = admission;
     this.deps.metrics?.requestStarted(req, res, admission.cluster, path);
     audit?.admitted(admission.cluster, mode, caller);
-    // An admission names a hop only when replicas are configured.
-    if (!entry) return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission));
-    if (mode === "passthrough") passthroughRequests.add(req);
+    // A passthrough caller's member 401 counts here, where its source is known, also across the hop.
+    if (mode === "passthrough" && !arrivalOf(req)) passthroughRequests.add(req);
+    if (!entry) {
+      if (mode === "passthrough")
+        res.once("finish", () => {
+          if (res.statusCode !== 401) return;
+          this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+          this.deps.metrics?.authFailure("proxy", "member_rejected");
+        });
+      // An admission names a hop only when replicas are configured.
+      return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission));
+    }
     rewriteHeaders(req.headers, mode, caller, arrivalOf(req)?.source || req.socket.remoteAddress);
     req.url = path;
     this.proxy.web(req, res, { target: "http://apiserver.tether", agent: entry.httpAgent(mode) }, (err) => {
