@@ -410,6 +410,7 @@ t.test("several active replicas", async (t) => {
     /** Failed loop requests, and whether they fell between a kill and its members being reachable again. */
     const failures: { at: number; code: number; name: string; outage: boolean; what: string }[] = [];
     let outage = false;
+    const kills: [number, number, number][] = [];
     let requests = 0;
     let stop = false;
     // A GET loop through the balancer for both members (about 20 requests per second).
@@ -434,6 +435,8 @@ t.test("several active replicas", async (t) => {
       const held: string[] = [];
       for (const name of Object.keys(members)) if ((await holderOf(name)) === victim.id) held.push(name);
       const killedAt = performance.now();
+      const kill: [number, number, number] = [Date.now(), 0, 0];
+      kills.push(kill);
       outage = true;
       signal(victim.proc!, "SIGKILL");
       await victim.proc!.exited;
@@ -455,12 +458,14 @@ t.test("several active replicas", async (t) => {
       );
       const took = performance.now() - killedAt;
       outage = false;
+      kill[1] = Date.now();
       trials.push(took);
       for (const name of held) t.not(await holderOf(name), victim.id, `${name} moved off ${victim.id}`);
       t.comment(
         `trial ${trial + 1}: killed ${victim.id} (held ${held.join(", ")}): reachable again after ${took.toFixed(0)} ms`,
       );
       await startReplica(victim);
+      kill[2] = Date.now();
     }
     stop = true;
     await loop;
@@ -479,6 +484,12 @@ t.test("several active replicas", async (t) => {
     const seen = new Map<string, number>();
     for (const f of after) seen.set(f.what, (seen.get(f.what) ?? 0) + 1);
     for (const [what, n] of seen) t.comment(`outside the windows, ${n}×: ${what}`);
+    for (const f of after.slice(0, 5))
+      t.comment(`failure at ${new Date(f.at).toISOString()} for ${f.name}: ${f.what}`);
+    for (const [i, k] of kills.entries())
+      t.comment(
+        `kill ${i + 1} at ${new Date(k[0]).toISOString()}, reachable ${new Date(k[1]).toISOString()}, restarted ${new Date(k[2]).toISOString()}`,
+      );
     t.equal(trials.length, TRIALS);
     t.equal(
       after.length,
@@ -490,6 +501,16 @@ t.test("several active replicas", async (t) => {
   await t.test(
     "an owner paused past its own view of the Lease serves nothing until it renewed",
     async (t) => {
+      // m2's agent again, with a long dead-peer timeout: it keeps its session through the pause.
+      await agents.m2!.stop();
+      agents.m2 = startAgent("m2", lbUrl, join(dir, "agent-state-m2"), 60);
+      await until("m2 reachable through its restarted agent", async () => {
+        const owner = byId(await holderOf("m2"));
+        return (
+          !!owner &&
+          (await status(`${owner.url}/clusters/m2/version`, { ca: ca.certPem, token: tokens.m2! })) === 200
+        );
+      });
       const lease = await leaseOf("m2");
       const owner = byId(lease?.holderIdentity)!;
       const asReplica = await ca.issueReplicaCertificate("test-replica");

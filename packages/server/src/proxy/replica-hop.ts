@@ -31,6 +31,7 @@ const OWNER_HEADER = "tether-replica-owner";
 /** The caller's address as the first replica saw it. */
 const SOURCE_HEADER = "tether-replica-source";
 const MAX_CALLER_HEADER = 16 << 10;
+const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
 /** What the owner learns of a forwarded request. */
 export interface Arrival {
@@ -112,6 +113,10 @@ export class ReplicaHop {
         this.o.log.error({ err: err.message }, "forwarded upgrade failed");
         closeWith(socket, statusResponseHead("InternalError", "tether-server failed to handle the upgrade"));
       });
+    });
+    this.server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => {
+      this.o.log.warn({ err: err.message, code: err.code }, "malformed request on the replica listener");
+      socket.destroy();
     });
     this.server.on("tlsClientError", (err) =>
       this.o.log.debug({ err: err.message }, "replica TLS handshake failed"),
@@ -218,6 +223,13 @@ export class ReplicaHop {
   ): void {
     // The owner takes the caller from the hop: the token goes no further than this replica.
     if (hop.mode === "impersonate") delete req.headers.authorization;
+    // The caller's connection headers are about its connection, not the pooled one to the owner (a
+    // "Connection: close" there would make the owner close a connection this replica reuses).
+    for (const name of String(req.headers.connection ?? "").split(",")) {
+      const token = name.trim().toLowerCase();
+      if (token) delete req.headers[token];
+    }
+    for (const name of HOP_BY_HOP) delete req.headers[name];
     for (const [name, value] of this.hopHeaders(hop.owner, hop.mode, hop.caller, req.socket.remoteAddress))
       req.headers[name] = value;
     req.url = hop.url;
