@@ -284,8 +284,9 @@ export class TetherServer {
     server.log.info({ url: server.url }, "tether-server listening");
     // A previous server may have died with clusters marked connected.
     if (options.clusterStatus) {
+      // Another live replica holding it is its status's writer, not this new one.
       for (const cluster of await options.clusterStatus.markedConnectedClusters())
-        server.reportStatus(cluster);
+        if (!replicas?.ownership.owner(cluster)) server.reportStatus(cluster);
     }
     return server;
   }
