@@ -52,6 +52,7 @@ import { LiveCredentials } from "./proxy/live-credentials.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
 import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.js";
+import { type Replicas, type ReplicaOptions, startReplicas } from "./proxy/replicas.js";
 import { closeWith } from "./proxy/upgrade-relay.js";
 import {
   ClusterStatusReporter,
@@ -97,6 +98,8 @@ export interface ServerOptions {
   clusterDomain?: string;
   /** Identity sources besides Tether tokens and certificates (proxy/identity/). */
   identity?: IdentitySources;
+  /** One of several active replicas on the Kubernetes store (proxy/replicas.ts). */
+  replica?: ReplicaOptions;
 }
 
 export class TetherServer {
@@ -139,6 +142,7 @@ export class TetherServer {
     readonly ca: CertificateAuthority,
     serving: { certPem: string; keyPem: string },
     private readonly servingNames: { dnsNames: string[]; ips: string[] },
+    private readonly replicas?: Replicas,
   ) {
     this.metrics = options.metrics === false ? undefined : new TetherMetrics();
     this.store = this.metrics ? instrumentStore(options.store, this.metrics) : options.store;
@@ -170,6 +174,7 @@ export class TetherServer {
       ...(this.metrics ? { metrics: this.metrics } : {}),
       ...(options.audit ? { audit: options.audit } : {}),
       ...(options.identity ? { identity: options.identity } : {}),
+      ...(replicas ? { replicas } : {}),
     });
     this.audit = options.audit;
     this.join = new JoinEndpoint({
@@ -292,7 +297,11 @@ export class TetherServer {
     ];
     const names = { dnsNames, ips };
     const serving = await options.store.loadOrCreateServingCertificate(names);
-    const server = new TetherServer(options, ca, serving, names);
+    const replicas = options.replica
+      ? await startReplicas(options.replica, ca, options.log ?? createLogger())
+      : undefined;
+    const server = new TetherServer(options, ca, serving, names, replicas);
+    await replicas?.hop.start(server.proxy);
     await new Promise<void>((resolve, reject) => {
       server.https.once("error", reject);
       server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
@@ -300,8 +309,9 @@ export class TetherServer {
     server.log.info({ url: server.url }, "tether-server listening");
     // A previous server may have died with clusters marked connected.
     if (options.clusterStatus) {
+      // Another live replica holding it is its status's writer, not this new one.
       for (const cluster of await options.clusterStatus.markedConnectedClusters())
-        server.reportStatus(cluster);
+        if (!replicas?.ownership.owner(cluster)) server.reportStatus(cluster);
     }
     return server;
   }
@@ -488,6 +498,8 @@ export class TetherServer {
         if (err) this.events.error(cluster, `session ended: ${err.message}`);
         this.audit?.agent("disconnected", { cluster, remoteAddress, serial: entry.serial });
         this.reportStatus(cluster);
+        const current = this.sessions.get(cluster);
+        if (!current || current.session.closed) void this.replicas?.ownership.release(cluster);
       });
       const agentVersion = req.headers[AGENT_VERSION_HEADER];
       const agentFeatures = req.headers[AGENT_FEATURES_HEADER];
@@ -500,6 +512,7 @@ export class TetherServer {
         ...(typeof instance === "string" ? { instance: instance.slice(0, 64) } : {}),
       });
       this.metrics?.agentConnected(cluster, session);
+      void this.replicas?.ownership.claim(cluster);
       void this.probeKubernetesVersion(entry);
       session.on("stream", (stream) => {
         void this.renewals
@@ -716,6 +729,7 @@ export class TetherServer {
       new Promise((r) => setTimeout(r, 1_000).unref()),
     ]);
     for (const ws of clients) ws.terminate();
+    await this.replicas?.close();
     this.https.closeAllConnections();
     await new Promise<void>((resolve) => this.https.close(() => resolve()));
   }

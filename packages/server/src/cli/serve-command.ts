@@ -1,6 +1,7 @@
 // `tether-server serve`: the flags of the server process and its lifecycle
 // (signals, the admin credential, certificate reloads).
 
+import { hostname } from "node:os";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { maintainAdminCredential } from "../admin/admin-credential.js";
 import { serveUrl } from "../admin/admin-input.js";
@@ -61,6 +62,27 @@ export function addServe(program: Command): void {
         .default(DEFAULT_DRAIN_TIMEOUT_MS, formatDuration(DEFAULT_DRAIN_TIMEOUT_MS))
         .argParser(positiveDuration),
     )
+    .addOption(
+      new Option(
+        "--replica-address <url>",
+        "run as one of several active replicas (needs --store kubernetes): the https://host:port the other replicas reach this one at; the replica listener listens on its port",
+      )
+        .env("TETHER_REPLICA_ADDRESS")
+        .argParser(replicaAddress),
+    )
+    .addOption(
+      new Option("--replica-id <id>", "this replica's name among the replicas (a DNS label: the pod name)")
+        .env("TETHER_REPLICA_ID")
+        .default(hostname().toLowerCase(), "the host name"),
+    )
+    .addOption(
+      new Option(
+        "--replica-lease-duration <duration>",
+        "how long a replica's claim on a cluster lasts unrenewed (renewed every third of it)",
+      )
+        .default(30_000, "30s")
+        .argParser(positiveDuration),
+    )
     .action(
       async (
         opts: StoreOptions &
@@ -73,8 +95,16 @@ export function addServe(program: Command): void {
             keepalive: number;
             deadPeerTimeout: number;
             drainTimeout: number;
+            replicaAddress?: URL;
+            replicaId: string;
+            replicaLeaseDuration: number;
           },
       ) => {
+        if (opts.replicaAddress && opts.store !== "kubernetes") {
+          throw new InvalidArgumentError(
+            "--replica-address needs --store kubernetes (the replicas share it)",
+          );
+        }
         // Loaded here so that the admin commands start without the proxy and tunnel code.
         const { TetherServer } = await import("../server.js");
         // With the audit log on stdout, the log moves to stderr: each stream stays one kind of line.
@@ -100,6 +130,20 @@ export function addServe(program: Command): void {
           ...(opts.externalUrl ? { externalUrl: opts.externalUrl } : {}),
           ...(opts.clusterDomain ? { clusterDomain: opts.clusterDomain } : {}),
           ...(store instanceof KubeStore ? { clusterStatus: store } : {}),
+          ...(store instanceof KubeStore && opts.replicaAddress
+            ? {
+                replica: {
+                  api: store.hostApi,
+                  namespace: store.namespace,
+                  id: opts.replicaId,
+                  address: opts.replicaAddress.origin,
+                  listenHost: opts.listen.host,
+                  listenPort: Number(opts.replicaAddress.port || 443),
+                  leaseDurationMs: opts.replicaLeaseDuration,
+                  clusterUid: async (cluster: string) => (await store.getCluster(cluster))?.uid,
+                },
+              }
+            : {}),
         });
         // For the admin commands' printed agent commands and kubeconfigs.
         const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
@@ -134,4 +178,17 @@ export function addServe(program: Command): void {
         });
       },
     );
+}
+
+function replicaAddress(value: string): URL {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new InvalidArgumentError("an https://host:port URL");
+  }
+  if (url.protocol !== "https:" || !url.port || url.pathname !== "/" || url.search || url.username) {
+    throw new InvalidArgumentError("an https://host:port URL, e.g. https://$(POD_IP):8444");
+  }
+  return url;
 }

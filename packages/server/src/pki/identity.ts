@@ -18,14 +18,18 @@ import {
   CLUSTER_CN_PREFIX,
   isIncarnation,
   isValidClusterName,
+  REPLICA_CN_PREFIX,
   URI_CLUSTER_PREFIX,
+  URI_REPLICA_PREFIX,
   URI_USER_PREFIX,
 } from "./pki.js";
 
 export type PeerIdentity =
   /** `incarnation` is missing only on certificates issued before incarnations existed. */
   | { kind: "cluster"; cluster: string; incarnation?: string; serial: string }
-  | { kind: "user"; user: string; groups: string[]; serial: string };
+  | { kind: "user"; user: string; groups: string[]; serial: string }
+  /** Another tether-server replica (proxy/replica-hop.ts); `replica` is its --replica-id. */
+  | { kind: "replica"; replica: string; serial: string };
 
 const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 const OID_ANY_EKU = "2.5.29.37.0";
@@ -67,6 +71,11 @@ export function identityFromCertificate(cert: X509Certificate | { raw: Buffer })
         return undefined;
       if (segments.length === 1) return { kind: "cluster", cluster, serial };
       return isIncarnation(incarnation) ? { kind: "cluster", cluster, incarnation, serial } : undefined;
+    }
+    if (uri.startsWith(URI_REPLICA_PREFIX)) {
+      const replica = uri.slice(URI_REPLICA_PREFIX.length);
+      if (!isValidClusterName(replica) || cn !== REPLICA_CN_PREFIX + replica) return undefined;
+      return { kind: "replica", replica, serial };
     }
     if (uri.startsWith(URI_USER_PREFIX)) {
       const encoded = uri.slice(URI_USER_PREFIX.length);

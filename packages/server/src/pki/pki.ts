@@ -47,6 +47,10 @@ export const USER_CERT_TTL_MS = DAY;
 export const URI_CLUSTER_PREFIX = "tether://cluster/";
 export const URI_USER_PREFIX = "tether://user/";
 export const CLUSTER_CN_PREFIX = "cluster:";
+export const URI_REPLICA_PREFIX = "tether://replica/";
+export const REPLICA_CN_PREFIX = "replica:";
+/** Replica certificates are reissued at every start; a day outlives any run between restarts that matters. */
+export const REPLICA_CERT_TTL_MS = DAY;
 
 export const ERR_TETHER_INVALID_CLUSTER_NAME = "ERR_TETHER_INVALID_CLUSTER_NAME";
 export const ERR_TETHER_BAD_CSR = "ERR_TETHER_BAD_CSR";
@@ -341,9 +345,35 @@ export class CertificateAuthority {
     });
   }
 
+  /**
+   * The identity of one tether-server replica towards the others
+   * (proxy/replica-hop.ts): CN `replica:<id>`, URI SAN `tether://replica/<id>`,
+   * serverAuth and clientAuth — the same certificate serves the replica
+   * listener and dials the other replicas'.
+   */
+  async issueReplicaCertificate(id: string, opts: { ttlMs?: number } = {}): Promise<IssuedCertificate> {
+    if (!isValidClusterName(id)) {
+      throw codedError(
+        ERR_TETHER_INVALID_CERT_REQUEST,
+        "a replica id must be a DNS-1123 label (a pod name is one)",
+      );
+    }
+    return this.#issueClient(
+      {
+        commonName: REPLICA_CN_PREFIX + id,
+        organizations: [],
+        uri: URI_REPLICA_PREFIX + id,
+        ttlMs: opts.ttlMs ?? REPLICA_CERT_TTL_MS,
+      },
+      undefined,
+      "replica",
+    );
+  }
+
   async #issueClient(
     spec: { commonName: string; organizations: string[]; uri: string; ttlMs: number },
     publicKeyPem?: string,
+    usage: "client" | "replica" = "client",
   ): Promise<IssuedCertificate> {
     checkTtl(spec.ttlMs);
     let keys: CryptoKeyPair | undefined;
@@ -358,7 +388,7 @@ export class CertificateAuthority {
       commonName: spec.commonName,
       organizations: spec.organizations,
       sans: [{ type: "url", value: spec.uri }],
-      usage: "client",
+      usage,
       publicKey,
       ttlMs: spec.ttlMs,
     });
@@ -369,7 +399,7 @@ export class CertificateAuthority {
     commonName: string;
     organizations: string[];
     sans: x509.JsonGeneralName[];
-    usage: "server" | "client";
+    usage: "server" | "client" | "replica";
     publicKey: CryptoKey;
     ttlMs: number;
   }): Promise<IssuedCertificate> {
@@ -393,7 +423,9 @@ export class CertificateAuthority {
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
         new x509.ExtendedKeyUsageExtension(
-          [spec.usage === "server" ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth],
+          spec.usage === "replica"
+            ? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]
+            : [spec.usage === "server" ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth],
           false,
         ),
         await x509.AuthorityKeyIdentifierExtension.create(this.#cert, false),

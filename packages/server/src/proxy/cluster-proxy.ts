@@ -10,7 +10,7 @@ import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
-import type { AuthMode, Store } from "../store/state-store.js";
+import type { AuthMode, ClusterRecord, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import {
   type AuthenticatedCaller,
@@ -27,6 +27,8 @@ import type { LiveCredentials } from "./live-credentials.js";
 import { forwardPlain } from "./plain-forward.js";
 import { forwardRaw } from "./raw-forward.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
+import { type Arrival, arrivalOf, carriesReplicaHeaders, type ReplicaHop } from "./replica-hop.js";
+import type { Owner, Ownership } from "../store/ownership.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
@@ -61,17 +63,18 @@ export interface ProxyObserver {
 }
 
 type Admission =
-  | {
+  | ({
       ok: true;
       mode: AuthMode;
       caller?: AuthenticatedCaller;
       /** The impersonation headers of the identity the member let the caller act as (--as). */
       acting?: [string, string][];
-      entry: AgentSession;
+      cluster: string;
       path: string;
       /** Gives the caller's quota slot back; call when the request or upgraded connection closes. */
       release: () => void;
-    }
+      /** The cluster is served here (`entry`) or held by another replica (`hop`, replica-hop.ts). */
+    } & ({ entry: AgentSession; hop?: undefined } | { hop: Owner; entry?: undefined }))
   | {
       ok: false;
       reason: StatusReason;
@@ -95,6 +98,8 @@ export interface ClusterProxyDeps {
   identity?: IdentitySources;
   /** What each caller's credential holds open, ended when it expires or is revoked. */
   live?: LiveCredentials;
+  /** Several replicas: who holds which cluster, and the hop to the holder. */
+  replicas?: { ownership: Ownership; hop: ReplicaHop };
 }
 
 export class ClusterProxy {
@@ -117,6 +122,15 @@ export class ClusterProxy {
       };
     }
     const path = (m?.[2] || "/") + (m?.[3] ?? "");
+    const arrival = arrivalOf(req);
+    if (!arrival && carriesReplicaHeaders(req.headers)) {
+      return {
+        ok: false,
+        reason: "BadRequest",
+        why: "bad_request",
+        message: "Tether-Replica-* headers are accepted only from other tether-server replicas",
+      };
+    }
     const cluster = await this.deps.store.getCluster(name);
     if (!cluster) {
       return {
@@ -126,6 +140,7 @@ export class ClusterProxy {
         message: `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
       };
     }
+    if (arrival) return this.admitArrival(req, arrival, cluster, path);
     const source = sourceKey(req.socket.remoteAddress);
     const attempt = this.deps.failures.begin(source);
     if (typeof attempt === "number") {
@@ -183,8 +198,9 @@ export class ClusterProxy {
     }
     // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
     attempt.succeeded();
-    const entry = this.deps.sessions.get(name);
-    if (!entry) {
+    const entry = this.localSession(name);
+    const owner = entry ? undefined : this.deps.replicas?.ownership.owner(name);
+    if (!entry && !owner) {
       return {
         ok: false,
         reason: "ServiceUnavailable",
@@ -202,26 +218,97 @@ export class ClusterProxy {
         retryAfterSeconds: 1,
       };
     }
-    // The caller's own --as: the member must allow it (impersonation.ts).
-    const imp: Awaited<ReturnType<typeof callerImpersonation>> = caller
-      ? await callerImpersonation(req.rawHeaders, caller, entry.httpAgent("impersonate"), name)
-      : { ok: true };
+    const base = {
+      ok: true as const,
+      mode: cluster.auth,
+      ...(caller ? { caller } : {}),
+      cluster: name,
+      path,
+    };
+    // The owner checks a caller's own --as, through its own session.
+    if (!entry) return { ...base, hop: owner!, release };
+    return this.withImpersonation(req, { ...base, entry, release });
+  }
+
+  /** The caller's own --as: the member must allow it (impersonation.ts). */
+  private async withImpersonation(
+    req: IncomingMessage,
+    a: Extract<Admission, { ok: true }> & { entry: AgentSession },
+  ): Promise<Admission> {
+    if (!a.caller) return a;
+    const imp = await callerImpersonation(req.rawHeaders, a.caller, a.entry.httpAgent("impersonate"), a.cluster);
     if (!imp.ok) {
-      release();
+      a.release();
       const why =
         imp.reason === "BadRequest" ? "bad_request" : imp.reason === "Forbidden" ? "forbidden" : "no_agent";
-      return { ok: false, reason: imp.reason, why, message: imp.message, caller };
+      return { ok: false, reason: imp.reason, why, message: imp.message, caller: a.caller };
     }
-    const { acting } = imp;
-    return {
+    return imp.acting ? { ...a, acting: imp.acting } : a;
+  }
+
+  /** The session this replica serves `cluster` through: with replicas, only while it holds the owner Lease. */
+  private localSession(cluster: string): AgentSession | undefined {
+    const entry = this.deps.sessions.get(cluster);
+    const ownership = this.deps.replicas?.ownership;
+    return entry && (!ownership || ownership.holds(cluster)) ? entry : undefined;
+  }
+
+  /**
+   * A request another replica authenticated and forwarded here: served only
+   * if this replica holds the cluster under the generation it was routed to.
+   */
+  private async admitArrival(
+    req: IncomingMessage,
+    arrival: Arrival,
+    cluster: ClusterRecord,
+    path: string,
+  ): Promise<Admission> {
+    const ownership = this.deps.replicas?.ownership;
+    const entry = this.deps.sessions.get(cluster.name);
+    const { caller } = arrival;
+    if (
+      !entry ||
+      !ownership ||
+      arrival.owner.replica !== ownership.replicaId ||
+      !ownership.holds(cluster.name, arrival.owner.generation)
+    ) {
+      return {
+        ok: false,
+        reason: "ServiceUnavailable",
+        why: "no_agent",
+        message: `cluster "${cluster.name}" is not held by the replica it was forwarded to (a request takes one hop at most): try again`,
+        retryAfterSeconds: 1,
+      };
+    }
+    if (
+      cluster.auth === "impersonate" ? !caller || !mayUseCluster(caller, cluster) : !req.headers.authorization
+    ) {
+      return {
+        ok: false,
+        reason: "Forbidden",
+        why: "forbidden",
+        message: `the forwarded caller may not use cluster "${cluster.name}"`,
+      };
+    }
+    const release = this.deps.quota.acquire(cluster.name, callerKey(req, caller));
+    if (!release) {
+      return {
+        ok: false,
+        reason: "TooManyRequests",
+        why: "caller_quota",
+        message: `you hold ${this.deps.quota.max} requests and connections on cluster "${cluster.name}" already: close some and retry`,
+        retryAfterSeconds: 1,
+      };
+    }
+    return this.withImpersonation(req, {
       ok: true,
       mode: cluster.auth,
       ...(caller ? { caller } : {}),
-      ...(acting ? { acting } : {}),
-      entry,
+      cluster: cluster.name,
       path,
+      entry,
       release,
-    };
+    });
   }
 
   /** Counts a failed authentication, and says once when it makes the source wait. */
@@ -244,6 +331,22 @@ export class ClusterProxy {
     const fields = { path: loggablePath(req.url), reason };
     if (reason === "TooManyRequests") this.deps.log.debug(fields, message);
     else this.deps.log.info(fields, message);
+  }
+
+  private hopTo(a: {
+    hop: Owner;
+    cluster: string;
+    path: string;
+    mode: AuthMode;
+    caller?: AuthenticatedCaller;
+  }) {
+    return {
+      owner: a.hop,
+      cluster: a.cluster,
+      url: `/clusters/${a.cluster}${a.path}`,
+      mode: a.mode,
+      ...(a.caller ? { caller: a.caller } : {}),
+    };
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -271,10 +374,27 @@ export class ClusterProxy {
         res,
         this.deps.live.hold(caller, () => res.destroy()),
       );
-    if (mode === "passthrough") passthroughRequests.add(req);
-    this.deps.metrics?.requestStarted(req, res, entry.cluster, path);
-    audit?.admitted(entry.cluster, mode, caller, actingIdentity(admission.acting));
-    rewriteHeaders(req.headers, mode, caller, req.socket.remoteAddress, admission.acting);
+    this.deps.metrics?.requestStarted(req, res, admission.cluster, path);
+    audit?.admitted(admission.cluster, mode, caller, actingIdentity(admission.acting));
+    // A passthrough caller's member 401 counts here, where its source is known, also across the hop.
+    if (mode === "passthrough" && !arrivalOf(req)) passthroughRequests.add(req);
+    if (!entry) {
+      if (mode === "passthrough")
+        res.once("finish", () => {
+          if (res.statusCode !== 401) return;
+          this.deps.failures.fail(sourceKey(req.socket.remoteAddress));
+          this.deps.metrics?.authFailure("proxy", "member_rejected");
+        });
+      // An admission names a hop only when replicas are configured.
+      return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission));
+    }
+    rewriteHeaders(
+      req.headers,
+      mode,
+      caller,
+      arrivalOf(req)?.source || req.socket.remoteAddress,
+      admission.acting,
+    );
     req.url = path;
     const failed = (err: Error) => this.forwardingFailed(entry, res, err);
     if (entry.structuredHead) {
@@ -360,19 +480,29 @@ export class ClusterProxy {
         socket,
         this.deps.live.hold(admission.caller, () => socket.destroy()),
       );
-    const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.entry.cluster, admission.path);
+    const upgradeEnded = this.deps.metrics?.upgradeStarted(admission.cluster, admission.path);
     if (upgradeEnded) releaseOnClose(socket, upgradeEnded);
     // No bytes either way for this long: the exec or port-forward is abandoned.
     (socket as Socket).setTimeout(this.deps.streamIdleTimeoutMs, () => socket.destroy());
     const { mode, caller, entry, path } = admission;
-    audit?.admitted(entry.cluster, mode, caller, actingIdentity(admission.acting));
+    audit?.admitted(admission.cluster, mode, caller, actingIdentity(admission.acting));
+    if (!entry) {
+      const hop = this.deps.replicas!.hop;
+      return hop.forwardUpgrade(req, socket, head, upgrade.protocol, this.hopTo(admission));
+    }
     relayUpgrade({
       ...(audit ? { audit } : {}),
       socket,
       head,
       method: req.method ?? "GET",
       path,
-      headers: rewriteRawHeaders(req.rawHeaders, mode, caller, req.socket.remoteAddress, admission.acting),
+      headers: rewriteRawHeaders(
+        req.rawHeaders,
+        mode,
+        caller,
+        arrivalOf(req)?.source || req.socket.remoteAddress,
+        admission.acting,
+      ),
       protocol: upgrade.protocol,
       open: () => entry.openStream(mode),
       failure: (err) => {

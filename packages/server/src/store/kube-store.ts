@@ -196,6 +196,11 @@ export class KubeStore implements Store, ClusterStatusSink {
     return store;
   }
 
+  /** The host cluster's API, for the owner Leases (ownership.ts). */
+  get hostApi(): KubeApi {
+    return this.api;
+  }
+
   describe(): string {
     return `kubernetes (namespace ${this.namespace} at ${this.api.server.host})`;
   }

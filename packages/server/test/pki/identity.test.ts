@@ -171,3 +171,24 @@ t.test(
     });
   },
 );
+
+t.test("replica certificate: serves and dials, names one replica", async (t) => {
+  const issued = await ca.issueReplicaCertificate("tether-server-7d9f8-abcde");
+  const cert = new X509Certificate(issued.certPem);
+  t.same(identityFromCertificate(cert), {
+    kind: "replica",
+    replica: "tether-server-7d9f8-abcde",
+    serial: issued.serial,
+  });
+  const eku = new x509.X509Certificate(issued.certPem).getExtension(x509.ExtendedKeyUsageExtension);
+  t.same(
+    [...(eku?.usages ?? [])].sort(),
+    [x509.ExtendedKeyUsage.clientAuth, x509.ExtendedKeyUsage.serverAuth].sort(),
+    "serverAuth for its listener, clientAuth to dial the others",
+  );
+  await t.rejects(ca.issueReplicaCertificate("Not_A_Label"), { code: "ERR_TETHER_INVALID_CERT_REQUEST" });
+  const mismatched = await craft([{ CN: ["replica:a"] }], [{ type: "url", value: "tether://replica/b" }]);
+  t.equal(identityFromCertificate(mismatched), undefined, "CN and URI must name the same replica");
+  const bad = await craft([{ CN: ["replica:a/b"] }], [{ type: "url", value: "tether://replica/a/b" }]);
+  t.equal(identityFromCertificate(bad), undefined, "a replica id is one DNS label");
+});

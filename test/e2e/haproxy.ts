@@ -1,0 +1,79 @@
+// A real TCP load balancer in front of several tether-server replicas, as a
+// Kubernetes Service would be: Debian's HAProxy in TCP mode, round robin,
+// health-checked backends (a dead one leaves the rotation within a check
+// interval) and redispatch of a connection whose backend refuses it.
+import { execFileSync } from "node:child_process";
+import { writeFile } from "node:fs/promises";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { freePort } from "../kube/index.js";
+import { ManagedProcess } from "../kube/processes.js";
+import { until } from "./fixture.js";
+
+function onPath(bin: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** haproxy on PATH; installs it with apt-get when it is missing (CI runs as root). */
+export function ensureHaproxy(): void {
+  if (onPath("haproxy")) return;
+  if (process.getuid?.() !== 0 || !onPath("apt-get")) {
+    throw new Error("the replica tests need haproxy: apt-get install -y haproxy");
+  }
+  execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
+  execFileSync("apt-get", ["install", "-y", "-qq", "haproxy"], {
+    stdio: "inherit",
+    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+  });
+}
+
+export interface Haproxy {
+  port: number;
+  stop(): Promise<void>;
+}
+
+/** HAProxy on 127.0.0.1:<port> balancing TCP connections over `backends` (ports on 127.0.0.1). */
+export async function startHaproxy(dir: string, backends: number[]): Promise<Haproxy> {
+  ensureHaproxy();
+  const port = await freePort();
+  const conf = join(dir, "haproxy.cfg");
+  await writeFile(
+    conf,
+    [
+      "global",
+      "  maxconn 4000",
+      "defaults",
+      "  mode tcp",
+      "  timeout connect 1s",
+      "  timeout client 1h",
+      "  timeout server 1h",
+      "  retries 3",
+      "  option redispatch",
+      "frontend replicas",
+      `  bind 127.0.0.1:${port}`,
+      "  default_backend replicas",
+      "backend replicas",
+      "  balance roundrobin",
+      ...backends.map((p, i) => `  server r${i} 127.0.0.1:${p} check inter 250ms fall 1 rise 1`),
+      "",
+    ].join("\n"),
+  );
+  const proc = new ManagedProcess("haproxy", "haproxy", ["-db", "-f", conf], join(dir, "haproxy.log"));
+  await until("haproxy listening", async () => {
+    proc.assertRunning();
+    return new Promise<boolean>((resolve) => {
+      const s = connect(port, "127.0.0.1");
+      s.once("connect", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once("error", () => resolve(false));
+    });
+  });
+  return { port, stop: () => proc.stop() };
+}
