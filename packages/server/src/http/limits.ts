@@ -22,6 +22,8 @@ export interface Limits {
   /** Failed authentications or joins per source address within authFailureWindowMs before it gets 429. */
   authFailureLimit: number;
   authFailureWindowMs: number;
+  /** Concurrent streams one HTTP/2 connection may hold (its SETTINGS_MAX_CONCURRENT_STREAMS); more are refused. */
+  http2MaxStreamsPerConnection: number;
 }
 
 export const ERR_TETHER_INVALID_LIMIT = "ERR_TETHER_INVALID_LIMIT";
@@ -43,6 +45,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxConnectionsPerSource: 1_000,
   authFailureLimit: 20,
   authFailureWindowMs: 10_000,
+  // Go's HTTP/2 server default, which kube-apiserver serves with: client-go opens a second connection beyond it.
+  http2MaxStreamsPerConnection: 250,
 });
 
 export interface LimitFlag {
@@ -114,6 +118,12 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     kind: "duration",
     help: "the window of --auth-failure-limit",
   },
+  {
+    key: "http2MaxStreamsPerConnection",
+    flag: "--http2-max-streams-per-connection <n>",
+    kind: "count",
+    help: "concurrent streams one HTTP/2 connection may hold; the client opens another connection or waits",
+  },
 ];
 
 function invalid(message: string): never {
@@ -134,6 +144,10 @@ export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
       invalid(`limit ${key} must be an integer from 1 to ${max}, not ${String(value)}`);
     }
     limits[key] = value;
+  }
+  // The SETTINGS field is 32 bits.
+  if (limits.http2MaxStreamsPerConnection > 2 ** 32 - 1) {
+    invalid(`limit http2MaxStreamsPerConnection must be at most ${2 ** 32 - 1}`);
   }
   // Node refuses a server whose head may take longer than the whole request.
   if (limits.headersTimeoutMs > limits.requestTimeoutMs) {

@@ -8,6 +8,7 @@ import type { Duplex } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
 import { createProxyServer } from "http-proxy-3";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
+import { stripConnectionHeaders } from "../http/connection-headers.js";
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
@@ -112,6 +113,7 @@ export class ClusterProxy {
         this.deps.metrics?.authFailure("proxy", "member_rejected");
       }
       this.deps.audit?.response(req, proxyRes);
+      if (req.httpVersionMajor >= 2) stripConnectionHeaders(proxyRes.headers);
       process.nextTick(() => {
         if (!res.headersSent && !res.writableEnded) res.flushHeaders();
       });

@@ -23,6 +23,7 @@ t.test("the defaults are the team's", async (t) => {
     maxConnectionsPerSource: 1_000,
     authFailureLimit: 20,
     authFailureWindowMs: 10_000,
+    http2MaxStreamsPerConnection: 250,
   });
   t.throws(() => {
     (DEFAULT_LIMITS as { maxConnections: number }).maxConnections = 1;
@@ -95,6 +96,8 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     "5",
     "--auth-failure-window",
     "1m",
+    "--http2-max-streams-per-connection",
+    "16",
   ]);
   t.same(set, {
     maxStreamsPerCaller: 3,
@@ -107,7 +110,9 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     maxConnectionsPerSource: 20,
     authFailureLimit: 5,
     authFailureWindowMs: 60_000,
+    http2MaxStreamsPerConnection: 16,
   });
+  t.throws(() => parse(["--http2-max-streams-per-connection", String(2 ** 32)]), /at most 4294967295/);
   t.throws(() => parse(["--headers-timeout", "soon"]), /is not a duration/);
   t.throws(() => parse(["--max-connections", "0"]), /not a positive integer/);
   t.throws(
