@@ -246,6 +246,20 @@ t.test("a header block over maxHeaderListSize is reset, the connection keeps ser
   t.ok(await othersServed(), "another caller is served");
 });
 
+t.test(
+  "before the client acknowledged the settings, Node's own header bound closes the connection",
+  async (t) => {
+    // Sent before the server's SETTINGS could even be read: its 16 KiB is not in force yet.
+    const conn = await RawH2.open({ host: "127.0.0.1", port: port(), caPem: tether.ca.certPem });
+    t.teardown(() => conn.destroy());
+    const id = conn.request([...getHeaders("/clusters/m1/version", token), ["x-big", "a".repeat(70 * 1024)]]);
+    await until("the server ends the connection", async () => conn.goaway !== undefined || conn.closed);
+    t.equal(conn.goaway, H2_ERROR.COMPRESSION_ERROR, "GOAWAY COMPRESSION_ERROR");
+    t.notOk(conn.answered.has(id), "the request reached no handler");
+    t.ok(await othersServed(), "another caller is served");
+  },
+);
+
 t.test("rapid reset (CVE-2023-44487): the server closes the connection", async (t) => {
   const conn = await raw();
   t.teardown(() => conn.destroy());
@@ -309,6 +323,19 @@ t.test("idle timeout: an h2 connection without streams is closed, a quiet watch 
   });
   t.ok(await closed, "the connection with no stream was closed");
 
+  // The request handler lifts the socket timeout of HTTP/1.1 while a request is in flight; on h2 that
+  // is the session's, so what closes an h2 connection idle after its requests is the stream count.
+  const used = await h2();
+  t.equal((await get(used, "/clusters/m1/version", token)).status, 200, "a request on a fresh connection");
+  const usedClosed = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 15_000);
+    used.once("close", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+  t.ok(usedClosed, "the connection idle after its request was closed");
+
   const session = await h2();
   t.teardown(() => session.destroy());
   const watch = session.request({
@@ -332,6 +359,21 @@ t.test("idle timeout: an h2 connection without streams is closed, a quiet watch 
   t.pass("the quiet watch got its event");
 });
 
+t.test("requests h2 has no place for get an answer, not a crash", async (t) => {
+  const session = await h2();
+  t.teardown(() => session.destroy());
+  const connect = await new Promise<number>((resolve) => {
+    const req = session.request({ ":method": "CONNECT", ":authority": "example.com:443" });
+    req.on("response", (h) => resolve(Number(h[":status"])));
+    req.on("error", () => resolve(-1));
+    req.end();
+  });
+  t.ok(connect >= 400 || connect === -1, `CONNECT is refused (${connect})`);
+  const star = await get(session, "/clusters/m1/version?x=" + "%".repeat(3), token);
+  t.ok(star.status >= 200, `a malformed query gets an answer (${star.status})`);
+  t.ok(await othersServed(), "another caller is served");
+});
+
 t.test("request timeout: a request body that never ends gets 408", async (t) => {
   const session = await h2();
   t.teardown(() => session.close());
@@ -343,9 +385,12 @@ t.test("request timeout: a request body that never ends gets 408", async (t) => 
   });
   req.write('{"metadata":');
   const status = await new Promise<number>((resolve) => {
+    // A liveness bound, far above the 1 s request timeout.
+    const timer = setTimeout(() => resolve(-2), 15_000);
     req.on("response", (h) => resolve(Number(h[":status"])));
     req.on("error", () => resolve(-1));
     req.on("close", () => resolve(-1));
+    req.once("close", () => clearTimeout(timer));
   });
   t.equal(status, 408, "408 once the request timeout passed");
   req.resume();
