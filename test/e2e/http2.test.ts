@@ -260,6 +260,22 @@ t.test(
   },
 );
 
+t.test("a header block that never ends: the connection is closed", async (t) => {
+  const conn = await raw();
+  t.teardown(() => conn.destroy());
+  conn.request(getHeaders("/clusters/m1/version", token), true, false);
+  const closed = await new Promise<boolean>((resolve) => {
+    if (conn.closed) return resolve(true);
+    const timer = setTimeout(() => resolve(false), 15_000);
+    conn.socket.once("close", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+  t.ok(closed, "closed by the idle timeout: a block that never ends opens no stream");
+  t.ok(await othersServed(), "another caller is served");
+});
+
 t.test("rapid reset (CVE-2023-44487): the server closes the connection", async (t) => {
   const conn = await raw();
   t.teardown(() => conn.destroy());

@@ -134,8 +134,11 @@ export class RawH2 {
     if (!this.socket.destroyed) this.socket.write(data);
   }
 
-  /** Opens a stream with `headers` (pseudo-headers first), split into CONTINUATION frames of 16 KiB; returns its id. */
-  request(headers: [string, string][], endStream = true): number {
+  /**
+   * Opens a stream with `headers` (pseudo-headers first), split into CONTINUATION frames of 16 KiB;
+   * returns its id. Without `endHeaders` the block is left open, as a slowloris would.
+   */
+  request(headers: [string, string][], endStream = true, endHeaders = true): number {
     const id = this.nextStream;
     this.nextStream += 2;
     const block = headerBlock(headers);
@@ -145,7 +148,7 @@ export class RawH2 {
       chunks.push(block.subarray(i, i + max));
     chunks.forEach((c, i) => {
       const last = i === chunks.length - 1;
-      const flags = (last ? END_HEADERS : 0) | (i === 0 && endStream ? END_STREAM : 0);
+      const flags = (last && endHeaders ? END_HEADERS : 0) | (i === 0 && endStream ? END_STREAM : 0);
       this.write(frame(i === 0 ? FRAME.HEADERS : FRAME.CONTINUATION, flags, id, c));
     });
     return id;
