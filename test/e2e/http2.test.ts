@@ -412,3 +412,36 @@ t.test("request timeout: a request body that never ends gets 408", async (t) => 
   req.resume();
   t.ok(await othersServed(), "another caller is served");
 });
+
+t.test("the per-source connection limit counts h2 connections", async (t) => {
+  const small = await startTether({ limits: { maxConnectionsPerSource: 2 } });
+  t.teardown(() => small.stop());
+  const held = [await h2(small), await h2(small)];
+  const third = await new Promise<"closed" | "served">((resolve) => {
+    const session = h2connect(small.server.url, { ca: small.ca.certPem });
+    session.on("error", () => {});
+    session.once("close", () => resolve("closed"));
+    session.once("connect", () => {
+      const req = session.request({ ":path": "/healthz" });
+      req.on("error", () => {});
+      req.on("response", () => {
+        resolve("served");
+        session.destroy();
+      });
+      req.end();
+    });
+  });
+  t.equal(third, "closed", "a third h2 connection from the same address is closed");
+  held[0]!.destroy();
+  await until("a slot is free again", async () => {
+    const session = await h2(small).catch(() => undefined);
+    if (!session) return false;
+    const ok = await get(session, "/healthz")
+      .then((r) => r.status === 200)
+      .catch(() => false);
+    session.destroy();
+    return ok;
+  });
+  t.pass("once one closes, a new h2 connection is served");
+  held[1]!.destroy();
+});
