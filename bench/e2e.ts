@@ -7,6 +7,8 @@
  * tunnel where sshd is installed — measuring small-GET latency (p50/p99) and
  * the throughput of one large LIST. Requests are interleaved across the paths
  * round by round so that drift on a shared machine hits all of them alike.
+ * Then 200 client-go watches through one client, direct and through Tether
+ * at once (watch-fanout.ts): event latency and the connections they took.
  */
 
 import { execFileSync } from "node:child_process";
@@ -23,6 +25,7 @@ import { spawnAgent, spawnServer } from "../test/e2e/tether-processes.js";
 import { type Cluster, freePort, startClusters } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
+import { measureWatchFanout } from "./watch-fanout.js";
 
 interface Path {
   name: "direct" | "tether" | "tether_observed" | "ssh";
@@ -32,8 +35,10 @@ interface Path {
 }
 
 const SSHD = "/usr/sbin/sshd";
-/** The Tether path without observability: the baseline of observability_get_p50_ratio. */
-const PLAIN_SERVER_ARGS = ["--no-metrics"];
+/** Concurrent watches of the fan-out (watch-fanout.ts), all through one client. */
+const WATCHES = 200;
+/** The Tether path without observability: the baseline of observability_get_p50_ratio. The fan-out's watches are one caller's: room for all of them. */
+const PLAIN_SERVER_ARGS = ["--no-metrics", "--max-streams-per-caller", String(2 * WATCHES)];
 /** `serve` flags of the observed Tether path, each a feature the overhead ratio covers; files go in `dir`. */
 function observedServerArgs(dir: string): string[] {
   return ["--metrics-token-file", join(dir, "metrics-token"), "--audit-log", join(dir, "audit.log")];
@@ -86,11 +91,28 @@ async function waitForPort(port: number, proc: ManagedProcess, limitMs = 20_000)
   throw new Error(`port ${port} not open; log:\n${proc.logTail()}`);
 }
 
+/** Installs Debian's openssh-server when sshd is missing and we may (root with apt-get), as the tests install tinyproxy. */
+function ensureSshd(): void {
+  if (existsSync(SSHD) || process.getuid?.() !== 0 || !existsSync("/usr/bin/apt-get")) return;
+  try {
+    execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
+    execFileSync("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "openssh-server"], {
+      stdio: "inherit",
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+    });
+  } catch (err) {
+    console.error(
+      `could not install openssh-server; the ssh -R baseline is skipped: ${(err as Error).message}`,
+    );
+  }
+}
+
 /** sshd on loopback plus `ssh -R` from the "member" side to its apiserver; undefined without sshd. */
 async function startSshTunnel(
   dir: string,
   apiPort: number,
 ): Promise<{ port: number; stop: () => Promise<void> } | undefined> {
+  ensureSshd();
   if (!existsSync(SSHD)) return undefined;
   const ssh = join(dir, "ssh");
   await mkdir(ssh, { recursive: true, mode: 0o700 });
@@ -270,6 +292,14 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
       }
     }
 
+    // Many watches through one client connection, the same events direct and through Tether.
+    const fanout = await measureWatchFanout(
+      member,
+      { url: plain.url, caPem: plain.caPem, token: plain.token, cluster: "bench" },
+      dir,
+      { watches: WATCHES, events: quick ? 10 : 30 },
+    );
+
     scraper.stop();
     if (scraper.failures > 0 || scraper.scrapes === 0) {
       throw new Error(`the scraper of /metrics: ${scraper.scrapes} scrapes, ${scraper.failures} failed`);
@@ -325,6 +355,26 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
         "higher is better",
       ]);
     }
+    for (const name of ["direct", "tether"] as const) {
+      const sorted = fanout.latencies[name];
+      metrics[`watch_event_p50_ms_${name}`] = round3(percentile(sorted, 50));
+      metrics[`watch_event_p99_ms_${name}`] = round3(percentile(sorted, 99));
+      metrics[`watch_connections_${name}`] = fanout.connections[name];
+      rows.push([
+        `${WATCHES} watches, event p50 / p99 (${name})`,
+        `${metrics[`watch_event_p50_ms_${name}`]} / ${metrics[`watch_event_p99_ms_${name}`]} ms`,
+        `${sorted.length} deliveries, ${fanout.connections[name]} connections, ${JSON.stringify(fanout.responses[name])}`,
+      ]);
+    }
+    metrics.watches = WATCHES;
+    metrics.watch_event_p99_ratio_vs_direct = round3(
+      metrics.watch_event_p99_ms_tether! / metrics.watch_event_p99_ms_direct!,
+    );
+    rows.push([
+      "tether ÷ direct: watch event p99",
+      `${metrics.watch_event_p99_ratio_vs_direct}`,
+      `target ≤ 1.5; watch_connections_tether ${metrics.watch_connections_tether} (1 with h2)`,
+    ]);
     if (!ssh) rows.push(["ssh -R", "skipped", `no ${SSHD} (apt-get install openssh-server)`]);
     for (const p of paths) p.agent.destroy();
     return { rows, metrics };

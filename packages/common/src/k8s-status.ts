@@ -7,6 +7,7 @@ export type StatusReason =
   | "Unauthorized"
   | "Forbidden"
   | "NotFound"
+  | "RequestTimeout"
   | "MisdirectedRequest"
   | "TooManyRequests"
   | "ServiceUnavailable"
@@ -18,6 +19,7 @@ const CODES: Record<StatusReason, number> = {
   Unauthorized: 401,
   Forbidden: 403,
   NotFound: 404,
+  RequestTimeout: 408,
   MisdirectedRequest: 421,
   TooManyRequests: 429,
   InternalError: 500,

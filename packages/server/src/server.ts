@@ -3,7 +3,6 @@
 // health endpoints.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { request as httpRequest } from "node:http";
-import { createServer, type Server } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
@@ -21,6 +20,7 @@ import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin/admin-api.js";
 import { normalizeServerUrl } from "./admin/admin-input.js";
 import { StoreClusterAdmin } from "./admin/cluster-admin.js";
+import { CallerListener } from "./http/caller-listener.js";
 import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./http/failure-rate-limit.js";
 import { type Limits, resolveLimits } from "./http/limits.js";
 import { ReadAccess } from "./http/read-access.js";
@@ -108,7 +108,7 @@ export class TetherServer {
   readonly metrics: TetherMetrics | undefined;
   /** Who may read /metrics. */
   readonly readAccess: ReadAccess;
-  private readonly https: Server;
+  private readonly listener: CallerListener;
   private readonly wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
   private readonly proxy: ClusterProxy;
   private readonly limits: Limits;
@@ -241,44 +241,15 @@ export class TetherServer {
       );
     }, 3600_000);
     this.rotation.unref();
-    this.https = createServer(
-      {
-        cert: serving.certPem,
-        key: serving.keyPem,
-        ca: ca.certPem,
-        // Agents must present a certificate; host callers may use a token instead.
-        requestCert: true,
-        rejectUnauthorized: false,
-        // Bounds receiving a request (head and body), not the response: watches and logs -f run
-        // for as long as the caller wants. The headers timeout bounds slowloris heads, checked this often.
-        requestTimeout: this.limits.requestTimeoutMs,
-        headersTimeout: this.limits.headersTimeoutMs,
-        connectionsCheckingInterval: Math.min(30_000, Math.max(100, this.limits.headersTimeoutMs / 10)),
-        keepAliveTimeout: this.limits.idleTimeoutMs,
-        handshakeTimeout: this.limits.tlsHandshakeTimeoutMs,
-      },
-      (req, res) => void this.handleRequest(req, res),
-    );
-    // A connection that never sends a request; handleRequest lifts it while one is in flight.
-    this.https.timeout = this.limits.idleTimeoutMs;
-    this.https.maxConnections = this.limits.maxConnections;
-    const perSource = new CallerQuota(this.limits.maxConnectionsPerSource);
-    this.https.on("connection", (socket: Socket) => {
-      const release = perSource.acquire("connections", sourceKey(socket.remoteAddress));
-      if (release) releaseOnClose(socket, release);
-      else socket.destroy();
+    this.listener = new CallerListener({
+      cert: serving.certPem,
+      key: serving.keyPem,
+      ca: ca.certPem,
+      limits: this.limits,
+      log: this.log,
+      request: (req, res) => void this.handleRequest(req, res),
+      upgrade: (req, socket, head) => void this.handleUpgrade(req, socket, head),
     });
-    let lastDropLog = 0;
-    this.https.on("drop", () => {
-      if (Date.now() - lastDropLog < 10_000) return;
-      lastDropLog = Date.now();
-      this.log.warn(
-        { maxConnections: this.limits.maxConnections },
-        "connections refused: at --max-connections",
-      );
-    });
-    this.https.on("upgrade", (req, socket, head) => void this.handleUpgrade(req, socket, head));
-    this.https.on("tlsClientError", (err) => this.log.debug({ err: err.message }, "TLS handshake failed"));
   }
 
   static async start(options: ServerOptions): Promise<TetherServer> {
@@ -302,10 +273,7 @@ export class TetherServer {
       : undefined;
     const server = new TetherServer(options, ca, serving, names, replicas);
     await replicas?.hop.start(server.proxy);
-    await new Promise<void>((resolve, reject) => {
-      server.https.once("error", reject);
-      server.https.listen(options.port ?? 8443, options.host ?? "0.0.0.0", () => resolve());
-    });
+    await server.listener.listen(options.port ?? 8443, options.host ?? "0.0.0.0");
     server.log.info({ url: server.url }, "tether-server listening");
     // A previous server may have died with clusters marked connected.
     if (options.clusterStatus) {
@@ -325,14 +293,18 @@ export class TetherServer {
   async reloadServingCertificate(): Promise<boolean> {
     const serving = await this.store.loadOrCreateServingCertificate(this.servingNames);
     if (serving.certPem === this.servingCertPem) return false;
-    this.https.setSecureContext({ cert: serving.certPem, key: serving.keyPem, ca: this.ca.certPem });
+    this.listener.server.setSecureContext({
+      cert: serving.certPem,
+      key: serving.keyPem,
+      ca: this.ca.certPem,
+    });
     this.servingCertPem = serving.certPem;
     this.log.info("serving certificate rotated");
     return true;
   }
 
   get port(): number {
-    return (this.https.address() as AddressInfo).port;
+    return (this.listener.server.address() as AddressInfo).port;
   }
 
   /** https://127.0.0.1:<port> — for local use and tests. */
@@ -697,7 +669,8 @@ export class TetherServer {
    */
   async shutdown(graceMs = this.limits.shutdownGraceMs): Promise<number> {
     this.drain.begin();
-    this.https.close();
+    // No new connections; those open get 503 from the drain until they close.
+    this.listener.server.close();
     this.sessions.drainAll();
     const cut = await this.drain.settle(graceMs);
     this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");
@@ -730,8 +703,7 @@ export class TetherServer {
     ]);
     for (const ws of clients) ws.terminate();
     await this.replicas?.close();
-    this.https.closeAllConnections();
-    await new Promise<void>((resolve) => this.https.close(() => resolve()));
+    await this.listener.close();
   }
 }
 

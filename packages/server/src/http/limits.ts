@@ -26,6 +26,8 @@ export interface Limits {
   shutdownGraceMs: number;
   /** Agent sessions one cluster may hold at once (redundant agents); the oldest beyond it is drained. */
   maxAgentsPerCluster: number;
+  /** Concurrent streams one HTTP/2 connection may hold (its SETTINGS_MAX_CONCURRENT_STREAMS); more are refused. */
+  http2MaxStreamsPerConnection: number;
 }
 
 export const ERR_TETHER_INVALID_LIMIT = "ERR_TETHER_INVALID_LIMIT";
@@ -51,6 +53,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   shutdownGraceMs: 25_000,
   // Two agent replicas per member, each with room to replace its session while the old one drains.
   maxAgentsPerCluster: 4,
+  // Go's HTTP/2 server default, which kube-apiserver serves with: client-go opens a second connection beyond it.
+  http2MaxStreamsPerConnection: 250,
 });
 
 export interface LimitFlag {
@@ -134,6 +138,12 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     kind: "count",
     help: "agent sessions one cluster may hold at once (redundant agents); a session beyond it drains the oldest",
   },
+  {
+    key: "http2MaxStreamsPerConnection",
+    flag: "--http2-max-streams-per-connection <n>",
+    kind: "count",
+    help: "concurrent streams one HTTP/2 connection may hold; the client opens another connection or waits",
+  },
 ];
 
 function invalid(message: string): never {
@@ -154,6 +164,10 @@ export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
       invalid(`limit ${key} must be an integer from 1 to ${max}, not ${String(value)}`);
     }
     limits[key] = value;
+  }
+  // The SETTINGS field is 32 bits.
+  if (limits.http2MaxStreamsPerConnection > 2 ** 32 - 1) {
+    invalid(`limit http2MaxStreamsPerConnection must be at most ${2 ** 32 - 1}`);
   }
   // Node refuses a server whose head may take longer than the whole request.
   if (limits.headersTimeoutMs > limits.requestTimeoutMs) {

@@ -84,6 +84,8 @@ export class AuditLog {
   endpoint(req: IncomingMessage, res: ServerResponse, kind: "join" | "admin"): void {
     const id = randomUUID();
     const started = performance.now();
+    // Read now: an h2 request's socket is its stream's session, gone once the stream closes.
+    const sourceAddress = req.socket.remoteAddress;
     res.setHeader(REQUEST_ID_HEADER, id);
     res.once("close", () => {
       const path = (req.url ?? "").split(/[?#]/, 1)[0]!;
@@ -93,7 +95,7 @@ export class AuditLog {
         requestId: id,
         ...(kind === "admin" ? adminAction(req.method ?? "", path) : {}),
         ...this.notes.get(req),
-        sourceAddress: req.socket.remoteAddress,
+        sourceAddress,
         userAgent: cap(req.headers["user-agent"]),
         method: req.method,
         path: cap(path),
@@ -201,6 +203,8 @@ export class AuditedRequest implements UpgradeAudit {
   private bytesOut = 0;
   private switchedAt: number | undefined;
   private ended = false;
+  /** Read at the start: an h2 request's socket is its stream's session, gone once the stream closes. */
+  private readonly sourceAddress: string | undefined;
 
   constructor(
     private readonly log: AuditLog,
@@ -208,6 +212,7 @@ export class AuditedRequest implements UpgradeAudit {
     private readonly kind: "request" | "upgrade",
   ) {
     this.url = req.url ?? "";
+    this.sourceAddress = req.socket.remoteAddress;
   }
 
   get headerLine(): string {
@@ -288,7 +293,7 @@ export class AuditedRequest implements UpgradeAudit {
       groups: caller?.groups,
       impersonatedUser: this.acting?.user,
       impersonatedGroups: this.acting?.groups,
-      sourceAddress: this.req.socket.remoteAddress,
+      sourceAddress: this.sourceAddress,
       userAgent: cap(this.req.headers["user-agent"]),
       verb: info.verb,
       apiGroup: info.apiGroup,
@@ -307,7 +312,8 @@ export class AuditedRequest implements UpgradeAudit {
       bytesOut: this.bytesOut,
       durationMs: ms(stage === "end" ? this.switchedAt! : this.started),
       // A response cut before its end: a watch or logs -f the caller stopped, or a failure.
-      ...(res && !res.writableFinished ? { complete: false } : {}),
+      // An h2 response counts as finished when its stream is reset too; only end() says it went out whole.
+      ...(res && !(res.writableFinished && res.writableEnded) ? { complete: false } : {}),
     };
   }
 }

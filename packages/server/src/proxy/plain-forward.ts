@@ -6,6 +6,7 @@
 // response is used (method, url, headers, the body as a stream, writeHead,
 // write, end), so an HTTP/2 caller is forwarded by the same code.
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import { stripConnectionHeaders } from "../http/connection-headers.js";
 import type { Duplex, Readable } from "node:stream";
 import {
   CONNECTION_HEADERS,
@@ -53,12 +54,14 @@ function responseHeaders(head: ResponseHead): OutgoingHttpHeaders {
   const out: Record<string, string | string[]> = {};
   for (const [raw, value] of head.headers) {
     const name = raw.toLowerCase();
-    if (CONNECTION_HEADERS.has(name)) continue;
     const had = out[name];
     if (had === undefined) out[name] = value;
     else if (Array.isArray(had)) had.push(value);
     else out[name] = [had, value];
   }
+  // The Connection header's own list too: they are hop-by-hop by the member's word.
+  stripConnectionHeaders(out);
+  for (const name of CONNECTION_HEADERS) delete out[name];
   return out;
 }
 

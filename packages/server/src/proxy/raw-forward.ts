@@ -8,6 +8,7 @@ import { type Agent as HttpAgent, type OutgoingHttpHeaders, request } from "node
 import { request as httpsRequest } from "node:https";
 import type { Socket } from "node:net";
 import { CONNECTION_HEADERS, sendStatus } from "@tether/common";
+import { stripConnectionHeaders } from "../http/connection-headers.js";
 import type { PlainForward } from "./plain-forward.js";
 
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
@@ -49,6 +50,8 @@ export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent; t
       return;
     }
     answered = true;
+    // The Connection header's own list too: they are hop-by-hop by the member's word.
+    stripConnectionHeaders(up.headers);
     const out: OutgoingHttpHeaders = {};
     for (const [name, value] of Object.entries(up.headers)) {
       if (value !== undefined && !CONNECTION_HEADERS.has(name)) out[name] = value;

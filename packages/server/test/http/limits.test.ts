@@ -25,6 +25,7 @@ t.test("the defaults are the team's", async (t) => {
     authFailureWindowMs: 10_000,
     shutdownGraceMs: 25_000,
     maxAgentsPerCluster: 4,
+    http2MaxStreamsPerConnection: 250,
   });
   t.throws(() => {
     (DEFAULT_LIMITS as { maxConnections: number }).maxConnections = 1;
@@ -101,6 +102,8 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     "5s",
     "--max-agents-per-cluster",
     "2",
+    "--http2-max-streams-per-connection",
+    "16",
   ]);
   t.same(set, {
     maxStreamsPerCaller: 3,
@@ -115,7 +118,9 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     authFailureWindowMs: 60_000,
     shutdownGraceMs: 5000,
     maxAgentsPerCluster: 2,
+    http2MaxStreamsPerConnection: 16,
   });
+  t.throws(() => parse(["--http2-max-streams-per-connection", String(2 ** 32)]), /at most 4294967295/);
   t.throws(() => parse(["--headers-timeout", "soon"]), /is not a duration/);
   t.throws(() => parse(["--max-connections", "0"]), /not a positive integer/);
   t.throws(

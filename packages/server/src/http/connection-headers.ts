@@ -1,0 +1,19 @@
+// Headers about one HTTP/1.1 connection (RFC 9110 7.6.1), which HTTP/2
+// forbids (RFC 9113 8.2.2): a member's response relayed to an h2 caller
+// must lose them, or Node refuses the whole head
+// (ERR_HTTP2_INVALID_CONNECTION_HEADERS) and the caller gets nothing.
+import type { IncomingHttpHeaders } from "node:http";
+
+const CONNECTION_SPECIFIC = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
+
+/** Deletes, in place, the connection-specific headers and those the Connection header names. */
+export function stripConnectionHeaders(headers: IncomingHttpHeaders): void {
+  const named = headers.connection;
+  for (const name of (Array.isArray(named) ? named.join(",") : (named ?? "")).split(",")) {
+    const token = name.trim().toLowerCase();
+    if (token) delete headers[token];
+  }
+  for (const name of CONNECTION_SPECIFIC) delete headers[name];
+  // TE is allowed only as "trailers" (RFC 9113 8.2.2); a response has no use for it.
+  delete headers.te;
+}
