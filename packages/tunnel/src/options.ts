@@ -29,7 +29,8 @@ export interface SessionOptions {
   maxStreams?: number;
   /**
    * Largest receive window one stream may grow to. A window starts at twice
-   * the session's estimate of what arrives per minimum RTT (at least 256 KiB),
+   * the session's estimate of what arrives per minimum RTT (at least 256 KiB;
+   * 1 MiB, what the peer's in-flight cap starts at, before anything arrived),
    * doubles while a round at the min RTT shows the window was the limit, and
    * shrinks (by returning less credit, never below 64 KiB) while the stream
    * uses under a quarter of it (window.ts). Default 32 MiB, above the

@@ -110,6 +110,10 @@ export class PathEstimator {
   private readonly sendGrowth = new GrowthCheck();
   private readonly recvGrowth = new GrowthCheck();
   private readonly sent: SentPing[] = [];
+  /** Whether the cap held back a stream with data since the last ping (see noteCapBlocked). */
+  private capBlocked = false;
+  /** Whether any answered round was cap-limited: until then rate samples only tell what the application or the peer's window sent. */
+  private capLimitedSeen = false;
   /** Data bytes written and received as of the last ping. */
   private probedWritten = 0;
   private probedReceived = 0;
@@ -151,7 +155,10 @@ export class PathEstimator {
   /** Most data bytes the session should keep written but unproven. */
   get cap(): number {
     if (this.rate === 0) return INITIAL_CAP;
-    if (this.phase === "startup") return Math.max(CAP_FLOOR, STARTUP_GAIN * this.bdp);
+    // A round limited by the peer's window says nothing about the path: it must not shrink the initial cap.
+    if (this.phase === "startup") {
+      return Math.max(this.capLimitedSeen ? CAP_FLOOR : INITIAL_CAP, STARTUP_GAIN * this.bdp);
+    }
     if (this.phase === "probe-rtt") return Math.max(CAP_FLOOR, this.bdp / 2);
     return Math.max(CAP_FLOOR, GAIN * this.bdp);
   }
@@ -195,6 +202,17 @@ export class PathEstimator {
     return Math.min(max, Math.max(FRAME_MIN, Math.floor(this.rate * FRAME_MS)));
   }
 
+  /**
+   * The cap, not the application or the peer's credit, held back a stream
+   * that had data to send. Only rounds in which this happened tell whether
+   * the path is full (BBR ignores app-limited rounds the same way); a fill
+   * level of in-flight cannot tell, since a peer's window just under the cap
+   * looks the same.
+   */
+  noteCapBlocked(): void {
+    this.capBlocked = true;
+  }
+
   /** Data was written while nothing was in flight: a delivery interval starts now. */
   noteIdleWrite(now: number): void {
     this.intervalStart = now;
@@ -213,8 +231,9 @@ export class PathEstimator {
       delivered: this.delivered,
       intervalStart: this.intervalStart,
       inflight: written - this.delivered,
-      capLimited: written - this.delivered >= this.cap / 2,
+      capLimited: this.capBlocked,
     });
+    this.capBlocked = false;
   }
 
   /**
@@ -245,6 +264,7 @@ export class PathEstimator {
       const interval = now - acked.intervalStart;
       const rate = interval > 0 ? (acked.written - acked.delivered) / interval : 0;
       if (acked.capLimited || rate > this.sendRate.max) this.sendRate.add(rate);
+      if (acked.capLimited) this.capLimitedSeen = true;
       // Only rounds the cap limited tell whether the path is full (BBR ignores app-limited ones):
       // while the peer's window or the application limits, a larger cap adds no queue.
       if (acked.capLimited && !this.sendGrowth.check(this.sendRate.max) && this.phase === "startup") {
