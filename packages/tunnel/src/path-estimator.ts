@@ -112,8 +112,6 @@ export class PathEstimator {
   private readonly sent: SentPing[] = [];
   /** Whether the cap held back a stream with data since the last ping (see noteCapBlocked). */
   private capBlocked = false;
-  /** Whether any answered round was cap-limited: until then rate samples only tell what the application or the peer's window sent. */
-  private capLimitedSeen = false;
   /** Data bytes written and received as of the last ping. */
   private probedWritten = 0;
   private probedReceived = 0;
@@ -155,10 +153,7 @@ export class PathEstimator {
   /** Most data bytes the session should keep written but unproven. */
   get cap(): number {
     if (this.rate === 0) return INITIAL_CAP;
-    // A round limited by the peer's window says nothing about the path: it must not shrink the initial cap.
-    if (this.phase === "startup") {
-      return Math.max(this.capLimitedSeen ? CAP_FLOOR : INITIAL_CAP, STARTUP_GAIN * this.bdp);
-    }
+    if (this.phase === "startup") return Math.max(CAP_FLOOR, STARTUP_GAIN * this.bdp);
     if (this.phase === "probe-rtt") return Math.max(CAP_FLOOR, this.bdp / 2);
     return Math.max(CAP_FLOOR, GAIN * this.bdp);
   }
@@ -264,7 +259,6 @@ export class PathEstimator {
       const interval = now - acked.intervalStart;
       const rate = interval > 0 ? (acked.written - acked.delivered) / interval : 0;
       if (acked.capLimited || rate > this.sendRate.max) this.sendRate.add(rate);
-      if (acked.capLimited) this.capLimitedSeen = true;
       // Only rounds the cap limited tell whether the path is full (BBR ignores app-limited ones):
       // while the peer's window or the application limits, a larger cap adds no queue.
       if (acked.capLimited && !this.sendGrowth.check(this.sendRate.max) && this.phase === "startup") {
