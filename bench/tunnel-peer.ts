@@ -7,7 +7,9 @@
  * a connection or stream: "S" + u64 size then that many bytes, answered by one
  * byte once all arrived (sink); or "E" then echo everything (echo); or "P" and
  * the reader never reads (stall); or "B" and everything is counted in
- * `bulkReceived`, never answered (bulk).
+ * `bulkReceived`, never answered (bulk). A "source" stream the server opens
+ * runs it the other way round, as a response body does: the server writes
+ * "S" + u64 size, the agent answers with that many bytes (see `pull`).
  */
 
 import { once } from "node:events";
@@ -129,6 +131,34 @@ if (role === "server") {
     conn.destroy();
     return samples;
   };
+  /**
+   * Seconds from opening a "source" stream on the newest session to the last
+   * of `size` bytes the agent writes back arriving: a response body on a
+   * stream the server opened, which is how production moves them (the SYN
+   * grants the session's learned window at once; an agent-opened stream waits
+   * a round trip for the ACK's grant). The direct baseline's clock covers the
+   * same: one round trip plus the bytes.
+   */
+  handlers.pull = async ({ size }) => {
+    const conn = sessions[sessions.length - 1]!.open("source");
+    conn.on("error", () => {});
+    const header = Buffer.alloc(9);
+    header[0] = "S".charCodeAt(0);
+    header.writeBigUInt64BE(BigInt(size as number), 1);
+    const started = performance.now();
+    let got = 0;
+    await new Promise<void>((resolve, reject) => {
+      conn.on("data", (d: Buffer) => {
+        got += d.length;
+        if (got >= (size as number)) resolve();
+      });
+      conn.once("close", () => reject(new Error(`source closed after ${got} bytes`)));
+      conn.write(header);
+    });
+    const seconds = (performance.now() - started) / 1000;
+    conn.destroy();
+    return seconds;
+  };
   handlers.sessionCount = async () => sessions.length;
   /** Opens `count` idle streams on the first session and reports the heap they cost here. */
   handlers.idleStreams = async ({ count }) => {
@@ -179,6 +209,7 @@ function connectTunnel(port: number, zeroMask = false): Promise<Session> {
       session.on("error", () => {});
       session.on("stream", (s) => {
         if (s.service === "echo") return serve(s);
+        if (s.service === "source") return source(s);
         s.on("error", () => {});
         s.once("data", () => s.write("y")); // idle streams: answer once, then sit
       });
@@ -203,6 +234,19 @@ async function writeAll(conn: Duplex, size: number): Promise<void> {
     left -= chunk.length;
     if (!conn.write(chunk)) await once(conn, "drain");
   }
+}
+
+/** Answers a "source" stream's "S" + u64 size with that many bytes. */
+function source(conn: TunnelStream): void {
+  conn.on("error", () => {});
+  let header = Buffer.alloc(0);
+  const onData = (chunk: Buffer) => {
+    header = Buffer.concat([header, chunk]);
+    if (header.length < 9) return;
+    conn.removeListener("data", onData);
+    void writeAll(conn, Number(header.readBigUInt64BE(1))).catch(() => {});
+  };
+  conn.on("data", onData);
 }
 
 /** Seconds from the first byte written to the sink's acknowledgement. */

@@ -29,7 +29,8 @@ export interface SessionOptions {
   maxStreams?: number;
   /**
    * Largest receive window one stream may grow to. A window starts at twice
-   * the session's estimate of what arrives per minimum RTT (at least 256 KiB),
+   * the session's estimate of what arrives per minimum RTT (at least 256 KiB;
+   * 1 MiB, what the peer's in-flight cap starts at, before anything arrived),
    * doubles while a round at the min RTT shows the window was the limit, and
    * shrinks (by returning less credit, never below 64 KiB) while the stream
    * uses under a quarter of it (window.ts). Default 32 MiB, above the
@@ -46,7 +47,9 @@ export interface SessionOptions {
    * Largest Data payload this end sends (the scheduler's round-robin quantum).
    * On slow paths frames are smaller: what the path moves in about 4 ms, at
    * least 16 KiB, so a small response waits behind less of a bulk frame. At
-   * most 65536, which is also what every peer accepts. Default 65536.
+   * most 65536, which is also what every peer accepts. Default 65536, and
+   * over a WebSocket (sessionFromWebSocket) what fills four TLS records
+   * exactly: 65516 for the client, 65520 for the server.
    */
   maxFrameSize?: number;
   /** Milliseconds between keepalive pings; 0 disables them. Default 10000. */

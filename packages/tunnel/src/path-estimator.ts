@@ -110,6 +110,8 @@ export class PathEstimator {
   private readonly sendGrowth = new GrowthCheck();
   private readonly recvGrowth = new GrowthCheck();
   private readonly sent: SentPing[] = [];
+  /** Whether the cap held back a stream with data since the last ping (see noteCapBlocked). */
+  private capBlocked = false;
   /** Data bytes written and received as of the last ping. */
   private probedWritten = 0;
   private probedReceived = 0;
@@ -195,6 +197,17 @@ export class PathEstimator {
     return Math.min(max, Math.max(FRAME_MIN, Math.floor(this.rate * FRAME_MS)));
   }
 
+  /**
+   * The cap, not the application or the peer's credit, held back a stream
+   * that had data to send. Only rounds in which this happened tell whether
+   * the path is full (BBR ignores app-limited rounds the same way); a fill
+   * level of in-flight cannot tell, since a peer's window just under the cap
+   * looks the same.
+   */
+  noteCapBlocked(): void {
+    this.capBlocked = true;
+  }
+
   /** Data was written while nothing was in flight: a delivery interval starts now. */
   noteIdleWrite(now: number): void {
     this.intervalStart = now;
@@ -213,8 +226,9 @@ export class PathEstimator {
       delivered: this.delivered,
       intervalStart: this.intervalStart,
       inflight: written - this.delivered,
-      capLimited: written - this.delivered >= this.cap / 2,
+      capLimited: this.capBlocked,
     });
+    this.capBlocked = false;
   }
 
   /**

@@ -31,7 +31,7 @@ import { LivenessProbe } from "./liveness-probe.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
 import { Pings } from "./pings.js";
-import { PathEstimator } from "./path-estimator.js";
+import { INITIAL_CAP, PathEstimator } from "./path-estimator.js";
 import { RoundRobin } from "./scheduler.js";
 import { type StreamHost, TunnelStream } from "./stream.js";
 import { WindowBudget } from "./window-budget.js";
@@ -165,6 +165,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** @internal StreamHost: a new stream's receive window, from the path's estimate of what arrives per min RTT. */
   get initialWindow(): number {
     // Twice the estimate, what a window that limited its round would grow to (ReceiveWindow clamps it).
+    // Before anything arrived, what the peer's in-flight cap lets it send before its first pong:
+    // a first stream whose window is smaller than that spends its first round trips on credit.
+    if (this.path.receiveRate === 0) return INITIAL_CAP;
     return Math.floor(2 * this.path.receiveBdp);
   }
 
@@ -526,7 +529,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
           : this.path.allowsSmall(this.dataWritten)
             ? this.scheduler.takeFirst(isSmallSend, 16)
             : undefined;
-        if (stream === undefined) break;
+        if (stream === undefined) {
+          if (this.scheduler.size > 0) this.path.noteCapBlocked();
+          break;
+        }
         const frame = stream.takeFrame(frameSize);
         if (stream.sendable) this.scheduler.add(stream);
         if (frame !== undefined) {

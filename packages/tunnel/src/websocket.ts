@@ -9,7 +9,7 @@
 
 import { WebSocket } from "ws";
 import { ErrorCode, tetherError } from "./errors.js";
-import { MAX_MESSAGE_SIZE } from "./frame.js";
+import { HEADER_SIZE, MAX_MESSAGE_SIZE } from "./frame.js";
 import type { SessionOptions } from "./options.js";
 import { Session, type Transport } from "./session.js";
 import { divertDataFrames } from "./ws-receive.js";
@@ -24,6 +24,20 @@ export const WEBSOCKET_OPTIONS = {
   perMessageDeflate: false,
   maxPayload: MAX_MESSAGE_SIZE,
 } as const;
+
+/**
+ * A TLS record carries at most 16 KiB. A full Data frame as one WebSocket
+ * message (12 + 65,536 bytes and a 10- or 14-byte WebSocket header) fills four
+ * records and spills 22 or 26 bytes into a fifth: one more record to seal on
+ * the sending end and one more socket read on the other, per message. So over
+ * a WebSocket, unless the caller sets maxFrameSize, a Data frame carries what
+ * fills exactly four records: the message then needs only the 4-byte header
+ * of a 16-bit length, plus the 4-byte mask the client (the agent) adds.
+ */
+const TLS_RECORD = 16 * 1024;
+export function recordFittingFrameSize(role: "client" | "server"): number {
+  return 4 * TLS_RECORD - HEADER_SIZE - (role === "client" ? 8 : 4);
+}
 
 /**
  * Starts a session on an open WebSocket. The client end (the agent, which
@@ -51,7 +65,10 @@ export function sessionFromWebSocket(ws: WebSocket, options: SessionOptions): Se
       else ws.close(1000);
     },
   };
-  const session = new Session(transport, options);
+  const session = new Session(transport, {
+    ...options,
+    maxFrameSize: options.maxFrameSize ?? recordFittingFrameSize(options.role),
+  });
   divertDataFrames(ws, (parts) => session.receive(parts));
   // Still needed once frames go back to ws (see ws-receive.ts), or when they never left it.
   ws.on("message", (data, isBinary) => {

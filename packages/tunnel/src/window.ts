@@ -12,7 +12,9 @@
  * reader never grows; and the min RTT keeps a queue from inflating it): a
  * sample of at least half the window means the window limited the round, so
  * it grows to twice the sample (four times while the session's arrival rate is
- * still growing), up to `max` and as far as the session's budget allows. A
+ * still growing), up to `max` and as far as the session's budget allows; the
+ * verdict right after a growth judges by the old size, which the sender was
+ * still using for most of that round, and scales the sample by the growth. A
  * sample under a quarter of the window three rounds in a row (a slower reader
  * or sender, or a queue) shrinks it toward twice the sample, at most by half
  * per round and never below WINDOW_FLOOR. Credit is never taken back on the
@@ -42,6 +44,12 @@ export class ReceiveWindow {
    */
   private roundBytes = 0;
   private lowRounds = 0;
+  /**
+   * The size the last verdict started from: a window that grew reaches the
+   * sender half a round trip later, so the next round mostly shows the old
+   * size at work and is judged against it.
+   */
+  private judged: number;
   /** Size the window shrinks toward as credit comes back. */
   private target: number;
   /** What this window holds of the session budget: everything above INITIAL_WINDOW. */
@@ -61,6 +69,7 @@ export class ReceiveWindow {
     this.size = INITIAL_WINDOW + this.claimed;
     this.credit = this.size;
     this.target = this.size;
+    this.judged = this.size;
   }
 
   /** Gives the window's share back to the budget; the stream is gone. Idempotent. */
@@ -112,10 +121,15 @@ export class ReceiveWindow {
     this.roundBytes = 0;
     if (elapsed <= 0) return 0;
     const sample = (bytes * Math.min(minRtt, elapsed)) / elapsed;
+    const judged = Math.min(this.size, this.judged);
+    this.judged = this.size;
     // Half, not gRPC's 2/3: credit comes back a quarter window at a time, so a window-limited
     // stream moves about 3/4 of its window per round trip, and a round is a little longer than the min RTT.
-    if (sample >= this.size / 2) {
-      const want = Math.floor(Math.min(this.max, (fast ? 4 : 2) * sample));
+    if (sample >= judged / 2) {
+      // A window that grew at the last verdict and filled its old size again is growing as fast as the
+      // sender can follow: the sample shows the old size, so it scales by what the window has become.
+      const scaled = sample >= this.size / 2 ? sample : (sample * this.size) / judged;
+      const want = Math.floor(Math.min(this.max, (fast ? 4 : 2) * scaled));
       if (want <= this.size) {
         this.target = this.size;
         return 0;

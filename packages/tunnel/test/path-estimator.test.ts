@@ -77,13 +77,17 @@ t.test("the delivery rate is a max filter; samples the application limited never
   t.equal(p.rate, 4000, "the max of recent samples");
   for (let i = 0; i < 12; i++) round(p, c, 10_000, 50); // the application sends little
   t.equal(p.rate, 4000, "app-limited samples leave the estimate");
-  for (let i = 0; i < 12; i++) round(p, c, p.cap, p.cap / 250); // the cap is full and the link moves 250 B/ms
+  for (let i = 0; i < 12; i++) {
+    p.noteCapBlocked(); // the cap is full and the link moves 250 B/ms
+    round(p, c, p.cap, p.cap / 250);
+  }
   t.ok(Math.abs(p.rate - 250) < 1, `the old maximum aged out: ${p.rate}`);
 });
 
 /** A round the cap limits on a link of `rate` B/ms and `rtt` ms: a capful takes at least cap / rate. */
 function full(p: PathEstimator, c: Clock, rate: number, rtt: number) {
   const bytes = p.cap - (c.written - p.delivered);
+  p.noteCapBlocked();
   return round(p, c, bytes, Math.max(rtt, bytes / rate));
 }
 
@@ -154,3 +158,18 @@ t.test("probe-rtt cannot hold the cap low: it ends after a bounded time whatever
   t.equal(p.phase, "steady", "...yet it ends");
   t.ok(c.now - entered <= 1000, `within ${c.now - entered} ms`);
 });
+
+t.test(
+  "only rounds the cap held back count: a peer's window just under the cap does not end startup",
+  async (t) => {
+    const p = new PathEstimator(0);
+    const c = { now: 0, written: 0, value: 0 };
+    round(p, c, 0, 50);
+    // A 3 MiB window, round after round, each round 110 ms (a queue behind the window): in flight
+    // is past half the cap at every ping, yet the window, not the cap, limited.
+    for (let i = 0; i < 10; i++) round(p, c, 3 * 1024 * 1024, 110);
+    t.equal(p.phase, "startup", "the pipe may not be full: still startup");
+    for (let i = 0; i < 10 && p.phase === "startup"; i++) full(p, c, (3 * 1024 * 1024) / 110, 110);
+    t.equal(p.phase, "steady", "rounds the cap held back at that rate end it");
+  },
+);

@@ -186,3 +186,19 @@ t.test("growth stops where the budget ends", async (t) => {
   w.release();
   t.equal(budget.claimed, 0);
 });
+
+t.test("a window that grew keeps growing while its sender follows a round trip late", async (t) => {
+  const w = new ReceiveWindow(MAX, INITIAL_WINDOW, unlimited());
+  fullRound(w, 50, 50, true);
+  t.equal(w.size, 1024 * KiB, "x4 in startup");
+  // The grant reaches the sender half a round trip later: this round still shows the old window at work.
+  w.receive(INITIAL_WINDOW);
+  w.consume(INITIAL_WINDOW);
+  w.endRound(50, 50, true);
+  t.equal(w.size, 4096 * KiB, "filled the size it had: grows again from what it has become");
+  // A reader that then slows down stops the growth.
+  w.receive(256 * KiB);
+  w.consume(256 * KiB);
+  w.endRound(50, 50, true);
+  t.equal(w.size, 4096 * KiB, "under half of the size it was judged by: no growth");
+});
