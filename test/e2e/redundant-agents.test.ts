@@ -93,12 +93,16 @@ t.test("kill -9 one of two agents under a GET loop", async (t) => {
     [...streamsSeen.values()].every((n) => n > 0),
     "before the kill both sessions carried streams",
   );
-  const victim = sessions()[0]!;
+  const pair = sessions();
   killedAt = Date.now();
   signal(agents[0]!, "SIGKILL");
   const gone = await until("the server has only the survivor", () => sessions().length === 1);
   const goneAt = Date.now();
-  t.not(sessions()[0], victim, "the survivor is the other agent's session");
+  const victim = pair.find((e) => e.session.closed);
+  t.ok(
+    victim && pair.includes(sessions()[0]!) && sessions()[0] !== victim,
+    "the other agent's session survives",
+  );
   await new Promise((r) => setTimeout(r, 3_000));
   running = false;
   await Promise.all(loops);
@@ -113,4 +117,34 @@ t.test("kill -9 one of two agents under a GET loop", async (t) => {
     after.length > 0 && after.every((r) => r.status === 200),
     `all ${after.length} GETs after that succeeded`,
   );
+});
+
+t.test("SIGTERM to one of two agents under a GET loop: it drains, nothing fails", async (t) => {
+  const third = spawnAgent({
+    server: tether.server.url,
+    ...files,
+    env,
+    serviceAccountDir: saDir,
+    logFile: join(tether.dir, "agent-3.log"),
+  });
+  agents.push(third);
+  await until("two agents hold a session again", () => sessions().length === 2);
+  const results: number[] = [];
+  let running = true;
+  const loop = async () => {
+    while (running) results.push(await get());
+  };
+  const loops = [loop(), loop(), loop(), loop()];
+  await new Promise((r) => setTimeout(r, 2_000));
+  const before = results.length;
+  signal(agents[1]!, "SIGTERM");
+  await agents[1]!.exited;
+  t.equal(agents[1]!.exitCode, 0, "the stopped agent exited 0");
+  await new Promise((r) => setTimeout(r, 2_000));
+  running = false;
+  await Promise.all(loops);
+  const failed = results.filter((s) => s !== 200);
+  t.comment(`${results.length} GETs (${before} before the SIGTERM), ${failed.length} failed`);
+  t.equal(failed.length, 0, "no GET failed while the agent drained and left");
+  t.equal(sessions().length, 1, "the other agent serves alone");
 });

@@ -300,9 +300,21 @@ export class TetherAgent {
     }, delayMs);
   }
 
-  /** Closes the session and stops redialing. */
-  async stop(): Promise<void> {
+  /**
+   * Stops redialing and closes the sessions. With `drainMs`, first sends
+   * go-away so the server routes new streams to the member's other agents,
+   * and lets the streams under way finish for up to that long.
+   */
+  async stop({ drainMs = 0 }: { drainMs?: number } = {}): Promise<void> {
     this.stopped = true;
+    if (drainMs > 0) {
+      const open = [...this.sessions].filter((s) => !s.closed);
+      for (const session of open) session.goAway();
+      await Promise.race([
+        Promise.all(open.map((s) => new Promise((r) => (s.closed ? r(0) : s.once("close", r))))),
+        new Promise((r) => setTimeout(r, drainMs).unref()),
+      ]);
+    }
     if (this.timer) clearTimeout(this.timer);
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.renewTimer = undefined;

@@ -307,7 +307,8 @@ export async function main(argv: string[]): Promise<void> {
     const stop = () => {
       log.info({}, "stopping");
       metricsServer?.close();
-      void agent.stop().then(() => process.exit(0));
+      // The server sends new streams to the member's other agents while ours finish.
+      void agent.stop({ drainMs: 10_000 }).then(() => process.exit(0));
     };
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);

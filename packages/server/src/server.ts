@@ -212,7 +212,7 @@ export class TetherServer {
         this.events.forget(cluster);
         void this.metrics?.forgetCluster(cluster);
       },
-      connection: (cluster) => connectionOf(this.sessions.usable(cluster)[0]),
+      connection: (cluster) => connectionOf(this.sessions.usable(cluster)),
     });
     const model = new StatusModel({
       store: this.store,

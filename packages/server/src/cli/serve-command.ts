@@ -145,15 +145,8 @@ export function addServe(program: Command): void {
               }
             : {}),
         });
-        // For the admin commands' printed agent commands and kubeconfigs.
-        const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
-        await store
-          .recordServerUrl(url)
-          .catch((err: Error) =>
-            log.warn({ err: err.message }, "could not record the server URL in the state directory"),
-          );
-        await maintainAdminCredential(store, url, server.ca.certPem, log);
-        // The first signal drains (lifecycle/drain.ts), a second one stops at once.
+        // The first signal drains (lifecycle/drain.ts), a second one stops at once. Installed
+        // before server.json is written: whoever reads it may signal us right away.
         let stopping = false;
         const stop = () => {
           if (stopping) {
@@ -170,6 +163,14 @@ export function addServe(program: Command): void {
         };
         process.on("SIGTERM", stop);
         process.on("SIGINT", stop);
+        // For the admin commands' printed agent commands and kubeconfigs.
+        const url = serveUrl(opts.listen.host, server.port, opts.externalUrl);
+        await store
+          .recordServerUrl(url)
+          .catch((err: Error) =>
+            log.warn({ err: err.message }, "could not record the server URL in the state directory"),
+          );
+        await maintainAdminCredential(store, url, server.ca.certPem, log);
         process.on("SIGHUP", () => {
           audit?.reopen();
           server

@@ -113,6 +113,7 @@ function clusterCard(c: ClusterView, now: number): string {
           k.kubernetesVersion ? escapeHtml(k.kubernetesVersion) : none("unknown"),
         ),
         field("streams", "Open streams", escapeHtml(k.openStreams ?? 0)),
+        field("agents", "Agents", escapeHtml(k.agents ?? 0)),
         field(
           "bytes-rate",
           "Traffic",

@@ -17,6 +17,8 @@ export interface ClusterConnection {
   agentVersion?: string;
   kubernetesVersion?: string;
   openStreams?: number;
+  /** Agent sessions new streams may use (redundant agents); the other fields are the oldest one's. */
+  agents?: number;
 }
 
 export interface ClusterView {
@@ -47,7 +49,8 @@ export interface StatusSnapshot {
   clusters: ClusterView[];
 }
 
-export function connectionOf(entry: AgentSession | undefined): ClusterConnection {
+export function connectionOf(entries: AgentSession[]): ClusterConnection {
+  const entry = entries[0];
   if (!entry) return { connected: false };
   const { session } = entry;
   return {
@@ -58,6 +61,7 @@ export function connectionOf(entry: AgentSession | undefined): ClusterConnection
     ...(entry.agentVersion ? { agentVersion: entry.agentVersion } : {}),
     ...(entry.kubernetesVersion ? { kubernetesVersion: entry.kubernetesVersion } : {}),
     openStreams: session.streamCount,
+    agents: entries.length,
   };
 }
 
@@ -90,12 +94,13 @@ export class StatusModel {
     const now = Date.now();
     const clusters = names.sort().map((name): ClusterView => {
       const record = byName.get(name);
-      const entry = sessions.usable(name)[0];
+      const usable = sessions.usable(name);
+      const entry = usable[0];
       const history = events.get(name);
       return {
         name,
         ...(record ? { labels: record.labels, auth: record.auth } : {}),
-        connection: connectionOf(entry),
+        connection: connectionOf(usable),
         ...(entry ? { bytesPerSecond: this.rates.rate(entry.session, entry.connectedAt, now) } : {}),
         ...(history?.disconnectedAt ? { disconnectedAt: history.disconnectedAt.toISOString() } : {}),
         ...(history?.lastError

@@ -125,6 +125,12 @@ export class AgentSessions {
     while (current.length > this.maxPerCluster) this.drain(current.shift()!);
     this.byCluster.set(cluster, current);
     this.live.add(entry);
+    // The agent is stopping: new streams go to the cluster's other sessions, and idle pooled
+    // streams are dropped so that the session can close once its requests end.
+    session.once("goaway", () => {
+      this.forget(entry);
+      stopPooling(entry);
+    });
     session.once("close", () => {
       for (const agent of agents.values()) agent.destroy();
       this.live.delete(entry);
@@ -203,6 +209,10 @@ export class AgentSessions {
  */
 function goAway(entry: AgentSession): void {
   entry.session.goAway();
+  stopPooling(entry);
+}
+
+function stopPooling(entry: AgentSession): void {
   for (const pool of entry.pools()) {
     // http.Agent destroys a socket handed back while keepAlive is off.
     (pool as unknown as { keepAlive: boolean }).keepAlive = false;
