@@ -236,7 +236,12 @@ export class ClusterProxy {
     a: Extract<Admission, { ok: true }> & { entry: AgentSession },
   ): Promise<Admission> {
     if (!a.caller) return a;
-    const imp = await callerImpersonation(req.rawHeaders, a.caller, a.entry.httpAgent("impersonate"), a.cluster);
+    const imp = await callerImpersonation(
+      req.rawHeaders,
+      a.caller,
+      a.entry.httpAgent("impersonate"),
+      a.cluster,
+    );
     if (!imp.ok) {
       a.release();
       const why =

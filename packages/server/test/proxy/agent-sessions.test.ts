@@ -118,7 +118,7 @@ t.test(
     const second = sessions.attach("m1", b.server, { ...cert(), instance: "b" });
     t.notOk(a.server.goingAway, "the first agent's session is not replaced by another instance's");
     t.same(sessions.usable("m1"), [first, second]);
-  t.equal(connectionOf(sessions.usable("m1")).agents, 2, "the status counts both agents");
+    t.equal(connectionOf(sessions.usable("m1")).agents, 2, "the status counts both agents");
     const picks = new Set([sessions.get("m1"), sessions.get("m1")]);
     t.equal(picks.size, 2, "equally loaded sessions take turns");
     hold(a.agent);
