@@ -90,7 +90,11 @@ function headerObject(pairs: HeaderPairs): Record<string, string | string[]> {
 
 export async function forwardStructured(stream: Duplex, deps: StructuredDeps): Promise<void> {
   let callerGone = false;
-  stream.on("error", (err) => deps.report(err, false));
+  let reported = false;
+  stream.on("error", (err) => {
+    reported = true;
+    deps.report(err, false);
+  });
   let head: Awaited<ReturnType<typeof readRequestHead>>;
   try {
     head = await readRequestHead(stream);
@@ -178,6 +182,8 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
   stream.on("close", () => {
     if (stream.writableFinished) return;
     callerGone = true;
+    // A CANCEL after the request's end closes the stream without an error: say it at debug all the same.
+    if (!reported) deps.report(new Error("the server cancelled the stream: the caller went away"), true);
     upstream.destroy();
   });
   pipeBody(stream, upstream, length, (why) => {

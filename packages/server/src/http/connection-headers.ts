@@ -17,3 +17,12 @@ export function stripConnectionHeaders(headers: IncomingHttpHeaders): void {
   // TE is allowed only as "trailers" (RFC 9113 8.2.2); a response has no use for it.
   delete headers.te;
 }
+
+/**
+ * Whether a response ended before it went out whole: the caller went away or
+ * it was cut. An h2 response whose stream was reset counts as finished too
+ * (writableFinished); only end() sets writableEnded.
+ */
+export function responseCut(res: { writableFinished: boolean; writableEnded: boolean }): boolean {
+  return !(res.writableFinished && res.writableEnded);
+}

@@ -16,6 +16,7 @@ import { performance } from "node:perf_hooks";
 import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, statusCodeOf } from "@tether/common";
 import { ADMIN_API_PREFIX } from "../admin/admin-api.js";
+import { responseCut } from "../http/connection-headers.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { AuthenticatedCaller } from "../proxy/authenticate.js";
 import { CLUSTER_PATH } from "../proxy/cluster-proxy.js";
@@ -312,8 +313,7 @@ export class AuditedRequest implements UpgradeAudit {
       bytesOut: this.bytesOut,
       durationMs: ms(stage === "end" ? this.switchedAt! : this.started),
       // A response cut before its end: a watch or logs -f the caller stopped, or a failure.
-      // An h2 response counts as finished when its stream is reset too; only end() says it went out whole.
-      ...(res && !(res.writableFinished && res.writableEnded) ? { complete: false } : {}),
+      ...(res && responseCut(res) ? { complete: false } : {}),
     };
   }
 }

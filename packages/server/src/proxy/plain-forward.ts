@@ -6,7 +6,7 @@
 // response is used (method, url, headers, the body as a stream, writeHead,
 // write, end), so an HTTP/2 caller is forwarded by the same code.
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
-import { stripConnectionHeaders } from "../http/connection-headers.js";
+import { responseCut, stripConnectionHeaders } from "../http/connection-headers.js";
 import type { Duplex, Readable } from "node:stream";
 import {
   CONNECTION_HEADERS,
@@ -88,7 +88,7 @@ export function forwardPlain(f: PlainForward): void {
   let answered = false;
   // The caller went away (or its response failed): the stream goes too, and the agent cuts the apiserver request.
   res.on("close", () => {
-    if (!res.writableFinished) stream.destroy();
+    if (responseCut(res)) stream.destroy();
   });
   // Before the head, readResponseHead sees the error; after it the response is cut.
   stream.on("error", () => {

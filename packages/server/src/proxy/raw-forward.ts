@@ -8,7 +8,7 @@ import { type Agent as HttpAgent, type OutgoingHttpHeaders, request } from "node
 import { request as httpsRequest } from "node:https";
 import type { Socket } from "node:net";
 import { CONNECTION_HEADERS, sendStatus } from "@tether/common";
-import { stripConnectionHeaders } from "../http/connection-headers.js";
+import { responseCut, stripConnectionHeaders } from "../http/connection-headers.js";
 import type { PlainForward } from "./plain-forward.js";
 
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
@@ -68,7 +68,7 @@ export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent; t
     else res.destroy();
   });
   res.on("close", () => {
-    if (!res.writableFinished) upstream.destroy();
+    if (responseCut(res)) upstream.destroy();
   });
   req.pipe(upstream);
 }
