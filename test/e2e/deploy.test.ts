@@ -74,6 +74,8 @@ async function containerOf(cluster: Cluster, namespace: string, name: string) {
         .body;
       env[e.name] = Buffer.from(secret.data[key], "base64").toString("utf8");
     } else if (e.valueFrom?.fieldRef?.fieldPath === "metadata.namespace") env[e.name] = namespace;
+    else if (e.valueFrom?.fieldRef?.fieldPath === "metadata.name") env[e.name] = `${name}-0`;
+    else if (e.valueFrom?.fieldRef?.fieldPath === "status.podIP") env[e.name] = "127.0.0.1";
     else throw new Error(`env ${e.name}: unsupported source ${JSON.stringify(e.valueFrom)}`);
   }
   const args: string[] = (container.args ?? []).map((a: string) =>
@@ -208,19 +210,35 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
       token: saToken,
     });
     // In a pod the store finds the apiserver and token in-cluster; here the same token comes in a kubeconfig.
-    // The last --listen wins: the pod's 0.0.0.0:8443 becomes a free loopback port.
+    // The last --listen wins: the pod's 0.0.0.0:8443 becomes a free loopback port, and so does the replica port.
+    const replicaAt = args.indexOf("--replica-address");
+    t.match(
+      args[replicaAt + 1],
+      /^https:\/\/127\.0\.0\.1:8444$/,
+      "the replica address is the pod IP's replica port",
+    );
     server = new ManagedProcess(
       "tether-server",
       process.execPath,
-      [ENTRYPOINT, ...args, "--listen", `127.0.0.1:${port}`],
+      [
+        ENTRYPOINT,
+        ...args,
+        "--listen",
+        `127.0.0.1:${port}`,
+        "--replica-address",
+        `https://127.0.0.1:${await freePort()}`,
+      ],
       join(dir, "server.log"),
       { PATH: process.env.PATH, ...env, TETHER_KUBECONFIG: kubeconfig },
     );
     const probeUrl = (p: Obj) => `${p.httpGet.scheme.toLowerCase()}://127.0.0.1:${port}${p.httpGet.path}`;
     t.same(
       container.ports.map((p: Obj) => [p.name, p.containerPort]),
-      [["https", 8443]],
-      "the probes' named port is the listen port",
+      [
+        ["https", 8443],
+        ["replica", 8444],
+      ],
+      "the probes' named port is the listen port; the replicas' hop has its own",
     );
     await until(
       "the readiness probe passes",

@@ -26,3 +26,20 @@ export function stripConnectionHeaders(headers: IncomingHttpHeaders): void {
 export function responseCut(res: { writableFinished: boolean; writableEnded: boolean }): boolean {
   return !(res.writableFinished && res.writableEnded);
 }
+
+/**
+ * The member's status and headers, set one by one before writeHead: headers
+ * given to writeHead alone are not readable back (getHeader), and the drain's
+ * watch end (lifecycle/watch-end.ts) reads the content type to find events.
+ */
+export function writeResponseHead(
+  res: {
+    setHeader(name: string, value: number | string | readonly string[]): unknown;
+    writeHead(status: number): unknown;
+  },
+  status: number,
+  headers: Record<string, number | string | readonly string[] | undefined>,
+): void {
+  for (const [name, value] of Object.entries(headers)) if (value !== undefined) res.setHeader(name, value);
+  res.writeHead(status);
+}

@@ -6,7 +6,7 @@
 // response is used (method, url, headers, the body as a stream, writeHead,
 // write, end), so an HTTP/2 caller is forwarded by the same code.
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
-import { responseCut, stripConnectionHeaders } from "../http/connection-headers.js";
+import { responseCut, stripConnectionHeaders, writeResponseHead } from "../http/connection-headers.js";
 import type { Duplex, Readable } from "node:stream";
 import {
   CONNECTION_HEADERS,
@@ -102,7 +102,7 @@ export function forwardPlain(f: PlainForward): void {
       answered = true;
       if (res.destroyed) return;
       const headers = responseHeaders(head);
-      res.writeHead(head.status, headers);
+      writeResponseHead(res, head.status, headers);
       // A watch may send nothing for minutes, and clients act on the head alone.
       res.flushHeaders();
       f.answered(head.status, stream);

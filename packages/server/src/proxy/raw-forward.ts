@@ -8,7 +8,7 @@ import { type Agent as HttpAgent, type OutgoingHttpHeaders, request } from "node
 import { request as httpsRequest } from "node:https";
 import type { Socket } from "node:net";
 import { CONNECTION_HEADERS, sendStatus } from "@tether/common";
-import { responseCut, stripConnectionHeaders } from "../http/connection-headers.js";
+import { responseCut, stripConnectionHeaders, writeResponseHead } from "../http/connection-headers.js";
 import type { PlainForward } from "./plain-forward.js";
 
 const UNASKED_SWITCH = "the member switched protocols on a request that asked for no upgrade";
@@ -57,7 +57,7 @@ export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent; t
       if (value !== undefined && !CONNECTION_HEADERS.has(name)) out[name] = value;
     }
     f.answered(up.statusCode ?? 502, up);
-    res.writeHead(up.statusCode ?? 502, out);
+    writeResponseHead(res, up.statusCode ?? 502, out);
     res.flushHeaders();
     up.pipe(res);
     up.on("error", () => res.destroy());
