@@ -126,6 +126,7 @@ export class TetherServer {
   /** --external-url's host: never a member's name, even under the cluster domain. */
   private readonly ownHost: string | undefined;
   private readonly checker: NodeJS.Timeout;
+  private listenedPort = 0;
   /** The store's changeMark() at the last session check that read every record. */
   private checkedMark: string | undefined;
   private readonly rotation: NodeJS.Timeout;
@@ -274,6 +275,7 @@ export class TetherServer {
     const server = new TetherServer(options, ca, serving, names, replicas);
     await replicas?.hop.start(server.proxy);
     await server.listener.listen(options.port ?? 8443, options.host ?? "0.0.0.0");
+    server.listenedPort = (server.listener.server.address() as AddressInfo).port;
     server.log.info({ url: server.url }, "tether-server listening");
     // A previous server may have died with clusters marked connected.
     if (options.clusterStatus) {
@@ -303,8 +305,11 @@ export class TetherServer {
     return true;
   }
 
+  /** The port listened on; kept once the listener closes (a drain still reports status with it). */
   get port(): number {
-    return (this.listener.server.address() as AddressInfo).port;
+    const address = this.listener.server.address() as AddressInfo | null;
+    if (address) this.listenedPort = address.port;
+    return this.listenedPort;
   }
 
   /** https://127.0.0.1:<port> — for local use and tests. */
@@ -671,20 +676,26 @@ export class TetherServer {
     this.drain.begin();
     // No new connections; those open get 503 from the drain until they close.
     this.listener.server.close();
+    // Their agents leave during the drain: the clusters' status must still say so at the end.
+    const held = this.sessions.list().map((e) => e.cluster);
     this.sessions.drainAll();
     const cut = await this.drain.settle(graceMs);
     this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");
-    await this.close();
+    await this.close(held);
     return cut;
   }
 
-  /** Stops accepting, closes every agent session and waits for the listener to close. */
-  async close(): Promise<void> {
+  /**
+   * Stops accepting, closes every agent session and waits for the listener to
+   * close; the status of `alsoHeld` (clusters whose sessions ended in a drain) is
+   * reported with the rest.
+   */
+  async close(alsoHeld: string[] = []): Promise<void> {
     this.closing = true;
     clearInterval(this.checker);
     clearInterval(this.rotation);
     this.live.close();
-    const live = this.sessions.list().map((e) => e.cluster);
+    const live = [...new Set([...alsoHeld, ...this.sessions.list().map((e) => e.cluster)])];
     for (const entry of this.sessions.list()) this.metrics?.closeReason(entry.session, "shutdown");
     this.sessions.closeAll();
     if (this.status) {
