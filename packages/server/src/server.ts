@@ -671,6 +671,7 @@ export class TetherServer {
     this.drain.begin();
     // No new connections; those open get 503 from the drain until they close.
     this.listener.server.close();
+    await this.replicas?.ownership.resign();
     this.sessions.drainAll();
     const cut = await this.drain.settle(graceMs);
     this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");

@@ -4,6 +4,7 @@
 // it (raw-forward.ts); upgrades are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
@@ -34,6 +35,8 @@ import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
 /** Plain requests forwarded in passthrough mode (whose member 401s count as failed authentications). */
 const passthroughRequests = new WeakSet<IncomingMessage>();
+/** How often a request waiting for a cluster's next owner looks again (the Lease cache is watch-fed). */
+const OWNER_POLL_MS = 50;
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 
@@ -198,8 +201,7 @@ export class ClusterProxy {
     }
     // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
     attempt.succeeded();
-    const entry = this.localSession(name);
-    const owner = entry ? undefined : this.deps.replicas?.ownership.owner(name);
+    const { entry, owner } = await this.route(name);
     if (!entry && !owner) {
       return {
         ok: false,
@@ -249,6 +251,26 @@ export class ClusterProxy {
       return { ok: false, reason: imp.reason, why, message: imp.message, caller: a.caller };
     }
     return imp.acting ? { ...a, acting: imp.acting } : a;
+  }
+
+  /**
+   * Where a request for `cluster` goes: a session here, or the replica that
+   * holds it. While the cluster changes hands (its owner drained, its agent
+   * is dialing another replica) the request waits for the next owner, a
+   * Lease duration at most, rather than fail: a rolling restart costs callers
+   * latency, not errors.
+   */
+  private async route(cluster: string): Promise<{ entry?: AgentSession; owner?: Owner }> {
+    const ownership = this.deps.replicas?.ownership;
+    const until = performance.now() + (ownership?.leaseDurationMs ?? 0);
+    for (;;) {
+      const entry = this.localSession(cluster);
+      if (entry) return { entry };
+      const owner = ownership?.owner(cluster);
+      if (owner) return { owner };
+      if (!ownership?.changingHands(cluster) || performance.now() >= until) return {};
+      await new Promise((resolve) => setTimeout(resolve, OWNER_POLL_MS));
+    }
   }
 
   /** The session this replica serves `cluster` through: with replicas, only while it holds the owner Lease. */

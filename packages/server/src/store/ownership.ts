@@ -181,6 +181,34 @@ export class Ownership {
     });
   }
 
+  /**
+   * A graceful stop: give every Lease up before the agents are sent go-away,
+   * so the other replicas hold a request for these clusters until an agent's
+   * new session elsewhere claims them (changingHands) instead of routing it
+   * here, where a going-away session opens no stream.
+   */
+  async resign(): Promise<void> {
+    clearInterval(this.timer);
+    await Promise.all([...this.wanted].map((c) => this.release(c).catch(() => {})));
+  }
+
+  /**
+   * Whether `cluster` is between owners: its Lease names no live holder but
+   * was renewed less than a lease duration ago (the owner resigned or is
+   * gone, its agent is reconnecting). A request may wait for the next one.
+   */
+  changingHands(cluster: string): boolean {
+    const lease = this.leases.get(cluster);
+    if (!lease || this.owner(cluster) || this.holds(cluster)) return false;
+    const renewed = Date.parse(lease.spec.renewTime ?? "");
+    return Number.isFinite(renewed) && Date.now() - renewed < this.durationMs;
+  }
+
+  /** How long a Lease lasts unrenewed: the bound of a wait for an owner. */
+  get leaseDurationMs(): number {
+    return this.durationMs;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
