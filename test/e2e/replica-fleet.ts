@@ -73,6 +73,8 @@ export interface FleetOptions {
   serverDeadPeerSeconds?: number;
   /** More `serve` flags. */
   serverArgs?: string[];
+  /** More tether-agent flags. */
+  agentArgs?: string[];
 }
 
 export interface Fleet {
@@ -226,6 +228,7 @@ export async function startFleet(t: Test, o: FleetOptions = {}): Promise<Fleet> 
         String(FAST_TIMING.keepaliveSeconds),
         "--dead-peer-timeout",
         String(deadPeer),
+        ...(o.agentArgs ?? []),
       ],
       join(dir, `agent-${cluster}-${agentCount}.log`),
       { ...process.env, ...agentEnv[cluster], TETHER_SERVER: server },

@@ -28,7 +28,13 @@ import type { LiveCredentials } from "./live-credentials.js";
 import { forwardPlain } from "./plain-forward.js";
 import { forwardRaw } from "./raw-forward.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
-import { type Arrival, arrivalOf, carriesReplicaHeaders, type ReplicaHop } from "./replica-hop.js";
+import {
+  type Arrival,
+  arrivalOf,
+  carriesReplicaHeaders,
+  NOT_HELD_HEADER,
+  type ReplicaHop,
+} from "./replica-hop.js";
 import type { Owner, Ownership } from "../store/ownership.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
@@ -384,6 +390,8 @@ export class ClusterProxy {
       this.deps.metrics?.refused(admission.why);
       audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused");
+      // A forwarded request for a cluster not held here: the replica that sent it may route it again.
+      if (admission.why === "no_agent" && arrivalOf(req)) res.setHeader(NOT_HELD_HEADER, "1");
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
     }
@@ -413,8 +421,45 @@ export class ClusterProxy {
           this.deps.metrics?.authFailure("proxy", "member_rejected");
         });
       // An admission names a hop only when replicas are configured.
-      return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission));
+      return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission), () => {
+        void this.heldHere(req, res, admission);
+      });
     }
+    this.serveLocal(req, res, { ...admission, entry });
+  }
+
+  /**
+   * A forwarded request whose owner refused it or was gone, and that waited
+   * for the cluster's next owner: the next owner is this replica.
+   */
+  private async heldHere(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Extract<Admission, { ok: true }>,
+  ): Promise<void> {
+    const entry = this.localSession(a.cluster);
+    if (!entry) {
+      sendStatus(res, "ServiceUnavailable", `cluster "${a.cluster}" changed hands: try again`, 1);
+      return;
+    }
+    for (const name of Object.keys(req.headers))
+      if (name.startsWith("tether-replica-")) delete req.headers[name];
+    // The slot is the first admission's, given back when the response closes.
+    const checked = await this.withImpersonation(req, { ...a, hop: undefined, entry, release: () => {} });
+    if (!checked.ok) {
+      sendStatus(res, checked.reason, checked.message, checked.retryAfterSeconds);
+      return;
+    }
+    this.serveLocal(req, res, { ...checked, hop: undefined, entry });
+  }
+
+  /** A plain request through this replica's own session. */
+  private serveLocal(
+    req: IncomingMessage,
+    res: ServerResponse,
+    admission: Extract<Admission, { ok: true }> & { entry: AgentSession },
+  ): void {
+    const { mode, caller, entry, path } = admission;
     rewriteHeaders(
       req.headers,
       mode,
