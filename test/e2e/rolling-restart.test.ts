@@ -57,6 +57,8 @@ class Informer {
     private readonly base: string,
     private readonly ca: string,
     private readonly token: string,
+    /** The test's phase now, to say when a list or watch failed. */
+    private readonly phase: () => string,
   ) {}
 
   private path = `/api/v1/namespaces/${NAMESPACE}/configmaps`;
@@ -74,7 +76,7 @@ class Informer {
       } catch (err) {
         if (this.stopped) return;
         this.errors++;
-        const what = (err as Error).message.slice(0, 120);
+        const what = `${this.phase().replace(/-\d+$/, "")}: ${(err as Error).message.slice(0, 120)}`;
         this.errorKinds.set(what, (this.errorKinds.get(what) ?? 0) + 1);
         await sleep(200);
       }
@@ -272,7 +274,7 @@ t.test("rolling restart under load", async (t) => {
   const informers: { member: string; informer: Informer; done: Promise<void> }[] = [];
   for (const name of Object.keys(members)) {
     for (let i = 0; i < INFORMERS_PER_MEMBER; i++) {
-      const informer = new Informer(`${lbUrl}/clusters/${name}`, ca.certPem, tokens[name]!);
+      const informer = new Informer(`${lbUrl}/clusters/${name}`, ca.certPem, tokens[name]!, () => phase);
       informers.push({ member: name, informer, done: informer.run() });
     }
   }
@@ -433,6 +435,10 @@ t.test("rolling restart under load", async (t) => {
       }),
       { watches: 0, relists: 0, errors: 0 },
     );
+    const kinds = new Map<string, number>();
+    for (const { informer } of informers)
+      for (const [what, n] of informer.errorKinds) kinds.set(what, (kinds.get(what) ?? 0) + n);
+    for (const [what, n] of kinds) t.comment(`failed list/watch attempts, ${n}× during ${what}`);
     t.comment(
       `informers: ${matching}/${informers.length} end with the direct list's objects, ${inOrder}/${informers.length} saw every write in order; ` +
         `writes ${Object.entries(writers)
