@@ -1,7 +1,7 @@
 // A real TCP load balancer in front of several tether-server replicas, as a
 // Kubernetes Service would be: Debian's HAProxy in TCP mode, round robin,
 // backends health-checked on /readyz as a Service's readiness probe would
-// (a dead or draining one leaves the rotation within a check interval) and
+// (a dead or draining one leaves the rotation after three checks) and
 // redispatch of a connection whose backend refuses it.
 import { execFileSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
@@ -61,8 +61,11 @@ export async function startHaproxy(dir: string, backends: number[]): Promise<Hap
       "backend replicas",
       "  balance roundrobin",
       "  option httpchk GET /readyz",
+      // Three misses, as a readiness probe's failureThreshold: on a loaded machine one check can time
+      // out, and a replica marked down for it leaves every connection to it nowhere to go.
+      "  timeout check 1s",
       ...backends.map(
-        (p, i) => `  server r${i} 127.0.0.1:${p} check check-ssl verify none inter 250ms fall 1 rise 1`,
+        (p, i) => `  server r${i} 127.0.0.1:${p} check check-ssl verify none inter 250ms fall 3 rise 1`,
       ),
       "",
     ].join("\n"),

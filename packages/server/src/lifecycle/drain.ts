@@ -40,8 +40,9 @@ export class Drain {
    * balancer that did not know yet, and a 503 would be the caller's error.
    */
   admitRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    const first = !this.used.has(req.socket);
-    this.used.add(req.socket);
+    const connection = connectionOf(req);
+    const first = !this.used.has(connection);
+    this.used.add(connection);
     if (this.draining && !first) {
       res.shouldKeepAlive = false;
       sendStatus(res, "ServiceUnavailable", REFUSAL, 1);
@@ -108,6 +109,12 @@ export class Drain {
   private check(): void {
     this.settled?.();
   }
+}
+
+/** The connection a request came on: for HTTP/2 its session (each stream has a socket object of its own). */
+function connectionOf(req: IncomingMessage): object {
+  const session = (req as { stream?: { session?: object } }).stream?.session;
+  return session ?? req.socket;
 }
 
 /** Calls `done` once `socket` has handed everything written to it to the kernel, or closed. */
