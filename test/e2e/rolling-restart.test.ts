@@ -449,7 +449,14 @@ t.test("rolling restart under load", async (t) => {
   });
 
   await t.test("what the exec saw", async (t) => {
-    const code = await Promise.race([exec.exited, sleep(EXEC_SECONDS * 2_000).then(() => "still running")]);
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([
+      exec.exited,
+      new Promise<string>((resolve) => {
+        timer = setTimeout(() => resolve("still running"), EXEC_SECONDS * 2_000);
+      }),
+    ]);
+    clearTimeout(timer);
     if (code === "still running") await exec.stop();
     const ticks = exec.stdout.match(/tick \d+/g) ?? [];
     t.comment(
