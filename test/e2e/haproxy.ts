@@ -1,7 +1,8 @@
 // A real TCP load balancer in front of several tether-server replicas, as a
 // Kubernetes Service would be: Debian's HAProxy in TCP mode, round robin,
-// health-checked backends (a dead one leaves the rotation within a check
-// interval) and redispatch of a connection whose backend refuses it.
+// backends health-checked on /readyz as a Service's readiness probe would
+// (a dead or draining one leaves the rotation after three checks) and
+// redispatch of a connection whose backend refuses it.
 import { execFileSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { connect } from "node:net";
@@ -59,7 +60,13 @@ export async function startHaproxy(dir: string, backends: number[]): Promise<Hap
       "  default_backend replicas",
       "backend replicas",
       "  balance roundrobin",
-      ...backends.map((p, i) => `  server r${i} 127.0.0.1:${p} check inter 250ms fall 1 rise 1`),
+      "  option httpchk GET /readyz",
+      // Three misses, as a readiness probe's failureThreshold: on a loaded machine one check can time
+      // out, and a replica marked down for it leaves every connection to it nowhere to go.
+      "  timeout check 1s",
+      ...backends.map(
+        (p, i) => `  server r${i} 127.0.0.1:${p} check check-ssl verify none inter 250ms fall 3 rise 1`,
+      ),
       "",
     ].join("\n"),
   );

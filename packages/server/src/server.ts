@@ -678,6 +678,7 @@ export class TetherServer {
     this.listener.server.close();
     // Their agents leave during the drain: the clusters' status must still say so at the end.
     const held = this.sessions.list().map((e) => e.cluster);
+    await this.replicas?.ownership.resign();
     this.sessions.drainAll();
     const cut = await this.drain.settle(graceMs);
     this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");

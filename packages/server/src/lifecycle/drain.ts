@@ -1,7 +1,8 @@
 // A graceful stop (SIGTERM): what the server holds for callers, and the
 // order it lets go of it in. Readiness goes false and new requests, upgrades
 // and agents are refused (503 with Retry-After, so client-go retries, through
-// a load balancer on another replica); watches end between two events so
+// a load balancer on another replica) but for the first request of a
+// connection accepted before the listener closed; watches end between two events so
 // informers resume from their resourceVersion; plain requests and upgrades
 // in flight get until the grace period ends. TetherServer.shutdown() drives it.
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -18,6 +19,8 @@ export class Drain {
   private readonly requests = new Set<ServerResponse>();
   private readonly watches = new Set<WatchEnd>();
   private readonly upgrades = new Set<Duplex>();
+  /** Connections that carried a request. */
+  private readonly used = new WeakSet<object>();
   private settled: (() => void) | undefined;
 
   /** True from the start of the drain: /readyz answers 503. */
@@ -32,14 +35,20 @@ export class Drain {
 
   /**
    * Counts a request until its response closes; during a drain answers it
-   * 503 (closing the connection) and returns false.
+   * 503 (closing the connection) and returns false, unless it is the first
+   * on its connection: that one was dialed before the listener closed, by a
+   * balancer that did not know yet, and a 503 would be the caller's error.
    */
   admitRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    if (this.draining) {
+    const connection = connectionOf(req);
+    const first = !this.used.has(connection);
+    this.used.add(connection);
+    if (this.draining && !first) {
       res.shouldKeepAlive = false;
       sendStatus(res, "ServiceUnavailable", REFUSAL, 1);
       return false;
     }
+    if (this.draining) res.shouldKeepAlive = false;
     this.requests.add(res);
     const watch = isWatchRequest(req) ? new WatchEnd(res) : undefined;
     if (watch) this.watches.add(watch);
@@ -100,6 +109,12 @@ export class Drain {
   private check(): void {
     this.settled?.();
   }
+}
+
+/** The connection a request came on: for HTTP/2 its session (each stream has a socket object of its own). */
+function connectionOf(req: IncomingMessage): object {
+  const session = (req as { stream?: { session?: object } }).stream?.session;
+  return session ?? req.socket;
 }
 
 /** Calls `done` once `socket` has handed everything written to it to the kernel, or closed. */

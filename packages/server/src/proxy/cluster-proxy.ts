@@ -4,6 +4,7 @@
 // it (raw-forward.ts); upgrades are relayed one per stream (upgrade-relay.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
 import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
@@ -27,13 +28,21 @@ import type { LiveCredentials } from "./live-credentials.js";
 import { forwardPlain } from "./plain-forward.js";
 import { forwardRaw } from "./raw-forward.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
-import { type Arrival, arrivalOf, carriesReplicaHeaders, type ReplicaHop } from "./replica-hop.js";
+import {
+  type Arrival,
+  arrivalOf,
+  carriesReplicaHeaders,
+  NOT_HELD_HEADER,
+  type ReplicaHop,
+} from "./replica-hop.js";
 import type { Owner, Ownership } from "../store/ownership.js";
 import { sessionFullStatus } from "./session-full.js";
 import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 
 /** Plain requests forwarded in passthrough mode (whose member 401s count as failed authentications). */
 const passthroughRequests = new WeakSet<IncomingMessage>();
+/** How often a request waiting for a cluster's next owner looks again (the Lease cache is watch-fed). */
+const OWNER_POLL_MS = 50;
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 
@@ -198,8 +207,7 @@ export class ClusterProxy {
     }
     // Passthrough: the member judges the credential; its 401 is counted in proxyRes.
     attempt.succeeded();
-    const entry = this.localSession(name);
-    const owner = entry ? undefined : this.deps.replicas?.ownership.owner(name);
+    const { entry, owner } = await this.route(name);
     if (!entry && !owner) {
       return {
         ok: false,
@@ -249,6 +257,26 @@ export class ClusterProxy {
       return { ok: false, reason: imp.reason, why, message: imp.message, caller: a.caller };
     }
     return imp.acting ? { ...a, acting: imp.acting } : a;
+  }
+
+  /**
+   * Where a request for `cluster` goes: a session here, or the replica that
+   * holds it. While the cluster changes hands (its owner drained, its agent
+   * is dialing another replica) the request waits for the next owner, a
+   * Lease duration at most, rather than fail: a rolling restart costs callers
+   * latency, not errors.
+   */
+  private async route(cluster: string): Promise<{ entry?: AgentSession; owner?: Owner }> {
+    const ownership = this.deps.replicas?.ownership;
+    const until = performance.now() + (ownership?.leaseDurationMs ?? 0);
+    for (;;) {
+      const entry = this.localSession(cluster);
+      if (entry) return { entry };
+      const owner = ownership?.owner(cluster);
+      if (owner) return { owner };
+      if (!ownership?.changingHands(cluster) || performance.now() >= until) return {};
+      await new Promise((resolve) => setTimeout(resolve, OWNER_POLL_MS));
+    }
   }
 
   /** The session this replica serves `cluster` through: with replicas, only while it holds the owner Lease. */
@@ -362,6 +390,8 @@ export class ClusterProxy {
       this.deps.metrics?.refused(admission.why);
       audit?.refused(admission.reason, admission.message, admission.caller);
       this.logRefusal(req, admission.reason, "refused");
+      // A forwarded request for a cluster not held here: the replica that sent it may route it again.
+      if (admission.why === "no_agent" && arrivalOf(req)) res.setHeader(NOT_HELD_HEADER, "1");
       sendStatus(res, admission.reason, admission.message, admission.retryAfterSeconds);
       return;
     }
@@ -391,8 +421,45 @@ export class ClusterProxy {
           this.deps.metrics?.authFailure("proxy", "member_rejected");
         });
       // An admission names a hop only when replicas are configured.
-      return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission));
+      return this.deps.replicas!.hop.forward(req, res, this.hopTo(admission), () => {
+        void this.heldHere(req, res, admission);
+      });
     }
+    this.serveLocal(req, res, { ...admission, entry });
+  }
+
+  /**
+   * A forwarded request whose owner refused it or was gone, and that waited
+   * for the cluster's next owner: the next owner is this replica.
+   */
+  private async heldHere(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Extract<Admission, { ok: true }>,
+  ): Promise<void> {
+    const entry = this.localSession(a.cluster);
+    if (!entry) {
+      sendStatus(res, "ServiceUnavailable", `cluster "${a.cluster}" changed hands: try again`, 1);
+      return;
+    }
+    for (const name of Object.keys(req.headers))
+      if (name.startsWith("tether-replica-")) delete req.headers[name];
+    // The slot is the first admission's, given back when the response closes.
+    const checked = await this.withImpersonation(req, { ...a, hop: undefined, entry, release: () => {} });
+    if (!checked.ok) {
+      sendStatus(res, checked.reason, checked.message, checked.retryAfterSeconds);
+      return;
+    }
+    this.serveLocal(req, res, { ...checked, hop: undefined, entry });
+  }
+
+  /** A plain request through this replica's own session. */
+  private serveLocal(
+    req: IncomingMessage,
+    res: ServerResponse,
+    admission: Extract<Admission, { ok: true }> & { entry: AgentSession },
+  ): void {
+    const { mode, caller, entry, path } = admission;
     rewriteHeaders(
       req.headers,
       mode,

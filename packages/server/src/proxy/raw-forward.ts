@@ -4,7 +4,12 @@
 // framing of the body Node makes itself. The answer reaches the caller the
 // same way a structured one does: its head at once (a watch may send nothing
 // for minutes), its connection headers dropped.
-import { type Agent as HttpAgent, type OutgoingHttpHeaders, request } from "node:http";
+import {
+  type Agent as HttpAgent,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
+  request,
+} from "node:http";
 import { request as httpsRequest } from "node:https";
 import type { Socket } from "node:net";
 import { CONNECTION_HEADERS, sendStatus } from "@tether/common";
@@ -17,13 +22,23 @@ const UNASKED_SWITCH = "the member switched protocols on a request that asked fo
  * `target`: an https origin to send it to instead (the replica hop), whose
  * connections `agent` (an https.Agent) makes; without it, the tunnel streams.
  */
-export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent; target?: URL }): void {
+export function forwardRaw(
+  f: Omit<PlainForward, "open"> & {
+    agent: HttpAgent;
+    target?: URL;
+    /** An answer this returns true for is dropped, not passed on: the caller sends the request elsewhere. */
+    divert?: (status: number, headers: IncomingHttpHeaders) => boolean;
+    /** The request was sent before (and diverted): its body, empty, was read already. */
+    again?: boolean;
+  },
+): void {
   const { req, res } = f;
   const headers: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(f.headers)) {
     if (value !== undefined && !name.startsWith(":")) headers[name] = value;
   }
   let answered = false;
+  let diverted = false;
   const options = { method: req.method, path: f.path, headers, agent: f.agent };
   const upstream = f.target
     ? httpsRequest({
@@ -50,6 +65,11 @@ export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent; t
       return;
     }
     answered = true;
+    if (f.divert?.(up.statusCode ?? 0, up.headers)) {
+      diverted = true;
+      up.resume();
+      return;
+    }
     // The Connection header's own list too: they are hop-by-hop by the member's word.
     stripConnectionHeaders(up.headers);
     const out: OutgoingHttpHeaders = {};
@@ -64,11 +84,13 @@ export function forwardRaw(f: Omit<PlainForward, "open"> & { agent: HttpAgent; t
     up.on("aborted", () => res.destroy());
   });
   upstream.on("error", (err) => {
+    if (diverted) return;
     if (!answered) f.failure(err);
     else res.destroy();
   });
   res.on("close", () => {
     if (responseCut(res)) upstream.destroy();
   });
-  req.pipe(upstream);
+  if (f.again) upstream.end();
+  else req.pipe(upstream);
 }

@@ -12,6 +12,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http";
 import { Agent, createServer, type Server } from "node:https";
 import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import { connect, type PeerCertificate, type TLSSocket } from "node:tls";
 import { sendStatus, statusResponseHead } from "@tether/common";
@@ -30,6 +31,10 @@ const CALLER_HEADER = "tether-replica-caller";
 const OWNER_HEADER = "tether-replica-owner";
 /** The caller's address as the first replica saw it. */
 const SOURCE_HEADER = "tether-replica-source";
+/** On the owner's 503 to a forwarded request for a cluster it does not hold: the sender may route it again. */
+export const NOT_HELD_HEADER = "tether-replica-not-held";
+/** How often a request to send again looks for the cluster's next owner (the Lease cache is watch-fed). */
+const RESEND_POLL_MS = 50;
 const MAX_CALLER_HEADER = 16 << 10;
 const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
@@ -208,6 +213,8 @@ export class ReplicaHop {
     req: IncomingMessage,
     res: ServerResponse,
     hop: { owner: Owner; cluster: string; url: string; mode: AuthMode; caller?: AuthenticatedCaller },
+    /** Serves the request here: the cluster's next owner turned out to be this replica. */
+    heldHere: () => void,
   ): void {
     // The owner takes the caller from the hop: the token goes no further than this replica.
     if (hop.mode === "impersonate") delete req.headers.authorization;
@@ -221,6 +228,27 @@ export class ReplicaHop {
     for (const [name, value] of this.hopHeaders(hop.owner, hop.mode, hop.caller, req.socket.remoteAddress))
       req.headers[name] = value;
     req.url = hop.url;
+    this.send(req, res, hop, false, heldHere);
+  }
+
+  /**
+   * Sends a forwarded request to `hop.owner`. A request without a body
+   * whose owner turns out not to hold the cluster (it resigned in a drain,
+   * this replica's view of the Lease was behind) or cannot be reached (it
+   * died) is sent once more, to the next owner, once the Lease names one:
+   * it did nothing at the first.
+   */
+  private send(
+    req: IncomingMessage,
+    res: ServerResponse,
+    hop: { owner: Owner; cluster: string; url: string },
+    again: boolean,
+    heldHere: () => void,
+  ): void {
+    req.headers[OWNER_HEADER] = `${hop.owner.replica}/${hop.owner.generation}`;
+    const retry = !again && bodiless(req);
+    const unreachable = (err: Error) =>
+      sendStatus(res, "ServiceUnavailable", this.unreachable(hop.owner, hop.cluster, err));
     forwardRaw({
       req,
       res,
@@ -229,8 +257,46 @@ export class ReplicaHop {
       agent: this.agentFor(hop.owner),
       target: new URL(hop.owner.address),
       answered: () => {},
-      failure: (err) => sendStatus(res, "ServiceUnavailable", this.unreachable(hop.owner, hop.cluster, err)),
+      again,
+      ...(retry
+        ? {
+            divert: (status, headers) => {
+              if (status !== 503 || headers[NOT_HELD_HEADER] === undefined) return false;
+              void this.resend(req, res, hop, heldHere, () =>
+                sendStatus(res, "ServiceUnavailable", `cluster "${hop.cluster}" changed hands: try again`, 1),
+              );
+              return true;
+            },
+          }
+        : {}),
+      failure: (err) =>
+        retry ? void this.resend(req, res, hop, heldHere, () => unreachable(err)) : unreachable(err),
     });
+  }
+
+  /** Sends the request to the cluster's next owner once the Lease names one (a Lease duration at most), here too. */
+  private async resend(
+    req: IncomingMessage,
+    res: ServerResponse,
+    hop: { owner: Owner; cluster: string; url: string },
+    heldHere: () => void,
+    otherwise: () => void,
+  ): Promise<void> {
+    const ownership = this.o.ownership;
+    const until = performance.now() + ownership.leaseDurationMs;
+    while (!res.destroyed && performance.now() < until) {
+      if (ownership.holds(hop.cluster)) {
+        heldHere();
+        return;
+      }
+      const next = ownership.owner(hop.cluster);
+      if (next && (next.replica !== hop.owner.replica || next.generation !== hop.owner.generation)) {
+        this.send(req, res, { ...hop, owner: next }, true, heldHere);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, RESEND_POLL_MS));
+    }
+    otherwise();
   }
 
   /** Forwards an upgrade (exec, attach, port-forward) to the owner; the owner's answer comes back as is. */
@@ -283,4 +349,13 @@ function parseCaller(encoded: string): AuthenticatedCaller | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** A request with no body to send: it can be sent again as it was. */
+function bodiless(req: IncomingMessage): boolean {
+  return (
+    (req.method === "GET" || req.method === "HEAD") &&
+    !req.headers["transfer-encoding"] &&
+    (req.headers["content-length"] ?? "0") === "0"
+  );
 }

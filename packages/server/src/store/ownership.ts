@@ -27,6 +27,8 @@ import type { KubeApi } from "./kube-api.js";
 
 export const DEFAULT_LEASE_DURATION_MS = 30_000;
 const ADDRESS_ANNOTATION = "tether.io/replica-address";
+/** Set by a draining owner that gave the Lease up: until when the others may wait for the next owner. */
+const HANDOVER_ANNOTATION = "tether.io/handover-until";
 const KIND_LABEL = "tether.io/kind";
 const CLUSTER_LABEL = "tether.io/cluster";
 const RETRIES = 5;
@@ -167,7 +169,7 @@ export class Ownership {
   }
 
   /** The last session for `cluster` here ended: give the Lease up so the next owner need not wait. */
-  release(cluster: string): Promise<void> {
+  release(cluster: string, handover = false): Promise<void> {
     this.wanted.delete(cluster);
     this.pending.delete(cluster);
     return this.serial(cluster, async () => {
@@ -177,8 +179,43 @@ export class Ownership {
       const lease = await this.read(cluster);
       if (lease?.spec.holderIdentity !== this.replicaId) return;
       delete lease.spec.holderIdentity;
+      if (handover) {
+        lease.metadata.annotations = {
+          ...lease.metadata.annotations,
+          [HANDOVER_ANNOTATION]: new Date(Date.now() + this.durationMs).toISOString(),
+        };
+      }
       await this.o.api.expect("PUT", `${this.collection}/${lease.metadata.name}`, lease, [404, 409]);
     });
+  }
+
+  /**
+   * A graceful stop: give every Lease up before the agents are sent go-away,
+   * so the other replicas hold a request for these clusters until an agent's
+   * new session elsewhere claims them (changingHands) instead of routing it
+   * here, where a going-away session opens no stream.
+   */
+  async resign(): Promise<void> {
+    clearInterval(this.timer);
+    await Promise.all([...this.wanted].map((c) => this.release(c, true).catch(() => {})));
+  }
+
+  /**
+   * Whether `cluster` is between owners: its last owner resigned it in a
+   * drain less than a lease duration ago and nobody holds it yet (its agent
+   * is dialing another replica). A request may wait for the next owner; one
+   * for a cluster whose agent was lost does not.
+   */
+  changingHands(cluster: string): boolean {
+    const lease = this.leases.get(cluster);
+    if (!lease || this.owner(cluster) || this.holds(cluster)) return false;
+    const until = Date.parse(lease.metadata.annotations?.[HANDOVER_ANNOTATION] ?? "");
+    return Number.isFinite(until) && Date.now() < until;
+  }
+
+  /** How long a Lease lasts unrenewed: the bound of a wait for an owner. */
+  get leaseDurationMs(): number {
+    return this.durationMs;
   }
 
   async close(): Promise<void> {
@@ -260,7 +297,10 @@ export class Ownership {
                 }
               : {}),
           }),
-          annotations: { ...lease?.metadata.annotations, [ADDRESS_ANNOTATION]: this.o.address },
+          annotations: withoutHandover({
+            ...lease?.metadata.annotations,
+            [ADDRESS_ANNOTATION]: this.o.address,
+          }),
         },
         spec: {
           holderIdentity: this.replicaId,
@@ -301,4 +341,9 @@ function leaseLive(lease: LeaseObject): boolean {
   const renewed = Date.parse(lease.spec.renewTime ?? "");
   const duration = (lease.spec.leaseDurationSeconds ?? 0) * 1000;
   return Number.isFinite(renewed) && renewed + duration > Date.now();
+}
+
+function withoutHandover(annotations: Record<string, string>): Record<string, string> {
+  delete annotations[HANDOVER_ANNOTATION];
+  return annotations;
 }
