@@ -6,6 +6,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import { maintainAdminCredential } from "../admin/admin-credential.js";
 import { serveUrl } from "../admin/admin-input.js";
 import { formatDuration } from "../http/limits.js";
+import { readScrapeToken } from "../http/read-access.js";
 import { createLogger } from "../logger.js";
 import { DEFAULT_DRAIN_TIMEOUT_MS } from "../proxy/agent-sessions.js";
 import { normalizeClusterDomain } from "../proxy/host-routing.js";
@@ -173,6 +174,20 @@ export function addServe(program: Command): void {
         await maintainAdminCredential(store, url, server.ca.certPem, log);
         process.on("SIGHUP", () => {
           audit?.reopen();
+          if (opts.metricsTokenFile) {
+            // An unusable file keeps the token in force: a half-written rotation must not lock the scraper out.
+            readScrapeToken(opts.metricsTokenFile).then(
+              (token) => {
+                server.readAccess.setScrapeToken(token);
+                log.info("scrape token reloaded");
+              },
+              (err: Error & { code?: string }) =>
+                log.error(
+                  { err: err.message, code: err.code },
+                  "scrape token reload failed: the previous token stays in force",
+                ),
+            );
+          }
           server
             .reloadServingCertificate()
             .catch((err: Error) => log.error({ err: err.message }, "serving certificate reload failed"));

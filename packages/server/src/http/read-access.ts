@@ -2,7 +2,8 @@
 // token, or the read-only scrape token of --metrics-token-file, which can read
 // and do nothing else. A user token or certificate is a known caller but no
 // reader (403); anything else is unauthenticated (401, counted as a failed
-// authentication of its source like the admin API's).
+// authentication of its source like the admin API's). The scrape token file
+// is read again on SIGHUP, so a rotated Secret takes effect without a restart.
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -46,12 +47,17 @@ export async function readScrapeToken(path: string): Promise<string> {
 
 export class ReadAccess {
   /** SHA-256 of the scrape token: compared in constant time, whatever length a caller sends. */
-  private readonly scrapeDigest: Buffer | undefined;
+  private scrapeDigest: Buffer | undefined;
 
   constructor(
     private readonly store: Store,
     scrapeToken?: string,
   ) {
+    this.setScrapeToken(scrapeToken);
+  }
+
+  /** A rotated token file (SIGHUP): the old token stops reading at once. */
+  setScrapeToken(scrapeToken: string | undefined): void {
     this.scrapeDigest = scrapeToken === undefined ? undefined : digest(scrapeToken);
   }
 
