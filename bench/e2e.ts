@@ -24,6 +24,7 @@ import { bindTetherAdmins, prepareMember } from "../test/e2e/fixture.js";
 import { spawnAgent, spawnServer } from "../test/e2e/tether-processes.js";
 import { type Cluster, freePort, startClusters } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
+import { ensureDebianPackage } from "../test/tools/debian-package.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
 import { measureWatchFanout } from "./watch-fanout.js";
 
@@ -93,13 +94,8 @@ async function waitForPort(port: number, proc: ManagedProcess, limitMs = 20_000)
 
 /** Installs Debian's openssh-server when sshd is missing and we may (root with apt-get), as the tests install tinyproxy. */
 function ensureSshd(): void {
-  if (existsSync(SSHD) || process.getuid?.() !== 0 || !existsSync("/usr/bin/apt-get")) return;
   try {
-    execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-    execFileSync("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "openssh-server"], {
-      stdio: "inherit",
-      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-    });
+    ensureDebianPackage({ name: "openssh-server", provides: SSHD, neededBy: "the ssh -R baseline" });
   } catch (err) {
     console.error(
       `could not install openssh-server; the ssh -R baseline is skipped: ${(err as Error).message}`,

@@ -3,34 +3,17 @@
 // backends health-checked on /readyz as a Service's readiness probe would
 // (a dead or draining one leaves the rotation after three checks) and
 // redispatch of a connection whose backend refuses it.
-import { execFileSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { freePort } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
+import { ensureDebianPackage } from "../tools/debian-package.js";
 import { until } from "./fixture.js";
 
-function onPath(bin: string): boolean {
-  try {
-    execFileSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** haproxy on PATH; installs it with apt-get when it is missing (CI runs as root). */
+/** haproxy on PATH; installs it when it is missing (CI runs as root). */
 export function ensureHaproxy(): void {
-  if (onPath("haproxy")) return;
-  if (process.getuid?.() !== 0 || !onPath("apt-get")) {
-    throw new Error("the replica tests need haproxy: apt-get install -y haproxy");
-  }
-  execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-  execFileSync("apt-get", ["install", "-y", "-qq", "haproxy"], {
-    stdio: "inherit",
-    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-  });
+  ensureDebianPackage({ name: "haproxy", provides: "haproxy", neededBy: "the replica tests" });
 }
 
 export interface Haproxy {

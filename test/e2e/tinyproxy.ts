@@ -3,35 +3,18 @@
 // of its own where /etc/hosts is the test's file, so it resolves names that
 // nothing else on the machine does: an agent told to reach such a name can
 // only get there through the proxy. /etc/hosts itself is never touched.
-import { execFileSync } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { freePort } from "../kube/index.js";
 import { ManagedProcess } from "../kube/processes.js";
+import { ensureDebianPackage, isInstalled } from "../tools/debian-package.js";
 import { until } from "./fixture.js";
-
-function onPath(bin: string): boolean {
-  try {
-    execFileSync("sh", ["-c", `command -v ${bin}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** tinyproxy and unshare on PATH; installs tinyproxy with apt-get when it is missing (CI runs as root). */
 export function ensureTinyproxy(): void {
-  if (!onPath("unshare")) throw new Error("the proxy tests need unshare (util-linux)");
-  if (onPath("tinyproxy")) return;
-  if (process.getuid?.() !== 0 || !onPath("apt-get")) {
-    throw new Error("the proxy tests need tinyproxy: apt-get install -y tinyproxy");
-  }
-  execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-  execFileSync("apt-get", ["install", "-y", "-qq", "tinyproxy"], {
-    stdio: "inherit",
-    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-  });
+  if (!isInstalled("unshare")) throw new Error("the proxy tests need unshare (util-linux)");
+  ensureDebianPackage({ name: "tinyproxy", provides: "tinyproxy", neededBy: "the proxy tests" });
 }
 
 export interface ProxyOptions {
