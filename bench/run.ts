@@ -24,6 +24,7 @@ const suites: Record<string, () => Promise<Suite>> = {
   tunnel: async () => (await import("./tunnel.js")).run,
   e2e: async () => (await import("./e2e.js")).run,
   scale: async () => (await import("./scale.js")).run,
+  replicas: async () => (await import("./replicas.js")).run,
 };
 
 const { values, positionals } = parseArgs({
