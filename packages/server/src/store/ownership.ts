@@ -62,6 +62,8 @@ const KIND_LABEL = "tether.io/kind";
 const CLUSTER_LABEL = "tether.io/cluster";
 const REPLICA_LABEL = "tether.io/replica";
 const RETRIES = 5;
+/** A replica Lease unrenewed this long (by its renewTime) belongs to a replica that is gone: deleted. */
+export const STALE_REPLICA_MS = 3_600_000;
 
 export interface Owner {
   replica: string;
@@ -231,6 +233,7 @@ export class Ownership {
         if (this.held.has(cluster) || this.busy.has(cluster)) continue;
         void this.serial(cluster, () => this.acquire(cluster, this.pending.has(cluster)));
       }
+      await this.forgetGone().catch(() => {});
     })().finally(() => {
       this.ticking = undefined;
     });
@@ -502,6 +505,32 @@ export class Ownership {
   private takeSoon(cluster: string): void {
     if (this.closed || this.busy.has(cluster)) return;
     void this.serial(cluster, () => this.acquire(cluster, this.pending.has(cluster)));
+  }
+
+  /**
+   * Deletes the Leases of replicas gone for STALE_REPLICA_MS (with pod names
+   * as ids, each rollout leaves some), at the resourceVersion seen: one that
+   * came back meanwhile keeps its Lease, and one that comes back later finds
+   * it gone and starts again with nothing held.
+   */
+  private async forgetGone(): Promise<void> {
+    const wall = this.wallNow();
+    for (const [id, seen] of this.replicas) {
+      const renewed = Date.parse(seen.lease.spec.renewTime ?? seen.lease.spec.acquireTime ?? "");
+      if (Number.isFinite(renewed) && wall - renewed < STALE_REPLICA_MS) continue;
+      if (this.now() - seen.at < this.durationMs) continue;
+      const answer = await this.o.api.expect(
+        "DELETE",
+        `${this.collection}/${seen.lease.metadata.name}`,
+        {
+          apiVersion: "v1",
+          kind: "DeleteOptions",
+          preconditions: { resourceVersion: seen.lease.metadata.resourceVersion },
+        },
+        [404, 409],
+      );
+      if (answer.status !== 409) this.replicas.delete(id);
+    }
   }
 
   /** Whether `id` is alive for routing: its Lease renewed within a duration, on this clock and by its renewTime. */

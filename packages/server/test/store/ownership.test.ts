@@ -45,6 +45,16 @@ class FakeApi {
     const target = name ?? body!.metadata.name;
     this.beforeWrite?.(method, target);
     const existing = this.objects.get(target);
+    if (method === "DELETE") {
+      if (!existing) return { status: 404, body: {} };
+      const want = (body as { preconditions?: { resourceVersion?: string } } | undefined)?.preconditions;
+      if (want?.resourceVersion && want.resourceVersion !== existing.metadata.resourceVersion)
+        return { status: 409, body: {} };
+      this.objects.delete(target);
+      this.writes.push(`DELETE ${target}`);
+      for (const w of this.watchers) w.gone(existing);
+      return { status: 200, body: {} };
+    }
     if (method === "POST" && existing) return { status: 409, body: {} };
     if (method === "PUT" && !existing) return { status: 404, body: {} };
     if (method === "PUT" && existing!.metadata.resourceVersion !== body!.metadata.resourceVersion)
@@ -92,6 +102,9 @@ class Watcher {
   push(o: LeaseObject): void {
     if (this.held) this.queue.push(structuredClone(o));
     else this.on?.set(structuredClone(o));
+  }
+  gone(o: LeaseObject): void {
+    if (!this.held) this.on?.delete(structuredClone(o));
   }
   release(): void {
     this.held = false;
@@ -339,4 +352,24 @@ t.test("a fenced replica claims again what its sessions still want, as a new gen
   await a.o.tick();
   await settle();
   t.ok(a.o.holds("m1", 1) && a.o.holds("m2", 1), "claimed again under new generations");
+});
+
+t.test("the Lease of a replica gone an hour is deleted; a live one's is not", async (t) => {
+  const api = new FakeApi();
+  const a = await replica(api, "a");
+  const b = await replica(api, "b");
+  const c = await replica(api, "c");
+  await c.o.close(); // c resigned: its Lease stays, holder cleared
+  a.watcher.held = true; // a is gone without a word
+  await run(3_600_000 - DURATION, b);
+  t.ok(api.objects.has("tether-replica-a") && api.objects.has("tether-replica-c"), "kept for an hour");
+  await run(2 * DURATION, b);
+  t.notOk(api.objects.has("tether-replica-a"), "a's deleted");
+  t.notOk(api.objects.has("tether-replica-c"), "c's deleted");
+  t.ok(api.objects.has("tether-replica-b"), "b's own stays");
+  // a comes back: its renewal finds its Lease gone, and it starts again with nothing.
+  a.watcher.release();
+  a.advance(3_600_000);
+  await a.o.tick();
+  t.equal(api.objects.get("tether-replica-a")?.spec.holderIdentity, "a", "a wrote its Lease again");
 });
