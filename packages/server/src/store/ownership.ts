@@ -58,6 +58,13 @@ const ADDRESS_ANNOTATION = "tether.io/replica-address";
 const HANDOVER_ANNOTATION = "tether.io/handover-until";
 /** Set on a replica Lease by the replica that found it expired and fenced it. */
 const FENCED_ANNOTATION = "tether.io/fenced-by";
+/**
+ * On an owner record: its holder is alive while its replica Lease is. Such a record's own duration is
+ * long, so that a replica of an older version (which renewed each record and read its renewTime) does
+ * not take it for expired during a rolling upgrade.
+ */
+const ALIVE_WHILE_ANNOTATION = "tether.io/alive-while";
+const RECORD_DURATION_SECONDS = 10 * 365 * 86_400;
 const KIND_LABEL = "tether.io/kind";
 const CLUSTER_LABEL = "tether.io/cluster";
 const REPLICA_LABEL = "tether.io/replica";
@@ -260,7 +267,9 @@ export class Ownership {
     if (!record || !holder || holder === this.replicaId || !address) return undefined;
     const seen = this.replicas.get(holder);
     // A holder with no replica Lease is of a version that renewed its records instead (a rolling upgrade).
-    const live = seen ? this.replicaLive(holder, seen) : leaseLive(record, this.wallNow());
+    const live = seen
+      ? this.replicaLive(holder, seen)
+      : !record.metadata.annotations?.[ALIVE_WHILE_ANNOTATION] && leaseLive(record, this.wallNow());
     if (!live) return undefined;
     return { replica: holder, address, generation: record.spec.leaseTransitions ?? 0 };
   }
@@ -682,11 +691,12 @@ export class Ownership {
           annotations: withoutHandover({
             ...record?.metadata.annotations,
             [ADDRESS_ANNOTATION]: this.o.address,
+            [ALIVE_WHILE_ANNOTATION]: "replica-lease",
           }),
         },
         spec: {
           holderIdentity: this.replicaId,
-          leaseDurationSeconds: Math.ceil(this.durationMs / 1000),
+          leaseDurationSeconds: RECORD_DURATION_SECONDS,
           acquireTime: microTime(wall),
           renewTime: microTime(wall),
           leaseTransitions: transitions,

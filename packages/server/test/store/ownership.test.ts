@@ -373,3 +373,38 @@ t.test("the Lease of a replica gone an hour is deleted; a live one's is not", as
   await a.o.tick();
   t.equal(api.objects.get("tether-replica-a")?.spec.holderIdentity, "a", "a wrote its Lease again");
 });
+
+t.test(
+  "a rolling upgrade: records of a version without replica Leases route by their renewTime",
+  async (t) => {
+    const api = new FakeApi();
+    const b = await replica(api, "b");
+    // As the older version wrote it: renewed every 10 s, a 30 s duration, no replica Lease.
+    const old = (renewed: number): LeaseObject => ({
+      apiVersion: "coordination.k8s.io/v1",
+      kind: "Lease",
+      metadata: {
+        name: "tether-owner-m1",
+        namespace: NS,
+        labels: { "tether.io/kind": "owner", "tether.io/cluster": "m1" },
+        annotations: { "tether.io/replica-address": "https://old:9443" },
+      },
+      spec: { holderIdentity: "old", leaseDurationSeconds: 30, renewTime: new Date(renewed).toISOString() },
+    });
+    await api.expect("POST", COLLECTION, old(wall));
+    t.same(
+      b.o.owner("m1"),
+      { replica: "old", address: "https://old:9443", generation: 0 },
+      "routed while renewed",
+    );
+    wall += 31_000;
+    t.equal(b.o.owner("m1"), undefined, "not once its renewTime is a duration old");
+    await b.o.claim("m1");
+    const record = api.objects.get("tether-owner-m1")!;
+    t.ok(
+      record.spec.leaseDurationSeconds! > 365 * 86_400,
+      "this version's record looks live to the older one",
+    );
+    t.equal(record.metadata.annotations?.["tether.io/alive-while"], "replica-lease");
+  },
+);
