@@ -10,6 +10,8 @@ export interface SuiteOptions {
   quick: boolean;
   /** --agents N: the scale suite's one fleet size instead of its levels. */
   agents?: number;
+  /** --store kubernetes: the scale suite's server on a harness host cluster instead of the file store. */
+  store?: "file" | "kubernetes";
 }
 
 export interface SuiteResult {
@@ -33,12 +35,15 @@ const { values, positionals } = parseArgs({
     quick: { type: "boolean", default: false },
     json: { type: "boolean", default: false },
     agents: { type: "string" },
+    store: { type: "string" },
   },
 });
 const name = positionals[0];
 const load = name === undefined ? undefined : suites[name];
 if (load === undefined) {
-  console.error(`usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N]`);
+  console.error(
+    `usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N] [--store file|kubernetes]`,
+  );
   process.exit(2);
 }
 const agents = values.agents === undefined ? undefined : Number(values.agents);
@@ -46,7 +51,16 @@ if (agents !== undefined && !(Number.isInteger(agents) && agents > 0)) {
   console.error("--agents is a whole number of agents, e.g. --agents 10000");
   process.exit(2);
 }
-const result = await (await load())({ quick: values.quick, ...(agents === undefined ? {} : { agents }) });
+if (values.store !== undefined && values.store !== "file" && values.store !== "kubernetes") {
+  console.error("--store is file or kubernetes");
+  process.exit(2);
+}
+const store = values.store as SuiteOptions["store"];
+const result = await (await load())({
+  quick: values.quick,
+  ...(agents === undefined ? {} : { agents }),
+  ...(store === undefined ? {} : { store }),
+});
 const widths = [0, 1, 2].map((i) => Math.max(...result.rows.map((r) => r[i]!.length), 6));
 console.log(`\n${name}${values.quick ? " (quick)" : ""}`);
 for (const row of result.rows) {

@@ -18,8 +18,21 @@
  * With TETHER_BENCH_PROFILE_DIR set, the server's CPU is also profiled over
  * a second idle window at each level (server-idle-<level>.cpuprofile there).
  *
- * Not measured yet (issue 18): 10,000 watches through one tunnel, and the
- * Kubernetes store's write rate.
+ * With `--store kubernetes` the server runs on the Kubernetes store of a
+ * harness host cluster (a real kube-apiserver, test/kube) as one of several
+ * replicas (--replica-address, as deploy/server runs it: owner records and a
+ * replica Lease), and the writes it sends there are counted from the
+ * apiserver's side (apiserver_request_total, verbs POST, PUT, PATCH, DELETE,
+ * APPLY, less the host cluster's own rate measured before the server
+ * started): per second over an idle window of a full lease duration and
+ * status heartbeat, and over the reconnect storm (from the kill until
+ * STORM_TAIL_MS after the last agent is back, when queued claims and status
+ * writes have gone out).
+ *
+ * TETHER_BENCH_SERVER_BIN runs another build of tether-server (a before/after
+ * comparison in one sitting).
+ *
+ * Not measured yet (issue 18): 10,000 watches through one tunnel.
  */
 import { type ChildProcess, fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -29,9 +42,9 @@ import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { FileStore } from "@tether/server";
+import { FileStore, KubeStore, type Store } from "@tether/server";
 import { SERVER_BIN } from "../test/e2e/tether-processes.js";
-import { freePort } from "../test/kube/index.js";
+import { type Cluster, freePort, startClusters } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
 import { profileFor } from "./inspector-profile.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
@@ -49,6 +62,11 @@ const SETTLE_MS = 5_000;
 /** The serve flags: production tunnel timing, and room for the whole fleet from one source address. */
 const SERVE_FLAGS = ["--max-connections", "30000", "--max-connections-per-source", "30000"];
 const CLOCK_TICKS = 100;
+/** The Kubernetes store's idle window: a full replica lease duration (30 s) and status heartbeat period, twice. */
+const KUBE_IDLE_WINDOW_MS = 60_000;
+const STORM_TAIL_MS = 10_000;
+const WRITE_VERBS = new Set(["POST", "PUT", "PATCH", "DELETE", "APPLY"]);
+const NAMESPACE = "tether-system";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const label = (n: number) => (n % 1000 === 0 ? `${n / 1000}k` : String(n));
@@ -101,6 +119,8 @@ class Server {
     private readonly dir: string,
     private readonly port: number,
     private readonly tokenFile: string,
+    /** How the server reaches its state: --state-dir, or the Kubernetes store's flags. */
+    private readonly storeArgs: string[],
   ) {
     this.url = `https://127.0.0.1:${port}`;
   }
@@ -114,10 +134,9 @@ class Server {
         "-u",
         "NODE_OPTIONS",
         process.execPath,
-        SERVER_BIN,
+        process.env.TETHER_BENCH_SERVER_BIN ?? SERVER_BIN,
         "serve",
-        "--state-dir",
-        join(this.dir, "state"),
+        ...this.storeArgs,
         "--listen",
         `127.0.0.1:${this.port}`,
         "--metrics-token-file",
@@ -154,6 +173,67 @@ class Server {
     process.kill(this.pid, "SIGKILL");
     await this.proc?.exited;
   }
+}
+
+/** Writes the host apiserver has answered so far, by resource, from its own apiserver_request_total. */
+function apiserverWrites(host: Cluster): Promise<Map<string, number>> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${host.server}/metrics`,
+      { ca: host.caPem, cert: host.admin.certPem, key: host.admin.keyPem, timeout: 60_000 },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => {
+          text += c;
+        });
+        res.on("end", () => {
+          if (res.statusCode !== 200) return reject(new Error(`apiserver /metrics: HTTP ${res.statusCode}`));
+          const byResource = new Map<string, number>();
+          for (const m of text.matchAll(/^apiserver_request_total\{([^}]*)\} (\S+)$/gm)) {
+            const labels = Object.fromEntries(
+              [...m[1]!.matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1]!, l[2]!] as const),
+            );
+            if (!WRITE_VERBS.has(labels.verb ?? "")) continue;
+            const key = labels.subresource
+              ? `${labels.resource}/${labels.subresource}`
+              : (labels.resource ?? "");
+            byResource.set(key, (byResource.get(key) ?? 0) + Number(m[2]));
+          }
+          resolve(byResource);
+        });
+      },
+    );
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("apiserver /metrics timed out")));
+    req.end();
+  });
+}
+
+const total = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+
+/** after - before per resource, largest first, as "leases 12, clusters/status 3". */
+function writesByResource(before: Map<string, number>, after: Map<string, number>): string {
+  return (
+    [...after]
+      .map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const)
+      .filter(([, v]) => v > 0)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ") || "none"
+  );
+}
+
+/** A harness host cluster with the CRD and namespace the Kubernetes store needs. */
+async function startHost(): Promise<{ host: Cluster; stop(): Promise<void> }> {
+  const set = await startClusters(1, { names: ["host"] });
+  const host = set.clusters[0]!;
+  const root = join(here, "..");
+  const crd = await host.kubectl(["apply", "-k", join(root, "deploy/crd")]);
+  if (crd.code !== 0) throw new Error(`CRD: ${crd.stderr}`);
+  await host.kubectl(["wait", "--for", "condition=established", "crd/clusters.tether.io", "--timeout=60s"]);
+  await host.api("POST", "/api/v1/namespaces", { metadata: { name: NAMESPACE } }, [409]);
+  return { host, stop: () => set.stop() };
 }
 
 class Fleet {
@@ -230,7 +310,8 @@ async function until(what: string, deadlineMs: number, done: () => boolean): Pro
 }
 
 /** Kill -9, restart on the same port and state, and follow the fleet's return in 100 ms samples. */
-async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: number) {
+async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: number, host?: Cluster) {
+  const writesBefore = host && (await apiserverWrites(host));
   const killedAt = Date.now();
   await server.kill9();
   await until("the fleet noticing the kill", 60_000, () => fleet.connected < n * 0.01);
@@ -259,7 +340,18 @@ async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: nu
   const histogram = Array.from(perSecond, (x) => x ?? 0);
   const peak = Math.max(0, ...histogram);
   const since = (t: number | undefined) => (t === undefined ? Number.NaN : round((t - killedAt) / 1000, 2));
+  let writes: { total: number; seconds: number; byResource: string } | undefined;
+  if (host && writesBefore) {
+    await sleep(STORM_TAIL_MS);
+    const after = await apiserverWrites(host);
+    writes = {
+      total: total(after) - total(writesBefore),
+      seconds: (Date.now() - killedAt) / 1000,
+      byResource: writesByResource(writesBefore, after),
+    };
+  }
   return {
+    writes,
     restartSeconds: round((readyAt - restartAt) / 1000, 2),
     s50: since(reached[0.5]),
     s99: since(reached[0.99]),
@@ -279,23 +371,57 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
   const metrics: Record<string, number> = {};
   let server: Server | undefined;
   let fleet: Fleet | undefined;
+  const kube = options.store === "kubernetes";
+  let hostCluster: { host: Cluster; stop(): Promise<void> } | undefined;
+  let kubeStore: KubeStore | undefined;
   try {
-    const store = await FileStore.open(join(dir, "state"));
+    let store: Store;
+    let storeArgs: string[];
+    if (kube) {
+      hostCluster = await startHost();
+      const kubeconfig = hostCluster.host.kubeconfig;
+      kubeStore = await KubeStore.open({ kubeconfig, namespace: NAMESPACE });
+      store = kubeStore;
+      storeArgs = [
+        "--store",
+        "kubernetes",
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        NAMESPACE,
+        // One of several replicas, as deploy/server runs it: the owner records and the replica Lease are written.
+        "--replica-id",
+        "scale-0",
+        "--replica-address",
+        `https://127.0.0.1:${await freePort()}`,
+      ];
+    } else {
+      store = await FileStore.open(join(dir, "state"));
+      storeArgs = ["--state-dir", join(dir, "state")];
+    }
     const ca = await store.loadOrCreateCa();
     const names = Array.from({ length: max }, (_, i) => `scale-${String(i).padStart(5, "0")}`);
     let t = Date.now();
-    await store.putClusters(
-      names.map((name) => ({
-        name,
-        auth: "impersonate",
-        labels: {},
-        allowedUsers: [],
-        allowedGroups: [],
-        createdAt: new Date().toISOString(),
-      })),
-    );
+    const records = names.map((name) => ({
+      name,
+      auth: "impersonate" as const,
+      labels: {},
+      allowedUsers: [],
+      allowedGroups: [],
+      createdAt: new Date().toISOString(),
+    }));
+    if (store instanceof FileStore) await store.putClusters(records);
+    else {
+      // One Cluster object each: 20 creates at a time.
+      for (let i = 0; i < records.length; i += 20)
+        await Promise.all(records.slice(i, i + 20).map((r) => store.addCluster(r)));
+    }
     const uids = new Map((await store.listClusters()).map((c) => [c.name, c.uid]));
-    rows.push(["register clusters", `${max}`, `one store write, ${Date.now() - t} ms`]);
+    rows.push([
+      "register clusters",
+      `${max}`,
+      `${kube ? "one Cluster object each" : "one store write"}, ${Date.now() - t} ms`,
+    ]);
     t = Date.now();
     const creds: AgentCredentials[] = [];
     for (const cluster of names) {
@@ -310,7 +436,22 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
     const tokenFile = join(dir, "metrics-token");
     await writeFile(tokenFile, token, { mode: 0o600 });
 
-    server = new Server(dir, await freePort(), tokenFile);
+    const host = hostCluster?.host;
+    // The host cluster's own writes (its controllers, the kubelet stand-in), subtracted from the server's.
+    let hostRate = 0;
+    if (host) {
+      const before = await apiserverWrites(host);
+      await sleep(KUBE_IDLE_WINDOW_MS / 2);
+      const after = await apiserverWrites(host);
+      hostRate = (total(after) - total(before)) / (KUBE_IDLE_WINDOW_MS / 2000);
+      metrics.kube_host_writes_per_s_baseline = round(hostRate, 2);
+      rows.push([
+        "host cluster alone",
+        `${round(hostRate, 2)} writes/s`,
+        `over ${KUBE_IDLE_WINDOW_MS / 2000} s before the server started: ${writesByResource(before, after)}`,
+      ]);
+    }
+    server = new Server(dir, await freePort(), tokenFile, storeArgs);
     await server.start(ca.certPem);
     await sleep(SETTLE_MS);
     const base = procStats(server.pid);
@@ -336,15 +477,27 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
       ]);
       if (!up) break;
       await sleep(SETTLE_MS);
+      // On the Kubernetes store the claims and status writes of the connect go out first (status: 20/s).
+      if (host) await sleep((n / 20) * 1000);
+      const idleMs = host ? KUBE_IDLE_WINDOW_MS : IDLE_WINDOW_MS;
+      const writesBefore = host && (await apiserverWrites(host));
       const before = procStats(server.pid);
-      await sleep(IDLE_WINDOW_MS);
+      await sleep(idleMs);
       const after = procStats(server.pid);
+      if (host && writesBefore) {
+        const writesAfter = await apiserverWrites(host);
+        const perSecond = (total(writesAfter) - total(writesBefore)) / (idleMs / 1000) - hostRate;
+        metrics[`kube_store_writes_per_s_idle_${key}`] = round(Math.max(0, perSecond), 2);
+        rows.push([
+          `${key}: host apiserver writes, idle`,
+          `${metrics[`kube_store_writes_per_s_idle_${key}`]}/s`,
+          `over ${idleMs / 1000} s less the host's own ${round(hostRate, 2)}/s: ${writesByResource(writesBefore, writesAfter)}`,
+        ]);
+      }
       const heap = await scrapeHeap(server.url, ca.certPem, token);
       metrics[`server_bytes_per_session_${key}`] = Math.round((after.rss - base.rss) / n);
       metrics[`server_heap_bytes_per_session_${key}`] = Math.round((heap - baseHeap) / n);
-      metrics[`server_idle_cpu_${key}`] = round(
-        (after.cpuSeconds - before.cpuSeconds) / (IDLE_WINDOW_MS / 1000),
-      );
+      metrics[`server_idle_cpu_${key}`] = round((after.cpuSeconds - before.cpuSeconds) / (idleMs / 1000));
       metrics[`server_fds_${key}`] = after.fds;
       metrics[`server_rss_mib_${key}`] = round(after.rss / 2 ** 20, 1);
       rows.push([
@@ -355,7 +508,7 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
       rows.push([
         `${key}: server idle CPU`,
         `${metrics[`server_idle_cpu_${key}`]} cores`,
-        `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
+        `over ${idleMs / 1000} s, all sessions up`,
       ]);
 
       const profileDir = process.env.TETHER_BENCH_PROFILE_DIR;
@@ -365,7 +518,7 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
         rows.push([`${key}: idle profile`, file, "bench/cpu-profile-summary.ts reads it"]);
       }
 
-      const storm = await reconnectStorm(server, fleet, ca.certPem, n);
+      const storm = await reconnectStorm(server, fleet, ca.certPem, n, host);
       metrics[`reconnect_50_s_${key}`] = storm.s50;
       metrics[`reconnect_99_s_${key}`] = storm.s99;
       metrics[`reconnect_all_s_${key}`] = storm.sAll;
@@ -383,11 +536,23 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
         `peak ${storm.peakPerSecond}`,
         `${(storm.peakShare * 100).toFixed(1)}% of the fleet; per second: ${storm.histogram.join(" ")}`,
       ]);
+      if (storm.writes) {
+        const w = storm.writes;
+        metrics[`kube_store_writes_storm_${key}`] = w.total;
+        metrics[`kube_store_writes_per_s_storm_${key}`] = round(w.total / w.seconds - hostRate, 2);
+        rows.push([
+          `${key}: host apiserver writes, storm`,
+          `${metrics[`kube_store_writes_per_s_storm_${key}`]}/s`,
+          `${w.total} over ${round(w.seconds, 1)} s (kill until ${STORM_TAIL_MS / 1000} s after all were back): ${w.byResource}`,
+        ]);
+      }
     }
     return { rows, metrics };
   } finally {
     await fleet?.stop().catch(() => {});
     await server?.proc?.stop().catch(() => {});
+    await kubeStore?.close().catch(() => {});
+    await hostCluster?.stop().catch(() => {});
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -6,7 +6,12 @@
 //     cluster is in flight, and nothing is written when nothing that matters
 //     changed (connection, versions, endpoint) until the heartbeat is due;
 //   - rate-limited: a token bucket shared by all clusters (default 20 writes/s,
-//     burst 20), so a mass reconnect after a server restart is spread out.
+//     burst 20), so a mass reconnect after a server restart is spread out;
+//   - heartbeats (a connected cluster's status rewritten with nothing changed
+//     but the time and RTT) take a budget of their own shared by all clusters
+//     (default 1 write/s): an idle fleet costs the host apiserver that rate
+//     whatever its size, and each cluster's heartbeat comes every heartbeatMs
+//     or every (clusters / budget) seconds, whichever is longer.
 // A failed write is retried on the next pump after RETRY_MS.
 
 export interface Condition {
@@ -50,8 +55,10 @@ export interface StatusReporterOptions {
   ratePerSecond?: number;
   /** Writes allowed at once after a quiet period. Default 20. */
   burst?: number;
-  /** A connected cluster's status is rewritten at least this often (heartbeat). Default 30 s. */
+  /** A connected cluster's status is rewritten at most this often with nothing changed (heartbeat). Default 30 s. */
   heartbeatMs?: number;
+  /** Heartbeats per second across all clusters. Default 1. */
+  heartbeatRatePerSecond?: number;
   /** For tests: the clock, and whether the reporter schedules its own pumps. */
   now?: () => number;
   autoPump?: boolean;
@@ -79,6 +86,9 @@ export class ClusterStatusReporter {
   private readonly autoPump: boolean;
   private tokens: number;
   private refilledAt: number;
+  private readonly heartbeatRate: number;
+  private heartbeatTokens = 1;
+  private heartbeatRefilledAt: number;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   /** Writes sent so far (for tests and metrics). */
@@ -95,6 +105,8 @@ export class ClusterStatusReporter {
     this.autoPump = options.autoPump ?? true;
     this.tokens = this.burst;
     this.refilledAt = this.now();
+    this.heartbeatRate = options.heartbeatRatePerSecond ?? 1;
+    this.heartbeatRefilledAt = this.refilledAt;
   }
 
   /** Records the cluster's current state; a write follows if it matters, or a heartbeat is due. */
@@ -114,15 +126,23 @@ export class ClusterStatusReporter {
   async pump(): Promise<number> {
     this.refill();
     // Connection changes go before heartbeats.
-    const due = [...this.entries.entries()]
-      .filter(([, e]) => this.due(e))
-      .sort(([, a], [, b]) => Number(this.changed(b)) - Number(this.changed(a)));
-    const batch = due.slice(0, Math.floor(this.tokens));
+    const due = [...this.entries.entries()].filter(([, e]) => this.due(e));
+    const changes = due.filter(([, e]) => this.changed(e));
+    const heartbeats = due.filter(([, e]) => !this.changed(e));
+    const batch = changes.slice(0, Math.floor(this.tokens));
     this.tokens -= batch.length;
-    await Promise.all(batch.map(([cluster, entry]) => this.send(cluster, entry)));
-    if (due.length > batch.length) this.schedule(Math.ceil(1000 / this.rate));
+    // The longest unwritten first: every cluster gets its turn.
+    const beats = heartbeats
+      .sort(([, a], [, b]) => (a.writtenAt ?? 0) - (b.writtenAt ?? 0))
+      .slice(0, Math.min(Math.floor(this.tokens), Math.floor(this.heartbeatTokens)));
+    this.tokens -= beats.length;
+    this.heartbeatTokens -= beats.length;
+    await Promise.all([...batch, ...beats].map(([cluster, entry]) => this.send(cluster, entry)));
+    if (changes.length > batch.length) this.schedule(Math.ceil(1000 / this.rate));
+    else if (heartbeats.length > beats.length)
+      this.schedule(Math.ceil(1000 / Math.min(this.rate, this.heartbeatRate)));
     else if (due.some(([, e]) => e.retryAt !== undefined)) this.schedule(RETRY_MS);
-    return batch.length;
+    return batch.length + beats.length;
   }
 
   /** Stops scheduling; in-flight writes finish on their own. */
@@ -156,6 +176,12 @@ export class ClusterStatusReporter {
     const now = this.now();
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.rate) / 1000);
     this.refilledAt = now;
+    // A burst of one: heartbeats are never urgent.
+    this.heartbeatTokens = Math.min(
+      1,
+      this.heartbeatTokens + ((now - this.heartbeatRefilledAt) * this.heartbeatRate) / 1000,
+    );
+    this.heartbeatRefilledAt = now;
   }
 
   private async send(cluster: string, entry: Entry): Promise<void> {

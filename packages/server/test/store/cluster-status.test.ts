@@ -9,7 +9,9 @@ import {
   ClusterStatusReporter,
 } from "../../src/store/cluster-status.js";
 
-function setup(options: { rate?: number; burst?: number; heartbeatMs?: number } = {}) {
+function setup(
+  options: { rate?: number; burst?: number; heartbeatMs?: number; heartbeatRate?: number } = {},
+) {
   let now = 1_000_000;
   const writes: { cluster: string; status: ClusterStatus }[] = [];
   let fail = false;
@@ -26,6 +28,7 @@ function setup(options: { rate?: number; burst?: number; heartbeatMs?: number } 
       ratePerSecond: options.rate ?? 10,
       burst: options.burst ?? 5,
       heartbeatMs: options.heartbeatMs ?? 30_000,
+      heartbeatRatePerSecond: options.heartbeatRate ?? 100,
     },
   );
   return {
@@ -121,6 +124,32 @@ t.test("heartbeats, disconnection and transitions", async (t) => {
   advance(60_000);
   reporter.report("a", down);
   t.equal(await reporter.pump(), 0, "a disconnected cluster has no heartbeat");
+});
+
+t.test("heartbeats of an idle fleet share one budget, oldest first", async (t) => {
+  const { reporter, writes, advance } = setup({ rate: 20, burst: 20, heartbeatMs: 30_000, heartbeatRate: 1 });
+  const fleet = Array.from({ length: 100 }, (_, i) => `c${i}`);
+  for (const c of fleet) reporter.report(c, up());
+  for (let s = 0; s < 5; s++) {
+    await reporter.pump();
+    advance(1_000);
+  }
+  t.equal(writes.length, 100, "first statuses: the 20/s bucket");
+  writes.length = 0;
+  // Two heartbeat periods of the idle fleet, a pump every second as the session check's reports bring.
+  advance(30_000);
+  for (let s = 0; s < 60; s++) {
+    for (const c of fleet) reporter.report(c, up());
+    await reporter.pump();
+    advance(1_000);
+  }
+  t.equal(writes.length, 60, "1 heartbeat/s for 100 clusters, not 100 per 30 s");
+  t.equal(new Set(writes.map((w) => w.cluster)).size, 60, "each cluster's turn comes before any second one");
+  writes.length = 0;
+  await reporter.pump(); // the heartbeat the last second refilled
+  reporter.report("c5", down);
+  t.equal(await reporter.pump(), 1, "a change does not wait for the heartbeat budget");
+  t.equal(writes.at(-1)?.cluster, "c5");
 });
 
 t.test("connected but the member API unknown: not Ready", async (t) => {
