@@ -47,11 +47,18 @@ export interface SessionOptions {
    * Largest Data payload this end sends (the scheduler's round-robin quantum).
    * On slow paths frames are smaller: what the path moves in about 4 ms, at
    * least 16 KiB, so a small response waits behind less of a bulk frame. At
-   * most 65536, which is also what every peer accepts. Default 65536, and
-   * over a WebSocket (sessionFromWebSocket) what fills four TLS records
-   * exactly: 65516 for the client, 65520 for the server.
+   * most 65536, which is also what every peer accepts. Default 65536.
    */
   maxFrameSize?: number;
+  /**
+   * The Data payload full frames aim at, at most maxFrameSize: a frame goes
+   * past it (up to maxFrameSize) only to finish the last chunk a stream has
+   * queued, so a writer of 64 KiB chunks sends one frame per chunk, not a
+   * full frame and a few-byte tail. Default maxFrameSize; over a WebSocket
+   * (sessionFromWebSocket) what fills four TLS records exactly: 65516 for the
+   * client, 65520 for the server.
+   */
+  preferredFrameSize?: number;
   /** Milliseconds between keepalive pings; 0 disables them. Default 10000. */
   keepAliveInterval?: number;
   /**
@@ -107,8 +114,18 @@ export function resolveOptions(options: SessionOptions): ResolvedOptions {
   if (options.role !== "client" && options.role !== "server") {
     throw new TypeError(`options.role must be "client" or "server", got ${String(options.role)}`);
   }
-  const resolved: ResolvedOptions = { ...DEFAULT_OPTIONS, ...stripUndefined(options), role: options.role };
-  const positive = (name: keyof typeof DEFAULT_OPTIONS, min: number, max = Number.MAX_SAFE_INTEGER) => {
+  const given = stripUndefined(options);
+  const resolved: ResolvedOptions = {
+    ...DEFAULT_OPTIONS,
+    preferredFrameSize: given.maxFrameSize ?? DEFAULT_OPTIONS.maxFrameSize,
+    ...given,
+    role: options.role,
+  };
+  const positive = (
+    name: keyof typeof DEFAULT_OPTIONS | "preferredFrameSize",
+    min: number,
+    max = Number.MAX_SAFE_INTEGER,
+  ) => {
     const v = resolved[name];
     if (!Number.isInteger(v) || v < min || v > max) {
       throw new RangeError(`options.${name} must be an integer in [${min}, ${max}], got ${v}`);
@@ -118,6 +135,7 @@ export function resolveOptions(options: SessionOptions): ResolvedOptions {
   positive("maxWindow", 256 * 1024, 2 ** 31 - 1);
   positive("maxSessionWindow", 0);
   positive("maxFrameSize", 1024, MAX_FRAME_PAYLOAD);
+  positive("preferredFrameSize", 1024, resolved.maxFrameSize);
   positive("keepAliveInterval", 0);
   positive("deadPeerTimeout", 0);
   positive("probeDelay", 0);

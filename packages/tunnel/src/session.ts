@@ -510,7 +510,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.pumping = true;
     try {
       const limit = this.options.transportHighWaterMark;
-      const frameSize = this.path.frameSize(this.options.maxFrameSize);
+      const preferred = this.options.preferredFrameSize;
+      const frameSize = this.path.frameSize(preferred);
+      // Past the preferred size only to finish a chunk, and not where the path wants smaller frames.
+      const stretch = frameSize === preferred ? this.options.maxFrameSize : frameSize;
       while (this.inFlight < limit && !this.ended) {
         if (this.control.length > 0 || this.pongValue !== undefined) {
           this.write(this.takeControlBatch());
@@ -533,7 +536,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
           if (this.scheduler.size > 0) this.path.noteCapBlocked();
           break;
         }
-        const frame = stream.takeFrame(frameSize);
+        const frame = stream.takeFrame(frameSize, stretch);
         if (stream.sendable) this.scheduler.add(stream);
         if (frame !== undefined) {
           this.writeData(frame);

@@ -279,14 +279,26 @@ export class TunnelStream extends Duplex {
     return head === undefined || head.chunk.length - head.offset <= SMALL_SEND;
   }
 
-  /** @internal The next frame to send, at most `max` payload bytes. */
-  takeFrame(max: number): Buffer | undefined {
+  /**
+   * @internal The next frame to send: `max` payload bytes, or up to `stretch`
+   * (>= max) when that finishes the last chunk queued. A writer of 64 KiB
+   * chunks (stream.pipe, most relays) waits for 'drain' before its next
+   * chunk, so framing one at 65,516 bytes (four TLS records, websocket.ts)
+   * left a 20-byte tail that went out as a frame and a WebSocket message of
+   * its own: twice the messages, socket writes and reads per byte. Finishing
+   * the chunk in one 65,536-byte frame costs a fifth TLS record instead.
+   */
+  takeFrame(max: number, stretch = max): Buffer | undefined {
     const head = this.outbox[0];
     if (head !== undefined) {
       if (this.sendWindow === 0) return undefined;
       const limit = Math.min(max, this.sendWindow);
-      if (head.chunk.length - head.offset >= limit || limit < POOLED_FRAME_MIN) {
-        const n = Math.min(limit, head.chunk.length - head.offset);
+      const left = head.chunk.length - head.offset;
+      if (left >= limit || limit < POOLED_FRAME_MIN) {
+        const n =
+          this.outbox.length === 1 && left <= Math.min(stretch, this.sendWindow)
+            ? left
+            : Math.min(limit, left);
         const payload = head.chunk.subarray(head.offset, head.offset + n);
         // Small frames come cheaply from Node's shared slab; a 64 KiB pool buffer would be wasted on them.
         const frame =
@@ -294,7 +306,7 @@ export class TunnelStream extends Duplex {
         this.advance(head, n);
         return frame;
       }
-      return this.gatherFrame(limit);
+      return this.gatherFrame(limit, Math.max(limit, Math.min(stretch, this.sendWindow)));
     }
     const finalDone = this.finalDone;
     if (finalDone === undefined) return undefined;
@@ -306,17 +318,19 @@ export class TunnelStream extends Duplex {
   }
 
   /**
-   * A frame of up to `limit` bytes from as many queued chunks as there are: a
-   * writer of small chunks (an http response relaying 16 KiB TLS reads) costs
-   * one message per frame, not one per chunk. Finishing a chunk hands the
-   * Writable's next buffered one to _write at once, so the frame keeps
-   * filling; it never waits for more.
+   * A frame of up to `limit` bytes from as many queued chunks as there are
+   * (`stretch` to finish the last one): a writer of small chunks (an http
+   * response relaying 16 KiB TLS reads) costs one message per frame, not one
+   * per chunk. Finishing a chunk hands the Writable's next buffered one to
+   * _write at once, so the frame keeps filling; it never waits for more.
    */
-  private gatherFrame(limit: number): Buffer {
-    const frame = pooledFrame(limit);
+  private gatherFrame(limit: number, stretch: number): Buffer {
+    const frame = pooledFrame(stretch);
     let filled = 0;
     for (let head = this.outbox[0]; head !== undefined && filled < limit; head = this.outbox[0]) {
-      const n = Math.min(limit - filled, head.chunk.length - head.offset);
+      const left = head.chunk.length - head.offset;
+      const room = (this.outbox.length === 1 && filled + left <= stretch ? stretch : limit) - filled;
+      const n = Math.min(room, left);
       frame.set(head.chunk.subarray(head.offset, head.offset + n), HEADER_SIZE + filled);
       filled += n;
       this.advance(head, n);

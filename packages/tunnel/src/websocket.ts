@@ -9,7 +9,7 @@
 
 import { WebSocket } from "ws";
 import { ErrorCode, tetherError } from "./errors.js";
-import { HEADER_SIZE, MAX_MESSAGE_SIZE } from "./frame.js";
+import { HEADER_SIZE, MAX_FRAME_PAYLOAD, MAX_MESSAGE_SIZE } from "./frame.js";
 import type { SessionOptions } from "./options.js";
 import { Session, type Transport } from "./session.js";
 import { divertDataFrames } from "./ws-receive.js";
@@ -30,9 +30,11 @@ export const WEBSOCKET_OPTIONS = {
  * message (12 + 65,536 bytes and a 10- or 14-byte WebSocket header) fills four
  * records and spills 22 or 26 bytes into a fifth: one more record to seal on
  * the sending end and one more socket read on the other, per message. So over
- * a WebSocket, unless the caller sets maxFrameSize, a Data frame carries what
- * fills exactly four records: the message then needs only the 4-byte header
- * of a 16-bit length, plus the 4-byte mask the client (the agent) adds.
+ * a WebSocket, unless the caller sets the frame sizes, a full Data frame
+ * carries what fills exactly four records: the message then needs only the
+ * 4-byte header of a 16-bit length, plus the 4-byte mask the client (the
+ * agent) adds. Frames still reach 65,536 to finish a stream's last queued
+ * chunk (preferredFrameSize, stream.ts takeFrame).
  */
 const TLS_RECORD = 16 * 1024;
 export function recordFittingFrameSize(role: "client" | "server"): number {
@@ -67,7 +69,9 @@ export function sessionFromWebSocket(ws: WebSocket, options: SessionOptions): Se
   };
   const session = new Session(transport, {
     ...options,
-    maxFrameSize: options.maxFrameSize ?? recordFittingFrameSize(options.role),
+    preferredFrameSize:
+      options.preferredFrameSize ??
+      Math.min(options.maxFrameSize ?? MAX_FRAME_PAYLOAD, recordFittingFrameSize(options.role)),
   });
   divertDataFrames(ws, (parts) => session.receive(parts));
   // Still needed once frames go back to ws (see ws-receive.ts), or when they never left it.

@@ -118,6 +118,50 @@ for (const role of ["client", "server"] as const) {
   });
 }
 
+for (const role of ["client", "server"] as const) {
+  t.test(
+    `the ${role}: a writer of 64 KiB chunks that waits for drain sends one message per chunk`,
+    async (t) => {
+      // Frames prefer the four-record size (65516 / 65520), which a 64 KiB chunk overshoots by 16-20
+      // bytes: that tail must finish the chunk's frame, not go out as a message of its own.
+      const ends = await sockets(t);
+      const ws = ends[role];
+      const sending = sessionFromWebSocket(ws, { role });
+      const receiving = sessionFromWebSocket(role === "client" ? ends.server : ends.client, {
+        role: role === "client" ? "server" : "client",
+      });
+      const socket = (ws as unknown as { _socket: import("node:net").Socket })._socket;
+      const write = socket.write.bind(socket);
+      let dataMessages = 0;
+      let tails = 0;
+      socket.write = ((chunk: Buffer, ...rest: unknown[]) => {
+        const f = frameAt(chunk);
+        // Byte 1 of the tunnel frame after the WebSocket header is its type (0: Data), masked by the client.
+        const type = chunk[f.headerSize + 1]! ^ (f.masked ? chunk[f.headerSize - 3]! : 0);
+        const isData = f.length >= 12 && type === 0;
+        if (isData) dataMessages++;
+        if (isData && f.length - 12 > 0 && f.length - 12 < 1024) tails++;
+        return (write as (...a: unknown[]) => boolean)(chunk, ...rest);
+      }) as typeof socket.write;
+      const chunks = 64;
+      const chunk = randomBytes(64 * 1024);
+      const received = new Promise<Buffer>((resolve) => receiving.once("stream", (s) => resolve(readAll(s))));
+      const stream = sending.open("logs");
+      for (let i = 0; i < chunks; i++) {
+        if (!stream.write(chunk)) await once(stream, "drain");
+      }
+      stream.end();
+      const all = await received;
+      t.equal(all.length, chunks * chunk.length, "every byte arrived");
+      t.ok(all.subarray(0, chunk.length).equals(chunk), "unchanged");
+      t.equal(tails, 0, "no data message carries only a chunk's tail");
+      // Frames shrink to ~4 ms of the measured rate when the machine is slow, so allow some more.
+      t.ok(dataMessages <= 2 * chunks, `${dataMessages} data messages for ${chunks} chunks`);
+      sending.close();
+    },
+  );
+}
+
 t.test("closing lets every queued message go out before the close frame", async (t) => {
   const { client, server } = await sockets(t);
   const agent = sessionFromWebSocket(client, { role: "client" });
