@@ -3,7 +3,8 @@
 // nothing under /services/ at its root (its services are under /api/v1/…), so
 // the prefix is free; host routing (<name>.<domain>/services/<service>/) ends
 // here too, rewritten to the path form. Callers always authenticate to Tether
-// (a token or a user certificate, whatever the cluster's auth mode) and must
+// (a Tether token, a user certificate, or an OIDC or host service-account
+// token when those sources are configured; whatever the cluster's auth mode) and must
 // be listed for the service in the cluster's record: a service nobody was
 // allowed is usable by nobody. The service learns who calls from the
 // X-Tether-* identity headers, which only Tether sets; the caller's
@@ -27,9 +28,10 @@ import { sourceKey } from "../http/failure-rate-limit.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { ClusterRecord } from "../store/state-store.js";
 import type { AgentSession } from "./agent-sessions.js";
-import { type AuthenticatedCaller, authenticate } from "./authenticate.js";
+import { type AuthenticatedCaller, authenticate, unauthenticatedMessage } from "./authenticate.js";
 import { callerKey, releaseOnClose } from "./caller-quota.js";
 import type { ClusterProxyDeps, RefusalReason } from "./cluster-proxy.js";
+import { IdentityUnavailableError } from "./identity/identity-error.js";
 import { forwardRaw } from "./raw-forward.js";
 import { sessionFullStatus } from "./session-full.js";
 import { closeWith } from "./upgrade-relay.js";
@@ -174,10 +176,21 @@ export class ServiceProxy {
         retryAfterSeconds: attempt,
       };
     }
-    const caller = await authenticate(req, this.deps.store).catch((err: unknown) => {
+    let caller: AuthenticatedCaller | undefined;
+    try {
+      caller = await authenticate(req, this.deps.store, this.deps.identity);
+    } catch (err) {
       attempt.succeeded();
-      throw err;
-    });
+      if (!(err instanceof IdentityUnavailableError)) throw err;
+      this.deps.log.warn({ err: err.message }, "an identity source is unavailable");
+      return {
+        ok: false,
+        reason: "ServiceUnavailable",
+        why: "identity_unavailable",
+        message: err.message,
+        retryAfterSeconds: 5,
+      };
+    }
     if (!caller) {
       this.deps.metrics?.authFailure("proxy", "invalid_credential");
       if (attempt.failed())
@@ -185,7 +198,7 @@ export class ServiceProxy {
       return refuse(
         "Unauthorized",
         "unauthorized",
-        "an exposed service needs a Tether token or a Tether client certificate, whatever the cluster's auth mode",
+        `an exposed service needs a Tether identity, whatever the cluster's auth mode: ${await unauthenticatedMessage(req, this.deps.store)}`,
       );
     }
     attempt.succeeded();
@@ -238,6 +251,12 @@ export class ServiceProxy {
       req.socket.off("close", admission.release);
       admission.release();
     });
+    // A revoked or expired credential's long poll or event stream ends here too (live-credentials.ts).
+    if (this.deps.live)
+      releaseOnClose(
+        res,
+        this.deps.live.hold(caller, () => res.destroy()),
+      );
     audit?.admitted(entry.cluster, cluster.auth, caller);
     serviceHeaders(req.headers, caller, entry.cluster, req.socket.remoteAddress);
     req.url = path;
