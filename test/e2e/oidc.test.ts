@@ -10,9 +10,9 @@ import { OidcVerifier } from "@tether/server";
 import { SignJWT } from "jose";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
-import { type Fixture, startTether } from "./fixture.js";
+import { type Fixture, startTether, until } from "./fixture.js";
 import { TestIssuer } from "./oidc-issuer.js";
-import { rawRequest } from "./raw-client.js";
+import { heldRequest, rawRequest } from "./raw-client.js";
 
 const CLIENT = "tether";
 const set = await startClusters(1);
@@ -79,6 +79,40 @@ t.test("a valid ID token reaches the member as tether:<issuer>#<sub>, groups oid
   );
   // Neither the user nor a group is listed: Forbidden, not Unauthorized.
   t.equal(await status(await issuer.token("k1", { sub: "carol", aud: CLIENT })), 403);
+});
+
+t.test("a watch opened with a short-lived ID token ends at its exp; then 401 says it expired", async (t) => {
+  await member.api(
+    "POST",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    {
+      metadata: { name: "tether-oidc-devs-view" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "view" },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:oidc:devs" }],
+    },
+    [409],
+  );
+  const exp = Math.floor(Date.now() / 1000) + 6;
+  const token = await issuer.token("k1", { sub: "alice", aud: CLIENT, groups: ["devs"], exp });
+  const target = { url: tether.server.url, caPem: tether.ca.certPem };
+  const watch = await heldRequest(
+    target,
+    "/clusters/m/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=120",
+    token,
+  );
+  t.teardown(() => watch.close());
+  t.equal(watch.status, 200);
+  let closedAt = 0;
+  void watch.body.then(() => {
+    closedAt = Date.now();
+  });
+  await until("the watch ends", () => closedAt > 0, 20_000);
+  t.ok(closedAt >= exp * 1000 - 50, `ended at exp (${closedAt - exp * 1000} ms after it), not before`);
+  const after = await rawRequest(target, "/clusters/m/version", {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  t.equal(after.status, 401);
+  t.match((JSON.parse(after.body) as { message: string }).message, /expired at .*exec credential plugin/);
 });
 
 t.test("wrong audience, expired, not yet valid, no exp, bad signature, unknown key: 401", async (t) => {
