@@ -227,8 +227,14 @@ export class ReplicaHop {
     for (const name of HOP_BY_HOP) delete req.headers[name];
     // Node joins a repeated unknown header with ", ": `--as-group a --as-group b` would reach the owner
     // as the one group "a, b". The owner checks each Impersonate-* line, so each goes as it came.
-    for (const name of Object.keys(req.headers))
-      if (name.startsWith("impersonate-")) req.headers[name] = req.headersDistinct[name];
+    // From rawHeaders: an HTTP/2 request (the compatibility API) has no headersDistinct.
+    const lines = new Map<string, string[]>();
+    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+      const name = req.rawHeaders[i]!.toLowerCase();
+      if (name.startsWith("impersonate-"))
+        lines.set(name, [...(lines.get(name) ?? []), req.rawHeaders[i + 1]!]);
+    }
+    for (const [name, values] of lines) req.headers[name] = values;
     for (const [name, value] of this.hopHeaders(hop.owner, hop.mode, hop.caller, req.socket.remoteAddress))
       req.headers[name] = value;
     req.url = hop.url;

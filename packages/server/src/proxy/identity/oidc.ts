@@ -105,6 +105,8 @@ export class OidcVerifier {
     const raw = typeof claim === "string" ? [claim] : Array.isArray(claim) ? claim : [];
     const groups = raw.filter((g): g is string => typeof g === "string").map((g) => this.groupsPrefix + g);
     if (user.startsWith("system:") || groups.some((g) => g.startsWith("system:"))) return undefined;
+    // Names become Impersonate-* header values: a control character could only break or split one.
+    if ([user, ...groups].some((n) => /[\p{Cc}\p{Zl}\p{Zp}]/u.test(n))) return undefined;
     return {
       user,
       groups,
