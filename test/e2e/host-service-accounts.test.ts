@@ -135,7 +135,7 @@ t.test(
     const since = Date.now();
     await host.api("DELETE", `/api/v1/namespaces/${NS}/serviceaccounts/watcher`);
     // The host apiserver itself believes a reviewed token for up to 10 s (its token cache): ~10 s here.
-  await until("the watch ends", () => closed, 25_000);
+    await until("the watch ends", () => closed, 25_000);
     t.comment(`the watch ended ${Date.now() - since} ms after the SA was deleted`);
     // The DELETED event may or may not have come first: what matters is the stream ended.
     const after = await rawRequest(target, "/clusters/allows-group/version", {

@@ -195,11 +195,7 @@ export class ServiceProxy {
       this.deps.metrics?.authFailure("proxy", "invalid_credential");
       if (attempt.failed())
         this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
-      return refuse(
-        "Unauthorized",
-        "unauthorized",
-        `an exposed service needs a Tether identity, whatever the cluster's auth mode: ${await unauthenticatedMessage(req, this.deps.store)}`,
-      );
+      return refuse("Unauthorized", "unauthorized", await this.unauthenticated(req));
     }
     attempt.succeeded();
     if (!mayUseService(caller, cluster, service))
@@ -229,6 +225,16 @@ export class ServiceProxy {
       };
     }
     return { ok: true, caller, cluster, entry, service, path: (m?.[3] || "/") + (m?.[4] ?? ""), release };
+  }
+
+  /** The 401's message: an expired token is told so, any other what a service takes. */
+  private async unauthenticated(req: IncomingMessage): Promise<string> {
+    const why = await unauthenticatedMessage(req, this.deps.store);
+    if (/ expired at /.test(why)) return why;
+    const sources = this.deps.identity ?? {};
+    const more =
+      sources.oidc || sources.serviceAccounts ? " (or an OIDC ID token or host service-account token)" : "";
+    return `an exposed service needs a Tether token or a Tether client certificate${more}, whatever the cluster's auth mode`;
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
