@@ -12,7 +12,7 @@ import t from "tap";
 import { stringify as toYaml } from "yaml";
 import { freePort, startClusters, writeKubeconfig } from "../kube/index.js";
 import { startTether, tokenFor, until } from "./fixture.js";
-import { rawRequest } from "./raw-client.js";
+import { heldRequest, rawRequest } from "./raw-client.js";
 
 const set = await startClusters(1);
 t.teardown(() => set.stop());
@@ -21,7 +21,7 @@ const NS = "fed";
 const SA_USER = `system:serviceaccount:${NS}:controller`;
 
 await host.api("POST", "/api/v1/namespaces", { metadata: { name: NS } }, [409]);
-for (const name of ["controller", "other", "doomed"]) {
+for (const name of ["controller", "other", "doomed", "watcher"]) {
   await host.api("POST", `/api/v1/namespaces/${NS}/serviceaccounts`, { metadata: { name } }, [409]);
 }
 // On the member, what the SA may do as Tether presents it: view, by its prefixed name.
@@ -111,6 +111,39 @@ t.test("a deleted service account's token stops working once the brief cache lap
     return r.code !== 0 && /must be logged in/.test(r.stderr);
   });
 });
+
+t.test(
+  "a watch held with a SA token ends once the SA is deleted (the held token is reviewed again)",
+  async (t) => {
+    const token = await tokenFor(host, NS, "watcher");
+    const target = { url: tether.server.url, caPem: tether.ca.certPem };
+    const watch = await heldRequest(
+      target,
+      `/clusters/allows-group/api/v1/namespaces/${NS}/serviceaccounts?watch=1&timeoutSeconds=120`,
+      token,
+    );
+    t.teardown(() => watch.close());
+    t.equal(watch.status, 200);
+    await until("the watch shows the SA", () => watch.received().includes('"watcher"'));
+    let closed = false;
+    void watch.body.then(() => {
+      closed = true;
+    });
+    // Longer than the reviewer's cache TTL (200 ms) and a sweep or two: a live SA's watch stays.
+    await new Promise((r) => setTimeout(r, 1_500));
+    t.notOk(closed, "open while the SA exists");
+    const since = Date.now();
+    await host.api("DELETE", `/api/v1/namespaces/${NS}/serviceaccounts/watcher`);
+    // The host apiserver itself believes a reviewed token for up to 10 s (its token cache): ~10 s here.
+    await until("the watch ends", () => closed, 25_000);
+    t.comment(`the watch ended ${Date.now() - since} ms after the SA was deleted`);
+    // The DELETED event may or may not have come first: what matters is the stream ended.
+    const after = await rawRequest(target, "/clusters/allows-group/version", {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    t.equal(after.status, 401);
+  },
+);
 
 t.test("a client config with a token file (a projected token, as client-go reloads it) works", async (t) => {
   const tokenFile = join(tether.dir, "projected-token");

@@ -183,6 +183,21 @@ async function tokenOf(kubeconfig: string): Promise<string> {
   return /token: (\S+)/.exec(await readFile(kubeconfig, "utf8"))![1]!;
 }
 
+t.test("names outside ASCII reach the member as themselves (UTF-8), not as latin1 or a 500", async (t) => {
+  await tether.registerCluster("m-intl", "impersonate", { users: ["José", "用户"] });
+  await tether.startAgent("m-intl", member);
+  for (const user of ["José", "用户"]) {
+    const who = await member.kubectl(["auth", "whoami", "-o", "json"], {
+      kubeconfig: await tether.userKubeconfig("m-intl", user, ["équipe", "组"]),
+    });
+    t.equal(who.code, 0, who.stderr);
+    const info = (JSON.parse(who.stdout) as { status: { userInfo: { username: string; groups: string[] } } })
+      .status.userInfo;
+    t.equal(info.username, `tether:${user}`);
+    t.ok(info.groups.includes("tether:équipe") && info.groups.includes("tether:组"), info.groups.join("|"));
+  }
+});
+
 t.test("hostile impersonation headers", async (t) => {
   const a = await tokenOf(alice);
   const b = await tokenOf(bob);

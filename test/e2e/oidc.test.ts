@@ -7,12 +7,15 @@
 // Tether refetch the JWKS at most once per cooldown; an unreachable issuer is
 // a 503.
 import { OidcVerifier } from "@tether/server";
+import { createServer as createTlsServer } from "node:tls";
+import type { AddressInfo } from "node:net";
 import { SignJWT } from "jose";
 import t from "tap";
 import { startClusters } from "../kube/index.js";
-import { type Fixture, startTether } from "./fixture.js";
+import { createClusterPki } from "../kube/pki.js";
+import { type Fixture, startTether, until } from "./fixture.js";
 import { TestIssuer } from "./oidc-issuer.js";
-import { rawRequest } from "./raw-client.js";
+import { heldRequest, rawRequest } from "./raw-client.js";
 
 const CLIENT = "tether";
 const set = await startClusters(1);
@@ -25,19 +28,22 @@ await issuer.addKey("evil");
 issuer.publish("k1");
 
 const verifier = (options: {
-  cooldownMs: number;
+  cooldownMs?: number;
+  fetchTimeoutMs?: number;
   usernameClaim?: string;
   usernamePrefix?: string;
   groupsPrefix?: string;
   url?: string;
+  caPem?: string;
 }) =>
   new OidcVerifier({
     issuerUrl: options.url ?? issuer.url,
     clientId: CLIENT,
     groupsClaim: "groups",
     groupsPrefix: options.groupsPrefix ?? "oidc:",
-    caPem: issuer.caPem,
-    jwksCooldownMs: options.cooldownMs,
+    caPem: options.caPem ?? issuer.caPem,
+    ...(options.cooldownMs !== undefined ? { jwksCooldownMs: options.cooldownMs } : {}),
+    ...(options.fetchTimeoutMs !== undefined ? { fetchTimeoutMs: options.fetchTimeoutMs } : {}),
     ...(options.usernamePrefix !== undefined ? { usernamePrefix: options.usernamePrefix } : {}),
     ...(options.usernameClaim ? { usernameClaim: options.usernameClaim } : {}),
   });
@@ -79,6 +85,40 @@ t.test("a valid ID token reaches the member as tether:<issuer>#<sub>, groups oid
   );
   // Neither the user nor a group is listed: Forbidden, not Unauthorized.
   t.equal(await status(await issuer.token("k1", { sub: "carol", aud: CLIENT })), 403);
+});
+
+t.test("a watch opened with a short-lived ID token ends at its exp; then 401 says it expired", async (t) => {
+  await member.api(
+    "POST",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    {
+      metadata: { name: "tether-oidc-devs-view" },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "view" },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "tether:oidc:devs" }],
+    },
+    [409],
+  );
+  const exp = Math.floor(Date.now() / 1000) + 6;
+  const token = await issuer.token("k1", { sub: "alice", aud: CLIENT, groups: ["devs"], exp });
+  const target = { url: tether.server.url, caPem: tether.ca.certPem };
+  const watch = await heldRequest(
+    target,
+    "/clusters/m/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=120",
+    token,
+  );
+  t.teardown(() => watch.close());
+  t.equal(watch.status, 200);
+  let closedAt = 0;
+  void watch.body.then(() => {
+    closedAt = Date.now();
+  });
+  await until("the watch ends", () => closedAt > 0, 20_000);
+  t.ok(closedAt >= exp * 1000 - 50, `ended at exp (${closedAt - exp * 1000} ms after it), not before`);
+  const after = await rawRequest(target, "/clusters/m/version", {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  t.equal(after.status, 401);
+  t.match((JSON.parse(after.body) as { message: string }).message, /expired at .*exec credential plugin/);
 });
 
 t.test("wrong audience, expired, not yet valid, no exp, bad signature, unknown key: 401", async (t) => {
@@ -163,6 +203,8 @@ t.test("--oidc-username-claim email: no default prefix, and an unverified email 
     ).status;
   t.equal(await get({ email: "alice@example.com", email_verified: true }), 200);
   t.equal(await get({ email: "alice@example.com", email_verified: false }), 401);
+  for (const email_verified of ["false", 0, "true", 1, null])
+    t.equal(await get({ email: "alice@example.com", email_verified }), 401, JSON.stringify(email_verified));
   t.equal(await get({}), 401, "no email claim");
 });
 
@@ -194,3 +236,75 @@ t.test("an issuer that cannot be reached is a 503, not a 401", async (t) => {
   t.equal(res.status, 503, res.body);
   t.match((JSON.parse(res.body) as { message: string }).message, /OIDC issuer/);
 });
+
+t.test("with the default cooldown, a key rotated in is accepted within seconds", async (t) => {
+  issuer.publish("k1");
+  const rotating = await tetherWith(verifier({}));
+  t.equal(await status(await issuer.token("k1", { sub: "alice", aud: CLIENT }), rotating), 200);
+  await issuer.addKey("k3");
+  issuer.publish("k1", "k3");
+  const k3 = await issuer.token("k3", { sub: "alice", aud: CLIENT });
+  // Within the cooldown of the first fetch the new kid may be refused; after it (5 s), never.
+  const took = await until(
+    "a k3 token is accepted",
+    // One try a second: a 100 ms poll of 401s would meet the failed-authentication rate limit.
+    async () => (await status(k3, rotating)) === 200 || !(await new Promise((r) => setTimeout(r, 1_000))),
+    15_000,
+  );
+  t.comment(`k3 accepted ${took} ms after it was published`);
+  issuer.publish("k1");
+});
+
+t.test(
+  "an issuer that drips its discovery or JWKS a byte at a time is a 503 at the deadline, not a hang",
+  async (t) => {
+    const pki = await createClusterPki("drip", "none");
+    let dripJwks = false;
+    const drips = new Set<NodeJS.Timeout>();
+    const server = createTlsServer({ cert: pki.apiserver.certPem, key: pki.apiserver.keyPem }, (socket) => {
+      socket.on("error", () => {});
+      socket.once("data", (chunk) => {
+        const path = /^GET (\S+)/.exec(chunk.toString("latin1"))?.[1];
+        if (path === "/.well-known/openid-configuration" && dripJwks) {
+          const body = JSON.stringify({ issuer: url, jwks_uri: `${url}/jwks` });
+          socket.end(
+            `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+          );
+          return;
+        }
+        socket.write("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n");
+        const timer = setInterval(() => socket.write(" "), 100);
+        drips.add(timer);
+        socket.on("close", () => {
+          clearInterval(timer);
+          drips.delete(timer);
+        });
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    t.teardown(() => {
+      for (const timer of drips) clearInterval(timer);
+      return new Promise<void>((r) => server.close(() => r()));
+    });
+    const now = Math.floor(Date.now() / 1000);
+    const claims = Buffer.from(
+      JSON.stringify({ iss: url, sub: "alice", aud: CLIENT, exp: now + 600 }),
+    ).toString("base64url");
+    const token = `${Buffer.from('{"alg":"ES256","kid":"k1"}').toString("base64url")}.${claims}.AAAA`;
+    for (const stage of ["discovery", "JWKS"]) {
+      dripJwks = stage === "JWKS";
+      const dripping = await tetherWith(verifier({ url, caPem: pki.ca.certPem, fetchTimeoutMs: 1_000 }));
+      const res = await rawRequest(
+        { url: dripping.server.url, caPem: dripping.ca.certPem },
+        "/clusters/m/version",
+        {
+          headers: { authorization: `Bearer ${token}` },
+        },
+      );
+      t.equal(res.status, 503, `${stage}: ${res.body}`);
+      t.match((JSON.parse(res.body) as { message: string }).message, /OIDC issuer|JWKS/, stage);
+    }
+    await until("every dripping request is destroyed", () => drips.size === 0, 5_000);
+  },
+);

@@ -75,6 +75,8 @@ export interface FleetOptions {
   serverArgs?: string[];
   /** More tether-agent flags. */
   agentArgs?: string[];
+  /** More `cluster add` flags for every member (e.g. --allow-user). */
+  clusterAddArgs?: string[];
 }
 
 export interface Fleet {
@@ -238,7 +240,7 @@ export async function startFleet(t: Test, o: FleetOptions = {}): Promise<Fleet> 
   };
   const agents: Record<string, ManagedProcess> = {};
   for (const [name, member] of Object.entries(members)) {
-    const added = await cli("cluster", "add", name, "-o", "json", ...store);
+    const added = await cli("cluster", "add", name, "-o", "json", ...store, ...(o.clusterAddArgs ?? []));
     t.equal(added.code, 0, added.stderr);
     const info = JSON.parse(added.stdout) as { token: string; caHash: string; server: string };
     t.equal(info.server, lbUrl, "agents and callers are given the balancer's URL");

@@ -264,6 +264,9 @@ export function connectThrough(proxy: EgressProxy, timeoutMs = DEFAULT_PROXY_TIM
         const secure: TLSSocket = tlsConnect({
           ...tls,
           socket: raw,
+          // The certificate is checked against `host` (else against "localhost", for an IP literal
+          // that gets no SNI); SNI carries names only.
+          host,
           ...(options.servername === undefined && !isIP(host) ? { servername: host } : {}),
         });
         callback(null, secure);

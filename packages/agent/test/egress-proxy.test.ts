@@ -3,7 +3,9 @@
 // coded error naming the proxy as scheme://host:port, never its password.
 // The proxies here are raw sockets that answer one fixed reply; the agent
 // through a real proxy (tinyproxy) is test/e2e/agent-proxy.test.ts.
-import { createServer, type Server, type Socket } from "node:net";
+import "reflect-metadata";
+import { request as httpsRequest, createServer as createHttpsServer } from "node:https";
+import { connect as netConnect, createServer, type Server, type Socket } from "node:net";
 import t, { type Test } from "tap";
 import {
   ERR_PROXY_AUTH,
@@ -12,10 +14,12 @@ import {
   ERR_PROXY_TIMEOUT,
   ERR_PROXY_UNREACHABLE,
   ERR_PROXY_URL,
+  connectThrough,
   openTunnel,
   parseProxyUrl,
   proxyFor,
 } from "../src/egress-proxy.js";
+import { makeCert } from "./lib/certs.js";
 
 const server = new URL("https://tether.example.com:8443");
 
@@ -87,7 +91,12 @@ t.test("proxy URLs", async (t) => {
   t.equal(parseProxyUrl("https://proxy.corp", "x").display, "https://proxy.corp:443");
   t.equal(parseProxyUrl("http://[::1]:3128", "x").hostname, "::1");
   t.equal(parseProxyUrl("http://proxy.corp:3128", "x").authorization, undefined);
-  for (const bad of ["socks5://u:secret@proxy:1080", "http://u:secret@", "http://u:secret@[bad"]) {
+  for (const bad of [
+    "socks5://u:secret@proxy:1080",
+    "http://u:secret@",
+    "http://u:secret@[bad",
+    "http://u:sec%ret@proxy:3128",
+  ]) {
     try {
       parseProxyUrl(bad, "HTTPS_PROXY");
       t.fail(`${bad} accepted`);
@@ -224,4 +233,50 @@ t.test("a 200 hands over the socket; data right after the answer is refused", as
   t.equal(back, "ping", "the tunnel carries bytes both ways");
   t.match(heads[0], /^CONNECT \[::1\]:443 HTTP\/1\.1\r\n/, "an IPv6 destination is bracketed");
   s.destroy();
+});
+
+t.test("an IP-literal server through the proxy: its certificate is checked against that IP", async (t) => {
+  const ca = await makeCert({ cn: "proxy-test-ca", ca: true });
+  const serving = await makeCert({ cn: "ip-only", issuer: ca, ip: "127.0.0.1" });
+  const tlsServer = createHttpsServer({ key: serving.keyPem, cert: serving.certPem }, (_req, res) =>
+    res.end("through"),
+  );
+  await new Promise<void>((r) => tlsServer.listen(0, "127.0.0.1", r));
+  t.teardown(() => new Promise<void>((r) => tlsServer.close(() => r())));
+  const tlsPort = (tlsServer.address() as { port: number }).port;
+  const proxy = createServer((s) => {
+    s.on("error", () => {});
+    s.once("data", () => {
+      const up = netConnect(tlsPort, "127.0.0.1", () => {
+        s.write("HTTP/1.1 200 Connection established\r\n\r\n");
+        s.pipe(up).pipe(s);
+      });
+      up.on("error", () => s.destroy());
+    });
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  t.teardown(() => new Promise<void>((r) => proxy.close(() => r())));
+  // The proxy by name: without the server's host, TLS would check the certificate against the proxy's.
+  const via = parseProxyUrl(`http://localhost:${(proxy.address() as { port: number }).port}`, "x");
+  const body = await new Promise<string>((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host: "127.0.0.1",
+        port: tlsPort,
+        ca: ca.certPem,
+        agent: false,
+        createConnection: connectThrough(via) as never,
+      },
+      (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => {
+          text += c.toString();
+        });
+        res.on("end", () => resolve(text));
+      },
+    );
+    req.on("error", reject);
+    req.end();
+  });
+  t.equal(body, "through", 'not checked against "localhost"');
 });

@@ -95,7 +95,17 @@ export const SERVICE_USER_HEADER = "x-tether-user";
 export const SERVICE_GROUP_HEADER = "x-tether-group";
 export const SERVICE_CLUSTER_HEADER = "x-tether-cluster";
 
-/** A name as an identity header carries it: printable ASCII as is, everything else (and "%") percent-encoded. */
+/**
+ * A name as an identity header carries it: printable ASCII as is; "%", ","
+ * and ";" percent-encoded, so a service that splits a header on commas (or
+ * joins repeated ones with them) never sees group "x, admins" as an
+ * "admins"; spaces at either end encoded, which HTTP would trim; everything
+ * else percent-encoded as UTF-8. A lone surrogate (which no UTF-8 can carry)
+ * becomes U+FFFD.
+ */
 export function identityHeaderValue(name: string): string {
-  return name.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
+  return name
+    .replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD")
+    .replace(/[^\x20-\x24\x26-\x2b\x2d-\x3a\x3c-\x7e]/gu, (c) => encodeURIComponent(c))
+    .replace(/^ +| +$/g, (spaces) => "%20".repeat(spaces.length));
 }

@@ -36,7 +36,13 @@ export function parseProxyUrl(raw: string): ProxyUrl | { problem: string } {
     display: `${url.protocol}//${url.hostname}:${port}`,
   };
   if (url.username || url.password) {
-    const credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    let credentials: string;
+    try {
+      credentials = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+    } catch {
+      // A bare "%" in the password: say how to write it, never what it was.
+      return { problem: "has a user or password that is not percent-encoded: write % as %25" };
+    }
     proxy.authorization = `Basic ${Buffer.from(credentials).toString("base64")}`;
   }
   return proxy;

@@ -12,6 +12,13 @@ t.test("identityHeaderValue", async (t) => {
   }
   t.equal(identityHeaderValue("alice@example.com"), "alice@example.com", "ASCII stays as is");
   t.equal(identityHeaderValue("50%"), "50%25");
+  for (const name of ["x, admins", "a;b", " lead", "trail ", "  ", "in side"]) {
+    const value = identityHeaderValue(name);
+    t.notMatch(value, /[,;]|^ | $/, `${JSON.stringify(name)}: no comma, semicolon or edge space`);
+    t.equal(decodeURIComponent(value), name, `${JSON.stringify(name)}: decodes back`);
+  }
+  t.equal(identityHeaderValue("x, admins"), "x%2C admins", "inner spaces stay");
+  t.equal(identityHeaderValue("a\uD800b"), "a%EF%BF%BDb", "a lone surrogate does not throw");
 });
 
 t.test("isExposedServiceName", async (t) => {

@@ -25,10 +25,16 @@ t.test("a proxy URL's parts", async (t) => {
 });
 
 t.test("refused proxy URLs say why without the value", async (t) => {
-  for (const raw of ["socks5://u:secret@proxy:1080", "http://u:secret@", "http://u:secret@proxy:99999"]) {
+  for (const raw of [
+    "socks5://u:secret@proxy:1080",
+    "http://u:secret@",
+    "http://u:secret@proxy:99999",
+    "http://u:sec%ret@proxy:3128",
+  ]) {
     const parsed = parseProxyUrl(raw);
     t.ok("problem" in parsed, `${raw.replace("secret", "***")} is refused`);
     t.notMatch(JSON.stringify(parsed), /secret/, "the password is not echoed");
   }
   t.match(parseProxyUrl("socks5://proxy:1080"), { problem: /SOCKS is not supported/ });
+  t.match(parseProxyUrl("http://u:50%@proxy:3128"), { problem: /write % as %25/ });
 });

@@ -3,9 +3,11 @@
 // configured, also a host-cluster service-account token or an OIDC ID token
 // (identity/identity-sources.ts routes those). Cluster certificates are agent
 // identities and never authenticate a host caller.
+import { createHash } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { TLSSocket } from "node:tls";
 import { identityFromPeerCertificate } from "../pki/identity.js";
+import { decodeJwt } from "jose";
 import { bearerToken, hashToken, TOKEN_PREFIX, tokenId } from "../pki/tokens.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 import type { Caller } from "./forwarded-headers.js";
@@ -17,8 +19,17 @@ export interface AuthenticatedCaller extends Caller {
   clusters?: string[];
   /** When the credential stops working; streams it opened are closed then (live-credentials.ts). */
   expiresAt?: Date;
-  /** Names the credential for revocation: `token:<token id>` or `cert:<serial>`. */
+  /**
+   * Names the credential for revocation: `token:<token id>`, `cert:<serial>`,
+   * or `ext:<sha-256 of the token>` for an OIDC or service-account token.
+   */
   credentialId?: string;
+  /**
+   * Asks again whether the credential still works (a host service-account
+   * token: its account or Secret may be gone); false ends what it holds.
+   * Never sent across the replica hop: the first replica holds the streams.
+   */
+  stillValid?: () => Promise<boolean>;
 }
 
 export async function authenticate(
@@ -33,9 +44,18 @@ export async function authenticate(
     if (!token.startsWith(TOKEN_PREFIX)) {
       const external = await externalCaller(token, sources);
       if (!external) return undefined;
-      // Its expiry ends the streams it opened, as a Tether token's does.
+      // Its expiry ends the streams it opened, as a Tether token's does; a service-account token's
+      // streams also end when the host stops accepting it (live-credentials.ts asks again).
       const { expiresAt, ...caller } = external;
-      return { ...caller, ...(expiresAt ? { expiresAt: new Date(expiresAt) } : {}) };
+      const reviewer = sources.serviceAccounts;
+      return {
+        ...caller,
+        ...(expiresAt ? { expiresAt: new Date(expiresAt) } : {}),
+        credentialId: EXTERNAL_CREDENTIAL + createHash("sha256").update(token, "utf8").digest("hex"),
+        ...(caller.via === "service-account" && reviewer
+          ? { stillValid: () => reviewer.stillAccepted(token) }
+          : {}),
+      };
     }
     const record = await store.findToken(hashToken(token));
     if (record?.kind !== "user" || !record.user) return undefined;
@@ -68,6 +88,7 @@ export async function authenticate(
 
 export const TOKEN_CREDENTIAL = "token:";
 export const CERT_CREDENTIAL = "cert:";
+export const EXTERNAL_CREDENTIAL = "ext:";
 
 /**
  * Why a request that authenticate() refused was refused, when that helps the
@@ -83,7 +104,27 @@ export async function unauthenticatedMessage(req: IncomingMessage, store: Store)
       `(tether-server kubeconfig ${cluster} --user ${record.user} prints a kubeconfig with one)`
     );
   }
+  const expired = token && !token.startsWith(TOKEN_PREFIX) ? expiredJwtAt(token) : undefined;
+  if (expired) {
+    return (
+      `your bearer token (an OIDC ID token or a service-account token) expired at ${expired}: ` +
+      "get a new one (kubectl's exec credential plugin, e.g. kubelogin, refreshes it when run again; " +
+      "a projected service-account token is renewed by the kubelet; kubectl create token prints a new one)"
+    );
+  }
   return "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate";
+}
+
+/** When a JWT's (unverified) exp has passed, that time; only ever used to word a refusal. */
+function expiredJwtAt(token: string): string | undefined {
+  try {
+    const { exp } = decodeJwt(token);
+    return typeof exp === "number" && exp * 1000 <= Date.now()
+      ? new Date(exp * 1000).toISOString()
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

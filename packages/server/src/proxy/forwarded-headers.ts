@@ -20,13 +20,24 @@ export interface Caller {
 const CREDENTIAL_HEADER = /^(authorization|proxy-authorization|impersonate-.*)$/i;
 const FORWARDING_HEADER = /^(x-forwarded-.*|forwarded|x-real-ip)$/i;
 
+/**
+ * A name as header bytes: its UTF-8, one latin1 character per byte, which
+ * Node writes as those bytes. kube-apiserver reads a header as the Go string
+ * of its bytes, so "José" or "用户" arrive as themselves; a name written as
+ * itself would go out as latin1 ("José" as one 0xE9 byte) or throw
+ * ERR_INVALID_CHAR (anything past U+00FF).
+ */
+export function headerBytes(name: string): string {
+  return /^[\x20-\x7e]*$/.test(name) ? name : Buffer.from(name, "utf8").toString("latin1");
+}
+
 export function impersonationHeaders(caller: Caller): {
   "impersonate-user": string;
   "impersonate-group"?: string[];
 } {
-  const groups = caller.groups.map((g) => IDENTITY_PREFIX + g);
+  const groups = caller.groups.map((g) => headerBytes(IDENTITY_PREFIX + g));
   return {
-    "impersonate-user": IDENTITY_PREFIX + caller.user,
+    "impersonate-user": headerBytes(IDENTITY_PREFIX + caller.user),
     ...(groups.length > 0 ? { "impersonate-group": groups } : {}),
   };
 }

@@ -53,11 +53,13 @@ export function hostRoute(req: IncomingMessage, domain: string | undefined, ownH
   };
   const sni = (req.socket as TLSSocket).servername || undefined;
   const bySni = member(sni);
-  const byHost = member(req.headers.host);
+  // HTTP/2 carries the host as :authority (Host only if the client adds it too).
+  const host = req.headers.host ?? (req.headers[":authority"] as string | undefined);
+  const byHost = member(host);
   if (bySni && byHost && bySni !== byHost) {
     return {
       kind: "misdirected",
-      message: `this connection is for cluster "${bySni}" (TLS server name ${sni}) but the request is for "${byHost}" (Host ${req.headers.host}): open a connection for ${byHost}.${domain}`,
+      message: `this connection is for cluster "${bySni}" (TLS server name ${sni}) but the request is for "${byHost}" (Host ${host}): open a connection for ${byHost}.${domain}`,
     };
   }
   const cluster = bySni ?? byHost;

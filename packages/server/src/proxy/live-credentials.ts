@@ -4,6 +4,9 @@
 // when this server revokes it (the admin API) or within a sweep interval when
 // another process did (the CLI on the state, another replica). The sweep costs
 // one store read per credential that holds something, never one per stream.
+// A host service-account token is asked about again in each sweep
+// (TokenReviewer bounds that to one TokenReview per cache TTL per token), so
+// its streams end once its account or Secret is deleted.
 import { tokenId } from "../pki/tokens.js";
 import type { Store } from "../store/state-store.js";
 import { type AuthenticatedCaller, CERT_CREDENTIAL, TOKEN_CREDENTIAL } from "./authenticate.js";
@@ -16,6 +19,7 @@ export type CredentialEnd = "expired" | "revoked";
 interface Held {
   expiresAt?: number;
   timer?: NodeJS.Timeout;
+  stillValid?: () => Promise<boolean>;
   ends: Set<(why: CredentialEnd) => void>;
 }
 
@@ -52,6 +56,7 @@ export class LiveCredentials {
       entry = { ends: new Set() };
       const expiresAt = caller.expiresAt?.getTime();
       if (expiresAt !== undefined && !Number.isNaN(expiresAt)) entry.expiresAt = expiresAt;
+      if (caller.stillValid) entry.stillValid = caller.stillValid;
       this.held.set(id, entry);
       this.arm(id, entry);
       this.startSweeping();
@@ -113,7 +118,7 @@ export class LiveCredentials {
     this.sweeper.unref();
   }
 
-  /** Ends the holdings of tokens no longer in the store and of revoked certificate serials. */
+  /** Ends the holdings of tokens no longer in the store, of revoked certificate serials and of tokens the host now refuses. */
   async sweep(): Promise<void> {
     if (this.sweeping || this.held.size === 0) return;
     this.sweeping = true;
@@ -128,6 +133,13 @@ export class LiveCredentials {
         if (id.startsWith(CERT_CREDENTIAL) && (await this.store.isRevoked(id.slice(CERT_CREDENTIAL.length))))
           gone.push(id);
       }
+      const asked = await Promise.all(
+        ids.map(async (id) => {
+          const check = this.held.get(id)?.stillValid;
+          return check && !(await check().catch(() => true)) ? id : undefined;
+        }),
+      );
+      gone.push(...asked.filter((id): id is string => id !== undefined));
       this.end(gone, "revoked");
     } catch {
       // The store could not be read: the next sweep tries again; new requests are refused meanwhile anyway.

@@ -225,6 +225,16 @@ export class ReplicaHop {
       if (token) delete req.headers[token];
     }
     for (const name of HOP_BY_HOP) delete req.headers[name];
+    // Node joins a repeated unknown header with ", ": `--as-group a --as-group b` would reach the owner
+    // as the one group "a, b". The owner checks each Impersonate-* line, so each goes as it came.
+    // From rawHeaders: an HTTP/2 request (the compatibility API) has no headersDistinct.
+    const lines = new Map<string, string[]>();
+    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+      const name = req.rawHeaders[i]!.toLowerCase();
+      if (name.startsWith("impersonate-"))
+        lines.set(name, [...(lines.get(name) ?? []), req.rawHeaders[i + 1]!]);
+    }
+    for (const [name, values] of lines) req.headers[name] = values;
     for (const [name, value] of this.hopHeaders(hop.owner, hop.mode, hop.caller, req.socket.remoteAddress))
       req.headers[name] = value;
     req.url = hop.url;
@@ -333,17 +343,20 @@ export class ReplicaHop {
   }
 }
 
+const VIA: readonly AuthenticatedCaller["via"][] = ["token", "certificate", "service-account", "oidc"];
+
 function parseCaller(encoded: string): AuthenticatedCaller | undefined {
   try {
     const c = JSON.parse(Buffer.from(encoded, "base64url").toString("utf8")) as Partial<AuthenticatedCaller>;
     const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
     if (typeof c.user !== "string" || c.user === "" || !strings(c.groups)) return undefined;
-    if (c.via !== "token" && c.via !== "certificate") return undefined;
+    // The sending replica authenticated every kind of caller already; the owner never does it again.
+    if (!VIA.includes(c.via as AuthenticatedCaller["via"])) return undefined;
     if (c.clusters !== undefined && !strings(c.clusters)) return undefined;
     return {
       user: c.user,
       groups: c.groups,
-      via: c.via,
+      via: c.via as AuthenticatedCaller["via"],
       ...(c.clusters ? { clusters: c.clusters } : {}),
     };
   } catch {

@@ -3,7 +3,8 @@
 // nothing under /services/ at its root (its services are under /api/v1/…), so
 // the prefix is free; host routing (<name>.<domain>/services/<service>/) ends
 // here too, rewritten to the path form. Callers always authenticate to Tether
-// (a token or a user certificate, whatever the cluster's auth mode) and must
+// (a Tether token, a user certificate, or an OIDC or host service-account
+// token when those sources are configured; whatever the cluster's auth mode) and must
 // be listed for the service in the cluster's record: a service nobody was
 // allowed is usable by nobody. The service learns who calls from the
 // X-Tether-* identity headers, which only Tether sets; the caller's
@@ -27,9 +28,10 @@ import { sourceKey } from "../http/failure-rate-limit.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { ClusterRecord } from "../store/state-store.js";
 import type { AgentSession } from "./agent-sessions.js";
-import { type AuthenticatedCaller, authenticate } from "./authenticate.js";
+import { type AuthenticatedCaller, authenticate, unauthenticatedMessage } from "./authenticate.js";
 import { callerKey, releaseOnClose } from "./caller-quota.js";
 import type { ClusterProxyDeps, RefusalReason } from "./cluster-proxy.js";
+import { IdentityUnavailableError } from "./identity/identity-error.js";
 import { forwardRaw } from "./raw-forward.js";
 import { sessionFullStatus } from "./session-full.js";
 import { closeWith } from "./upgrade-relay.js";
@@ -174,19 +176,26 @@ export class ServiceProxy {
         retryAfterSeconds: attempt,
       };
     }
-    const caller = await authenticate(req, this.deps.store).catch((err: unknown) => {
+    let caller: AuthenticatedCaller | undefined;
+    try {
+      caller = await authenticate(req, this.deps.store, this.deps.identity);
+    } catch (err) {
       attempt.succeeded();
-      throw err;
-    });
+      if (!(err instanceof IdentityUnavailableError)) throw err;
+      this.deps.log.warn({ err: err.message }, "an identity source is unavailable");
+      return {
+        ok: false,
+        reason: "ServiceUnavailable",
+        why: "identity_unavailable",
+        message: err.message,
+        retryAfterSeconds: 5,
+      };
+    }
     if (!caller) {
       this.deps.metrics?.authFailure("proxy", "invalid_credential");
       if (attempt.failed())
         this.deps.log.warn({ source }, "too many failed authentications: the source address must wait");
-      return refuse(
-        "Unauthorized",
-        "unauthorized",
-        "an exposed service needs a Tether token or a Tether client certificate, whatever the cluster's auth mode",
-      );
+      return refuse("Unauthorized", "unauthorized", await this.unauthenticated(req));
     }
     attempt.succeeded();
     if (!mayUseService(caller, cluster, service))
@@ -218,6 +227,16 @@ export class ServiceProxy {
     return { ok: true, caller, cluster, entry, service, path: (m?.[3] || "/") + (m?.[4] ?? ""), release };
   }
 
+  /** The 401's message: an expired token is told so, any other what a service takes. */
+  private async unauthenticated(req: IncomingMessage): Promise<string> {
+    const why = await unauthenticatedMessage(req, this.deps.store);
+    if (/ expired at /.test(why)) return why;
+    const sources = this.deps.identity ?? {};
+    const more =
+      sources.oidc || sources.serviceAccounts ? " (or an OIDC ID token or host service-account token)" : "";
+    return `an exposed service needs a Tether token or a Tether client certificate${more}, whatever the cluster's auth mode`;
+  }
+
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const audit = this.deps.audit?.request(req, res);
     if (audit) audit.service = serviceNamed(req.url);
@@ -238,6 +257,12 @@ export class ServiceProxy {
       req.socket.off("close", admission.release);
       admission.release();
     });
+    // A revoked or expired credential's long poll or event stream ends here too (live-credentials.ts).
+    if (this.deps.live)
+      releaseOnClose(
+        res,
+        this.deps.live.hold(caller, () => res.destroy()),
+      );
     audit?.admitted(entry.cluster, cluster.auth, caller);
     serviceHeaders(req.headers, caller, entry.cluster, req.socket.remoteAddress);
     req.url = path;

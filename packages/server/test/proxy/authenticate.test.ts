@@ -1,7 +1,31 @@
 // mayUseCluster: a token reaches only its scope; a cluster's allowed users and groups narrow, never widen.
 import t from "tap";
-import { type AuthenticatedCaller, mayUseCluster } from "../../src/proxy/authenticate.js";
+import type { IncomingMessage } from "node:http";
+import {
+  type AuthenticatedCaller,
+  mayUseCluster,
+  unauthenticatedMessage,
+} from "../../src/proxy/authenticate.js";
+import type { Store } from "../../src/store/state-store.js";
 import type { ClusterRecord } from "../../src/store/state-store.js";
+
+t.test("an expired OIDC or service-account token is told it expired and how to get a new one", async (t) => {
+  const store = { findToken: async () => undefined } as unknown as Store;
+  const jwt = (exp: number) =>
+    `${Buffer.from('{"alg":"RS256"}').toString("base64url")}.${Buffer.from(JSON.stringify({ exp })).toString("base64url")}.sig`;
+  const req = (token: string) => ({ headers: { authorization: `Bearer ${token}` } }) as IncomingMessage;
+  const past = Math.floor(Date.now() / 1000) - 60;
+  t.match(
+    await unauthenticatedMessage(req(jwt(past)), store),
+    new RegExp(`expired at ${new Date(past * 1000).toISOString()}.*exec credential plugin`),
+  );
+  t.match(
+    await unauthenticatedMessage(req(jwt(past + 3600)), store),
+    /could not authenticate you/,
+    "not expired",
+  );
+  t.match(await unauthenticatedMessage(req("not.a.jwt"), store), /could not authenticate you/);
+});
 
 const cluster = (name: string, allowedUsers: string[] = [], allowedGroups: string[] = []): ClusterRecord => ({
   name,

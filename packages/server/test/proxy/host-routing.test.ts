@@ -59,6 +59,17 @@ t.test("SNI first, then Host, a conflict refused", async (t) => {
   );
 });
 
+t.test("HTTP/2: :authority stands for Host", async (t) => {
+  const h2 = (servername: string | undefined, authority: string) =>
+    ({
+      socket: { servername },
+      headers: { ":authority": authority },
+      url: "/api",
+    }) as unknown as IncomingMessage;
+  t.same(hostRoute(h2(undefined, "m2.clusters.example.com:8443"), D), { kind: "cluster", cluster: "m2" });
+  t.equal(hostRoute(h2("m1.clusters.example.com", "m2.clusters.example.com"), D).kind, "misdirected");
+});
+
 t.test("the path form the cluster proxy reads", async (t) => {
   const r = req(undefined, undefined, "/api/v1/pods?watch=1");
   t.ok(toClusterPath(r, "m1"));

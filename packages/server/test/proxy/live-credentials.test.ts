@@ -98,3 +98,36 @@ t.test("end() by id is at once; a release forgets; no id holds nothing", async (
   live.hold({ user: "x", groups: [], via: "token" }, h.end);
   t.equal(live.size, 0, "a caller without a credential id holds nothing");
 });
+
+t.test(
+  "an external credential the host no longer accepts ends at a sweep; a throwing check ends nothing",
+  async (t) => {
+    const live = new LiveCredentials(store, { sweepIntervalMs: 50 });
+    t.teardown(() => live.close());
+    let accepted = true;
+    const sa: AuthenticatedCaller = {
+      user: "system:serviceaccount:ns:sa",
+      groups: [],
+      via: "service-account",
+      credentialId: "ext:aa",
+      stillValid: async () => accepted,
+    };
+    const flaky: AuthenticatedCaller = {
+      ...sa,
+      credentialId: "ext:bb",
+      stillValid: async () => {
+        throw new Error("boom");
+      },
+    };
+    const [h1, h2] = [holding(), holding()];
+    live.hold(sa, h1.end);
+    live.hold(flaky, h2.end);
+    await new Promise((r) => setTimeout(r, 200));
+    t.same(h1.ended, [], "still accepted");
+    accepted = false;
+    await until(() => h1.ended.length > 0);
+    t.same(h1.ended, ["revoked"]);
+    t.same(h2.ended, []);
+    t.equal(live.size, 1);
+  },
+);

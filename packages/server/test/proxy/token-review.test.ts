@@ -130,3 +130,33 @@ t.test("after an outage the host is left alone for the backoff, then asked again
   t.equal((await reviewer.review(jwt({ n: 2 })))?.user, "system:serviceaccount:ns:sa");
   t.equal(asked.length, 2);
 });
+
+t.test("only service accounts: the host's own OIDC or webhook users are not this source's", async (t) => {
+  for (const username of ["alice", "system:admin", "system:serviceaccount:ns", "system:serviceaccount::sa"]) {
+    const api: HostApi = {
+      async call<T>() {
+        return { status: 201, body: { status: { authenticated: true, user: { username } } } as T };
+      },
+    };
+    t.equal(await new TokenReviewer({ api }).review(jwt({})), undefined, username);
+  }
+});
+
+t.test("stillAccepted: asks the host once per TTL; a refusal is false, an outage is not", async (t) => {
+  let now = 1_000_000_000_000;
+  let verdict: boolean | "down" = true;
+  const { api, asked } = host(() => verdict);
+  const reviewer = new TokenReviewer({ api, cacheTtlMs: 10_000, now: () => now });
+  const token = jwt({});
+  t.equal((await reviewer.review(token)) !== undefined, true);
+  verdict = false;
+  t.equal(await reviewer.stillAccepted(token), true, "within the TTL: the cached answer");
+  t.equal(asked.length, 1);
+  now += 10_001;
+  verdict = "down";
+  t.equal(await reviewer.stillAccepted(token), true, "an unavailable host refuses nothing");
+  now += 2_001;
+  verdict = false;
+  t.equal(await reviewer.stillAccepted(token), false, "the host refuses it now");
+  t.equal(asked.length, 3);
+});

@@ -2,8 +2,8 @@
 // the issuer's discovery document names its JWKS; signature (asymmetric
 // algorithms only), iss, aud (the client id), exp and nbf are checked by
 // `jose`. A token signed with a key the cached JWKS lacks makes jose fetch
-// the JWKS again, at most once per cooldown: key rotation works, unknown-kid
-// floods do not become fetch floods. Usernames and groups get the apiserver's
+// the JWKS again, at most once per cooldown (5 s): key rotation works within
+// seconds, unknown-kid floods do not become fetch floods. Usernames and groups get the apiserver's
 // prefixes; an identity that would still start with "system:" is refused, so
 // an issuer can never mint a Kubernetes system identity.
 import type { RequestOptions } from "node:https";
@@ -30,8 +30,14 @@ export interface OidcOptions {
   groupsPrefix?: string;
   /** PEM bundle trusted for the issuer's HTTPS (default: the system's roots). */
   caPem?: string;
-  /** Least time between two JWKS fetches for an unknown key. Default 30 s. */
+  /**
+   * Least time between two JWKS fetches for an unknown key: a token signed
+   * with a key rotated in since the last fetch is refused for at most this
+   * long. Default 5 s.
+   */
   jwksCooldownMs?: number;
+  /** Wall-clock limit on one discovery or JWKS fetch, answer body included. Default 5 s. */
+  fetchTimeoutMs?: number;
 }
 
 export interface OidcCaller extends Caller {
@@ -41,6 +47,8 @@ export interface OidcCaller extends Caller {
 const ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
 const MAX_DOCUMENT_BYTES = 1 << 20;
 const FETCH_TIMEOUT_MS = 5_000;
+/** Short enough that a rotated-in key works within seconds, long enough that unknown-kid floods stay cheap. */
+const JWKS_COOLDOWN_MS = 5_000;
 /** After a failed discovery, callers get 503 for this long before the issuer is asked again. */
 const DISCOVERY_RETRY_MS = 5_000;
 
@@ -89,12 +97,16 @@ export class OidcVerifier {
     const name = payload[this.usernameClaim];
     if (typeof name !== "string" || !name) return undefined;
     // As kube-apiserver: an email is a username only once the issuer verified it.
-    if (this.usernameClaim === "email" && payload.email_verified === false) return undefined;
+    // Only a JSON true verifies: "false", 0 or "true" are not the boolean the spec requires.
+    if (this.usernameClaim === "email" && "email_verified" in payload && payload.email_verified !== true)
+      return undefined;
     const user = this.usernamePrefix + name;
     const claim = this.options.groupsClaim ? payload[this.options.groupsClaim] : undefined;
     const raw = typeof claim === "string" ? [claim] : Array.isArray(claim) ? claim : [];
     const groups = raw.filter((g): g is string => typeof g === "string").map((g) => this.groupsPrefix + g);
     if (user.startsWith("system:") || groups.some((g) => g.startsWith("system:"))) return undefined;
+    // Names become Impersonate-* header values: a control character could only break or split one.
+    if ([user, ...groups].some((n) => /[\p{Cc}\p{Zl}\p{Zp}]/u.test(n))) return undefined;
     return {
       user,
       groups,
@@ -125,11 +137,11 @@ export class OidcVerifier {
       if (typeof jwks_uri !== "string" || new URL(jwks_uri).protocol !== "https:") {
         throw new IdentityUnavailableError("the OIDC discovery document has no https jwks_uri");
       }
-      const fetchJwks: FetchImplementation = async (url) =>
-        new Response(JSON.stringify(await this.getJson(url)), { status: 200 });
+      const fetchJwks: FetchImplementation = async (url, init) =>
+        new Response(JSON.stringify(await this.getJson(url, init?.signal ?? undefined)), { status: 200 });
       this.jwks = createRemoteJWKSet(new URL(jwks_uri), {
-        timeoutDuration: FETCH_TIMEOUT_MS,
-        cooldownDuration: this.options.jwksCooldownMs ?? 30_000,
+        timeoutDuration: this.fetchTimeoutMs,
+        cooldownDuration: this.options.jwksCooldownMs ?? JWKS_COOLDOWN_MS,
         [customFetch]: fetchJwks,
       });
       return this.jwks;
@@ -143,18 +155,38 @@ export class OidcVerifier {
     }
   }
 
-  /** A bounded JSON GET, trusting --oidc-ca-file when given; any failure means the issuer is unavailable. */
-  private async getJson(url: string): Promise<unknown> {
+  private get fetchTimeoutMs(): number {
+    return this.options.fetchTimeoutMs ?? FETCH_TIMEOUT_MS;
+  }
+
+  /**
+   * A bounded JSON GET, trusting --oidc-ca-file when given; any failure means
+   * the issuer is unavailable. The socket timeout alone would let an issuer
+   * that drips a byte a second hold every OIDC request: a wall-clock deadline
+   * (and jose's own signal) destroys the request.
+   */
+  private async getJson(url: string, signal?: AbortSignal): Promise<unknown> {
+    const limit = this.fetchTimeoutMs;
+    const deadline = AbortSignal.timeout(limit);
+    const stop = signal ? AbortSignal.any([signal, deadline]) : deadline;
     const options: RequestOptions & { timeout: number } = {
       method: "GET",
-      timeout: FETCH_TIMEOUT_MS,
+      timeout: limit,
+      signal: stop,
       // kube-apiserver answers its JWKS only as application/jwk-set+json (406 to a plain JSON accept).
       headers: { accept: "application/json, application/jwk-set+json" },
       ...(this.options.caPem ? { ca: this.options.caPem } : {}),
     };
     let answer: { status: number; body: unknown };
     try {
-      answer = await requestJson(new URL(url), options, undefined, MAX_DOCUMENT_BYTES);
+      answer = await new Promise((resolve, reject) => {
+        const stopped = () => reject(new Error(`no complete answer within ${limit / 1000} s`));
+        if (stop.aborted) return stopped();
+        stop.addEventListener("abort", stopped, { once: true });
+        requestJson(new URL(url), options, undefined, MAX_DOCUMENT_BYTES)
+          .then(resolve, reject)
+          .finally(() => stop.removeEventListener("abort", stopped));
+      });
     } catch (err) {
       throw new IdentityUnavailableError(
         `cannot reach the OIDC issuer at ${url}: ${(err as Error).message}`,

@@ -39,6 +39,9 @@ interface TokenReviewStatus {
 }
 
 const DEFAULT_TTL_MS = 10_000;
+/** A namespace and a name, each a DNS label or subdomain, as the apiserver names a service account. */
+const SERVICE_ACCOUNT_USER =
+  /^system:serviceaccount:[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/;
 const DEFAULT_MAX_CACHED = 10_000;
 
 export class TokenReviewer {
@@ -73,6 +76,21 @@ export class TokenReviewer {
     const caller = await pending;
     if (caller) this.remember(key, caller);
     return caller;
+  }
+
+  /**
+   * Whether the host still accepts a token that opened something held open
+   * (live-credentials.ts asks every sweep): the host is asked again at most
+   * once per cache TTL per token, when its cached answer runs out. An
+   * unavailable host is not a refusal: what the token holds stays open.
+   */
+  async stillAccepted(token: string): Promise<boolean> {
+    try {
+      return (await this.review(token)) !== undefined;
+    } catch (err) {
+      if (err instanceof IdentityUnavailableError) return true;
+      throw err;
+    }
   }
 
   private remember(key: string, caller: ReviewedCaller): void {
@@ -128,7 +146,10 @@ export class TokenReviewer {
     }
     const status = answer.body?.status;
     const username = status?.user?.username;
-    if (status?.authenticated !== true || typeof username !== "string" || !username) return undefined;
+    if (status?.authenticated !== true || typeof username !== "string") return undefined;
+    // The host's TokenReview also authenticates its own OIDC or webhook users ("alice"), whose bare
+    // names could match a Tether allow rule: only the host's service accounts are this source's.
+    if (!SERVICE_ACCOUNT_USER.test(username)) return undefined;
     const groups = Array.isArray(status.user?.groups)
       ? status.user.groups.filter((g): g is string => typeof g === "string")
       : [];
