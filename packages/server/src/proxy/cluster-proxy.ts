@@ -26,6 +26,7 @@ import type { IdentitySources } from "./identity/identity-sources.js";
 import { actingIdentity, callerImpersonation } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
 import { forwardPlain } from "./plain-forward.js";
+import type { ReplayableBody } from "./replayable-body.js";
 import { forwardRaw } from "./raw-forward.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
 import {
@@ -43,6 +44,8 @@ import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 const passthroughRequests = new WeakSet<IncomingMessage>();
 /** How often a request waiting for a cluster's next owner looks again (the Lease cache is watch-fed). */
 const OWNER_POLL_MS = 50;
+/** Times a request whose stream the agent never took is sent again: each agent can go away once. */
+const MAX_RESENDS = 3;
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 
@@ -460,6 +463,8 @@ export class ClusterProxy {
     admission: Extract<Admission, { ok: true }> & { entry: AgentSession },
   ): void {
     const { mode, caller, entry, path } = admission;
+    // The caller's request as it came, should it have to go the hop after all (resend).
+    const original = { headers: { ...req.headers }, url: req.url ?? "" };
     rewriteHeaders(
       req.headers,
       mode,
@@ -468,17 +473,8 @@ export class ClusterProxy {
       admission.acting,
     );
     req.url = path;
-    const failed = (err: Error) => this.forwardingFailed(entry, res, err);
     if (entry.structuredHead) {
-      forwardPlain({
-        req,
-        res,
-        path,
-        headers: req.headers,
-        open: () => entry.openStream(mode, { structuredHead: true }),
-        answered: (status, body) => this.answered(req, status, body),
-        failure: failed,
-      });
+      this.forwardOn(req, res, admission, original, undefined, 0);
       return;
     }
     forwardRaw({
@@ -488,8 +484,74 @@ export class ClusterProxy {
       headers: req.headers,
       agent: entry.httpAgent(mode),
       answered: (status, body) => this.answered(req, status, body),
-      failure: failed,
+      failure: (err) => this.forwardingFailed(entry, res, err),
     });
+  }
+
+  /** Forwards a request whose headers are rewritten on `a.entry`, with a structured head. */
+  private forwardOn(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Extract<Admission, { ok: true }> & { entry: AgentSession },
+    original: { headers: IncomingMessage["headers"]; url: string },
+    body: ReplayableBody | undefined,
+    resends: number,
+  ): void {
+    const { entry } = a;
+    forwardPlain({
+      req,
+      res,
+      path: a.path,
+      headers: req.headers,
+      open: () => entry.openStream(a.mode, { structuredHead: true }),
+      answered: (status, b) => this.answered(req, status, b),
+      failure: (err) => this.forwardingFailed(entry, res, err),
+      refused: (err, b) => {
+        if (resends >= MAX_RESENDS) return false;
+        void this.resend(req, res, a, original, b, resends + 1, err);
+        return true;
+      },
+      ...(body ? { body } : {}),
+    });
+  }
+
+  /**
+   * A request whose stream the agent never took (it was going away: a drain,
+   * a rollout of agents) did nothing on the member, so it goes again: on
+   * another session of the cluster here, or, once the cluster changed hands
+   * and if it had no body, to its next owner.
+   */
+  private async resend(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Extract<Admission, { ok: true }> & { entry: AgentSession },
+    original: { headers: IncomingMessage["headers"]; url: string },
+    body: ReplayableBody,
+    resends: number,
+    err: Error,
+  ): Promise<void> {
+    const { entry, owner } = await this.route(a.cluster);
+    if (res.destroyed) return body.release();
+    this.deps.log.debug(
+      { cluster: a.cluster, err: err.message, resends },
+      "the agent never took the stream: sent again",
+    );
+    if (entry?.structuredHead) {
+      this.forwardOn(req, res, { ...a, entry }, original, body, resends);
+      return;
+    }
+    if (owner && body.empty && this.deps.replicas) {
+      body.release();
+      // The owner rewrites them for its member itself.
+      for (const name of Object.keys(req.headers)) delete req.headers[name];
+      Object.assign(req.headers, original.headers);
+      req.url = original.url;
+      const hop = { ...a, hop: owner, entry: undefined };
+      this.deps.replicas.hop.forward(req, res, this.hopTo(hop), () => void this.heldHere(req, res, hop));
+      return;
+    }
+    body.release();
+    this.forwardingFailed(a.entry, res, err);
   }
 
   /** The member answered a plain request: its 401 may count against the caller, and the audit log counts the body. */
