@@ -144,7 +144,9 @@ t.test("SIGTERM to one of two agents under a GET loop: it drains, nothing fails"
   running = false;
   await Promise.all(loops);
   const failed = results.filter((s) => s !== 200);
-  t.comment(`${results.length} GETs (${before} before the SIGTERM), ${failed.length} failed`);
+  t.comment(
+    `${results.length} GETs (${before} before the SIGTERM), ${failed.length} failed${failed.length ? ` (statuses ${failed.join(", ")})` : ""}`,
+  );
   t.equal(failed.length, 0, "no GET failed while the agent drained and left");
   t.equal(sessions().length, 1, "the other agent serves alone");
 });
