@@ -8,6 +8,7 @@
 // the request's open waits unread in its socket, agent "b" connects, "a"
 // sends go-away (naming only streams it saw) and reads again.
 import { request } from "node:https";
+import { connect as tlsConnect } from "node:tls";
 import {
   AGENT_FEATURES_HEADER,
   AGENT_INSTANCE_HEADER,
@@ -60,12 +61,33 @@ function dial(instance: string): Promise<FakeAgent> {
   });
 }
 
+/** Reads `stream` up to the end of its request head; the request line. */
+function firstLine(stream: TunnelStream): Promise<string> {
+  return new Promise((resolve) => {
+    let text = "";
+    const onData = (c: Buffer) => {
+      text += c.toString("latin1");
+      if (!text.includes("\r\n\r\n")) return;
+      stream.off("data", onData);
+      resolve(text.split("\r\n")[0]!);
+    };
+    stream.on("data", onData);
+  });
+}
+
 async function serve(agent: FakeAgent, name: string, stream: TunnelStream): Promise<void> {
   stream.on("error", () => {});
   if (stream.metadata[HEAD_METADATA] === undefined) {
-    // The server's /version probe speaks raw HTTP/1.1: not this test's concern.
-    stream.end("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    agent.probes++;
+    // Raw HTTP/1.1: the server's /version probe (not this test's concern), or an upgrade.
+    const line = await firstLine(stream);
+    if (!/ HTTP\/1\.1$/.test(line) || !line.includes("/exec")) {
+      stream.end("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+      agent.probes++;
+      return;
+    }
+    agent.served.push(`UPGRADE ${line}`);
+    stream.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    stream.end(`${name} switched`);
     return;
   }
   const head = await readRequestHead(stream);
@@ -109,13 +131,14 @@ async function crossing(
   method: string,
   body: Buffer | undefined,
   ready: (a: Session) => boolean,
+  send: () => Promise<{ status: number; body: string }> = () => call(method, body),
 ): Promise<{ status: number; body: string; a: FakeAgent; b: FakeAgent }> {
   const a = await dial("a");
   await until("a's session is usable", () => tether.server.sessions.usable("m1").length === 1);
   const aOnServer = tether.server.sessions.usable("m1")[0]!;
   await until("the version probe ended", () => a.probes === 1 && aOnServer.session.streamCount === 0);
   a.ws.pause();
-  const answer = call(method, body);
+  const answer = send();
   await until("the request's open is on its way to a", () => ready(aOnServer.session));
   const b = await dial("b");
   await until("b's session is usable", () => tether.server.sessions.usable("m1").length === 2);
@@ -157,5 +180,32 @@ t.test("a body larger than what is held for a resend fails as before: 503", asyn
   t.equal(got.status, 503, "the caller is told the agent disconnected");
   t.same(got.a.served, []);
   t.same(got.b.served, [], "it was not sent again");
+  await leave(got.a, got.b);
+});
+
+/** An exec upgrade on a raw TLS connection: the status line and what followed it, until the server closed. */
+function upgrade(): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const url = new URL(tether.server.url);
+    const socket = tlsConnect({ host: url.hostname, port: Number(url.port), ca: tether.ca.certPem }, () => {
+      socket.write(
+        "GET /clusters/m1/api/v1/namespaces/default/pods/box/exec?command=sh HTTP/1.1\r\n" +
+          `Host: ${url.host}\r\nAuthorization: Bearer member-token\r\n` +
+          "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" +
+          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+      );
+    });
+    let text = "";
+    socket.on("data", (c: Buffer) => (text += c.toString("latin1")));
+    socket.on("error", reject);
+    socket.on("close", () => resolve({ status: Number(text.split(" ")[1] ?? 0), body: text }));
+  });
+}
+
+t.test("an exec whose stream crossed the agent's go-away is relayed by the other agent", async (t) => {
+  const got = await crossing("GET", undefined, (a) => a.streamCount === 1, upgrade);
+  t.equal(got.status, 101, "the caller's connection switched, no 503");
+  t.match(got.body, /b switched$/, "through the other agent");
+  t.same(got.a.served, [], "the agent that went away relayed nothing");
   await leave(got.a, got.b);
 });

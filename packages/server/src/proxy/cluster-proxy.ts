@@ -440,7 +440,22 @@ export class ClusterProxy {
     res: ServerResponse,
     a: Extract<Admission, { ok: true }>,
   ): Promise<void> {
-    const entry = this.localSession(a.cluster);
+    // The Lease may name this replica a moment before or after its session is usable (a claim on the
+    // agent's connect, a session going away while its agent redials): wait for it while the Lease
+    // says so, a Lease duration at most, rather than fail (rolling-restart e2e's "changed hands" 503).
+    const ownership = this.deps.replicas?.ownership;
+    const until = performance.now() + (ownership?.leaseDurationMs ?? 0);
+    let entry = this.localSession(a.cluster);
+    while (
+      !entry &&
+      !res.destroyed &&
+      performance.now() < until &&
+      (ownership?.holds(a.cluster) || ownership?.changingHands(a.cluster))
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, OWNER_POLL_MS));
+      entry = this.localSession(a.cluster);
+    }
+    if (res.destroyed) return;
     if (!entry) {
       sendStatus(res, "ServiceUnavailable", `cluster "${a.cluster}" changed hands: try again`, 1);
       return;
@@ -624,37 +639,63 @@ export class ClusterProxy {
       const hop = this.deps.replicas!.hop;
       return hop.forwardUpgrade(req, socket, head, upgrade.protocol, this.hopTo(admission));
     }
-    relayUpgrade({
-      ...(audit ? { audit } : {}),
-      socket,
-      head,
-      method: req.method ?? "GET",
-      path,
-      headers: rewriteRawHeaders(
-        req.rawHeaders,
-        mode,
-        caller,
-        arrivalOf(req)?.source || req.socket.remoteAddress,
-        admission.acting,
-      ),
-      protocol: upgrade.protocol,
-      open: () => entry.openStream(mode),
-      failure: (err) => {
-        const full = sessionFullStatus(err, entry.cluster);
-        if (full) {
-          this.deps.metrics?.refusedFull(err);
-          this.warnSessionFull(entry.cluster);
-          return [full.reason, full.message, full.retryAfterSeconds];
-        }
-        this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
-        const gone = entry.session.closed || entry.session.goingAway;
-        return gone
-          ? [
-              "ServiceUnavailable",
-              `the Tether agent of cluster "${entry.cluster}" disconnected during the request`,
-            ]
-          : ["BadGateway", `forwarding to cluster "${entry.cluster}" failed: ${err.message}`];
-      },
-    });
+    const relay = (entry: AgentSession, resends: number) =>
+      relayUpgrade({
+        ...(audit ? { audit } : {}),
+        socket,
+        head,
+        method: req.method ?? "GET",
+        path,
+        headers: rewriteRawHeaders(
+          req.rawHeaders,
+          mode,
+          caller,
+          arrivalOf(req)?.source || req.socket.remoteAddress,
+          admission.acting,
+        ),
+        protocol: upgrade.protocol,
+        open: () => entry.openStream(mode),
+        failure: (err) => this.upgradeFailed(entry, err),
+        refused: (err) => {
+          if (resends >= MAX_RESENDS) return false;
+          // The agent was going away: another session of the cluster, or the owner it changed hands to.
+          void this.route(admission.cluster).then(({ entry: next, owner }) => {
+            if (socket.destroyed) return;
+            if (next) return relay(next, resends + 1);
+            if (owner && this.deps.replicas)
+              return this.deps.replicas.hop.forwardUpgrade(
+                req,
+                socket,
+                head,
+                upgrade.protocol,
+                this.hopTo({ ...admission, hop: owner }),
+              );
+            const [reason, message, retryAfterSeconds] = this.upgradeFailed(entry, err);
+            closeWith(socket, statusResponseHead(reason, message, retryAfterSeconds));
+          });
+          return true;
+        },
+      });
+    relay(entry, 0);
+  }
+
+  private upgradeFailed(
+    entry: AgentSession,
+    err: Error,
+  ): [reason: StatusReason, message: string, retryAfterSeconds?: number] {
+    const full = sessionFullStatus(err, entry.cluster);
+    if (full) {
+      this.deps.metrics?.refusedFull(err);
+      this.warnSessionFull(entry.cluster);
+      return [full.reason, full.message, full.retryAfterSeconds];
+    }
+    this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
+    const gone = entry.session.closed || entry.session.goingAway;
+    return gone
+      ? [
+          "ServiceUnavailable",
+          `the Tether agent of cluster "${entry.cluster}" disconnected during the request`,
+        ]
+      : ["BadGateway", `forwarding to cluster "${entry.cluster}" failed: ${err.message}`];
   }
 }
