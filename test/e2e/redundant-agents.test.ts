@@ -56,6 +56,8 @@ await until("both agents hold a session", () => sessions().length === 2);
 
 const keepAlive = new HttpsAgent({ keepAlive: true, ca: tether.ca.certPem });
 t.teardown(() => keepAlive.destroy());
+/** What each GET that got no answer (status 0) failed with. */
+const errors: string[] = [];
 function get(): Promise<number> {
   return new Promise((resolve) => {
     const req = request(
@@ -67,8 +69,11 @@ function get(): Promise<number> {
         res.on("error", () => resolve(0));
       },
     );
-    req.on("timeout", () => req.destroy());
-    req.on("error", () => resolve(0));
+    req.on("timeout", () => req.destroy(new Error("timed out after 10 s")));
+    req.on("error", (err) => {
+      errors.push(err.message);
+      resolve(0);
+    });
     req.end();
   });
 }
@@ -144,7 +149,9 @@ t.test("SIGTERM to one of two agents under a GET loop: it drains, nothing fails"
   running = false;
   await Promise.all(loops);
   const failed = results.filter((s) => s !== 200);
-  t.comment(`${results.length} GETs (${before} before the SIGTERM), ${failed.length} failed`);
+  t.comment(
+    `${results.length} GETs (${before} before the SIGTERM), ${failed.length} failed${failed.length ? ` (statuses ${failed.join(", ")}; errors so far: ${errors.join("; ") || "none"})` : ""}`,
+  );
   t.equal(failed.length, 0, "no GET failed while the agent drained and left");
   t.equal(sessions().length, 1, "the other agent serves alone");
 });

@@ -336,13 +336,10 @@ t.test("rolling restart under load", async (t) => {
     );
     report(t, rolling);
     t.ok(rps("rolling") >= 20, "the GET loop ran at 20 requests per second or more");
-    // Issue 14's target. 0 in five runs, but a fresh-clone CI run beside other e2e files had 3 (two
-    // "socket hang up" as a replica exited, one 503 while m2 changed hands): marked todo until that is
-    // understood, so the count stays reported and visible instead of hidden.
-    t.equal(rolling.length, 0, "no GET failed during the rolling restart", {
-      todo: "a loaded run can still lose a request at a replica's exit (issue 14)",
-    });
-    t.ok(rolling.length <= Math.ceil(requests.rolling! / 100), "at most 1% of the GETs failed");
+    // Issue 14's target. A fresh-clone CI run once lost 3 (two "socket hang up" as a replica exited, one
+    // 503 while m2 changed hands): a drain now lingers for connections accepted as its listener closed,
+    // a stream an agent never took is sent again, a request waits for a session its replica's Lease names.
+    t.equal(rolling.length, 0, "no GET failed during the rolling restart");
   });
 
   await t.test("kill -9 of an owner, under the same load", async (t) => {

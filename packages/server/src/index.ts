@@ -6,6 +6,7 @@ export type { AuditSink } from "./observe/audit-file.js";
 export { AuditLog } from "./observe/audit-log.js";
 export { CertificateAuthority, type KeyPairPem } from "./pki/pki.js";
 export { hashToken, issueToken } from "./pki/tokens.js";
+export { REPLAY_LIMIT } from "./proxy/replayable-body.js";
 export { type ServerOptions, TetherServer } from "./server.js";
 export { FileStore } from "./store/file-store.js";
 export { KubeStore, type KubeStoreOptions } from "./store/kube-store.js";

@@ -680,7 +680,7 @@ export class TetherServer {
     const held = this.sessions.list().map((e) => e.cluster);
     await this.replicas?.ownership.resign();
     this.sessions.drainAll();
-    const cut = await this.drain.settle(graceMs);
+    const cut = await this.drain.settle(graceMs, DRAIN_LINGER_MS);
     this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");
     await this.close(held);
     return cut;
@@ -718,6 +718,13 @@ export class TetherServer {
     await this.listener.close();
   }
 }
+
+/**
+ * How long a drain waits at least (drain.ts settle): a connection accepted as
+ * the listener closed gets that long to finish its TLS handshake and send its
+ * first request, which is then served, on a loaded machine too.
+ */
+const DRAIN_LINGER_MS = 1_000;
 
 /** Answered during a drain too: the kubelet's probes. */
 const HEALTH_PATHS = new Set(["/healthz", "/livez", "/readyz"]);

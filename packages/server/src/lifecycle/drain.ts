@@ -89,9 +89,16 @@ export class Drain {
 
   /**
    * Resolves once nothing admitted is in flight, or after `graceMs`; says
-   * how many were still in flight (the caller cuts them).
+   * how many were still in flight (the caller cuts them). It waits
+   * `lingerMs` (at most the grace) first whatever is in flight: a connection
+   * accepted just before the listener closed may still be in its TLS
+   * handshake, its first request not yet read, and the end of the drain
+   * would cut it (the caller's "socket hang up", its request never seen).
    */
-  async settle(graceMs: number): Promise<number> {
+  async settle(graceMs: number, lingerMs = 0): Promise<number> {
+    const linger = Math.min(graceMs, lingerMs);
+    if (linger > 0) await new Promise((resolve) => setTimeout(resolve, linger));
+    graceMs -= linger;
     if (this.inFlight > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, graceMs);

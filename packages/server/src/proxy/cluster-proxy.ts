@@ -26,6 +26,7 @@ import type { IdentitySources } from "./identity/identity-sources.js";
 import { actingIdentity, callerImpersonation } from "./impersonation.js";
 import type { LiveCredentials } from "./live-credentials.js";
 import { forwardPlain } from "./plain-forward.js";
+import type { ReplayableBody } from "./replayable-body.js";
 import { forwardRaw } from "./raw-forward.js";
 import { isServiceRequest, ServiceProxy } from "./service-proxy.js";
 import {
@@ -43,6 +44,8 @@ import { checkUpgrade, closeWith, relayUpgrade } from "./upgrade-relay.js";
 const passthroughRequests = new WeakSet<IncomingMessage>();
 /** How often a request waiting for a cluster's next owner looks again (the Lease cache is watch-fed). */
 const OWNER_POLL_MS = 50;
+/** Times a request whose stream the agent never took is sent again: each agent can go away once. */
+const MAX_RESENDS = 3;
 
 export const CLUSTER_PATH = /^\/clusters\/([^/?#]*)(\/[^?#]*)?(\?.*)?$/;
 
@@ -437,7 +440,22 @@ export class ClusterProxy {
     res: ServerResponse,
     a: Extract<Admission, { ok: true }>,
   ): Promise<void> {
-    const entry = this.localSession(a.cluster);
+    // The Lease may name this replica a moment before or after its session is usable (a claim on the
+    // agent's connect, a session going away while its agent redials): wait for it while the Lease
+    // says so, a Lease duration at most, rather than fail (rolling-restart e2e's "changed hands" 503).
+    const ownership = this.deps.replicas?.ownership;
+    const until = performance.now() + (ownership?.leaseDurationMs ?? 0);
+    let entry = this.localSession(a.cluster);
+    while (
+      !entry &&
+      !res.destroyed &&
+      performance.now() < until &&
+      (ownership?.holds(a.cluster) || ownership?.changingHands(a.cluster))
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, OWNER_POLL_MS));
+      entry = this.localSession(a.cluster);
+    }
+    if (res.destroyed) return;
     if (!entry) {
       sendStatus(res, "ServiceUnavailable", `cluster "${a.cluster}" changed hands: try again`, 1);
       return;
@@ -460,6 +478,8 @@ export class ClusterProxy {
     admission: Extract<Admission, { ok: true }> & { entry: AgentSession },
   ): void {
     const { mode, caller, entry, path } = admission;
+    // The caller's request as it came, should it have to go the hop after all (resend).
+    const original = { headers: { ...req.headers }, url: req.url ?? "" };
     rewriteHeaders(
       req.headers,
       mode,
@@ -468,17 +488,8 @@ export class ClusterProxy {
       admission.acting,
     );
     req.url = path;
-    const failed = (err: Error) => this.forwardingFailed(entry, res, err);
     if (entry.structuredHead) {
-      forwardPlain({
-        req,
-        res,
-        path,
-        headers: req.headers,
-        open: () => entry.openStream(mode, { structuredHead: true }),
-        answered: (status, body) => this.answered(req, status, body),
-        failure: failed,
-      });
+      this.forwardOn(req, res, admission, original, undefined, 0);
       return;
     }
     forwardRaw({
@@ -488,8 +499,74 @@ export class ClusterProxy {
       headers: req.headers,
       agent: entry.httpAgent(mode),
       answered: (status, body) => this.answered(req, status, body),
-      failure: failed,
+      failure: (err) => this.forwardingFailed(entry, res, err),
     });
+  }
+
+  /** Forwards a request whose headers are rewritten on `a.entry`, with a structured head. */
+  private forwardOn(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Extract<Admission, { ok: true }> & { entry: AgentSession },
+    original: { headers: IncomingMessage["headers"]; url: string },
+    body: ReplayableBody | undefined,
+    resends: number,
+  ): void {
+    const { entry } = a;
+    forwardPlain({
+      req,
+      res,
+      path: a.path,
+      headers: req.headers,
+      open: () => entry.openStream(a.mode, { structuredHead: true }),
+      answered: (status, b) => this.answered(req, status, b),
+      failure: (err) => this.forwardingFailed(entry, res, err),
+      refused: (err, b) => {
+        if (resends >= MAX_RESENDS) return false;
+        void this.resend(req, res, a, original, b, resends + 1, err);
+        return true;
+      },
+      ...(body ? { body } : {}),
+    });
+  }
+
+  /**
+   * A request whose stream the agent never took (it was going away: a drain,
+   * a rollout of agents) did nothing on the member, so it goes again: on
+   * another session of the cluster here, or, once the cluster changed hands
+   * and if it had no body, to its next owner.
+   */
+  private async resend(
+    req: IncomingMessage,
+    res: ServerResponse,
+    a: Extract<Admission, { ok: true }> & { entry: AgentSession },
+    original: { headers: IncomingMessage["headers"]; url: string },
+    body: ReplayableBody,
+    resends: number,
+    err: Error,
+  ): Promise<void> {
+    const { entry, owner } = await this.route(a.cluster);
+    if (res.destroyed) return body.release();
+    this.deps.log.debug(
+      { cluster: a.cluster, err: err.message, resends },
+      "the agent never took the stream: sent again",
+    );
+    if (entry?.structuredHead) {
+      this.forwardOn(req, res, { ...a, entry }, original, body, resends);
+      return;
+    }
+    if (owner && body.empty && this.deps.replicas) {
+      body.release();
+      // The owner rewrites them for its member itself.
+      for (const name of Object.keys(req.headers)) delete req.headers[name];
+      Object.assign(req.headers, original.headers);
+      req.url = original.url;
+      const hop = { ...a, hop: owner, entry: undefined };
+      this.deps.replicas.hop.forward(req, res, this.hopTo(hop), () => void this.heldHere(req, res, hop));
+      return;
+    }
+    body.release();
+    this.forwardingFailed(a.entry, res, err);
   }
 
   /** The member answered a plain request: its 401 may count against the caller, and the audit log counts the body. */
@@ -562,37 +639,63 @@ export class ClusterProxy {
       const hop = this.deps.replicas!.hop;
       return hop.forwardUpgrade(req, socket, head, upgrade.protocol, this.hopTo(admission));
     }
-    relayUpgrade({
-      ...(audit ? { audit } : {}),
-      socket,
-      head,
-      method: req.method ?? "GET",
-      path,
-      headers: rewriteRawHeaders(
-        req.rawHeaders,
-        mode,
-        caller,
-        arrivalOf(req)?.source || req.socket.remoteAddress,
-        admission.acting,
-      ),
-      protocol: upgrade.protocol,
-      open: () => entry.openStream(mode),
-      failure: (err) => {
-        const full = sessionFullStatus(err, entry.cluster);
-        if (full) {
-          this.deps.metrics?.refusedFull(err);
-          this.warnSessionFull(entry.cluster);
-          return [full.reason, full.message, full.retryAfterSeconds];
-        }
-        this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
-        const gone = entry.session.closed || entry.session.goingAway;
-        return gone
-          ? [
-              "ServiceUnavailable",
-              `the Tether agent of cluster "${entry.cluster}" disconnected during the request`,
-            ]
-          : ["BadGateway", `forwarding to cluster "${entry.cluster}" failed: ${err.message}`];
-      },
-    });
+    const relay = (entry: AgentSession, resends: number) =>
+      relayUpgrade({
+        ...(audit ? { audit } : {}),
+        socket,
+        head,
+        method: req.method ?? "GET",
+        path,
+        headers: rewriteRawHeaders(
+          req.rawHeaders,
+          mode,
+          caller,
+          arrivalOf(req)?.source || req.socket.remoteAddress,
+          admission.acting,
+        ),
+        protocol: upgrade.protocol,
+        open: () => entry.openStream(mode),
+        failure: (err) => this.upgradeFailed(entry, err),
+        refused: (err) => {
+          if (resends >= MAX_RESENDS) return false;
+          // The agent was going away: another session of the cluster, or the owner it changed hands to.
+          void this.route(admission.cluster).then(({ entry: next, owner }) => {
+            if (socket.destroyed) return;
+            if (next) return relay(next, resends + 1);
+            if (owner && this.deps.replicas)
+              return this.deps.replicas.hop.forwardUpgrade(
+                req,
+                socket,
+                head,
+                upgrade.protocol,
+                this.hopTo({ ...admission, hop: owner }),
+              );
+            const [reason, message, retryAfterSeconds] = this.upgradeFailed(entry, err);
+            closeWith(socket, statusResponseHead(reason, message, retryAfterSeconds));
+          });
+          return true;
+        },
+      });
+    relay(entry, 0);
+  }
+
+  private upgradeFailed(
+    entry: AgentSession,
+    err: Error,
+  ): [reason: StatusReason, message: string, retryAfterSeconds?: number] {
+    const full = sessionFullStatus(err, entry.cluster);
+    if (full) {
+      this.deps.metrics?.refusedFull(err);
+      this.warnSessionFull(entry.cluster);
+      return [full.reason, full.message, full.retryAfterSeconds];
+    }
+    this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
+    const gone = entry.session.closed || entry.session.goingAway;
+    return gone
+      ? [
+          "ServiceUnavailable",
+          `the Tether agent of cluster "${entry.cluster}" disconnected during the request`,
+        ]
+      : ["BadGateway", `forwarding to cluster "${entry.cluster}" failed: ${err.message}`];
   }
 }

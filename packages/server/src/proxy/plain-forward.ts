@@ -8,6 +8,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { responseCut, stripConnectionHeaders, writeResponseHead } from "../http/connection-headers.js";
 import type { Duplex, Readable } from "node:stream";
+import { neverAccepted, ReplayableBody } from "./replayable-body.js";
 import {
   CONNECTION_HEADERS,
   declaredLength,
@@ -35,6 +36,14 @@ export interface PlainForward {
   answered(status: number, body: Readable): void;
   /** The stream failed before the member answered: the caller gets a Status. */
   failure(err: Error): void;
+  /**
+   * The agent never took the stream (replayable-body.ts neverAccepted) and
+   * `body` can be sent again: true when the caller forwards the request anew
+   * (on another session, with the same `body`), false to have it fail.
+   */
+  refused?(err: Error, body: ReplayableBody): boolean;
+  /** The body as a former attempt read it; a first attempt reads `req`. */
+  body?: ReplayableBody;
 }
 
 /** The pairs of a parsed header object, minus what is the caller's connection's and HTTP/2 pseudo-headers. */
@@ -78,11 +87,18 @@ export function forwardPlain(f: PlainForward): void {
     sendStatus(res, "BadRequest", (err as Error).message);
     return;
   }
+  const body = f.body ?? new ReplayableBody(req);
+  // Before any answer, a stream the agent never took goes elsewhere when the caller can send it again.
+  const failed = (err: Error) => {
+    if (neverAccepted(err) && body.replayable && f.refused?.(err, body)) return;
+    body.release();
+    f.failure(err);
+  };
   let stream: Duplex;
   try {
     stream = f.open();
   } catch (err) {
-    f.failure(err as Error);
+    failed(err as Error);
     return;
   }
   let answered = false;
@@ -95,11 +111,11 @@ export function forwardPlain(f: PlainForward): void {
     if (answered) res.destroy();
   });
   stream.write(encoded);
-  req.pipe(stream);
-  req.on("error", () => stream.destroy());
+  body.pipeTo(stream);
   readResponseHead(stream).then(
     (head) => {
       answered = true;
+      body.release();
       if (res.destroyed) return;
       const headers = responseHeaders(head);
       writeResponseHead(res, head.status, headers);
@@ -118,10 +134,11 @@ export function forwardPlain(f: PlainForward): void {
     (err: TetherError) => {
       answered = true;
       stream.destroy();
-      if (res.destroyed) return;
-      if (err.code === ERR_TETHER_HEAD_INVALID || err.code === ERR_TETHER_HEAD_TOO_LARGE)
+      if (res.destroyed) return body.release();
+      if (err.code === ERR_TETHER_HEAD_INVALID || err.code === ERR_TETHER_HEAD_TOO_LARGE) {
+        body.release();
         sendStatus(res, "BadGateway", `the Tether agent answered badly: ${err.message}`);
-      else f.failure(err);
+      } else failed(err);
     },
   );
 }

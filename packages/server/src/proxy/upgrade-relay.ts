@@ -8,6 +8,7 @@
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { type StatusReason, statusCodeOf, statusResponseHead } from "@tether/common";
+import { neverAccepted } from "./replayable-body.js";
 
 /** The upgrade protocols Kubernetes speaks (exec, attach, port-forward, proxy to pods). */
 const PROTOCOLS = new Set(["websocket", "spdy/3.1"]);
@@ -57,6 +58,12 @@ export interface UpgradeRelay {
   open(): Duplex;
   /** How to answer when the stream fails before the member answered. */
   failure(err: Error): [reason: StatusReason, message: string, retryAfterSeconds?: number];
+  /**
+   * The agent never took the stream (replayable-body.ts neverAccepted): true
+   * when the caller relays the upgrade anew, on another session. Nothing of
+   * the caller's connection was read yet, so it can go as it came.
+   */
+  refused?(err: Error): boolean;
   audit?: UpgradeAudit;
 }
 
@@ -161,6 +168,7 @@ export function relayUpgrade(r: UpgradeRelay): void {
       return;
     }
     answered = true;
+    if (neverAccepted(err) && r.refused?.(err)) return;
     const [reason, message, retryAfterSeconds] = r.failure(err);
     r.audit?.answered(statusCodeOf(reason));
     closeWith(socket, statusResponseHead(reason, message, retryAfterSeconds));
