@@ -43,6 +43,8 @@ const AGENTS_PER_WORKER = 1_250;
 /** How fast the fleet is first brought up (connects per second), so the first connect is not the storm. */
 const RAMP_PER_SECOND = 1_000;
 const CONNECT_DEADLINE_MS = 300_000;
+/** A whole level, its connect, idle window, kill and return included; the levels after one that fails are skipped. */
+const LEVEL_DEADLINE_MS = 720_000;
 const RECONNECT_DEADLINE_MS = 120_000;
 const IDLE_WINDOW_MS = 15_000;
 const SETTLE_MS = 5_000;
@@ -113,6 +115,8 @@ class Server {
       [
         "-u",
         "NODE_OPTIONS",
+        // One change at a time to the server's memory: TETHER_BENCH_SERVER_ENV="MALLOC_ARENA_MAX=2 NODE_OPTIONS=..."
+        ...(process.env.TETHER_BENCH_SERVER_ENV?.split(" ").filter(Boolean) ?? []),
         process.execPath,
         SERVER_BIN,
         "serve",
@@ -159,6 +163,9 @@ class Server {
 class Fleet {
   private readonly workers: { child: ChildProcess; report: FromWorker }[] = [];
   private next = 0;
+  /** Set when a worker died: what the levels after it cannot measure. */
+  failure: string | undefined;
+  private stopping = false;
 
   constructor(private readonly init: Extract<ToWorker, { type: "config" }>) {}
 
@@ -180,6 +187,10 @@ class Fleet {
       const w = { child, report: { type: "count", connected: 0, total: 0, drops: 0 } as FromWorker };
       child.on("message", (m: FromWorker) => {
         w.report = m;
+      });
+      child.once("exit", (code, signal) => {
+        if (!this.stopping)
+          this.failure ??= `an agent worker exited (${signal ?? code}) with ${w.report.total} agents`;
       });
       child.send(this.init satisfies ToWorker);
       this.workers.push(w);
@@ -204,10 +215,12 @@ class Fleet {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     await Promise.all(
       this.workers.map(
         (w) =>
           new Promise<void>((resolve) => {
+            if (w.child.exitCode !== null || w.child.signalCode !== null) return resolve();
             w.child.once("exit", () => resolve());
             w.child.send({ type: "stop" } satisfies ToWorker);
             setTimeout(() => w.child.kill("SIGKILL"), 10_000).unref();
@@ -217,9 +230,10 @@ class Fleet {
   }
 }
 
-async function until(what: string, deadlineMs: number, done: () => boolean): Promise<boolean> {
+async function until(what: string, deadlineMs: number, done: () => boolean, fleet?: Fleet): Promise<boolean> {
   const end = Date.now() + deadlineMs;
   while (!done()) {
+    if (fleet?.failure) throw new Error(fleet.failure);
     if (Date.now() > end) {
       console.error(`scale bench: ${what} did not happen within ${deadlineMs} ms`);
       return false;
@@ -271,12 +285,134 @@ async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: nu
   };
 }
 
+/** The keys of one level, suffixed _1k, _5k, ...: all printed, null where the level did not get that far. */
+const LEVEL_KEYS = [
+  "server_bytes_per_session",
+  "server_heap_bytes_per_session",
+  "server_idle_cpu",
+  "server_fds",
+  "server_rss_mib",
+  "reconnect_50_s",
+  "reconnect_99_s",
+  "reconnect_all_s",
+  "reconnect_failed",
+  "reconnect_peak_per_s",
+  "reconnect_peak_share",
+  "server_restart_s",
+];
+
+/** Undefined when `work` finished in time, else what went wrong (its error, or `late`). */
+async function timeBox(work: Promise<void>, ms: number, late: string): Promise<string | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work.then(() => undefined),
+      new Promise<string>((resolve) => {
+        timer = setTimeout(() => resolve(late), ms);
+      }),
+    ]);
+  } catch (err) {
+    return (err as Error).message.split("\n")[0]!.slice(0, 300);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+interface Level {
+  n: number;
+  key: string;
+  /** Agents already in the fleet from the levels before. */
+  started: number;
+  creds: AgentCredentials[];
+  server: Server;
+  fleet: Fleet;
+  caPem: string;
+  token: string;
+  base: Proc;
+  baseHeap: number;
+  rows: SuiteResult["rows"];
+  metrics: SuiteResult["metrics"];
+}
+
+/** Grows the fleet to `n`, measures it idle, then kills the server and follows the fleet's return. Throws what failed. */
+async function measureLevel(l: Level): Promise<void> {
+  const { n, key, server, fleet, rows, metrics } = l;
+  const t0 = Date.now();
+  await fleet.add(l.creds.slice(l.started, n));
+  const up = await until(`${n} agents connected`, CONNECT_DEADLINE_MS, () => fleet.connected >= n, fleet);
+  rows.push([
+    `${key}: connect`,
+    up ? `${((Date.now() - t0) / 1000).toFixed(1)} s` : "incomplete",
+    `${fleet.connected}/${n} at ${RAMP_PER_SECOND}/s ramp`,
+  ]);
+  if (!up)
+    throw new Error(
+      `only ${fleet.connected} of ${n} agents connected within ${CONNECT_DEADLINE_MS / 1000} s`,
+    );
+  await sleep(SETTLE_MS);
+  const before = procStats(server.pid);
+  await sleep(IDLE_WINDOW_MS);
+  const after = procStats(server.pid);
+  metrics[`server_bytes_per_session_${key}`] = Math.round((after.rss - l.base.rss) / n);
+  metrics[`server_idle_cpu_${key}`] = round((after.cpuSeconds - before.cpuSeconds) / (IDLE_WINDOW_MS / 1000));
+  metrics[`server_fds_${key}`] = after.fds;
+  metrics[`server_rss_mib_${key}`] = round(after.rss / 2 ** 20, 1);
+  const heap = await scrapeHeap(server.url, l.caPem, l.token);
+  metrics[`server_heap_bytes_per_session_${key}`] = Math.round((heap - l.baseHeap) / n);
+  rows.push([
+    `${key}: server per session`,
+    `${metrics[`server_bytes_per_session_${key}`]} B`,
+    `RSS ${(after.rss / 2 ** 20).toFixed(1)} MiB, heap ${metrics[`server_heap_bytes_per_session_${key}`]} B/session, ${after.fds} fds`,
+  ]);
+  rows.push([
+    `${key}: server idle CPU`,
+    `${metrics[`server_idle_cpu_${key}`]} cores`,
+    `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
+  ]);
+
+  const profileDir = process.env.TETHER_BENCH_PROFILE_DIR;
+  if (profileDir) {
+    const file = join(profileDir, `server-idle-${key}.cpuprofile`);
+    const failed = await timeBox(
+      profileFor(server.pid, IDLE_WINDOW_MS, file),
+      IDLE_WINDOW_MS + 30_000,
+      "timed out",
+    );
+    rows.push([
+      `${key}: idle profile`,
+      failed ? `none (${failed})` : file,
+      "bench/cpu-profile-summary.ts reads it",
+    ]);
+  }
+
+  const storm = await reconnectStorm(server, fleet, l.caPem, n);
+  metrics[`reconnect_50_s_${key}`] = storm.s50;
+  metrics[`reconnect_99_s_${key}`] = storm.s99;
+  metrics[`reconnect_all_s_${key}`] = storm.sAll;
+  metrics[`reconnect_failed_${key}`] = storm.failed;
+  metrics[`reconnect_peak_per_s_${key}`] = storm.peakPerSecond;
+  metrics[`reconnect_peak_share_${key}`] = storm.peakShare;
+  metrics[`server_restart_s_${key}`] = storm.restartSeconds;
+  rows.push([
+    `${key}: reconnect after kill -9`,
+    `${storm.sAll} s`,
+    `50% ${storm.s50} s, 99% ${storm.s99} s (from the kill; restart took ${storm.restartSeconds} s), ${storm.failed} not back`,
+  ]);
+  rows.push([
+    `${key}: reconnects per second`,
+    `peak ${storm.peakPerSecond}`,
+    `${(storm.peakShare * 100).toFixed(1)}% of the fleet; per second: ${storm.histogram.join(" ")}`,
+  ]);
+}
+
 export async function run(options: SuiteOptions): Promise<SuiteResult> {
-  const levels = options.agents ? [options.agents] : options.quick ? [200] : DEFAULT_LEVELS;
+  const levels = options.agents ?? (options.quick ? [200] : DEFAULT_LEVELS);
   const max = Math.max(...levels);
   const dir = await mkdtemp(join(tmpdir(), "tether-scale-"));
   const rows: SuiteResult["rows"] = [];
-  const metrics: Record<string, number> = {};
+  // Every level's keys are printed, null when not measured, with the failure named (failure_<level>).
+  const metrics: SuiteResult["metrics"] = {};
+  for (const n of levels) for (const k of LEVEL_KEYS) metrics[`${k}_${label(n)}`] = null;
   let server: Server | undefined;
   let fleet: Fleet | undefined;
   try {
@@ -323,71 +459,54 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
     fleet = new Fleet({ type: "config", server: server.url, caPem: ca.certPem, apiserverCert });
 
     let started = 0;
+    let broken: string | undefined;
     for (const n of levels) {
       const key = label(n);
-      const t0 = Date.now();
-      await fleet.add(creds.slice(started, n));
-      started = n;
-      const up = await until(`${n} agents connected`, CONNECT_DEADLINE_MS, () => fleet!.connected >= n);
-      rows.push([
-        `${key}: connect`,
-        up ? `${((Date.now() - t0) / 1000).toFixed(1)} s` : "incomplete",
-        `${fleet.connected}/${n} at ${RAMP_PER_SECOND}/s ramp`,
-      ]);
-      if (!up) break;
-      await sleep(SETTLE_MS);
-      const before = procStats(server.pid);
-      await sleep(IDLE_WINDOW_MS);
-      const after = procStats(server.pid);
-      const heap = await scrapeHeap(server.url, ca.certPem, token);
-      metrics[`server_bytes_per_session_${key}`] = Math.round((after.rss - base.rss) / n);
-      metrics[`server_heap_bytes_per_session_${key}`] = Math.round((heap - baseHeap) / n);
-      metrics[`server_idle_cpu_${key}`] = round(
-        (after.cpuSeconds - before.cpuSeconds) / (IDLE_WINDOW_MS / 1000),
-      );
-      metrics[`server_fds_${key}`] = after.fds;
-      metrics[`server_rss_mib_${key}`] = round(after.rss / 2 ** 20, 1);
-      rows.push([
-        `${key}: server per session`,
-        `${metrics[`server_bytes_per_session_${key}`]} B`,
-        `RSS ${(after.rss / 2 ** 20).toFixed(1)} MiB, heap ${metrics[`server_heap_bytes_per_session_${key}`]} B/session, ${after.fds} fds`,
-      ]);
-      rows.push([
-        `${key}: server idle CPU`,
-        `${metrics[`server_idle_cpu_${key}`]} cores`,
-        `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
-      ]);
-
-      const profileDir = process.env.TETHER_BENCH_PROFILE_DIR;
-      if (profileDir) {
-        const file = join(profileDir, `server-idle-${key}.cpuprofile`);
-        await profileFor(server.pid, IDLE_WINDOW_MS, file);
-        rows.push([`${key}: idle profile`, file, "bench/cpu-profile-summary.ts reads it"]);
+      if (broken !== undefined) {
+        metrics[`failure_${key}`] = `skipped: ${broken}`;
+        rows.push([`${key}: skipped`, "-", broken]);
+        continue;
       }
-
-      const storm = await reconnectStorm(server, fleet, ca.certPem, n);
-      metrics[`reconnect_50_s_${key}`] = storm.s50;
-      metrics[`reconnect_99_s_${key}`] = storm.s99;
-      metrics[`reconnect_all_s_${key}`] = storm.sAll;
-      metrics[`reconnect_failed_${key}`] = storm.failed;
-      metrics[`reconnect_peak_per_s_${key}`] = storm.peakPerSecond;
-      metrics[`reconnect_peak_share_${key}`] = storm.peakShare;
-      metrics[`server_restart_s_${key}`] = storm.restartSeconds;
-      rows.push([
-        `${key}: reconnect after kill -9`,
-        `${storm.sAll} s`,
-        `50% ${storm.s50} s, 99% ${storm.s99} s (from the kill; restart took ${storm.restartSeconds} s), ${storm.failed} not back`,
-      ]);
-      rows.push([
-        `${key}: reconnects per second`,
-        `peak ${storm.peakPerSecond}`,
-        `${(storm.peakShare * 100).toFixed(1)}% of the fleet; per second: ${storm.histogram.join(" ")}`,
-      ]);
+      const level = measureLevel({
+        n,
+        key,
+        started,
+        creds,
+        server,
+        fleet,
+        caPem: ca.certPem,
+        token,
+        base,
+        baseHeap,
+        rows,
+        metrics,
+      });
+      started = n;
+      const failure = await timeBox(
+        level,
+        LEVEL_DEADLINE_MS,
+        `${key} did not finish within ${LEVEL_DEADLINE_MS / 1000} s`,
+      );
+      if (failure !== undefined) {
+        metrics[`failure_${key}`] = failure;
+        rows.push([`${key}: FAILED`, "-", failure]);
+        broken = `${key} failed (${failure})`;
+        console.error(`scale bench: ${key}: ${failure}`);
+      }
     }
-    return { rows, metrics };
+    await fleet.stop();
+    fleet = undefined;
+    await server.proc?.stop();
+    server = undefined;
+  } catch (err) {
+    const why = (err as Error).message.split("\n")[0]!.slice(0, 300);
+    console.error(`scale bench: ${why}`);
+    rows.push(["FAILED", "-", why]);
+    for (const n of levels) metrics[`failure_${label(n)}`] ??= why;
   } finally {
     await fleet?.stop().catch(() => {});
     await server?.proc?.stop().catch(() => {});
     await rm(dir, { recursive: true, force: true });
   }
+  return { rows, metrics };
 }
