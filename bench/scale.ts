@@ -29,11 +29,12 @@ import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { FileStore } from "@tether/server";
+import { FileStore, issueToken } from "@tether/server";
 import { SERVER_BIN } from "../test/e2e/tether-processes.js";
 import { freePort } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
 import { profileFor } from "./inspector-profile.js";
+import { measureWatches } from "./scale-watches.js";
 import type { SuiteOptions, SuiteResult } from "./run.js";
 import type { AgentCredentials, FromWorker, ToWorker } from "./scale-agents.js";
 
@@ -51,6 +52,12 @@ const SETTLE_MS = 5_000;
 /** The serve flags: production tunnel timing, and room for the whole fleet from one source address. */
 const SERVE_FLAGS = ["--max-connections", "30000", "--max-connections-per-source", "30000"];
 const CLOCK_TICKS = 100;
+/** Concurrent watches through one tunnel (scale-watches.ts); TETHER_BENCH_WATCHES changes it. */
+const WATCHES = Number(process.env.TETHER_BENCH_WATCHES ?? 10_000);
+const WATCH_KEYS = ["event_p50_ms", "event_p99_ms", "missing_events", "direct_p50_ms", "direct_p99_ms"];
+const WATCH_CLUSTER = "watch-bench";
+/** The whole watch phase, direct and through Tether. */
+const WATCHES_DEADLINE_MS = 600_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const label = (n: number) => (n % 1000 === 0 ? `${n / 1000}k` : String(n));
@@ -107,7 +114,7 @@ class Server {
     this.url = `https://127.0.0.1:${port}`;
   }
 
-  async start(caPem: string): Promise<void> {
+  async start(caPem: string, extraFlags: string[] = []): Promise<void> {
     this.starts++;
     this.proc = new ManagedProcess(
       "tether-server",
@@ -127,6 +134,7 @@ class Server {
         "--metrics-token-file",
         this.tokenFile,
         ...SERVE_FLAGS,
+        ...extraFlags,
       ],
       join(this.dir, `server-${this.starts}.log`),
     );
@@ -413,12 +421,19 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
   // Every level's keys are printed, null when not measured, with the failure named (failure_<level>).
   const metrics: SuiteResult["metrics"] = {};
   for (const n of levels) for (const k of LEVEL_KEYS) metrics[`${k}_${label(n)}`] = null;
+  const watches = options.quick ? 200 : WATCHES;
+  for (const k of WATCH_KEYS) metrics[`watches_${label(watches)}_${k}`] = null;
+  for (const k of ["watch_bytes_each", "watch_server_bytes_each", "watch_agent_bytes_each"])
+    metrics[k] = null;
   let server: Server | undefined;
   let fleet: Fleet | undefined;
   try {
     const store = await FileStore.open(join(dir, "state"));
     const ca = await store.loadOrCreateCa();
-    const names = Array.from({ length: max }, (_, i) => `scale-${String(i).padStart(5, "0")}`);
+    const names = [
+      ...Array.from({ length: max }, (_, i) => `scale-${String(i).padStart(5, "0")}`),
+      WATCH_CLUSTER,
+    ];
     let t = Date.now();
     await store.putClusters(
       names.map((name) => ({
@@ -442,6 +457,15 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
     rows.push(["issue certificates", `${max}`, `${Date.now() - t} ms`]);
     const served = await ca.issueServerCertificate({ dnsNames: [], ips: ["127.0.0.1"] });
     const apiserverCert = { certPem: served.certPem, keyPem: served.keyPem! };
+    const watcher = issueToken();
+    await store.addToken({
+      hash: watcher.hash,
+      kind: "user",
+      user: "watch-bench",
+      groups: [],
+      clusters: [WATCH_CLUSTER],
+      expiresAt: new Date(Date.now() + 24 * 3600_000).toISOString(),
+    });
     const token = randomBytes(24).toString("hex");
     const tokenFile = join(dir, "metrics-token");
     await writeFile(tokenFile, token, { mode: 0o600 });
@@ -459,7 +483,10 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
     fleet = new Fleet({ type: "config", server: server.url, caPem: ca.certPem, apiserverCert });
 
     let started = 0;
-    let broken: string | undefined;
+    // TETHER_BENCH_SKIP_LEVELS=1: the watches alone.
+    let broken: string | undefined = process.env.TETHER_BENCH_SKIP_LEVELS
+      ? "TETHER_BENCH_SKIP_LEVELS"
+      : undefined;
     for (const n of levels) {
       const key = label(n);
       if (broken !== undefined) {
@@ -497,16 +524,53 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
     await fleet.stop();
     fleet = undefined;
     await server.proc?.stop();
-    server = undefined;
+
+    // 10,000 watches through one tunnel want room: streams on that agent's tunnel and for that one caller.
+    await server.start(ca.certPem, [
+      "--max-streams-per-agent",
+      String(2 * watches),
+      "--max-streams-per-caller",
+      String(2 * watches),
+      // Requests still being authenticated count as failures until judged (failure-rate-limit.ts): a client
+      // opening 10,000 watches at once from one address would get 429 for all but 20 of them.
+      "--auth-failure-limit",
+      String(2 * watches),
+    ]);
+    const wkey = label(watches);
+    const failed = await timeBox(
+      measureWatches(
+        {
+          watches,
+          server: { url: server.url, pid: server.pid },
+          caPem: ca.certPem,
+          token: watcher.token,
+          cluster: WATCH_CLUSTER,
+          agent: creds.at(-1)!,
+          apiserverCert,
+        },
+        wkey,
+        rows,
+        metrics,
+      ),
+      WATCHES_DEADLINE_MS,
+      `the watches did not finish within ${WATCHES_DEADLINE_MS / 1000} s`,
+    );
+    if (failed !== undefined) {
+      metrics[`failure_watches_${wkey}`] = failed;
+      rows.push([`${wkey} watches: FAILED`, "-", failed]);
+      console.error(`scale bench: watches: ${failed}`);
+    }
   } catch (err) {
     const why = (err as Error).message.split("\n")[0]!.slice(0, 300);
     console.error(`scale bench: ${why}`);
     rows.push(["FAILED", "-", why]);
     for (const n of levels) metrics[`failure_${label(n)}`] ??= why;
+    metrics[`failure_watches_${label(watches)}`] ??= why;
   } finally {
     await fleet?.stop().catch(() => {});
     await server?.proc?.stop().catch(() => {});
-    await rm(dir, { recursive: true, force: true });
+    if (process.env.TETHER_BENCH_KEEP_DIR) console.error(`scale bench: kept ${dir}`);
+    else await rm(dir, { recursive: true, force: true });
   }
   return { rows, metrics };
 }

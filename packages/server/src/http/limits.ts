@@ -28,6 +28,8 @@ export interface Limits {
   maxAgentsPerCluster: number;
   /** Concurrent streams one HTTP/2 connection may hold (its SETTINGS_MAX_CONCURRENT_STREAMS); more are refused. */
   http2MaxStreamsPerConnection: number;
+  /** Streams open at once on one agent's tunnel session, both directions (the tunnel's maxStreams); more are refused. */
+  maxStreamsPerAgent: number;
 }
 
 export const ERR_TETHER_INVALID_LIMIT = "ERR_TETHER_INVALID_LIMIT";
@@ -55,6 +57,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxAgentsPerCluster: 4,
   // Go's HTTP/2 server default, which kube-apiserver serves with: client-go opens a second connection beyond it.
   http2MaxStreamsPerConnection: 250,
+  // The tunnel's own default: every watch through a member holds one stream for as long as it runs.
+  maxStreamsPerAgent: 1024,
 });
 
 export interface LimitFlag {
@@ -143,6 +147,12 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     flag: "--http2-max-streams-per-connection <n>",
     kind: "count",
     help: "concurrent streams one HTTP/2 connection may hold; the client opens another connection or waits",
+  },
+  {
+    key: "maxStreamsPerAgent",
+    flag: "--max-streams-per-agent <n>",
+    kind: "count",
+    help: "streams (requests, watches, upgrades) open at once on one agent's tunnel; more are refused with 503",
   },
 ];
 
