@@ -23,7 +23,7 @@
  */
 import { type ChildProcess, fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
@@ -124,6 +124,11 @@ class Server {
         "NODE_OPTIONS",
         // One change at a time to the server's memory: TETHER_BENCH_SERVER_ENV="MALLOC_ARENA_MAX=2 NODE_OPTIONS=..."
         ...(process.env.TETHER_BENCH_SERVER_ENV?.split(" ").filter(Boolean) ?? []),
+        ...(process.env.TETHER_BENCH_HEAP_SNAPSHOT_DIR
+          ? [
+              `NODE_OPTIONS=--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${process.env.TETHER_BENCH_HEAP_SNAPSHOT_DIR}`,
+            ]
+          : []),
         process.execPath,
         SERVER_BIN,
         "serve",
@@ -309,6 +314,23 @@ const LEVEL_KEYS = [
   "server_restart_s",
 ];
 
+/** Has the server write a heap snapshot into `dir` and waits until the file stops growing; returns its path. */
+async function heapSnapshot(pid: number, dir: string): Promise<string> {
+  const before = new Set(readdirSync(dir));
+  process.kill(pid, "SIGUSR2");
+  let file: string | undefined;
+  let size = -1;
+  for (let i = 0; i < 600; i++) {
+    await sleep(1_000);
+    file ??= readdirSync(dir).find((f) => f.endsWith(".heapsnapshot") && !before.has(f));
+    if (!file) continue;
+    const now = statSync(join(dir, file)).size;
+    if (now > 0 && now === size) return join(dir, file);
+    size = now;
+  }
+  throw new Error("the server wrote no heap snapshot within 600 s");
+}
+
 /** Undefined when `work` finished in time, else what went wrong (its error, or `late`). */
 async function timeBox(work: Promise<void>, ms: number, late: string): Promise<string | undefined> {
   let timer: NodeJS.Timeout | undefined;
@@ -377,6 +399,12 @@ async function measureLevel(l: Level): Promise<void> {
     `${metrics[`server_idle_cpu_${key}`]} cores`,
     `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
   ]);
+
+  const snapshotDir = process.env.TETHER_BENCH_HEAP_SNAPSHOT_DIR;
+  if (snapshotDir) {
+    const file = await heapSnapshot(server.pid, snapshotDir);
+    rows.push([`${key}: heap snapshot`, file, "written on SIGUSR2 (--heapsnapshot-signal)"]);
+  }
 
   const profileDir = process.env.TETHER_BENCH_PROFILE_DIR;
   if (profileDir) {
