@@ -179,6 +179,8 @@ export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
   if (limits.http2MaxStreamsPerConnection > 2 ** 32 - 1) {
     invalid(`limit http2MaxStreamsPerConnection must be at most ${2 ** 32 - 1}`);
   }
+  // The tunnel refuses a session with more (options.ts): it would fail at each agent's connect, not here.
+  if (limits.maxStreamsPerAgent > 2 ** 30) invalid(`limit maxStreamsPerAgent must be at most ${2 ** 30}`);
   // Node refuses a server whose head may take longer than the whole request.
   if (limits.headersTimeoutMs > limits.requestTimeoutMs) {
     invalid(
