@@ -7,7 +7,7 @@
  * ROUNDS events to all of them, ROUND_MS apart; each event's latency is from
  * its write at the source to its parse at the client. The memory a watch
  * costs is the RSS growth of the server and of the agent's process from
- * before the watches opened to after the first round, divided by N.
+ * before the watches opened to when all are open, divided by N.
  */
 import { type ChildProcess, fork } from "node:child_process";
 import { readFileSync } from "node:fs";
