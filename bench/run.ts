@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- <suite> [--quick] [--json] [--agents N]`. Suites register below; each
+ * `npm run bench -- <suite> [--quick] [--json] [--agents N[,M...]]`. Suites register below; each
  * returns rows for a readable table and a flat map of metrics. With --json the
  * metrics are printed as one JSON object on the last line of stdout.
  */
@@ -8,8 +8,8 @@ import { parseArgs } from "node:util";
 
 export interface SuiteOptions {
   quick: boolean;
-  /** --agents N: the scale suite's one fleet size instead of its levels. */
-  agents?: number;
+  /** --agents N[,M...]: the scale suite's fleet sizes instead of its levels. */
+  agents?: number[];
   /** --store kubernetes: the scale suite's server on a harness host cluster instead of the file store. */
   store?: "file" | "kubernetes";
 }
@@ -17,7 +17,8 @@ export interface SuiteOptions {
 export interface SuiteResult {
   /** Human-readable rows: [metric, value, note]. */
   rows: Array<[string, string, string]>;
-  metrics: Record<string, number>;
+  /** Null where a measurement did not happen (a string key then says why). */
+  metrics: Record<string, number | string | null>;
 }
 
 type Suite = (options: SuiteOptions) => Promise<SuiteResult>;
@@ -42,13 +43,18 @@ const name = positionals[0];
 const load = name === undefined ? undefined : suites[name];
 if (load === undefined) {
   console.error(
-    `usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N] [--store file|kubernetes]`,
+    `usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N[,M...]] [--store file|kubernetes]`,
   );
   process.exit(2);
 }
-const agents = values.agents === undefined ? undefined : Number(values.agents);
-if (agents !== undefined && !(Number.isInteger(agents) && agents > 0)) {
-  console.error("--agents is a whole number of agents, e.g. --agents 10000");
+const agents = values.agents?.split(",").map(Number);
+if (
+  agents !== undefined &&
+  !agents.every((n, i) => Number.isInteger(n) && n > 0 && n > (agents[i - 1] ?? 0))
+) {
+  console.error(
+    "--agents is a whole number of agents, or rising numbers: --agents 10000, --agents 2000,5000",
+  );
   process.exit(2);
 }
 if (values.store !== undefined && values.store !== "file" && values.store !== "kubernetes") {

@@ -16,7 +16,16 @@ export interface AgentCredentials {
 }
 
 export type ToWorker =
-  | { type: "config"; server: string; caPem: string; apiserverCert: { certPem: string; keyPem: string } }
+  | {
+      type: "config";
+      server: string;
+      caPem: string;
+      apiserverCert: { certPem: string; keyPem: string };
+      /** Forward to this apiserver (the watch source) instead of the worker's own stand-in. */
+      targetUrl?: string;
+      /** The tunnel's streams at once (and so the agent's apiserver connections); default the agent's. */
+      maxStreams?: number;
+    }
   | { type: "add"; agents: AgentCredentials[]; perSecond: number }
   | { type: "stop" };
 
@@ -63,6 +72,7 @@ async function add(list: AgentCredentials[], perSecond: number): Promise<void> {
         certPem: a.certPem,
         keyPem: a.keyPem,
         target,
+        ...(config.maxStreams ? { tunnel: { maxStreams: config.maxStreams } } : {}),
       });
       agent.start();
       agents.push(agent);
@@ -89,7 +99,14 @@ process.on("message", (m: ToWorker) => {
   void (async () => {
     if (m.type === "config") {
       config = m;
-      target = await startApiserver(m);
+      target = m.targetUrl
+        ? {
+            url: new URL(m.targetUrl),
+            tls: { ca: m.caPem },
+            authorization: () => undefined,
+            description: "scale bench watch source",
+          }
+        : await startApiserver(m);
     } else if (m.type === "add") {
       await add(m.agents, m.perSecond);
     } else {

@@ -15,6 +15,7 @@ import {
   RENEW_SERVICE,
 } from "@tether/common";
 import {
+  DEFAULT_OPTIONS,
   ResetCode,
   type Session,
   type SessionOptions,
@@ -109,6 +110,7 @@ export class TetherAgent {
         else this.log.warn({ err: err.message }, "forwarding error");
       },
       () => options.metrics?.apiserverError(),
+      options.tunnel?.maxStreams ?? DEFAULT_OPTIONS.maxStreams,
     );
     this.exposed = new ExposedServices(options.expose ?? [], {
       ...(options.exposeCa ? { ca: options.exposeCa } : {}),

@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { codedError } from "@tether/common";
 import { Command, InvalidArgumentError, Option } from "commander";
+import { DEFAULT_OPTIONS } from "@tether/tunnel";
 import { pino } from "pino";
 import { TetherAgent } from "./agent.js";
 import { DEFAULT_RECONNECT_SPREAD_MS } from "./backoff.js";
@@ -43,6 +44,7 @@ interface RunOptions {
   context?: string;
   serviceAccountDir: string;
   keepalive: number;
+  maxStreams: number;
   deadPeerTimeout: number;
   reconnectSpread: number;
   metricsAddress?: { host: string; port: number };
@@ -62,6 +64,13 @@ function readFlagFile(path: string, flag: string): string {
 function seconds(value: string): number {
   const n = Number(value);
   if (!Number.isFinite(n) || n < 0) throw new Error(`not a number of seconds: ${value}`);
+  return n;
+}
+
+function count(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < 1)
+    throw new InvalidArgumentError("must be a positive integer");
   return n;
 }
 
@@ -214,6 +223,14 @@ export function buildProgram(): Command {
       new Option("--keepalive <seconds>", "seconds between tunnel pings").default(10).argParser(seconds),
     )
     .addOption(
+      new Option(
+        "--max-streams <n>",
+        "streams (requests, watches, upgrades) open at once on the tunnel, and apiserver connections at most",
+      )
+        .default(DEFAULT_OPTIONS.maxStreams)
+        .argParser(count),
+    )
+    .addOption(
       new Option("--dead-peer-timeout <seconds>", "seconds of silence before the server is taken for dead")
         .default(30)
         .argParser(seconds),
@@ -288,7 +305,11 @@ export async function main(argv: string[]): Promise<void> {
       ...(proxy ? { proxy } : {}),
       expose: opts.expose,
       ...(opts.exposeCa ? { exposeCa: readFlagFile(opts.exposeCa, "--expose-ca") } : {}),
-      tunnel: { keepAliveInterval: opts.keepalive * 1000, deadPeerTimeout: opts.deadPeerTimeout * 1000 },
+      tunnel: {
+        keepAliveInterval: opts.keepalive * 1000,
+        deadPeerTimeout: opts.deadPeerTimeout * 1000,
+        maxStreams: opts.maxStreams,
+      },
       reconnectSpreadMs: opts.reconnectSpread * 1000,
       log,
       ...(metrics ? { metrics } : {}),

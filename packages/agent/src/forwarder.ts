@@ -96,6 +96,12 @@ export class Forwarder {
     private readonly onError: ForwardingErrorHandler = () => {},
     /** A request to the apiserver failed (not the caller's side going away). */
     private readonly onApiserverError: () => void = () => {},
+    /**
+     * Apiserver connections per pool: the tunnel's streams at most. Each
+     * request or watch holds one HTTP/1.1 connection while it runs, so with
+     * fewer, a watch beyond them would wait (forever) for one to end.
+     */
+    connections = 1024,
   ) {
     this.host = target.url.hostname.replace(/^\[|\]$/g, "");
     this.port = Number(target.url.port || 443);
@@ -105,7 +111,7 @@ export class Forwarder {
     };
     const pools = (keepAlive: boolean) => {
       const make = (mode: AuthMode) =>
-        new HttpsAgent({ keepAlive, maxSockets: 256, ...tls[mode], ALPNProtocols: ["http/1.1"] });
+        new HttpsAgent({ keepAlive, maxSockets: connections, ...tls[mode], ALPNProtocols: ["http/1.1"] });
       return { impersonate: make("impersonate"), passthrough: make("passthrough") };
     };
     this.agents = pools(true);

@@ -43,6 +43,12 @@ const upstream = createHttpsServer(
       res.socket?.write("HTTP/1.1 101 Switching Protocols\r\n\r\n");
       return;
     }
+    if (req.url?.startsWith("/hold")) {
+      // A watch: the head now, the body whenever; the connection stays the request's.
+      res.writeHead(200, { "content-type": "application/json" });
+      res.flushHeaders();
+      return;
+    }
     res.setHeader("content-type", "text/plain");
     res.end("ok");
   },
@@ -119,6 +125,26 @@ async function exchange(
 const lastSeen = (url: string) => [...seen].reverse().find((s) => s.url === url);
 const headerValues = (s: Seen | undefined, name: string) =>
   (s?.rawHeaders ?? []).filter((_v, i, a) => i % 2 === 1 && a[i - 1]!.toLowerCase() === name);
+
+t.test(
+  "300 watches at once all reach the apiserver (its pool held 256: the rest waited for one to end)",
+  async (t) => {
+    const port = (entrances.passthrough!.address() as { port: number }).port;
+    const socks = Array.from({ length: 300 }, (_, i) => {
+      const sock = connect(port, "127.0.0.1");
+      sock.on("error", () => {});
+      sock.write(`GET /hold-${i}?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer caller\r\n\r\n`);
+      return sock;
+    });
+    t.teardown(() => {
+      for (const s of socks) s.destroy();
+    });
+    const held = () => seen.filter((s) => s.url.startsWith("/hold-")).length;
+    const deadline = Date.now() + 20_000;
+    while (held() < 300 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    t.equal(held(), 300);
+  },
+);
 
 t.test("passthrough presents neither the agent's certificate nor its token", async (t) => {
   const plain = await exchange(

@@ -462,6 +462,7 @@ export class TetherServer {
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const session = sessionFromWebSocket(ws, {
+        maxStreams: this.limits.maxStreamsPerAgent,
         ...this.tunnel,
         role: "server",
         // An agent may only renew its certificate, one stream at a time: nothing else on the host is its to reach.

@@ -28,6 +28,8 @@ export interface Limits {
   maxAgentsPerCluster: number;
   /** Concurrent streams one HTTP/2 connection may hold (its SETTINGS_MAX_CONCURRENT_STREAMS); more are refused. */
   http2MaxStreamsPerConnection: number;
+  /** Streams open at once on one agent's tunnel session, both directions (the tunnel's maxStreams); more are refused. */
+  maxStreamsPerAgent: number;
 }
 
 export const ERR_TETHER_INVALID_LIMIT = "ERR_TETHER_INVALID_LIMIT";
@@ -55,6 +57,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxAgentsPerCluster: 4,
   // Go's HTTP/2 server default, which kube-apiserver serves with: client-go opens a second connection beyond it.
   http2MaxStreamsPerConnection: 250,
+  // The tunnel's own default: every watch through a member holds one stream for as long as it runs.
+  maxStreamsPerAgent: 1024,
 });
 
 export interface LimitFlag {
@@ -144,6 +148,12 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     kind: "count",
     help: "concurrent streams one HTTP/2 connection may hold; the client opens another connection or waits",
   },
+  {
+    key: "maxStreamsPerAgent",
+    flag: "--max-streams-per-agent <n>",
+    kind: "count",
+    help: "streams (requests, watches, upgrades) open at once on one agent's tunnel; more are refused with 503",
+  },
 ];
 
 function invalid(message: string): never {
@@ -169,6 +179,8 @@ export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
   if (limits.http2MaxStreamsPerConnection > 2 ** 32 - 1) {
     invalid(`limit http2MaxStreamsPerConnection must be at most ${2 ** 32 - 1}`);
   }
+  // The tunnel refuses a session with more (options.ts): it would fail at each agent's connect, not here.
+  if (limits.maxStreamsPerAgent > 2 ** 30) invalid(`limit maxStreamsPerAgent must be at most ${2 ** 30}`);
   // Node refuses a server whose head may take longer than the whole request.
   if (limits.headersTimeoutMs > limits.requestTimeoutMs) {
     invalid(

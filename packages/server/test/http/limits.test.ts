@@ -26,10 +26,16 @@ t.test("the defaults are the team's", async (t) => {
     shutdownGraceMs: 25_000,
     maxAgentsPerCluster: 4,
     http2MaxStreamsPerConnection: 250,
+    maxStreamsPerAgent: 1024,
   });
   t.throws(() => {
     (DEFAULT_LIMITS as { maxConnections: number }).maxConnections = 1;
   }, "the defaults cannot be changed in place");
+});
+
+t.test("a tunnel's streams are bounded as the tunnel bounds them", async (t) => {
+  t.equal(resolveLimits({ maxStreamsPerAgent: 2 ** 30 }).maxStreamsPerAgent, 2 ** 30);
+  t.throws(() => resolveLimits({ maxStreamsPerAgent: 2 ** 30 + 1 }), { code: "ERR_TETHER_INVALID_LIMIT" });
 });
 
 t.test("overrides must be positive integers of known limits", async (t) => {
@@ -104,6 +110,8 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     "2",
     "--http2-max-streams-per-connection",
     "16",
+    "--max-streams-per-agent",
+    "20000",
   ]);
   t.same(set, {
     maxStreamsPerCaller: 3,
@@ -119,6 +127,7 @@ t.test("every limit has one flag, and the flags fill the limits", async (t) => {
     shutdownGraceMs: 5000,
     maxAgentsPerCluster: 2,
     http2MaxStreamsPerConnection: 16,
+    maxStreamsPerAgent: 20_000,
   });
   t.throws(() => parse(["--http2-max-streams-per-connection", String(2 ** 32)]), /at most 4294967295/);
   t.throws(() => parse(["--headers-timeout", "soon"]), /is not a duration/);
