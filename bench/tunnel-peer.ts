@@ -370,7 +370,7 @@ async function echoRoundTrips(
 const gcCount = { major: 0, minor: 0 };
 new PerformanceObserver((list) => {
   for (const entry of list.getEntries()) {
-    const kind = (entry.detail as { kind?: number } | undefined)?.kind;
+    const kind = (entry as { detail?: { kind?: number } }).detail?.kind;
     if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) gcCount.major++;
     else if (kind === constants.NODE_PERFORMANCE_GC_MINOR) gcCount.minor++;
   }
