@@ -124,10 +124,14 @@ try {
   for (let r = 0; r < rounds; r++) {
     for (const s of r % 2 === 0 ? setups : [...setups].reverse()) {
       const cpu = async () => (await s.agent.call<number>("cpu")) + (await s.server.call<number>("cpu"));
+      // The server's GCs (it receives the bulk): undefined for a peer without the handler.
+      const gcs = () => s.server.call<{ major: number; minor: number }>("gcs").catch(() => undefined);
       const one = async (args: Record<string, unknown>) => {
-        const c0 = await cpu();
+        const [c0, g0] = [await cpu(), await gcs()];
         const seconds = await s.agent.call<number>("throughput", args);
-        return { seconds, cpu: (await cpu()) - c0 };
+        const [c1, g1] = [await cpu(), await gcs()];
+        const gc = g0 && g1 ? `${g1.major - g0.major}/${g1.minor - g0.minor}` : "?";
+        return { seconds, cpu: c1 - c0, gc };
       };
       const d = await one({ mode: "direct", port: s.ports.direct, size });
       const t = await one({ mode: "tunnel", size });
@@ -135,7 +139,7 @@ try {
       s.cpu.push(t.cpu / d.cpu);
       s.cpuT.push(t.cpu / (size / 2 ** 30));
       console.error(
-        `  ${path.basename(s.tree)} round ${r}: direct ${(size / MiB / d.seconds).toFixed(0)} tunnel ${(size / MiB / t.seconds).toFixed(0)} MiB/s, cpu tunnel ${(t.cpu / (size / 2 ** 30)).toFixed(2)} direct ${(d.cpu / (size / 2 ** 30)).toFixed(2)} s/GiB, load ${load()}`,
+        `  ${path.basename(s.tree)} round ${r}: direct ${(size / MiB / d.seconds).toFixed(0)} tunnel ${(size / MiB / t.seconds).toFixed(0)} MiB/s, cpu tunnel ${(t.cpu / (size / 2 ** 30)).toFixed(2)} direct ${(d.cpu / (size / 2 ** 30)).toFixed(2)} s/GiB, server GCs major/minor tunnel ${t.gc} direct ${d.gc}, load ${load()}`,
       );
     }
   }

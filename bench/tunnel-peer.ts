@@ -18,6 +18,7 @@ import https from "node:https";
 import { Session as InspectorSession } from "node:inspector/promises";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
+import { constants, PerformanceObserver } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { setFlagsFromString } from "node:v8";
@@ -365,6 +366,17 @@ async function echoRoundTrips(
   return samples;
 }
 
+/** Major and minor GCs so far (a tree's peer without this handler leaves them out of the A/B). */
+const gcCount = { major: 0, minor: 0 };
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) {
+    const kind = (entry as { detail?: { kind?: number } }).detail?.kind;
+    if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) gcCount.major++;
+    else if (kind === constants.NODE_PERFORMANCE_GC_MINOR) gcCount.minor++;
+  }
+}).observe({ entryTypes: ["gc"] });
+handlers.gcs = async () => ({ ...gcCount });
+
 /** CPU seconds this process used so far (user + system): a cost measure less swayed by other load than wall time. */
 handlers.cpu = async () => {
   const { user, system } = process.cpuUsage();
@@ -378,15 +390,37 @@ handlers.cpu = async () => {
  * other scenario too). Written as <dir>/<role>-<name>.cpuprofile.
  */
 let profiler: InspectorSession | undefined;
+/**
+ * TETHER_BENCH_HEAP_PROF=1: an allocation sampling profile instead
+ * (<role>-<name>.heapprofile, every allocation sampled, collected or not),
+ * to find what fills the heap between major GCs.
+ */
+const heap = process.env.TETHER_BENCH_HEAP_PROF === "1";
 handlers.profileStart = async () => {
   profiler ??= new InspectorSession();
   profiler.connect();
+  if (heap) {
+    await profiler.post("HeapProfiler.enable");
+    await profiler.post("HeapProfiler.startSampling", {
+      samplingInterval: 16384,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    });
+    return true;
+  }
   await profiler.post("Profiler.enable");
   await profiler.post("Profiler.setSamplingInterval", { interval: 100 });
   await profiler.post("Profiler.start");
   return true;
 };
 handlers.profileStop = async ({ dir, name }) => {
+  if (heap) {
+    const { profile } = await profiler!.post("HeapProfiler.stopSampling");
+    profiler!.disconnect();
+    const file = path.join(dir as string, `${role}-${name as string}.heapprofile`);
+    fs.writeFileSync(file, JSON.stringify(profile));
+    return file;
+  }
   const { profile } = await profiler!.post("Profiler.stop");
   profiler!.disconnect();
   const file = path.join(dir as string, `${role}-${name as string}.cpuprofile`);

@@ -202,7 +202,7 @@ function take(cursor: Cursor, n: number): Buffer[] {
 
 function parseParts(parts: readonly Buffer[], visit: (frame: Frame) => boolean): string | undefined {
   let left = 0;
-  for (const part of parts) left += part.length;
+  for (let i = 0; i < parts.length; i++) left += parts[i]!.length;
   if (left === 0) return "empty message";
   if (left > MAX_MESSAGE_SIZE) return `message of ${left} bytes exceeds ${MAX_MESSAGE_SIZE}`;
   const cursor: Cursor = { parts, index: 0, at: 0 };

@@ -247,7 +247,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.ended) return;
     this.lastInbound = performance.now();
     if (Buffer.isBuffer(message)) this.receivedBytes += message.length;
-    else for (const part of message) this.receivedBytes += part.length;
+    else for (let i = 0; i < message.length; i++) this.receivedBytes += message[i]!.length;
     const problem = parseFrames(message, this.handleFrame);
     if (problem !== undefined && !this.ended) this.protocolError(problem);
     this.probePath();
@@ -449,7 +449,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       if (frame.payload !== undefined) {
         if (frame.length > 0) stream.onData(frame.payload);
       } else {
-        for (const piece of frame.pieces!) stream.onData(piece);
+        const pieces = frame.pieces!;
+        for (let i = 0; i < pieces.length; i++) stream.onData(pieces[i]!);
       }
       if ((frame.flags & Flag.FIN) !== 0) {
         stream.onRemoteFin();

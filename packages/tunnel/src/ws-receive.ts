@@ -137,7 +137,7 @@ class FrameDiverter {
         }
         this.parts.push(piece);
         if (this.payloadLeft > 0) return;
-        if (!this.frameDone(chunk.subarray(pos))) return;
+        if (!this.frameDone(chunk, pos)) return;
         continue;
       }
       // A header: its second byte says how long it is.
@@ -195,7 +195,7 @@ class FrameDiverter {
       this.phase = 0;
       this.payloadLeft = length;
       if (isControl) this.parts.push(Buffer.from(source.subarray(at, at + size)));
-      if (length === 0 && !this.frameDone(chunk.subarray(pos))) return;
+      if (length === 0 && !this.frameDone(chunk, pos)) return;
     }
   };
 
@@ -209,9 +209,11 @@ class FrameDiverter {
   /**
    * The frame read so far is complete: a message goes to the session, a ping
    * or pong (header and payload as read, still masked) to ws's receiver.
-   * False if the socket went back to ws (from `rest` on).
+   * False if the socket went back to ws (from byte `pos` of `chunk` on). The
+   * rest of the read is cut out only then: a view per frame is garbage a bulk
+   * transfer makes for nothing.
    */
-  private frameDone(rest: Buffer): boolean {
+  private frameDone(chunk: Buffer, pos: number): boolean {
     const frame = this.parts;
     this.parts = [];
     if (!this.control) {
@@ -220,7 +222,7 @@ class FrameDiverter {
     }
     this.receiver.write(frame.length === 1 ? frame[0]! : Buffer.concat(frame));
     if (atFrameBoundary(this.receiver)) return true;
-    this.handBack([rest]);
+    this.handBack([chunk.subarray(pos)]);
     return false;
   }
 }
