@@ -77,6 +77,9 @@ export class CallerListener {
         requestCert: true,
         rejectUnauthorized: false,
         handshakeTimeout: limits.tlsHandshakeTimeoutMs,
+        // tls.Server leaves Nagle on (http.Server does not): a response's head, flushed on its own,
+        // then held its body back until the caller's delayed ACK, 40 ms per small HTTP/1.1 GET.
+        noDelay: true,
         allowHTTP1: true,
         ...http1,
         http1Options: http1,
