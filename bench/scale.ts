@@ -1,11 +1,12 @@
 /**
- * `npm run bench -- scale [--agents N] [--json]`: a fleet of real agent
- * sessions against one tether-server process on the file store. Each agent
+ * `npm run bench -- scale [--agents N[,M...]] [--store file|kubernetes] [--json]`:
+ * a fleet of real agent sessions against one tether-server process on the
+ * file store (or the Kubernetes store, below). Each agent
  * is a TetherAgent with a certificate of its own cluster (registered and
  * issued in bulk through the store), dialing over mutual-TLS WebSocket;
  * several hundred share a worker process (scale-agents.ts). The fleet grows
- * through the levels (1,000, 5,000, 10,000 by default; --agents N for one
- * level), and at each:
+ * through the levels (1,000, 5,000, 10,000 by default; --agents N,M for
+ * others), and at each:
  *
  * - the server's RSS and V8 heap per session (the delta from the server
  *   with no agents, divided by the sessions), its open FDs, and its CPU over
@@ -26,8 +27,19 @@
  * skipped. TETHER_BENCH_SERVER_ENV ("NAME=value ...") sets the server's
  * environment (one change at a time: MALLOC_ARENA_MAX=2), and
  * TETHER_BENCH_HEAP_SNAPSHOT_DIR has it write a heap snapshot per level.
+ * TETHER_BENCH_SERVER_BIN runs another build of tether-server (a before/after
+ * comparison in one sitting).
  *
- * Not measured yet (issue 18): the Kubernetes store's write rate.
+ * With `--store kubernetes` the server runs on the Kubernetes store of a
+ * harness host cluster (a real kube-apiserver, test/kube) as one of several
+ * replicas (--replica-address, as deploy/server runs it: owner records and a
+ * replica Lease), and the writes it sends there are counted from the
+ * apiserver's side (apiserver_request_total, verbs POST, PUT, PATCH, DELETE,
+ * APPLY, less the host cluster's own rate measured before the server
+ * started): per second over an idle window of a full lease duration and
+ * status heartbeat, and over the reconnect storm (from the kill until
+ * STORM_TAIL_MS after the last agent is back, when queued claims and status
+ * writes have gone out). The watches run on that store too, unmeasured there.
  */
 import { type ChildProcess, fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -37,9 +49,9 @@ import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { FileStore, issueToken } from "@tether/server";
+import { FileStore, issueToken, KubeStore, type Store } from "@tether/server";
 import { SERVER_BIN } from "../test/e2e/tether-processes.js";
-import { freePort } from "../test/kube/index.js";
+import { type Cluster, freePort, startClusters } from "../test/kube/index.js";
 import { ManagedProcess } from "../test/kube/processes.js";
 import { profileFor } from "./inspector-profile.js";
 import { measureWatches } from "./scale-watches.js";
@@ -56,14 +68,27 @@ const RAMP_PER_SECOND = 1_000;
  * loaded 2-core machine the server took ~100 agents/s at best, and agents that time out redial later.
  */
 const connectDeadlineMs = (added: number) => Math.max(300_000, added * 50);
-/** A whole level, its connect, idle window, kill and return included; the levels after one that fails are skipped. */
-const levelDeadlineMs = (added: number) => connectDeadlineMs(added) + 420_000;
+/**
+ * A whole level, its connect, idle window, kill and return included; the levels after one that fails are skipped.
+ * On the Kubernetes store, also the wait for the connect's writes, the longer idle window and the storm's tail.
+ */
+const levelDeadlineMs = (added: number, n: number, kube: boolean) =>
+  connectDeadlineMs(added) +
+  420_000 +
+  (kube ? kubeWritesDrainMs(n) + KUBE_IDLE_WINDOW_MS + STORM_TAIL_MS : 0);
 const RECONNECT_DEADLINE_MS = 120_000;
 const IDLE_WINDOW_MS = 15_000;
 const SETTLE_MS = 5_000;
 /** The serve flags: production tunnel timing, and room for the whole fleet from one source address. */
 const SERVE_FLAGS = ["--max-connections", "30000", "--max-connections-per-source", "30000"];
 const CLOCK_TICKS = 100;
+/** The Kubernetes store's idle window: a full replica lease duration (30 s) and status heartbeat period, twice. */
+const KUBE_IDLE_WINDOW_MS = 60_000;
+/** On the Kubernetes store the claims and status writes of a connect go out first (status: 20/s). */
+const kubeWritesDrainMs = (n: number) => (n / 20) * 1000;
+const STORM_TAIL_MS = 10_000;
+const WRITE_VERBS = new Set(["POST", "PUT", "PATCH", "DELETE", "APPLY"]);
+const NAMESPACE = "tether-system";
 /** Concurrent watches through one tunnel (scale-watches.ts); TETHER_BENCH_WATCHES changes it. */
 const WATCHES = Number(process.env.TETHER_BENCH_WATCHES ?? 10_000);
 const WATCH_KEYS = ["event_p50_ms", "event_p99_ms", "missing_events", "direct_p50_ms", "direct_p99_ms"];
@@ -135,6 +160,8 @@ class Server {
     private readonly dir: string,
     private readonly port: number,
     private readonly tokenFile: string,
+    /** How the server reaches its state: --state-dir, or the Kubernetes store's flags. */
+    private readonly storeArgs: string[],
   ) {
     this.url = `https://127.0.0.1:${port}`;
   }
@@ -155,10 +182,9 @@ class Server {
             ]
           : []),
         process.execPath,
-        SERVER_BIN,
+        process.env.TETHER_BENCH_SERVER_BIN ?? SERVER_BIN,
         "serve",
-        "--state-dir",
-        join(this.dir, "state"),
+        ...this.storeArgs,
         "--listen",
         `127.0.0.1:${this.port}`,
         "--metrics-token-file",
@@ -195,6 +221,71 @@ class Server {
   async kill9(): Promise<void> {
     process.kill(this.pid, "SIGKILL");
     await this.proc?.exited;
+  }
+}
+
+/** Writes the host apiserver has answered so far, by resource, from its own apiserver_request_total. */
+function apiserverWrites(host: Cluster): Promise<Map<string, number>> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${host.server}/metrics`,
+      { ca: host.caPem, cert: host.admin.certPem, key: host.admin.keyPem, timeout: 60_000 },
+      (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (c: string) => {
+          text += c;
+        });
+        res.on("end", () => {
+          if (res.statusCode !== 200) return reject(new Error(`apiserver /metrics: HTTP ${res.statusCode}`));
+          const byResource = new Map<string, number>();
+          for (const m of text.matchAll(/^apiserver_request_total\{([^}]*)\} (\S+)$/gm)) {
+            const labels = Object.fromEntries(
+              [...m[1]!.matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1]!, l[2]!] as const),
+            );
+            if (!WRITE_VERBS.has(labels.verb ?? "")) continue;
+            const key = labels.subresource
+              ? `${labels.resource}/${labels.subresource}`
+              : (labels.resource ?? "");
+            byResource.set(key, (byResource.get(key) ?? 0) + Number(m[2]));
+          }
+          resolve(byResource);
+        });
+      },
+    );
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("apiserver /metrics timed out")));
+    req.end();
+  });
+}
+
+const total = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+
+/** after - before per resource, largest first, as "leases 12, clusters/status 3". */
+function writesByResource(before: Map<string, number>, after: Map<string, number>): string {
+  return (
+    [...after]
+      .map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const)
+      .filter(([, v]) => v > 0)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ") || "none"
+  );
+}
+
+/** A harness host cluster with the CRD and namespace the Kubernetes store needs. */
+async function startHost(): Promise<{ host: Cluster; stop(): Promise<void> }> {
+  const set = await startClusters(1, { names: ["host"] });
+  try {
+    const host = set.clusters[0]!;
+    const crd = await host.kubectl(["apply", "-k", join(here, "..", "deploy/crd")]);
+    if (crd.code !== 0) throw new Error(`CRD: ${crd.stderr}`);
+    await host.kubectl(["wait", "--for", "condition=established", "crd/clusters.tether.io", "--timeout=60s"]);
+    await host.api("POST", "/api/v1/namespaces", { metadata: { name: NAMESPACE } }, [409]);
+    return { host, stop: () => set.stop() };
+  } catch (err) {
+    await set.stop().catch(() => {});
+    throw err;
   }
 }
 
@@ -282,7 +373,8 @@ async function until(what: string, deadlineMs: number, done: () => boolean, flee
 }
 
 /** Kill -9, restart on the same port and state, and follow the fleet's return in 100 ms samples. */
-async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: number) {
+async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: number, host?: Cluster) {
+  const writesBefore = host && (await apiserverWrites(host));
   const killedAt = Date.now();
   await server.kill9();
   await until("the fleet noticing the kill", 60_000, () => fleet.connected < n * 0.01);
@@ -311,7 +403,18 @@ async function reconnectStorm(server: Server, fleet: Fleet, caPem: string, n: nu
   const histogram = Array.from(perSecond, (x) => x ?? 0);
   const peak = Math.max(0, ...histogram);
   const since = (t: number | undefined) => (t === undefined ? Number.NaN : round((t - killedAt) / 1000, 2));
+  let writes: { total: number; seconds: number; byResource: string } | undefined;
+  if (host && writesBefore) {
+    await sleep(STORM_TAIL_MS);
+    const after = await apiserverWrites(host);
+    writes = {
+      total: total(after) - total(writesBefore),
+      seconds: (Date.now() - killedAt) / 1000,
+      byResource: writesByResource(writesBefore, after),
+    };
+  }
   return {
+    writes,
     restartSeconds: round((readyAt - restartAt) / 1000, 2),
     s50: since(reached[0.5]),
     s99: since(reached[0.99]),
@@ -339,6 +442,12 @@ const LEVEL_KEYS = [
   "reconnect_peak_per_s",
   "reconnect_peak_share",
   "server_restart_s",
+];
+/** The Kubernetes store's keys of one level, printed with --store kubernetes. */
+const KUBE_LEVEL_KEYS = [
+  "kube_store_writes_per_s_idle",
+  "kube_store_writes_storm",
+  "kube_store_writes_per_s_storm",
 ];
 
 /** Has the server write a heap snapshot into `dir` and waits until the file stops growing; returns its path. */
@@ -387,6 +496,9 @@ interface Level {
   token: string;
   base: Proc;
   baseHeap: HeapFigures;
+  /** The Kubernetes store's host cluster, and its own writes per second without the server. */
+  host: Cluster | undefined;
+  hostRate: number;
   rows: SuiteResult["rows"];
   metrics: SuiteResult["metrics"];
 }
@@ -405,11 +517,25 @@ async function measureLevel(l: Level): Promise<void> {
   ]);
   if (!up) throw new Error(`only ${fleet.connected} of ${n} agents connected within ${connectMs / 1000} s`);
   await sleep(SETTLE_MS);
+  const { host, hostRate } = l;
+  if (host) await sleep(kubeWritesDrainMs(n));
+  const idleMs = host ? KUBE_IDLE_WINDOW_MS : IDLE_WINDOW_MS;
+  const writesBefore = host && (await apiserverWrites(host));
   const before = procStats(server.pid);
-  await sleep(IDLE_WINDOW_MS);
+  await sleep(idleMs);
   const after = procStats(server.pid);
+  if (host && writesBefore) {
+    const writesAfter = await apiserverWrites(host);
+    const perSecond = (total(writesAfter) - total(writesBefore)) / (idleMs / 1000) - hostRate;
+    metrics[`kube_store_writes_per_s_idle_${key}`] = round(Math.max(0, perSecond), 2);
+    rows.push([
+      `${key}: host apiserver writes, idle`,
+      `${metrics[`kube_store_writes_per_s_idle_${key}`]}/s`,
+      `over ${idleMs / 1000} s less the host's own ${round(hostRate, 2)}/s: ${writesByResource(writesBefore, writesAfter)}`,
+    ]);
+  }
   metrics[`server_bytes_per_session_${key}`] = Math.round((after.rss - l.base.rss) / n);
-  metrics[`server_idle_cpu_${key}`] = round((after.cpuSeconds - before.cpuSeconds) / (IDLE_WINDOW_MS / 1000));
+  metrics[`server_idle_cpu_${key}`] = round((after.cpuSeconds - before.cpuSeconds) / (idleMs / 1000));
   metrics[`server_fds_${key}`] = after.fds;
   metrics[`server_rss_mib_${key}`] = round(after.rss / 2 ** 20, 1);
   const heap = await scrapeHeap(server.url, l.caPem, l.token);
@@ -426,7 +552,7 @@ async function measureLevel(l: Level): Promise<void> {
   rows.push([
     `${key}: server idle CPU`,
     `${metrics[`server_idle_cpu_${key}`]} cores`,
-    `over ${IDLE_WINDOW_MS / 1000} s, all sessions up`,
+    `over ${idleMs / 1000} s, all sessions up`,
   ]);
 
   const snapshotDir = process.env.TETHER_BENCH_HEAP_SNAPSHOT_DIR;
@@ -450,7 +576,7 @@ async function measureLevel(l: Level): Promise<void> {
     ]);
   }
 
-  const storm = await reconnectStorm(server, fleet, l.caPem, n);
+  const storm = await reconnectStorm(server, fleet, l.caPem, n, host);
   metrics[`reconnect_50_s_${key}`] = storm.s50;
   metrics[`reconnect_99_s_${key}`] = storm.s99;
   metrics[`reconnect_all_s_${key}`] = storm.sAll;
@@ -468,6 +594,16 @@ async function measureLevel(l: Level): Promise<void> {
     `peak ${storm.peakPerSecond}`,
     `${(storm.peakShare * 100).toFixed(1)}% of the fleet; per second: ${storm.histogram.join(" ")}`,
   ]);
+  if (storm.writes) {
+    const w = storm.writes;
+    metrics[`kube_store_writes_storm_${key}`] = w.total;
+    metrics[`kube_store_writes_per_s_storm_${key}`] = round(w.total / w.seconds - hostRate, 2);
+    rows.push([
+      `${key}: host apiserver writes, storm`,
+      `${metrics[`kube_store_writes_per_s_storm_${key}`]}/s`,
+      `${w.total} over ${round(w.seconds, 1)} s (kill until ${STORM_TAIL_MS / 1000} s after all were back): ${w.byResource}`,
+    ]);
+  }
 }
 
 export async function run(options: SuiteOptions): Promise<SuiteResult> {
@@ -477,33 +613,69 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
   const rows: SuiteResult["rows"] = [];
   // Every level's keys are printed, null when not measured, with the failure named (failure_<level>).
   const metrics: SuiteResult["metrics"] = {};
-  for (const n of levels) for (const k of LEVEL_KEYS) metrics[`${k}_${label(n)}`] = null;
+  const kube = options.store === "kubernetes";
+  const levelKeys = kube ? [...LEVEL_KEYS, ...KUBE_LEVEL_KEYS] : LEVEL_KEYS;
+  for (const n of levels) for (const k of levelKeys) metrics[`${k}_${label(n)}`] = null;
+  if (kube) metrics.kube_host_writes_per_s_baseline = null;
   const watches = options.quick ? 200 : WATCHES;
   for (const k of WATCH_KEYS) metrics[`watches_${label(watches)}_${k}`] = null;
   for (const k of ["watch_bytes_each", "watch_server_bytes_each", "watch_agent_bytes_each"])
     metrics[k] = null;
   let server: Server | undefined;
   let fleet: Fleet | undefined;
+  let hostCluster: { host: Cluster; stop(): Promise<void> } | undefined;
+  let kubeStore: KubeStore | undefined;
   try {
-    const store = await FileStore.open(join(dir, "state"));
+    let store: Store;
+    let storeArgs: string[];
+    if (kube) {
+      hostCluster = await startHost();
+      const kubeconfig = hostCluster.host.kubeconfig;
+      kubeStore = await KubeStore.open({ kubeconfig, namespace: NAMESPACE });
+      store = kubeStore;
+      storeArgs = [
+        "--store",
+        "kubernetes",
+        "--kubeconfig",
+        kubeconfig,
+        "--namespace",
+        NAMESPACE,
+        // One of several replicas, as deploy/server runs it: the owner records and the replica Lease are written.
+        "--replica-id",
+        "scale-0",
+        "--replica-address",
+        `https://127.0.0.1:${await freePort()}`,
+      ];
+    } else {
+      store = await FileStore.open(join(dir, "state"));
+      storeArgs = ["--state-dir", join(dir, "state")];
+    }
     const ca = await store.loadOrCreateCa();
     const names = [
       ...Array.from({ length: max }, (_, i) => `scale-${String(i).padStart(5, "0")}`),
       WATCH_CLUSTER,
     ];
     let t = Date.now();
-    await store.putClusters(
-      names.map((name) => ({
-        name,
-        auth: "impersonate",
-        labels: {},
-        allowedUsers: [],
-        allowedGroups: [],
-        createdAt: new Date().toISOString(),
-      })),
-    );
+    const records = names.map((name) => ({
+      name,
+      auth: "impersonate" as const,
+      labels: {},
+      allowedUsers: [],
+      allowedGroups: [],
+      createdAt: new Date().toISOString(),
+    }));
+    if (store instanceof FileStore) await store.putClusters(records);
+    else {
+      // One Cluster object each: 20 creates at a time.
+      for (let i = 0; i < records.length; i += 20)
+        await Promise.all(records.slice(i, i + 20).map((r) => store.addCluster(r)));
+    }
     const uids = new Map((await store.listClusters()).map((c) => [c.name, c.uid]));
-    rows.push(["register clusters", `${max}`, `one store write, ${Date.now() - t} ms`]);
+    rows.push([
+      "register clusters",
+      `${max}`,
+      `${kube ? "one Cluster object each" : "one store write"}, ${Date.now() - t} ms`,
+    ]);
     t = Date.now();
     const creds: AgentCredentials[] = [];
     for (const cluster of names) {
@@ -527,7 +699,22 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
     const tokenFile = join(dir, "metrics-token");
     await writeFile(tokenFile, token, { mode: 0o600 });
 
-    server = new Server(dir, await freePort(), tokenFile);
+    const host = hostCluster?.host;
+    // The host cluster's own writes (its controllers, the kubelet stand-in), subtracted from the server's.
+    let hostRate = 0;
+    if (host) {
+      const before = await apiserverWrites(host);
+      await sleep(KUBE_IDLE_WINDOW_MS / 2);
+      const after = await apiserverWrites(host);
+      hostRate = (total(after) - total(before)) / (KUBE_IDLE_WINDOW_MS / 2000);
+      metrics.kube_host_writes_per_s_baseline = round(hostRate, 2);
+      rows.push([
+        "host cluster alone",
+        `${round(hostRate, 2)} writes/s`,
+        `over ${KUBE_IDLE_WINDOW_MS / 2000} s before the server started: ${writesByResource(before, after)}`,
+      ]);
+    }
+    server = new Server(dir, await freePort(), tokenFile, storeArgs);
     await server.start(ca.certPem);
     await sleep(SETTLE_MS);
     const base = procStats(server.pid);
@@ -562,10 +749,12 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
         token,
         base,
         baseHeap,
+        host,
+        hostRate,
         rows,
         metrics,
       });
-      const deadline = levelDeadlineMs(n - started);
+      const deadline = levelDeadlineMs(n - started, n, kube);
       started = n;
       const failure = await timeBox(level, deadline, `${key} did not finish within ${deadline / 1000} s`);
       if (failure !== undefined) {
@@ -623,6 +812,8 @@ export async function run(options: SuiteOptions): Promise<SuiteResult> {
   } finally {
     await fleet?.stop().catch(() => {});
     await server?.proc?.stop().catch(() => {});
+    await kubeStore?.close().catch(() => {});
+    await hostCluster?.stop().catch(() => {});
     if (process.env.TETHER_BENCH_KEEP_DIR) console.error(`scale bench: kept ${dir}`);
     else await rm(dir, { recursive: true, force: true });
   }
