@@ -6,6 +6,7 @@
 // Limits are set small through ServerOptions; the timeouts bound liveness,
 // they are not timing assertions.
 import { readdirSync } from "node:fs";
+import { connect as h2connect } from "node:http2";
 import { connect as netConnect } from "node:net";
 import { Writable } from "node:stream";
 import { keyAndCsr } from "@tether/agent";
@@ -138,6 +139,43 @@ t.test(
       return r.status === 200;
     });
     t.comment(figures("after"));
+  },
+);
+
+t.test(
+  "a burst of requests with one valid token from one address is served whole; a parallel burst of guesses is not",
+  async (t) => {
+    // Room for the burst in the caller's share; a failure limit a fifth of it.
+    const e = await startTether({ limits: { maxStreamsPerCaller: 100, authFailureLimit: 5 } });
+    t.teardown(() => e.stop());
+    await e.registerCluster("limits-e");
+    await e.startAgent("limits-e", member);
+    const bob = await userToken(e, "limits-e", "bob");
+    // Five times the failure limit, all at once on one HTTP/2 connection (they arrive in one read, so every
+    // one is being checked at the same moment): a controller starting its informers behind one SNAT address.
+    const session = h2connect(e.server.url, { ca: e.ca.certPem });
+    t.teardown(() => session.close());
+    const h2get = (path: string, token: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = session.request({ ":path": path, authorization: `Bearer ${token}` });
+        req.on("response", (h) => resolve(Number(h[":status"])));
+        req.on("error", reject);
+        req.resume();
+        req.end();
+      });
+    const burst = await Promise.all(Array.from({ length: 25 }, () => h2get(versionPath("limits-e"), bob)));
+    t.same(burst, Array(25).fill(200), "every request of the burst answered 200, none 429");
+    const guesses = await Promise.all(
+      Array.from({ length: 25 }, (_, i) =>
+        rawRequest(target(e), versionPath("limits-e"), {
+          headers: bearer(`tether_parallel_guess${i}`),
+          localAddress: "127.0.0.6",
+        }),
+      ),
+    );
+    const checked = guesses.filter((r) => r.status === 401).length;
+    t.ok(checked <= 5, `at most the limit of parallel guesses was checked (${checked} of 25; the rest 429)`);
+    t.equal(checked + guesses.filter((r) => r.status === 429).length, 25, "each guess got 401 or 429");
   },
 );
 

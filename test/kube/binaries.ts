@@ -71,15 +71,14 @@ async function pinnedVersion(module: string, dependency: string): Promise<string
 }
 
 /**
- * The -X flags a Kubernetes release build sets (hack/lib/version.sh), from the
- * pinned module: its version, the commit its tag names and the tag's time as
- * the build date, so `kubectl version` and Helm's kubeVersion checks see a
- * real release and the link stays reproducible. -s -w drop symbols and DWARF,
- * which shortens the links of these large binaries.
+ * What the Go module proxy says of k8s.io/kubernetes at `kubernetesVersion`:
+ * the tag's time, and the commit it names when the proxy reports its origin
+ * (proxy.golang.org does; a mirror may serve the .info without it).
  */
-async function versionLdflags(kubernetesVersion: string): Promise<string> {
+export async function kubernetesModuleInfo(
+  kubernetesVersion: string,
+): Promise<{ Time?: string; Origin?: { Hash?: string } }> {
   const moduleDir = join(GO_ROOT, "kube");
-  let info: { Time?: string; Origin?: { Hash?: string } } = {};
   try {
     const { stdout } = await run(
       "go",
@@ -89,13 +88,24 @@ async function versionLdflags(kubernetesVersion: string): Promise<string> {
       },
     );
     const infoFile = (JSON.parse(stdout) as { Info?: string }).Info;
-    if (infoFile) info = JSON.parse(await readFile(infoFile, "utf8"));
+    return infoFile ? JSON.parse(await readFile(infoFile, "utf8")) : {};
   } catch (err) {
     throw new HarnessBuildError(
       "ERR_HARNESS_BUILD",
       `cannot read the module information of k8s.io/kubernetes@${kubernetesVersion}: ${(err as Error).message}`,
     );
   }
+}
+
+/**
+ * The -X flags a Kubernetes release build sets (hack/lib/version.sh), from the
+ * pinned module: its version, the commit its tag names and the tag's time as
+ * the build date, so `kubectl version` and Helm's kubeVersion checks see a
+ * real release and the link stays reproducible. -s -w drop symbols and DWARF,
+ * which shortens the links of these large binaries.
+ */
+async function versionLdflags(kubernetesVersion: string): Promise<string> {
+  const info = await kubernetesModuleInfo(kubernetesVersion);
   const [major, minor] = kubernetesVersion.replace(/^v/, "").split(".");
   const buildDate = (info.Time ?? "1970-01-01T00:00:00Z").replace(/\.\d+Z$/, "Z");
   const values: Record<string, string> = {

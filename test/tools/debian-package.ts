@@ -39,7 +39,8 @@ export function ensureDebianPackage(pkg: DebianPackage): void {
   const check = pkg.provides.startsWith("/") ? `test -e "$2"` : `command -v "$2" >/dev/null`;
   // A fresh machine may have no package lists yet: update only when the first install fails.
   const install = 'apt-get install -y -qq --no-install-recommends "$1"';
-  const script = `${check} || ${install} || { apt-get update -qq && ${install}; }`;
+  // apt's progress goes to stderr: a test's stdout is its TAP stream, and apt's lines there end the test.
+  const script = `{ ${check} || ${install} || { apt-get update -qq && ${install}; }; } 1>&2`;
   try {
     execFileSync("flock", [LOCK, "sh", "-c", script, "sh", pkg.name, pkg.provides], {
       stdio: "inherit",

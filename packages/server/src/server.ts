@@ -21,7 +21,12 @@ import { ADMIN_API_PREFIX, AdminApi } from "./admin/admin-api.js";
 import { normalizeServerUrl } from "./admin/admin-input.js";
 import { StoreClusterAdmin } from "./admin/cluster-admin.js";
 import { CallerListener } from "./http/caller-listener.js";
-import { ERR_TETHER_RATE_LIMITED, FailureRateLimit, sourceKey } from "./http/failure-rate-limit.js";
+import {
+  ERR_TETHER_RATE_LIMITED,
+  FailureRateLimit,
+  presentedCredential,
+  sourceKey,
+} from "./http/failure-rate-limit.js";
 import { type Limits, resolveLimits } from "./http/limits.js";
 import { ReadAccess } from "./http/read-access.js";
 import { JoinEndpoint } from "./join/join-endpoint.js";
@@ -515,7 +520,7 @@ export class TetherServer {
   private refuseFailingSource(req: IncomingMessage, res: ServerResponse, endpoint: AuthEndpoint): boolean {
     const admin = endpoint === "admin";
     const source = sourceKey(req.socket.remoteAddress);
-    const attempt = this.authFailures.begin(source);
+    const attempt = this.authFailures.begin(source, presentedCredential(req));
     if (typeof attempt === "number") {
       this.metrics?.authFailure(endpoint, "rate_limited");
       const message = `too many failed attempts from your address: try again in ${attempt} s`;

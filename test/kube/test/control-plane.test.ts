@@ -7,6 +7,7 @@ import { appendFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
+import { kubernetesModuleInfo } from "../binaries.js";
 import { type Cluster, NODE_NAME, startClusters, writeKubeconfig } from "../index.js";
 
 const set = await startClusters(1);
@@ -51,11 +52,18 @@ t.test("kubectl version exits 0 and reports the pinned release on both sides", a
   t.equal(res.code, 0, res.stderr);
   type Info = { gitVersion: string; major: string; minor: string; gitCommit: string; buildDate: string };
   const v = JSON.parse(res.stdout) as { clientVersion: Info; serverVersion: Info };
+  const commit = (await kubernetesModuleInfo(set.binaries.kubernetesVersion)).Origin?.Hash;
+  if (!commit) t.comment("the Go module proxy reports no origin for the tag: the binaries carry no commit");
   for (const side of [v.clientVersion, v.serverVersion]) {
     t.equal(side.gitVersion, set.binaries.kubernetesVersion);
     t.equal(side.gitVersion, "v1.35.4");
     t.same([side.major, side.minor], ["1", "35"], "Helm's kubeVersion checks read major.minor");
-    t.match(side.gitCommit, /^[0-9a-f]{40}$/, "the commit the module's tag names");
+    if (commit) t.match(side.gitCommit, /^[0-9a-f]{40}$/);
+    t.equal(
+      side.gitCommit,
+      commit ?? "",
+      "the commit the module's tag names, as the module proxy reports it",
+    );
     t.not(side.buildDate, "1970-01-01T00:00:00Z");
   }
   const node = await kubectlJson<{ status: { nodeInfo: { kubeletVersion: string } } }>([

@@ -7,7 +7,12 @@ import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Duplex, Readable } from "node:stream";
 import { type StatusReason, sendStatus, statusResponseHead } from "@tether/common";
-import { type Attempt, type FailureRateLimit, sourceKey } from "../http/failure-rate-limit.js";
+import {
+  type Attempt,
+  type FailureRateLimit,
+  presentedCredential,
+  sourceKey,
+} from "../http/failure-rate-limit.js";
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
@@ -154,7 +159,7 @@ export class ClusterProxy {
     }
     if (arrival) return this.admitArrival(req, arrival, cluster, path);
     const source = sourceKey(req.socket.remoteAddress);
-    const attempt = this.deps.failures.begin(source);
+    const attempt = this.deps.failures.begin(source, presentedCredential(req));
     if (typeof attempt === "number") {
       return {
         ok: false,

@@ -24,7 +24,7 @@ import {
   statusResponseHead,
 } from "@tether/common";
 import { isTetherError, ResetCode } from "@tether/tunnel";
-import { sourceKey } from "../http/failure-rate-limit.js";
+import { presentedCredential, sourceKey } from "../http/failure-rate-limit.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { ClusterRecord } from "../store/state-store.js";
 import type { AgentSession } from "./agent-sessions.js";
@@ -166,7 +166,7 @@ export class ServiceProxy {
         `cluster "${name}" is not registered with this Tether server (tether-server cluster list shows those that are)`,
       );
     const source = sourceKey(req.socket.remoteAddress);
-    const attempt = this.deps.failures.begin(source);
+    const attempt = this.deps.failures.begin(source, presentedCredential(req));
     if (typeof attempt === "number") {
       return {
         ok: false,

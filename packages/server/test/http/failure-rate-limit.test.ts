@@ -53,6 +53,30 @@ t.test(
   },
 );
 
+t.test(
+  "in flight, one credential counts once: a burst with one token is let through, distinct guesses are not",
+  async (t) => {
+    const rl = new FailureRateLimit({ limit: 3, windowMs: 10_000, now: () => 0 });
+    const burst = Array.from({ length: 50 }, () => rl.begin("a", "token-1"));
+    t.ok(
+      burst.every((x) => typeof x !== "number"),
+      "50 parallel attempts with one credential all go ahead (informers starting behind one address)",
+    );
+    t.equal(typeof rl.begin("a", "token-2"), "object", "a second credential");
+    t.equal(typeof rl.begin("a", "token-3"), "object", "a third");
+    t.equal(rl.begin("a", "token-4"), 1, "a fourth distinct credential in flight waits");
+    const more = rl.begin("a", "token-1");
+    t.equal(typeof more, "object", "the first credential still goes ahead");
+    for (const a of [...burst, more]) if (typeof a !== "number") a.succeeded();
+    t.equal(typeof rl.begin("a", "token-4"), "object", "token-1 settled: its place is free");
+    const guesses = Array.from({ length: 10 }, (_, i) => rl.begin("b", `guess-${i}`));
+    t.equal(guesses.filter((x) => typeof x !== "number").length, 3, "distinct guesses: the limit in flight");
+    for (const g of guesses) if (typeof g !== "number") g.failed();
+    t.equal(rl.begin("b", "guess-0"), 10, "a credential already failing the limit waits for the window");
+    t.equal(rl.begin("b", "anything"), 10);
+  },
+);
+
 t.test("memory is bounded: timestamps per source and sources", async (t) => {
   let now = 0;
   const rl = new FailureRateLimit({ limit: 2, windowMs: 1000, maxSources: 3, now: () => now });
