@@ -356,10 +356,11 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
       metrics[`watch_event_p50_ms_${name}`] = round3(percentile(sorted, 50));
       metrics[`watch_event_p99_ms_${name}`] = round3(percentile(sorted, 99));
       metrics[`watch_connections_${name}`] = fanout.connections[name];
+      metrics[`watch_reopened_${name}`] = fanout.reopened[name];
       rows.push([
         `${WATCHES} watches, event p50 / p99 (${name})`,
         `${metrics[`watch_event_p50_ms_${name}`]} / ${metrics[`watch_event_p99_ms_${name}`]} ms`,
-        `${sorted.length} deliveries, ${fanout.connections[name]} connections, ${JSON.stringify(fanout.responses[name])}`,
+        `${sorted.length} deliveries, ${fanout.connections[name]} connections, ${fanout.reopened[name]} watches reopened, ${JSON.stringify(fanout.responses[name])}`,
       ]);
     }
     metrics.watches = WATCHES;

@@ -4,7 +4,9 @@
  * Tether at the same time; the bench creates ConfigMaps there one by one, and
  * each event's latency is from just before its create to its arrival on a
  * watch — the same events both ways, so the two paths share any drift.
- * Also counts the TCP connections client-go dialled for them.
+ * Also counts the TCP connections client-go dialled for them. A watch that
+ * ends before its events are in is watched again from the last resourceVersion
+ * it saw, as an informer does, and counted (watch_reopened_direct/_tether).
  */
 import { spawn } from "node:child_process";
 import { join } from "node:path";
@@ -17,6 +19,8 @@ const NAMESPACE = "bench-watch";
 
 interface WatchbenchOutput {
   connections: number;
+  /** Watches the apiserver (or Tether) ended before their events were in, watched again from their resourceVersion. */
+  reopened: number;
   /** "HTTP/2.0 200": count. */
   responses: Record<string, number>;
   received: Record<string, number[]>;
@@ -28,6 +32,7 @@ export interface WatchFanout {
   /** Per path: every (watch, event) latency in ms, sorted. */
   latencies: { direct: number[]; tether: number[] };
   connections: { direct: number; tether: number };
+  reopened: { direct: number; tether: number };
   /** Protocol and status of each path's responses ("HTTP/2.0 200": count). */
   responses: { direct: Record<string, number>; tether: Record<string, number> };
 }
@@ -104,6 +109,7 @@ export async function measureWatchFanout(
       events,
       latencies: { direct: latencies(direct), tether: latencies(through) },
       connections: { direct: direct.connections, tether: through.connections },
+      reopened: { direct: direct.reopened ?? 0, tether: through.reopened ?? 0 },
       responses: { direct: direct.responses, tether: through.responses },
     };
   } finally {

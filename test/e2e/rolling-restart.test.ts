@@ -342,9 +342,10 @@ t.test("rolling restart under load", async (t) => {
     // Still a todo: a merged-tree run lost 1 of 1,440 ("Client network socket disconnected before secure TLS
     // connection was established"): a connection in the listen backlog when a draining replica closes its
     // listener is reset. A Service drops a terminating pod's endpoint before SIGTERM (preStop); this test
-    // sends SIGTERM with the replica still in HAProxy's rotation until its health checks fail.
+    // sends SIGTERM with the replica still in HAProxy's rotation until its health checks fail. The fresh-clone
+    // CI run after it lost 1 of 1,178 to a "connect ECONNREFUSED", cause not found.
     t.equal(rolling.length, 0, "no GET failed during the rolling restart", {
-      todo: "a connection in a closing listener's backlog is reset (see the comment)",
+      todo: "a connection fails as a replica exits (see the comment)",
     });
     t.ok(rolling.length <= Math.ceil((requests.rolling ?? 0) / 100), `at most 1% failed (${rolling.length})`);
   });

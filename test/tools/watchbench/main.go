@@ -29,6 +29,7 @@ import (
 
 type output struct {
 	Connections int64                `json:"connections"`
+	Reopened    int64                `json:"reopened"`
 	Responses   map[string]int       `json:"responses"`
 	Received    map[string][]float64 `json:"received"`
 }
@@ -74,7 +75,7 @@ func main() {
 	var mu sync.Mutex
 	seen := map[string]int{}
 	config.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return recorder{rt, &mu, seen} }
-	var dials atomic.Int64
+	var dials, reopened atomic.Int64
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
 	config.Dial = func(ctx context.Context, network, address string) (net.Conn, error) {
 		dials.Add(1)
@@ -103,15 +104,26 @@ func main() {
 			if err != nil {
 				fail("watch: %v", err)
 			}
-			defer w.Stop()
+			defer func() { w.Stop() }()
+			resourceVersion := list.ResourceVersion
 			for count := 0; count < events; {
 				select {
 				case ev, ok := <-w.ResultChan():
 					if !ok {
-						fail("a watch closed after %d events", count)
+						// The apiserver may end a watch at any time; an informer watches again from
+						// the last resourceVersion it saw, and so does this client.
+						reopened.Add(1)
+						w, err = configMaps.Watch(ctx, metav1.ListOptions{ResourceVersion: resourceVersion})
+						if err != nil {
+							fail("a watch closed after %d events and could not resume: %v", count, err)
+						}
+						continue
 					}
 					at := float64(time.Now().UnixNano()) / 1e6
 					cm, isCM := ev.Object.(*corev1.ConfigMap)
+					if isCM {
+						resourceVersion = cm.ResourceVersion
+					}
 					if ev.Type != watch.Added || !isCM || !strings.HasPrefix(cm.Name, "ev-") {
 						continue
 					}
@@ -129,7 +141,7 @@ func main() {
 	fmt.Println("ready")
 	done.Wait()
 	mu.Lock()
-	out := output{Connections: dials.Load(), Responses: seen, Received: received}
+	out := output{Connections: dials.Load(), Reopened: reopened.Load(), Responses: seen, Received: received}
 	mu.Unlock()
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		fail("output: %v", err)
