@@ -94,7 +94,12 @@ export const EXTERNAL_CREDENTIAL = "ext:";
  * Why a request that authenticate() refused was refused, when that helps the
  * caller: a Tether user token that expired says so and how to get a new one.
  */
-export async function unauthenticatedMessage(req: IncomingMessage, store: Store): Promise<string> {
+export async function unauthenticatedMessage(
+  req: IncomingMessage,
+  store: Store,
+  /** What to say when no credential expired: what the endpoint takes. */
+  otherwise = "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate",
+): Promise<string> {
   const token = bearerToken(req.headers.authorization);
   const record = token ? await store.findToken(hashToken(token), { includeExpired: true }) : undefined;
   if (record?.kind === "user" && !(Date.parse(record.expiresAt) > Date.now())) {
@@ -112,7 +117,7 @@ export async function unauthenticatedMessage(req: IncomingMessage, store: Store)
       "a projected service-account token is renewed by the kubelet; kubectl create token prints a new one)"
     );
   }
-  return "Tether could not authenticate you: send a Tether token (tether-server kubeconfig NAME --user U prints a kubeconfig with one) or a Tether client certificate";
+  return otherwise;
 }
 
 /** When a JWT's (unverified) exp has passed, that time; only ever used to word a refusal. */

@@ -586,24 +586,10 @@ export class ClusterProxy {
   }
 
   private forwardingFailed(entry: AgentSession, res: ServerResponse, err: Error): void {
-    const full = sessionFullStatus(err, entry.cluster);
-    if (!full) this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "forwarding failed");
-    if (full) {
-      this.deps.metrics?.refusedFull(err);
-      this.warnSessionFull(entry.cluster);
-      sendStatus(res, full.reason, full.message, full.retryAfterSeconds);
-    } else if (!res.headersSent) {
-      const gone = entry.session.closed || entry.session.goingAway;
-      sendStatus(
-        res,
-        gone ? "ServiceUnavailable" : "BadGateway",
-        gone
-          ? `the Tether agent of cluster "${entry.cluster}" disconnected during the request`
-          : `forwarding to cluster "${entry.cluster}" failed: ${err.message}`,
-      );
-    } else {
-      res.destroy();
-    }
+    const [reason, message, retryAfterSeconds] = this.failureStatus(entry, err, "forwarding failed");
+    // After the head the caller can only learn of it as a cut response.
+    if (res.headersSent) res.destroy();
+    else sendStatus(res, reason, message, retryAfterSeconds);
   }
 
   async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -660,7 +646,7 @@ export class ClusterProxy {
         ),
         protocol: upgrade.protocol,
         open: () => entry.openStream(mode),
-        failure: (err) => this.upgradeFailed(entry, err),
+        failure: (err) => this.failureStatus(entry, err, "upgrade forwarding failed"),
         refused: (err) => {
           if (resends >= MAX_RESENDS) return false;
           // The agent was going away: another session of the cluster, or the owner it changed hands to.
@@ -675,7 +661,11 @@ export class ClusterProxy {
                 upgrade.protocol,
                 this.hopTo({ ...admission, hop: owner }),
               );
-            const [reason, message, retryAfterSeconds] = this.upgradeFailed(entry, err);
+            const [reason, message, retryAfterSeconds] = this.failureStatus(
+              entry,
+              err,
+              "upgrade forwarding failed",
+            );
             closeWith(socket, statusResponseHead(reason, message, retryAfterSeconds));
           });
           return true;
@@ -684,9 +674,14 @@ export class ClusterProxy {
     relay(entry, 0);
   }
 
-  private upgradeFailed(
+  /**
+   * What the caller is told when forwarding to `entry` failed: the session was
+   * full, its agent went away, or the stream failed otherwise. Counts and logs it.
+   */
+  private failureStatus(
     entry: AgentSession,
     err: Error,
+    logMessage: string,
   ): [reason: StatusReason, message: string, retryAfterSeconds?: number] {
     const full = sessionFullStatus(err, entry.cluster);
     if (full) {
@@ -694,7 +689,7 @@ export class ClusterProxy {
       this.warnSessionFull(entry.cluster);
       return [full.reason, full.message, full.retryAfterSeconds];
     }
-    this.deps.log.warn({ cluster: entry.cluster, err: err.message }, "upgrade forwarding failed");
+    this.deps.log.warn({ cluster: entry.cluster, err: err.message }, logMessage);
     const gone = entry.session.closed || entry.session.goingAway;
     return gone
       ? [

@@ -228,13 +228,15 @@ export class ServiceProxy {
   }
 
   /** The 401's message: an expired token is told so, any other what a service takes. */
-  private async unauthenticated(req: IncomingMessage): Promise<string> {
-    const why = await unauthenticatedMessage(req, this.deps.store);
-    if (/ expired at /.test(why)) return why;
+  private unauthenticated(req: IncomingMessage): Promise<string> {
     const sources = this.deps.identity ?? {};
     const more =
       sources.oidc || sources.serviceAccounts ? " (or an OIDC ID token or host service-account token)" : "";
-    return `an exposed service needs a Tether token or a Tether client certificate${more}, whatever the cluster's auth mode`;
+    return unauthenticatedMessage(
+      req,
+      this.deps.store,
+      `an exposed service needs a Tether token or a Tether client certificate${more}, whatever the cluster's auth mode`,
+    );
   }
 
   async handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
