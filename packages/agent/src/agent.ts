@@ -40,6 +40,11 @@ import type { AgentMetrics } from "./metrics.js";
 import { VERSION } from "./version.js";
 
 const MAX_REPLY = 64 * 1024;
+/**
+ * How long a stop waits at least for a WebSocket's close handshake once its
+ * session is over (the server waits as long for its own: server.ts close).
+ */
+const CLOSE_HANDSHAKE_MS = 1_000;
 /** Services this agent serves. Streams for anything else are refused. */
 export const DEFAULT_SERVICES = [KUBERNETES_SERVICE] as const;
 
@@ -86,7 +91,12 @@ export class TetherAgent {
   private current: Session | undefined;
   /** Every session not yet closed: the current one and those draining after a go-away. */
   private readonly sessions = new Set<Session>();
-  private socket: WebSocket | undefined;
+  /**
+   * Every WebSocket not yet closed. A session is over once its last FIN is
+   * handed to the transport, but the WebSocket may still be writing the last
+   * messages and then the close frame: stop() waits for that.
+   */
+  private readonly sockets = new Set<WebSocket>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private connectedWaiters: (() => void)[] = [];
@@ -166,7 +176,8 @@ export class TetherAgent {
           }
         : {}),
     });
-    this.socket = ws;
+    this.sockets.add(ws);
+    ws.once("close", () => this.sockets.delete(ws));
     let goAway = false;
     let sessionStarted = false;
     let refused = false;
@@ -305,10 +316,14 @@ export class TetherAgent {
   /**
    * Stops redialing and closes the sessions. With `drainMs`, first sends
    * go-away so the server routes new streams to the member's other agents,
-   * and lets the streams under way finish for up to that long.
+   * and lets the streams under way finish for up to that long. Resolves once
+   * every WebSocket has closed with the handshake, which is when the last
+   * response bytes have been written (or at most CLOSE_HANDSHAKE_MS, or what
+   * is left of the drain if longer, after the sessions ended: then they are cut).
    */
   async stop({ drainMs = 0 }: { drainMs?: number } = {}): Promise<void> {
     this.stopped = true;
+    const deadline = performance.now() + drainMs;
     if (drainMs > 0) {
       const open = [...this.sessions].filter((s) => !s.closed);
       for (const session of open) session.goAway();
@@ -331,7 +346,20 @@ export class TetherAgent {
           }),
       ),
     );
-    this.socket?.terminate();
+    // A dial still under way has nothing to deliver.
+    for (const ws of this.sockets) if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+    const closing = [...this.sockets];
+    const handshakeMs = Math.max(deadline - performance.now(), CLOSE_HANDSHAKE_MS);
+    await Promise.race([
+      Promise.all(
+        closing.map(
+          (ws) => new Promise((r) => (ws.readyState === WebSocket.CLOSED ? r(0) : ws.once("close", r))),
+        ),
+      ),
+      new Promise((r) => setTimeout(r, handshakeMs).unref()),
+    ]);
+    // A server that does not answer the close frame is cut.
+    for (const ws of closing) ws.terminate();
     this.forwarder.close();
     this.exposed.close();
   }
