@@ -60,11 +60,12 @@ import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.j
 import { type Replicas, type ReplicaOptions, startReplicas } from "./proxy/replicas.js";
 import { closeWith } from "./proxy/upgrade-relay.js";
 import {
+  type AgentState,
   ClusterStatusReporter,
   type ClusterStatusSink,
   type StatusReporterOptions,
 } from "./store/cluster-status.js";
-import type { Store } from "./store/state-store.js";
+import type { SessionRecords, Store } from "./store/state-store.js";
 
 export interface ServerOptions {
   store: Store;
@@ -134,6 +135,9 @@ export class TetherServer {
   private listenedPort = 0;
   /** The store's changeMark() at the last session check that read every record. */
   private checkedMark: string | undefined;
+  /** No session's certificate expires before this (a lower bound): until then an unchanged store needs no look at the sessions. */
+  private nextExpiryAt = Number.POSITIVE_INFINITY;
+  private checking = false;
   private readonly rotation: NodeJS.Timeout;
   private servingCertPem: string;
   /** Last disconnects and errors per cluster, and the status page's inputs. */
@@ -235,6 +239,7 @@ export class TetherServer {
       this.status = new ClusterStatusReporter((cluster, status) => sink.write(cluster, status), {
         onError: (cluster, err) =>
           this.log.warn({ cluster, err: err.message }, "cluster status write failed"),
+        current: (cluster) => this.agentState(cluster),
         ...options.clusterStatusOptions,
       });
     }
@@ -494,6 +499,10 @@ export class TetherServer {
         ...(typeof agentFeatures === "string" ? { agentFeatures: agentFeatures.slice(0, 256) } : {}),
         ...(typeof instance === "string" ? { instance: instance.slice(0, 64) } : {}),
       });
+      this.nextExpiryAt = Math.min(this.nextExpiryAt, entry.certNotAfter.getTime());
+      // Its only session going away (the agent stops) leaves the cluster without a usable one.
+      session.once("goaway", () => this.reportStatus(cluster));
+      this.reportStatus(cluster);
       this.metrics?.agentConnected(cluster, session);
       void this.replicas?.ownership.claim(cluster);
       void this.probeKubernetesVersion(entry);
@@ -555,11 +564,21 @@ export class TetherServer {
   /**
    * Cuts off sessions, draining ones too, whose cluster was removed or
    * registered again (a new incarnation), whose certificate was revoked or
-   * has expired.
+   * has expired. An idle fleet costs one changeMark() a second: the sessions
+   * are looked at only when the store moved (then with one sessionRecords()
+   * read for all of them) or a certificate is due to expire.
    */
   private async checkSessions(): Promise<void> {
-    // Records are read only when the store says something changed since the last full check: a
-    // fleet's sessions cost no store reads per second, only the expiry check below.
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      await this.checkSessionsOnce();
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private async checkSessionsOnce(): Promise<void> {
     let mark: string | undefined;
     try {
       mark = await this.store.changeMark();
@@ -567,44 +586,46 @@ export class TetherServer {
       this.log.warn({ err: (err as Error).message }, "session check could not read the store");
     }
     const full = mark === undefined || mark !== this.checkedMark;
-    let complete = true;
+    if (!full && Date.now() < this.nextExpiryAt) return;
+    let records: SessionRecords | undefined;
+    if (full) {
+      try {
+        records = await this.store.sessionRecords();
+      } catch (err) {
+        // Expiry is still checked; the records are read again next time.
+        this.log.warn({ err: (err as Error).message }, "session check could not read the store");
+      }
+    }
+    const now = Date.now();
+    let nextExpiry = Number.POSITIVE_INFINITY;
     for (const entry of this.sessions.list()) {
       if (entry.session.closed) continue;
       let why: string | undefined;
       let reason: DisconnectReason = "reregistered";
-      if (!full) {
-        if (entry.certNotAfter.getTime() <= Date.now())
-          [why, reason] = ["its certificate expired", "certificate_expired"];
-      } else {
-        try {
-          const record = await this.store.getCluster(entry.cluster);
-          if (!record) [why, reason] = ["the cluster was removed", "cluster_removed"];
-          else if (await this.store.isRevoked(entry.serial))
-            [why, reason] = ["its certificate was revoked", "certificate_revoked"];
-          else if (entry.certNotAfter.getTime() <= Date.now())
-            [why, reason] = ["its certificate expired", "certificate_expired"];
-          else why = foreignIncarnation(entry, record);
-        } catch (err) {
-          this.log.warn({ err: (err as Error).message }, "session check could not read the store");
-          complete = false;
-          continue;
-        }
+      const record = records?.cluster(entry.cluster);
+      if (records && !record) [why, reason] = ["the cluster was removed", "cluster_removed"];
+      else if (records?.isRevoked(entry.serial))
+        [why, reason] = ["its certificate was revoked", "certificate_revoked"];
+      else if (entry.certNotAfter.getTime() <= now)
+        [why, reason] = ["its certificate expired", "certificate_expired"];
+      else if (record) why = foreignIncarnation(entry, record);
+      if (!why) {
+        nextExpiry = Math.min(nextExpiry, entry.certNotAfter.getTime());
+        continue;
       }
-      if (why) {
-        this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
-        this.events.error(entry.cluster, `session closed: ${why}`);
-        this.metrics?.closeReason(entry.session, reason);
-        entry.session.close();
-        // After the close, whose handlers record the session's last bytes under the cluster's name.
-        if (reason === "cluster_removed") {
-          this.events.forget(entry.cluster);
-          void this.metrics?.forgetCluster(entry.cluster);
-        }
-      } else {
-        this.reportStatus(entry.cluster);
+      this.log.warn({ cluster: entry.cluster }, `closing the agent session: ${why}`);
+      this.events.error(entry.cluster, `session closed: ${why}`);
+      this.metrics?.closeReason(entry.session, reason);
+      entry.session.close();
+      // After the close, whose handlers record the session's last bytes under the cluster's name.
+      if (reason === "cluster_removed") {
+        this.events.forget(entry.cluster);
+        void this.metrics?.forgetCluster(entry.cluster);
       }
     }
-    if (complete && mark !== undefined) this.checkedMark = mark;
+    // Every session attached so far is in the list (no await since it was taken); renewals only move expiry later.
+    this.nextExpiryAt = nextExpiry;
+    if (records && mark !== undefined) this.checkedMark = mark;
   }
 
   /** Closes every session of `cluster`, draining ones too, saying why in the metrics. */
@@ -616,16 +637,20 @@ export class TetherServer {
 
   /** Hands the cluster's current state to the status reporter (which decides whether to write). */
   private reportStatus(cluster: string): void {
-    if (!this.status) return;
+    this.status?.report(cluster, this.agentState(cluster));
+  }
+
+  /** What the cluster's status says now: its first usable session, if any. */
+  private agentState(cluster: string): AgentState {
     const entry = this.sessions.usable(cluster)[0];
     const base = this.externalUrl ?? this.url;
-    this.status.report(cluster, {
+    return {
       connected: entry !== undefined,
       endpoint: `${base.replace(/\/+$/, "")}/clusters/${cluster}`,
       ...(entry?.session.rtt === undefined ? {} : { rttMs: entry.session.rtt }),
       ...(entry?.agentVersion ? { agentVersion: entry.agentVersion } : {}),
       ...(entry?.kubernetesVersion ? { kubernetesVersion: entry.kubernetesVersion } : {}),
-    });
+    };
   }
 
   /** Reads the member's /version through the new session, for its status (best effort). */

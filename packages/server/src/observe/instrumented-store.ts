@@ -24,6 +24,7 @@ const OPERATIONS = [
   "revokeCluster",
   "isRevoked",
   "changeMark",
+  "sessionRecords",
   "listTokens",
   "deleteToken",
   "serverUrl",

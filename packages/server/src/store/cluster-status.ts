@@ -12,7 +12,13 @@
 //     (default 1 write/s): an idle fleet costs the host apiserver that rate
 //     whatever its size, and each cluster's heartbeat comes every heartbeatMs
 //     or every (clusters / budget) seconds, whichever is longer.
-// A failed write is retried on the next pump after RETRY_MS.
+// A failed write is retried on the next pump after RETRY_MS. A pump's work is
+// proportional to what is due, not to the fleet: changed clusters are kept
+// apart, and the rest in the order they were last written, so the oldest
+// heartbeats are at the front and the first one not due ends the look. The
+// reporter asks for a heartbeat's fresh state (its RTT) when it writes one
+// (`current`) and schedules its own heartbeats, so nothing needs to report
+// every cluster every second.
 
 export interface Condition {
   type: "AgentConnected" | "Ready";
@@ -59,6 +65,8 @@ export interface StatusReporterOptions {
   heartbeatMs?: number;
   /** Heartbeats per second across all clusters. Default 1. */
   heartbeatRatePerSecond?: number;
+  /** A cluster's state now, asked when its heartbeat is written (the RTT moves without a report). */
+  current?: (cluster: string) => AgentState | undefined;
   /** For tests: the clock, and whether the reporter schedules its own pumps. */
   now?: () => number;
   autoPump?: boolean;
@@ -79,6 +87,10 @@ interface Entry {
 
 export class ClusterStatusReporter {
   private readonly entries = new Map<string, Entry>();
+  /** Clusters whose state differs from their last write (or that were never written), in report order. */
+  private readonly changes = new Set<string>();
+  /** Written clusters, least recently written first (each successful write moves its cluster to the end). */
+  private readonly byWritten = new Map<string, Entry>();
   private readonly rate: number;
   private readonly burst: number;
   private readonly heartbeatMs: number;
@@ -90,6 +102,8 @@ export class ClusterStatusReporter {
   private heartbeatTokens = 1;
   private heartbeatRefilledAt: number;
   private timer: NodeJS.Timeout | undefined;
+  /** When the scheduled pump runs. */
+  private timerAt = 0;
   private closed = false;
   /** Writes sent so far (for tests and metrics). */
   writes = 0;
@@ -114,41 +128,87 @@ export class ClusterStatusReporter {
     const entry = this.entries.get(cluster) ?? { desired: state, transitions: {}, inFlight: false };
     entry.desired = state;
     this.entries.set(cluster, entry);
+    this.track(cluster, entry);
     if (this.due(entry)) this.schedule(0);
   }
 
   /** Stops tracking a cluster (it was removed). */
   forget(cluster: string): void {
     this.entries.delete(cluster);
+    this.changes.delete(cluster);
+    this.byWritten.delete(cluster);
   }
 
   /** Sends as many due writes as the bucket allows; resolves when they are done. Returns how many. */
   async pump(): Promise<number> {
     this.refill();
+    const now = this.now();
     // Connection changes go before heartbeats.
-    const due = [...this.entries.entries()].filter(([, e]) => this.due(e));
-    const changes = due.filter(([, e]) => this.changed(e));
-    const heartbeats = due.filter(([, e]) => !this.changed(e));
-    const batch = changes.slice(0, Math.floor(this.tokens));
+    const batch: [string, Entry][] = [];
+    let changesLeft = false;
+    for (const cluster of this.changes) {
+      const entry = this.entries.get(cluster)!;
+      if (!this.due(entry)) continue;
+      if (batch.length >= Math.floor(this.tokens)) {
+        changesLeft = true;
+        break;
+      }
+      batch.push([cluster, entry]);
+    }
     this.tokens -= batch.length;
     // The longest unwritten first: every cluster gets its turn.
-    const beats = heartbeats
-      .sort(([, a], [, b]) => (a.writtenAt ?? 0) - (b.writtenAt ?? 0))
-      .slice(0, Math.min(Math.floor(this.tokens), Math.floor(this.heartbeatTokens)));
+    const room = Math.min(Math.floor(this.tokens), Math.floor(this.heartbeatTokens));
+    const beats: [string, Entry][] = [];
+    let beatsLeft = false;
+    for (const [cluster, entry] of this.byWritten) {
+      if (now - (entry.writtenAt ?? 0) < this.heartbeatMs) break; // the rest were written later
+      if (this.changes.has(cluster)) continue; // written as a change, and moved to the end then
+      if (!entry.desired.connected) {
+        // No heartbeat while disconnected; a reconnect is a change, written and put back at the end.
+        this.byWritten.delete(cluster);
+        continue;
+      }
+      if (!this.due(entry)) continue; // in flight, or waiting to retry
+      if (beats.length >= room) {
+        beatsLeft = true;
+        break;
+      }
+      const fresh = this.options.current?.(cluster);
+      if (fresh) entry.desired = fresh;
+      beats.push([cluster, entry]);
+    }
     this.tokens -= beats.length;
     this.heartbeatTokens -= beats.length;
-    await Promise.all([...batch, ...beats].map(([cluster, entry]) => this.send(cluster, entry)));
-    if (changes.length > batch.length) this.schedule(Math.ceil(1000 / this.rate));
-    else if (heartbeats.length > beats.length)
-      this.schedule(Math.ceil(1000 / Math.min(this.rate, this.heartbeatRate)));
-    else if (due.some(([, e]) => e.retryAt !== undefined)) this.schedule(RETRY_MS);
-    return batch.length + beats.length;
+    const sent = [...batch, ...beats];
+    await Promise.all(sent.map(([cluster, entry]) => this.send(cluster, entry)));
+    if (changesLeft) this.schedule(Math.ceil(1000 / this.rate));
+    else if (beatsLeft) this.schedule(Math.ceil(1000 / Math.min(this.rate, this.heartbeatRate)));
+    else if (sent.some(([, e]) => e.retryAt !== undefined)) this.schedule(RETRY_MS);
+    else this.scheduleHeartbeat();
+    return sent.length;
   }
 
   /** Stops scheduling; in-flight writes finish on their own. */
   close(): void {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
+  }
+
+  /** Keeps `changes` holding exactly the clusters whose state differs from their last write. */
+  private track(cluster: string, e: Entry): void {
+    if (this.changed(e)) this.changes.add(cluster);
+    else this.changes.delete(cluster);
+  }
+
+  /** A pump for when the least recently written cluster's heartbeat is due. */
+  private scheduleHeartbeat(): void {
+    for (const entry of this.byWritten.values()) {
+      const dueIn = (entry.writtenAt ?? 0) + this.heartbeatMs - this.now();
+      const budgetIn =
+        this.heartbeatTokens >= 1 ? 0 : ((1 - this.heartbeatTokens) * 1000) / this.heartbeatRate;
+      this.schedule(Math.max(0, Math.ceil(Math.max(dueIn, budgetIn))));
+      return;
+    }
   }
 
   private due(e: Entry): boolean {
@@ -195,7 +255,13 @@ export class ClusterStatusReporter {
       entry.written = state;
       entry.writtenAt = this.now();
       entry.retryAt = undefined;
-      if (!exists) this.entries.delete(cluster);
+      if (!exists) {
+        if (this.entries.get(cluster) === entry) this.forget(cluster);
+      } else if (this.entries.get(cluster) === entry) {
+        this.byWritten.delete(cluster);
+        this.byWritten.set(cluster, entry);
+        this.track(cluster, entry);
+      }
     } catch (err) {
       entry.retryAt = this.now() + RETRY_MS;
       this.options.onError?.(cluster, err as Error);
@@ -245,7 +311,14 @@ export class ClusterStatusReporter {
   }
 
   private schedule(delayMs: number): void {
-    if (!this.autoPump || this.closed || this.timer) return;
+    if (!this.autoPump || this.closed) return;
+    const at = this.now() + delayMs;
+    // A sooner pump replaces a later one (a change does not wait for the next heartbeat).
+    if (this.timer) {
+      if (this.timerAt <= at) return;
+      clearTimeout(this.timer);
+    }
+    this.timerAt = at;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.pump();

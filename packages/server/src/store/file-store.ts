@@ -40,6 +40,7 @@ import {
   isPlainObject,
   normalizeCluster,
   normalizeSerial,
+  serialKey,
   normalizeToken,
 } from "./records.js";
 import {
@@ -50,6 +51,7 @@ import {
   ERR_TETHER_STATE_VERSION,
   EXPIRED_TOKENS_KEPT_MS,
   SERVER_INFO_FILE,
+  type SessionRecords,
   type Store,
   type TokenRecord,
 } from "./state-store.js";
@@ -415,14 +417,22 @@ export class FileStore implements Store {
   }
 
   async isRevoked(serial: string): Promise<boolean> {
-    let s: string;
-    try {
-      s = normalizeSerial(serial);
-    } catch {
-      return false;
-    }
+    const s = serialKey(serial);
+    if (s === undefined) return false;
     const doc = await this.#read(CERTS);
     return has(doc.revoked, s);
+  }
+
+  async sessionRecords(): Promise<SessionRecords> {
+    // The cached documents themselves, unchanged by later writes (each write parses a fresh copy): no clones.
+    const [clusters, certs] = await Promise.all([this.#read(CLUSTERS), this.#read(CERTS)]);
+    return {
+      cluster: (name) => (has(clusters.clusters, name) ? clusters.clusters[name] : undefined),
+      isRevoked: (serial) => {
+        const s = serialKey(serial);
+        return s !== undefined && has(certs.revoked, s);
+      },
+    };
   }
 
   // --- server URL ---------------------------------------------------------------------------

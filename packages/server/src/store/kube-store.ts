@@ -30,12 +30,13 @@ import {
 import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { servingCertUsable } from "./file-store.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
-import { checkIsoDate, normalizeCluster, normalizeSerial, normalizeToken } from "./records.js";
+import { checkIsoDate, normalizeCluster, normalizeSerial, normalizeToken, serialKey } from "./records.js";
 import {
   type ClusterInput,
   type ClusterRecord,
   EXPIRED_TOKENS_KEPT_MS,
   type ServiceAccess,
+  type SessionRecords,
   type Store,
   type TokenRecord,
 } from "./state-store.js";
@@ -655,13 +656,21 @@ export class KubeStore implements Store, ClusterStatusSink {
   }
 
   async isRevoked(serial: string): Promise<boolean> {
-    let s: string;
-    try {
-      s = normalizeSerial(serial);
-    } catch {
-      return false;
-    }
-    return this.revoked.has(s);
+    const s = serialKey(serial);
+    return s !== undefined && this.revoked.has(s);
+  }
+
+  async sessionRecords(): Promise<SessionRecords> {
+    // The caches' maps change under later watch events (their records are replaced, never changed): shallow copies.
+    const clusters = new Map(this.clusters);
+    const revoked = new Set(this.revoked.keys());
+    return {
+      cluster: (name) => clusters.get(name),
+      isRevoked: (serial) => {
+        const s = serialKey(serial);
+        return s !== undefined && revoked.has(s);
+      },
+    };
   }
 
   // --- server URL and admin credential --------------------------------------------------------

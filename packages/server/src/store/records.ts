@@ -113,6 +113,15 @@ export function normalizeToken(r: TokenRecord): TokenRecord {
 
 const SERIAL_RE = /^[0-9a-f]{1,40}$/;
 
+/** The serial as stores key it, undefined when it is not one (then nothing of it can be revoked). */
+export function serialKey(serial: string): string | undefined {
+  try {
+    return normalizeSerial(serial);
+  } catch {
+    return undefined;
+  }
+}
+
 export function normalizeSerial(serial: string): string {
   const s = String(serial)
     .toLowerCase()

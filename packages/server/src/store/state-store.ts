@@ -85,6 +85,12 @@ export interface Store {
    * check compares it instead of reading every session's records.
    */
   changeMark(): Promise<string>;
+  /**
+   * Every registered cluster and revoked serial in one read, for the session
+   * check that follows a moved changeMark(): one read for the whole fleet, not
+   * two per session. The view is what the store held when it was read.
+   */
+  sessionRecords(): Promise<SessionRecords>;
   /** Every unexpired token record. */
   listTokens(): Promise<TokenRecord[]>;
   /** Deletes a token by hash; returns whether it existed. */
@@ -106,6 +112,14 @@ export interface Store {
   saveAdminCredential(text: string, replace?: string): Promise<string>;
   /** Where the state lives, for messages: a directory, or a namespace of a cluster. */
   describe(): string;
+}
+
+/** A read-only view of what decides whether a live agent session may stay (Store.sessionRecords). */
+export interface SessionRecords {
+  /** The cluster's registration, undefined when it is not registered. */
+  cluster(name: string): Pick<ClusterRecord, "name" | "uid" | "createdAt"> | undefined;
+  /** Whether the serial (any case, as isRevoked takes it) has been revoked. */
+  isRevoked(serial: string): boolean;
 }
 
 /** How long a store keeps a token's record after it expired (see findToken's includeExpired). */

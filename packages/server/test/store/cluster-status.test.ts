@@ -10,7 +10,13 @@ import {
 } from "../../src/store/cluster-status.js";
 
 function setup(
-  options: { rate?: number; burst?: number; heartbeatMs?: number; heartbeatRate?: number } = {},
+  options: {
+    rate?: number;
+    burst?: number;
+    heartbeatMs?: number;
+    heartbeatRate?: number;
+    current?: (cluster: string) => AgentState | undefined;
+  } = {},
 ) {
   let now = 1_000_000;
   const writes: { cluster: string; status: ClusterStatus }[] = [];
@@ -29,6 +35,7 @@ function setup(
       burst: options.burst ?? 5,
       heartbeatMs: options.heartbeatMs ?? 30_000,
       heartbeatRatePerSecond: options.heartbeatRate ?? 100,
+      ...(options.current ? { current: options.current } : {}),
     },
   );
   return {
@@ -179,4 +186,77 @@ t.test("a failed write is retried later; a removed cluster is dropped", async (t
   t.equal(writes.length, 2);
   reporter.forget("a");
   t.equal(await reporter.pump(), 0);
+});
+
+t.test("heartbeats need no reports: each asks for its cluster's state as it is written", async (t) => {
+  const asked: string[] = [];
+  const { reporter, writes, advance } = setup({
+    heartbeatMs: 30_000,
+    current: (cluster) => {
+      asked.push(cluster);
+      return up({ rttMs: 42 });
+    },
+  });
+  reporter.report("a", up());
+  reporter.report("b", up());
+  await reporter.pump();
+  t.same(asked, [], "a change is written as reported");
+  advance(31_000);
+  t.equal(await reporter.pump(), 1, "a heartbeat (the budget's burst is one), with no report since");
+  advance(100);
+  t.equal(await reporter.pump(), 1, "and the other's");
+  t.same(asked, ["a", "b"], "oldest first");
+  t.same(
+    writes.slice(2).map((w) => w.status.rttMilliseconds),
+    [42, 42],
+    "the RTT of now, not of the last report",
+  );
+  reporter.report("b", down);
+  asked.length = 0;
+  advance(31_000);
+  t.equal(await reporter.pump(), 2, "b's disconnection and a's heartbeat");
+  advance(31_000);
+  t.equal(await reporter.pump(), 1, "a's heartbeat only: b is disconnected");
+  t.same(asked, ["a", "a"]);
+});
+
+t.test("a pump of an idle fleet looks at what is due, not at every cluster", async (t) => {
+  const asked: string[] = [];
+  const { reporter, writes, advance } = setup({
+    rate: 1_000_000,
+    burst: 10_000,
+    heartbeatMs: 30_000,
+    heartbeatRate: 1,
+    current: (cluster) => {
+      asked.push(cluster);
+      return up();
+    },
+  });
+  const fleet = Array.from({ length: 10_000 }, (_, i) => `c${i}`);
+  for (const c of fleet) reporter.report(c, up());
+  t.equal(await reporter.pump(), 10_000);
+  advance(10_000);
+  t.equal(await reporter.pump(), 0, "nothing due");
+  advance(25_000);
+  for (let s = 0; s < 5; s++) {
+    await reporter.pump();
+    advance(1_000);
+  }
+  t.same(
+    asked,
+    ["c0", "c1", "c2", "c3", "c4"],
+    "one heartbeat a second, oldest first, and only those asked for",
+  );
+  t.equal(writes.length, 10_005);
+  reporter.report("c9999", down);
+  t.equal(
+    await reporter.pump(),
+    2,
+    "a change among them goes at once (with the heartbeat the last second refilled)",
+  );
+  t.same(
+    writes.slice(-2).map((w) => w.cluster),
+    ["c9999", "c5"],
+    "the change first",
+  );
 });

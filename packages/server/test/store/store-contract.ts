@@ -4,7 +4,7 @@
 // (test/e2e/kube-store-contract.test.ts). Each run gets a fresh, empty store.
 import type { Test } from "tap";
 import { hashToken, issueToken } from "../../src/pki/tokens.js";
-import type { ClusterInput, Store } from "../../src/store/state-store.js";
+import type { ClusterInput, SessionRecords, Store } from "../../src/store/state-store.js";
 
 const hour = 3600_000;
 const cluster = (name: string, extra: Partial<ClusterInput> = {}): ClusterInput => ({
@@ -137,6 +137,34 @@ export async function storeContract(t: Test, open: () => Promise<Store>): Promis
     t.equal(await store.isRevoked("0a1b"), true);
     t.equal(await store.isRevoked("0A1C"), true, "serials compare without case");
     t.equal(await store.isRevoked("0d0e"), false, "other clusters keep theirs");
+  });
+
+  await t.test("sessionRecords: every cluster and revocation in one read, held still", async (t) => {
+    // A watch-backed store learns of some writes from its watch: give it a few seconds.
+    const settled = async (ok: (r: SessionRecords) => boolean) => {
+      for (let i = 0; i < 100 && !ok(await store.sessionRecords()); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return store.sessionRecords();
+    };
+    await store.addCluster(cluster("epsilon"));
+    await store.recordIssued("0e01", "epsilon", later());
+    const uid = (await store.getCluster("epsilon"))?.uid;
+    const before = await settled((r) => r.cluster("epsilon") !== undefined);
+    t.match(before.cluster("epsilon"), { name: "epsilon", uid, createdAt: String });
+    t.equal(before.cluster("nobody"), undefined, "an unregistered name");
+    t.equal(before.cluster("__proto__"), undefined, "nor a name of Object's");
+    t.equal(before.isRevoked("0e01"), false);
+    t.equal(before.isRevoked("0a1b"), true, "alpha's, revoked above");
+    t.equal(before.isRevoked("000A1B"), true, "serials compare as isRevoked compares them");
+    t.equal(before.isRevoked("not-hex"), false, "not a serial: nothing revoked");
+    t.equal(before.isRevoked(""), false);
+    await store.revokeCluster("epsilon");
+    await store.deleteCluster("epsilon");
+    const after = await settled((r) => r.cluster("epsilon") === undefined && r.isRevoked("0e01"));
+    t.equal(after.cluster("epsilon"), undefined, "removed");
+    t.equal(after.isRevoked("0e01"), true, "revoked");
+    t.ok(before.cluster("epsilon") && !before.isRevoked("0e01"), "an earlier view does not change under it");
   });
 
   await t.test("changeMark moves when a cluster comes, goes or is revoked", async (t) => {
