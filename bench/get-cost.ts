@@ -8,7 +8,8 @@
  * connection), server and agent CPU from /proc/<pid>/stat before and after;
  * with --profile, a CPU profile of the server and then of the agent over
  * a second batch (inspector-profile.ts; summarise with cpu-profile-summary.ts);
- * with --strace, a count of each process's system calls over a batch before.
+ * with --strace, a count of each process's system calls over a batch before (strace -c;
+ * GET_COST_STRACE="-e trace=write,read -s 0" lists each call instead).
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -78,9 +79,20 @@ try {
     if (values.strace) {
       await mkdir(values.strace, { recursive: true });
       const tracers = Object.entries(pids).map(([name, pid]) =>
-        spawn("strace", [...(process.env.GET_COST_STRACE?.split(" ") ?? ["-c"]), "-f", "-o", join(values.strace!, `${name}.txt`), "-p", String(pid)], {
-          stdio: "ignore",
-        }),
+        spawn(
+          "strace",
+          [
+            ...(process.env.GET_COST_STRACE?.split(" ") ?? ["-c"]),
+            "-f",
+            "-o",
+            join(values.strace!, `${name}.txt`),
+            "-p",
+            String(pid),
+          ],
+          {
+            stdio: "ignore",
+          },
+        ),
       );
       await new Promise((r) => setTimeout(r, 1000));
       for (let i = 0; i < requests; i++) await get(base, agent, path.token, small);
