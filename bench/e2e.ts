@@ -380,8 +380,9 @@ export async function run({ quick }: SuiteOptions): Promise<SuiteResult> {
   }
 }
 
-interface TetherPath {
+export interface TetherPath {
   url: string;
+  serverPid: number;
   caPem: string;
   token: string;
   agent: ManagedProcess;
@@ -389,7 +390,7 @@ interface TetherPath {
 }
 
 /** A tether-server with `serverArgs` and its agent (both processes) in front of `member`, with its own state in `dir`. */
-async function startTetherPath(
+export async function startTetherPath(
   dir: string,
   env: NodeJS.ProcessEnv,
   saDir: string,
@@ -438,6 +439,7 @@ async function startTetherPath(
   });
   return {
     url: server.url,
+    serverPid: server.proc.pid!,
     caPem: ca.certPem,
     token,
     agent,

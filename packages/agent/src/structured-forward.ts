@@ -161,11 +161,18 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
       );
       return;
     }
-    stream.write(encoded);
-    up.pipe(stream);
     // A response cut short must not look complete: the stream is reset, not ended.
     up.on("aborted", () => stream.destroy());
     up.on("error", () => stream.destroy());
+    // The head waits a tick for the body bytes of the read that brought it: written together they
+    // cross in one tunnel frame (not a frame each, one message after the other), and the server then
+    // writes head and body to its caller at once. A watch's head, with nothing behind it, goes alone.
+    process.nextTick(() => {
+      if (stream.destroyed) return;
+      stream.write(encoded);
+      for (let chunk: Buffer | null = up.read(); chunk !== null; chunk = up.read()) stream.write(chunk);
+      up.pipe(stream);
+    });
   });
   let cut = false;
   upstream.on("error", (err) => {

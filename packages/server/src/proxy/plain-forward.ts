@@ -119,8 +119,9 @@ export function forwardPlain(f: PlainForward): void {
       if (res.destroyed) return;
       const headers = responseHeaders(head);
       writeResponseHead(res, head.status, headers);
-      // A watch may send nothing for minutes, and clients act on the head alone.
-      res.flushHeaders();
+      // A watch may send nothing for minutes, and clients act on the head alone. Body bytes that came
+      // with the head take it along in their first write instead: one TLS record, not two.
+      if (stream.readableLength === 0) res.flushHeaders();
       f.answered(head.status, stream);
       // Bytes past a declared length would reach an HTTP/1.1 caller as the next response.
       const bodyless = req.method === "HEAD" || head.status === 204 || head.status === 304;

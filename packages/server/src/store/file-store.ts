@@ -12,7 +12,7 @@
 // lock: they see the last complete write. Leftover temporary files of dead
 // writers are removed on open.
 import { createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
-import type { BigIntStats } from "node:fs";
+import { type BigIntStats, statSync } from "node:fs";
 import { chmod, mkdir, open, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
@@ -494,6 +494,14 @@ export class FileStore implements Store {
    */
   async #read<D>(spec: DocSpec<D>, fresh = false): Promise<D> {
     const path = this.#path(spec.file);
+    const cached = this.#cache.get(spec.file);
+    // Every request reads the clusters and tokens: an unchanged file is told by one stat, done
+    // at once. open, fstat and close were three trips to the thread pool, and on a loaded
+    // machine each one waited for the CPU: 2.3 ms of a 12 ms GET in a hop trace at load 24.
+    if (!fresh && cached !== undefined) {
+      const st = statSync(path, { bigint: true, throwIfNoEntry: false });
+      if (st !== undefined && fileKey(st) === cached.key) return cached.doc as D;
+    }
     let fh: Awaited<ReturnType<typeof open>>;
     try {
       fh = await open(path, "r");
@@ -506,7 +514,6 @@ export class FileStore implements Store {
     }
     try {
       const key = fileKey(await fh.stat({ bigint: true }));
-      const cached = this.#cache.get(spec.file);
       if (!fresh && cached?.key === key) return cached.doc as D;
       const doc = checkDoc(spec, path, parseJsonText<unknown>(path, await fh.readFile("utf8")));
       if (!fresh) this.#cache.set(spec.file, { key, doc });
