@@ -202,13 +202,11 @@ export class ClusterStatusReporter {
 
   /** A pump for when the least recently written cluster's heartbeat is due. */
   private scheduleHeartbeat(): void {
-    for (const entry of this.byWritten.values()) {
-      const dueIn = (entry.writtenAt ?? 0) + this.heartbeatMs - this.now();
-      const budgetIn =
-        this.heartbeatTokens >= 1 ? 0 : ((1 - this.heartbeatTokens) * 1000) / this.heartbeatRate;
-      this.schedule(Math.max(0, Math.ceil(Math.max(dueIn, budgetIn))));
-      return;
-    }
+    const oldest = this.byWritten.values().next().value;
+    if (!oldest) return;
+    const dueIn = (oldest.writtenAt ?? 0) + this.heartbeatMs - this.now();
+    const budgetIn = this.heartbeatTokens >= 1 ? 0 : ((1 - this.heartbeatTokens) * 1000) / this.heartbeatRate;
+    this.schedule(Math.max(0, Math.ceil(Math.max(dueIn, budgetIn))));
   }
 
   private due(e: Entry): boolean {
