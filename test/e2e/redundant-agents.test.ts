@@ -2,6 +2,7 @@
 // session each; requests are spread over both. kill -9 one under a GET loop:
 // only requests in flight on it fail, and new streams all go to the survivor
 // once the server sees the session gone. Failures and that time are reported.
+// SIGTERM to one under the same loop: it sends go-away, drains, and no GET fails.
 import { writeFile } from "node:fs/promises";
 import { Agent as HttpsAgent, request } from "node:https";
 import { join } from "node:path";
@@ -194,8 +195,10 @@ t.test("SIGTERM to one of two agents under a GET loop: it drains, nothing fails"
   t.comment(
     `${results.length} GETs (${before} before the SIGTERM; the agent exited ${exitedAt - termAt} ms after it), ${failed.length} failed${failed.length ? ` (${describe(failed, termAt)})` : ""}`,
   );
-  t.equal(failed.length, 0, "no GET failed while the agent drained and left", {
-    todo: "a response cut after its head while an agent drains (cause not found)",
-  });
+  // Once a todo: 2 of ~15 runs lost one GET whose response was cut after its head. The agent terminated
+  // its WebSocket as soon as its session ended, dropping the last messages still queued (e265ae1: stop()
+  // waits for the close handshake, agent-stop.test.ts). Since, 10 of 10 runs (511 to 1,116 GETs each,
+  // load 5 to 23 on 2 cores) lost none. A request that crossed the go-away is sent again (go-away-resend).
+  t.equal(failed.length, 0, "no GET failed while the agent drained and left");
   t.equal(sessions().length, 1, "the other agent serves alone");
 });
