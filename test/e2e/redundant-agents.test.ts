@@ -197,7 +197,7 @@ t.test("SIGTERM to one of two agents under a GET loop: it drains, nothing fails"
   );
   // Once a todo: 2 of ~15 runs lost one GET whose response was cut after its head. The agent terminated
   // its WebSocket as soon as its session ended, dropping the last messages still queued (e265ae1: stop()
-  // waits for the close handshake, agent-stop.test.ts). Since, 13 of 13 runs (203 to 1,116 GETs each,
+  // waits for the close handshake, agent-stop.test.ts). Since, 14 of 14 runs (203 to 1,116 GETs each,
   // load 5 to 23 on 2 cores) lost none. A request that crossed the go-away is sent again (go-away-resend).
   t.equal(failed.length, 0, "no GET failed while the agent drained and left");
   t.equal(sessions().length, 1, "the other agent serves alone");
