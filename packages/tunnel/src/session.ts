@@ -51,6 +51,8 @@ export interface Transport {
 /** Outbound control frames allowed to pile up while the peer does not read. */
 const CONTROL_QUEUE_LIMIT = 1024 * 1024;
 const LARGEST_ID = 0xffffffff;
+/** A client whose server pings still pings once in this many keepalive intervals (sendPing). */
+const RTT_REFRESH_INTERVALS = 6;
 
 export interface SessionEvents {
   stream: [stream: TunnelStream];
@@ -101,6 +103,10 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     reject: (err: Error) => void;
   }> = [];
   private lastInbound = performance.now();
+  /** When the peer's latest ping arrived (sendPing: a client whose server pings skips its keepalive). */
+  private peerPingAt = Number.NEGATIVE_INFINITY;
+  /** When this end last pinged (keepalive, probe or delivery sample). */
+  private ownPingAt = Number.NEGATIVE_INFINITY;
   private keepAliveTimer: NodeJS.Timeout | undefined;
   private deadPeerTimer: NodeJS.Timeout | undefined;
   private readonly probe: LivenessProbe;
@@ -313,6 +319,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private onPing(frame: Frame): void {
     if (frame.flags === Flag.SYN) {
+      this.peerPingAt = performance.now();
       // Only the latest ping needs an answer; a ping flood cannot grow the queue.
       if (this.pongValue === undefined) this.requestPump();
       this.pongValue = frame.length;
@@ -599,9 +606,24 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   private sendPing(): void {
     if (this.ended) return;
+    const now = performance.now();
     // One keepalive ping in flight at a time; a reply that never comes is the dead-peer timer's business.
     const sentAt = this.pings.newestSentAt;
-    if (sentAt !== undefined && performance.now() - sentAt < this.options.deadPeerTimeout) return;
+    if (sentAt !== undefined && now - sentAt < this.options.deadPeerTimeout) return;
+    // The client (the agent) leaves keepalive to a server that pings: the server's pings prove it alive
+    // and our pongs prove us alive to it, so a second exchange every interval would only double what an
+    // idle fleet costs the server. Both ends start their intervals at about the same moment, so a server
+    // ping arrives about one interval before our tick: half an interval of slack keeps timer jitter from
+    // counting it missed. Ours resume within two intervals if the server's stop, and one goes every
+    // RTT_REFRESH_INTERVALS anyway so this end's round-trip figure stays recent.
+    const interval = this.options.keepAliveInterval;
+    if (
+      this.role === "client" &&
+      now - this.peerPingAt < 1.5 * interval &&
+      now - this.ownPingAt < RTT_REFRESH_INTERVALS * interval
+    ) {
+      return;
+    }
     this.queuePing();
   }
 
@@ -609,6 +631,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private queuePing(): number {
     const now = performance.now();
     const value = this.pings.next(now);
+    this.ownPingAt = now;
     // The path estimator records each ping: a pong for one answers all earlier ones (the peer answers only the latest it saw).
     this.path.pingSent(value, this.dataWritten, this.dataReceived, now);
     this.queueControl(encodeControl(FrameType.PING, Flag.SYN, 0, value));

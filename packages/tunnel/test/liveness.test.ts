@@ -132,6 +132,35 @@ t.test("a healthy idle session sends only its periodic pings", async (t) => {
   link.server.close();
 });
 
+t.test("a client leaves keepalive to a server that pings, and resumes when it stops", async (t) => {
+  const keepAliveInterval = 100;
+  for (const serverPings of [true, false]) {
+    const link = lossyLink(
+      { ...FAST, keepAliveInterval },
+      { ...FAST, keepAliveInterval: serverPings ? keepAliveInterval : 0 },
+    );
+    echo(link.server);
+    await sleep(50);
+    const from = { toServer: link.toServer.frames.length, toClient: link.toClient.frames.length };
+    await sleep(30 * keepAliveInterval);
+    const client = pingRequests(link.toServer, from.toServer);
+    const server = pingRequests(link.toClient, from.toClient);
+    if (serverPings) {
+      t.ok(server >= 10, `the server pinged (${server} pings)`);
+      // Once in RTT_REFRESH_INTERVALS (6) intervals, so its own round-trip figure stays recent; an
+      // extra one when a server ping came late. Without the rule it pinged as often as the server.
+      t.ok(client <= server / 3, `the client pinged ${client} times to the server's ${server}`);
+      t.ok(client >= 1, "but not never: its round-trip figure is refreshed");
+    } else {
+      t.equal(server, 0, "a server without keepalive sends no ping");
+      t.ok(client >= 10, `the client keeps the session alive itself (${client} pings)`);
+    }
+    t.notOk(link.client.closed || link.server.closed, "both alive");
+    link.client.close();
+    link.server.close();
+  }
+});
+
 t.test("an idle session without keepalive sends nothing at all", async (t) => {
   const link = lossyLink(FAST, FAST);
   echo(link.server);
