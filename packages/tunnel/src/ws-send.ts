@@ -32,7 +32,8 @@
  * (its `_state`): it queues its frames, and they go out right after the
  * message that finishes the frame, which then holds nothing back. Tails are
  * held only when ws's sender has `_queue` and `dequeue` as expected.
- * websocket.test.ts fails if the installed ws no longer allows it.
+ * websocket.test.ts (record-carry.test.ts for held tails) fails if the
+ * installed ws no longer allows it.
  */
 
 import type { Duplex } from "node:stream";
