@@ -56,7 +56,6 @@ t.test(
             bytesIn += m.length;
             expected.push(Buffer.from(m));
             const n = sent++;
-            const writtenBefore = written.reduce((a, w) => a + w.length, 0);
             const done: Done = () => {
               doneOrder.push(n);
               // Its last byte has gone out: everything up to and including it is written.
@@ -66,7 +65,6 @@ t.test(
             };
             const last = i === b.length - 1;
             out(carry.take(m, b[i]!.room, done, !last), last);
-            void writtenBefore;
           }
           if (carry.holding) throw new Error("a tail is held after the last message of a burst");
           if (carry.flush() !== undefined) throw new Error("flush found a tail");
