@@ -192,11 +192,12 @@ async function untilHolding(sender: { holding: boolean }, turns = 10_000): Promi
 
 const FULL = MAX_MESSAGE_SIZE; // 12-byte frame header + 64 KiB payload
 /**
- * The smallest client message past four records: 64 KiB with a 14-byte
- * header. The held tail grows 14 bytes per message, so for 146 messages every
- * write of a burst but the first holds one back.
+ * A client message one byte past three records with its 8-byte header (a
+ * 16-bit length and the mask): the held tail grows a byte per message, so
+ * every write of a burst but the first holds one back. The burst is longer
+ * than the loopback's socket buffers can take, so a stalled relay stalls it.
  */
-const ONE_PAST = 4 * TLS_RECORD;
+const ONE_PAST = 3 * TLS_RECORD + 1 - 8;
 
 for (const role of ["client", "server"] as const) {
   t.test(`over TLS the ${role} ends its writes on record boundaries while messages are queued`, async (t) => {
@@ -278,7 +279,7 @@ t.test("over TLS any bursts of messages (0..65548 bytes) arrive whole and in ord
 t.test("a ping and a pong ws sends while a tail is held go out between frames, not inside one", async (t) => {
   const ends = await tlsSockets(t);
   const sender = socketSender(ends.client)!;
-  const count = 120;
+  const count = 300;
   const messages = Array.from({ length: count }, () => outgoing(ONE_PAST, true));
   const copies = messages.map((m) => Buffer.from(m));
   let beforePing = -1;
@@ -308,7 +309,7 @@ t.test("a ping and a pong ws sends while a tail is held go out between frames, n
 t.test("ws.close() while a tail is held: the close frame follows a whole frame", async (t) => {
   const ends = await tlsSockets(t);
   const sender = socketSender(ends.client)!;
-  const count = 120;
+  const count = 300;
   const messages = Array.from({ length: count }, () => outgoing(ONE_PAST, true));
   const copies = messages.map((m) => Buffer.from(m));
   const got: Buffer[] = [];
@@ -335,7 +336,7 @@ t.test("ws.close() while a tail is held: the close frame follows a whole frame",
 t.test("flushed() waits for a held tail: a graceful close lets every message out first", async (t) => {
   const ends = await tlsSockets(t);
   const sender = socketSender(ends.client)!;
-  const count = 120;
+  const count = 300;
   const messages = Array.from({ length: count }, () => outgoing(ONE_PAST, true));
   const copies = messages.map((m) => Buffer.from(m));
   const arrived = receive(ends.server, count);
@@ -361,7 +362,7 @@ t.test("terminate() while a tail is held: every done runs, the written ones with
   const ends = await tlsSockets(t);
   ends.server.on("error", () => {});
   const sender = socketSender(ends.client)!;
-  const count = 120;
+  const count = 300;
   const messages = Array.from({ length: count }, () => outgoing(ONE_PAST, true));
   ends.stallToServer(true);
   const sent = sendWith(sender, messages);
