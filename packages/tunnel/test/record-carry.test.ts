@@ -306,6 +306,39 @@ t.test("a ping and a pong ws sends while a tail is held go out between frames, n
   t.notOk(sender.holding, "nothing held at the end");
 });
 
+t.test(
+  "ws's automatic pong to the peer's ping, while a tail is held, waits for the frame to finish",
+  async (t) => {
+    const ends = await tlsSockets(t);
+    const sender = socketSender(ends.client)!;
+    const count = 300;
+    const messages = Array.from({ length: count }, () => outgoing(ONE_PAST, true));
+    const copies = messages.map((m) => Buffer.from(m));
+    let received = 0;
+    let beforePong = -1;
+    ends.server.on("message", () => received++);
+    ends.server.on("pong", (data: Buffer) => {
+      if (data.toString() === "auto") beforePong = received;
+    });
+    const pinged = once(ends.client, "ping");
+    const arrived = receive(ends.server, count);
+    ends.stallToServer(true);
+    const sent = sendWith(sender, messages);
+    t.ok(await untilHolding(sender), "a tail is held back");
+    ends.server.ping(Buffer.from("auto")); // the other direction still flows
+    await pinged;
+    t.ok(sender.holding, "the client answered the ping while the tail was held");
+    ends.stallToServer(false);
+    t.same(await sent, Array(count).fill(undefined), "every message was written");
+    const got = await arrived;
+    t.ok(
+      got.every((m, i) => m.equals(copies[i]!)),
+      "every message arrived whole",
+    );
+    t.ok(beforePong >= 0 && beforePong < count, `the pong arrived after ${beforePong} of ${count} messages`);
+  },
+);
+
 t.test("ws.close() while a tail is held: the close frame follows a whole frame", async (t) => {
   const ends = await tlsSockets(t);
   const sender = socketSender(ends.client)!;
