@@ -10,20 +10,24 @@
  * Each buffer keeps HEADROOM bytes free in front of the frame, room for the
  * largest WebSocket frame header, so the transport can put the header there
  * and write header and frame as one buffer: a TLS socket copies the parts of
- * a multi-part write into one buffer first, 64 KiB per message.
+ * a multi-part write into one buffer first, 64 KiB per message. In front of
+ * the header there is room for the tail of the message before, which a TLS
+ * writer holds back to end its writes on record boundaries (record-carry.ts).
  *
  * One pool serves every session in the process; it keeps at most POOL_LIMIT
  * idle buffers and allocates more while all are in flight.
  */
 
 import { FrameType, HEADER_SIZE, MAX_MESSAGE_SIZE, writeHeader } from "./frame.js";
+import { CARRY_MAX } from "./record-carry.js";
 
 const POOL_LIMIT = 64; // 4 MiB idle at most
 /**
- * Free bytes in front of a pooled frame: room for a masked WebSocket header
- * for 64 KiB and more (2 + 8 + 4), rounded up so the frame stays 8-byte aligned.
+ * Free bytes in front of a pooled frame: room for a carried tail and a masked
+ * WebSocket header for 64 KiB and more (2 + 8 + 4), rounded up so the frame
+ * stays 8-byte aligned.
  */
-const HEADROOM = 16;
+export const HEADROOM = CARRY_MAX + 16;
 const idle: ArrayBuffer[] = [];
 const ours = new WeakSet<ArrayBuffer>();
 
