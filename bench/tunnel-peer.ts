@@ -98,6 +98,8 @@ const memory = () => {
 // ---------------- server ----------------
 
 const sessions: Session[] = [];
+/** As tether-server does: the last session's estimate per cluster. */
+const clusterPaths = new PathMemory();
 const handlers: Record<string, (args: Record<string, unknown>) => Promise<unknown>> = {};
 
 if (role === "server") {
@@ -107,13 +109,16 @@ if (role === "server") {
   const wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
   web.on("upgrade", (req, socket, head) => {
     wss.handleUpgrade(req, socket, head, (ws) => {
-      // As tether-server does: the agent's estimate of this path, from its side.
-      const carried = parsePathEstimate(req.headers[PATH_ESTIMATE_HEADER]);
+      // As tether-server does: the agent's estimate of this path from its side, else the last
+      // session's with this agent (the bench has one cluster).
+      const announced = parsePathEstimate(req.headers[PATH_ESTIMATE_HEADER]);
+      const carried = announced === undefined ? clusterPaths.recall("bench") : mirrorPathEstimate(announced);
       const session = sessionFromWebSocket(ws, {
         role: "server",
         ...SESSION_OPTIONS,
-        ...(carried === undefined ? {} : { pathEstimate: mirrorPathEstimate(carried) }),
+        ...(carried === undefined ? {} : { pathEstimate: carried }),
       });
+      clusterPaths.track("bench", session);
       session.on("stream", serve);
       session.on("error", () => {});
       sessions.push(session);

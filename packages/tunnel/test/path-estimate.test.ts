@@ -1,13 +1,16 @@
 import t from "tap";
+import { INITIAL_WINDOW } from "../src/frame.js";
 import {
   formatPathEstimate,
   MAX_CARRIED_RATE,
   mirrorPathEstimate,
+  type PathEstimate,
   parsePathEstimate,
   sanitizePathEstimate,
 } from "../src/path-estimate.js";
 import { PathMemory } from "../src/path-memory.js";
 import type { Session } from "../src/session.js";
+import { pair, readAll } from "./lib/pair.js";
 
 t.test("an estimate survives the header round trip, to a tenth of a ms and a byte per second", async (t) => {
   const estimate = { sendRate: 218_000.5, receiveRate: 1234.25, minRtt: 51.63 };
@@ -86,4 +89,37 @@ t.test("path memory keeps the last estimate per key until it expires", async (t)
   t.same(memory.recall("a", 1500), { sendRate: 8, receiveRate: 6, minRtt: 7 }, "the newer one");
   t.equal(memory.recall("b", 1500), undefined, "expired");
   t.equal(memory.recall("a", 1601), undefined, "expired too");
+});
+
+t.test("a session given an absurd estimate ignores or clamps it and still moves data", async (t) => {
+  const absurd: unknown[] = [
+    { sendRate: Number.NaN, receiveRate: Number.NaN, minRtt: Number.NaN },
+    { sendRate: -1, receiveRate: -1, minRtt: -50 },
+    { sendRate: 0, receiveRate: 0, minRtt: 50 },
+    { sendRate: 1e300, receiveRate: 1e300, minRtt: 0.1 },
+    { sendRate: 1e300, receiveRate: Number.POSITIVE_INFINITY, minRtt: 60_000 },
+    "send=1, receive=1, rtt=50",
+    null,
+  ];
+  for (const estimate of absurd) {
+    const link = pair(
+      { pathEstimate: estimate as PathEstimate, keepAliveInterval: 10_000 },
+      { pathEstimate: estimate as PathEstimate, keepAliveInterval: 10_000 },
+    );
+    const what = JSON.stringify(estimate);
+    t.ok(link.server.path.receiveRate <= MAX_CARRIED_RATE, `${what}: the receive rate is clamped`);
+    t.ok(
+      link.server.initialWindow >= INITIAL_WINDOW && link.server.initialWindow <= 2 ** 31,
+      `${what}: a window a stream can start with (${link.server.initialWindow})`,
+    );
+    const body = Buffer.alloc(3 * 1024 * 1024, 7);
+    link.server.on("stream", (s) => s.pipe(s));
+    const s = link.client.open("echo");
+    s.end(body);
+    const back = await readAll(s);
+    t.equal(back.length, body.length, `${what}: the echo came back whole`);
+    t.ok(link.client.pathEstimate === undefined || link.client.pathEstimate.minRtt > 0);
+    link.client.close();
+    link.server.close();
+  }
 });
