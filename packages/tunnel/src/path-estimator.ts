@@ -29,7 +29,9 @@
  * sample that ages out like the others, and steady's GAIN applies. It is dropped
  * as soon as a ping sent after that took, or has been out, longer than
  * QUEUE_RTT_FACTOR min RTTs (a queue grows: the path is slower than carried), and
- * startup resumes from what the session measured itself. Until that signal, a
+ * startup resumes from what the session measured itself: pings sent while it
+ * was in use each add what was in flight over their RTT as a sample, the rate
+ * the path showed (first-round samples alone are far below it). Until that signal, a
  * wrong carried rate can put up to one cap (GAIN carried BDPs) in front of a
  * slower bottleneck once; the kernel's socket buffers bound it further.
  */
@@ -90,6 +92,8 @@ interface SentPing {
   inflight: number;
   /** Whether the cap, not the application, limited what was in flight then. */
   capLimited: boolean;
+  /** Whether a carried send rate was in use then (see pongReceived). */
+  carrying: boolean;
 }
 
 /** What a pong ended: one round, from its first ping to now. */
@@ -289,6 +293,7 @@ export class PathEstimator {
       intervalStart: this.intervalStart,
       inflight: written - this.delivered,
       capLimited: this.capBlocked,
+      carrying: this.carrying,
     });
     this.capBlocked = false;
   }
@@ -313,6 +318,12 @@ export class PathEstimator {
 
     this.sampleRtt(acked, now);
     this.checkCarried(acked, now);
+    // What was in flight behind a carried rate arrived within this RTT: a measured lower bound
+    // of the path's rate. Where the carried rate was wrong (or just dropped) it is the session's
+    // first sample of the real one, where the usual sample of a first round is far lower.
+    if (acked.carrying && acked.inflight > 0 && now > acked.sentAt) {
+      this.sendRate.add(acked.inflight / (now - acked.sentAt));
+    }
     const elapsed = now - first.sentAt;
     if (elapsed > 0 && received > first.received) {
       this.recvRate.add((received - first.received) / elapsed);
