@@ -30,8 +30,9 @@
  * as soon as a ping sent after that took, or has been out, longer than
  * QUEUE_RTT_FACTOR min RTTs (a queue grows: the path is slower than carried), and
  * startup resumes from what the session measured itself: pings sent while it
- * was in use each add what was in flight over their RTT as a sample, the rate
- * the path showed (first-round samples alone are far below it). Until that signal, a
+ * was in use each add what was in flight over their RTT plus one min RTT as a
+ * sample, a lower bound of the rate the path showed (first-round samples alone
+ * are far below it). Until that signal, a
  * wrong carried rate can put up to one cap (GAIN carried BDPs) in front of a
  * slower bottleneck once; the kernel's socket buffers bound it further.
  */
@@ -318,11 +319,13 @@ export class PathEstimator {
 
     this.sampleRtt(acked, now);
     this.checkCarried(acked, now);
-    // What was in flight behind a carried rate arrived within this RTT: a measured lower bound
-    // of the path's rate. Where the carried rate was wrong (or just dropped) it is the session's
-    // first sample of the real one, where the usual sample of a first round is far lower.
-    if (acked.carrying && acked.inflight > 0 && now > acked.sentAt) {
-      this.sendRate.add(acked.inflight / (now - acked.sentAt));
+    // What was in flight behind a carried rate arrived by now. Part of it may have arrived up to
+    // a min RTT before the ping went (its proof was still on the way back), so over the RTT plus
+    // one min RTT it is a lower bound of the path's rate (exact with no queue at a cap of 2 BDP).
+    // Where the carried rate was wrong (or was just dropped) it is the session's first sample of
+    // the real one, where the usual sample of a first round is far lower.
+    if (acked.carrying && acked.inflight > 0) {
+      this.sendRate.add(acked.inflight / (now - acked.sentAt + this.effectiveMinRtt));
     }
     const elapsed = now - first.sentAt;
     if (elapsed > 0 && received > first.received) {
