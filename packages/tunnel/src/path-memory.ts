@@ -6,8 +6,8 @@
  * ago says little about today's, and the table is bounded.
  */
 
-import type { Session } from "./session.js";
 import { type PathEstimate, sanitizePathEstimate } from "./path-estimate.js";
+import type { Session } from "./session.js";
 
 /** How long an estimate stays worth carrying after its session last had one. */
 export const PATH_MEMORY_TTL_MS = 10 * 60_000;
