@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- <suite> [--quick] [--json] [--agents N[,M...]]`. Suites register below; each
+ * `npm run bench -- <suite> [--quick] [--json] [--agents N[,M...]] [--only scenario,...]`. Suites register below; each
  * returns rows for a readable table and a flat map of metrics. With --json the
  * metrics are printed as one JSON object on the last line of stdout.
  */
@@ -12,6 +12,8 @@ export interface SuiteOptions {
   agents?: number[];
   /** --store kubernetes: the scale suite's server on a harness host cluster instead of the file store. */
   store?: "file" | "kubernetes";
+  /** --only a,b: run only these scenarios of the suite (the tunnel suite lists its names). */
+  only?: string[];
 }
 
 export interface SuiteResult {
@@ -37,13 +39,14 @@ const { values, positionals } = parseArgs({
     json: { type: "boolean", default: false },
     agents: { type: "string" },
     store: { type: "string" },
+    only: { type: "string" },
   },
 });
 const name = positionals[0];
 const load = name === undefined ? undefined : suites[name];
 if (load === undefined) {
   console.error(
-    `usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N[,M...]] [--store file|kubernetes]`,
+    `usage: npm run bench -- <${Object.keys(suites).join("|")}> [--quick] [--json] [--agents N[,M...]] [--store file|kubernetes] [--only scenario,...]`,
   );
   process.exit(2);
 }
@@ -62,8 +65,10 @@ if (values.store !== undefined && values.store !== "file" && values.store !== "k
   process.exit(2);
 }
 const store = values.store as SuiteOptions["store"];
+const only = values.only?.split(",").filter((s) => s.length > 0);
 const result = await (await load())({
   quick: values.quick,
+  ...(only === undefined ? {} : { only }),
   ...(agents === undefined ? {} : { agents }),
   ...(store === undefined ? {} : { store }),
 });

@@ -25,6 +25,11 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { WebSocket, WebSocketServer } from "ws";
 import {
+  formatPathEstimate,
+  mirrorPathEstimate,
+  PATH_ESTIMATE_HEADER,
+  PathMemory,
+  parsePathEstimate,
   type Session,
   sessionFromWebSocket,
   type TunnelStream,
@@ -93,6 +98,8 @@ const memory = () => {
 // ---------------- server ----------------
 
 const sessions: Session[] = [];
+/** As tether-server does: the last session's estimate per cluster. */
+const clusterPaths = new PathMemory();
 const handlers: Record<string, (args: Record<string, unknown>) => Promise<unknown>> = {};
 
 if (role === "server") {
@@ -102,7 +109,16 @@ if (role === "server") {
   const wss = new WebSocketServer({ noServer: true, ...WEBSOCKET_OPTIONS });
   web.on("upgrade", (req, socket, head) => {
     wss.handleUpgrade(req, socket, head, (ws) => {
-      const session = sessionFromWebSocket(ws, { role: "server", ...SESSION_OPTIONS });
+      // As tether-server does: the agent's estimate of this path from its side, else the last
+      // session's with this agent (the bench has one cluster).
+      const announced = parsePathEstimate(req.headers[PATH_ESTIMATE_HEADER]);
+      const carried = announced === undefined ? clusterPaths.recall("bench") : mirrorPathEstimate(announced);
+      const session = sessionFromWebSocket(ws, {
+        role: "server",
+        ...SESSION_OPTIONS,
+        ...(carried === undefined ? {} : { pathEstimate: carried }),
+      });
+      clusterPaths.track("bench", session);
       session.on("stream", serve);
       session.on("error", () => {});
       sessions.push(session);
@@ -190,6 +206,8 @@ if (role === "server") {
 // ---------------- agent ----------------
 
 let agentSession: Session | undefined;
+/** As the agent does: the last session's estimate per server URL, carried into the next one. */
+const paths = new PathMemory();
 
 /**
  * `zeroMask` opts into an all-zero masking key, which lets ws skip the XOR on
@@ -198,15 +216,23 @@ let agentSession: Session | undefined;
  * intermediary sees the frames, but it is a trade-off, measured here, never a default.
  */
 function connectTunnel(port: number, zeroMask = false): Promise<Session> {
-  const ws = new WebSocket(`wss://localhost:${port}/`, {
+  const url = `wss://localhost:${port}/`;
+  const carried = paths.recall(url);
+  const ws = new WebSocket(url, {
     ...WEBSOCKET_OPTIONS,
     ca: cert,
+    ...(carried === undefined ? {} : { headers: { [PATH_ESTIMATE_HEADER]: formatPathEstimate(carried) } }),
     ...(zeroMask ? { generateMask: (mask: Buffer) => void mask.fill(0) } : {}),
   });
   return new Promise((resolve, reject) => {
     ws.once("error", reject);
     ws.once("open", () => {
-      const session = sessionFromWebSocket(ws, { role: "client", ...SESSION_OPTIONS });
+      const session = sessionFromWebSocket(ws, {
+        role: "client",
+        ...SESSION_OPTIONS,
+        ...(carried === undefined ? {} : { pathEstimate: carried }),
+      });
+      paths.track(url, session);
       session.on("error", () => {});
       session.on("stream", (s) => {
         if (s.service === "echo") return serve(s);

@@ -16,6 +16,9 @@ import {
 } from "@tether/common";
 import {
   DEFAULT_OPTIONS,
+  formatPathEstimate,
+  PATH_ESTIMATE_HEADER,
+  PathMemory,
   ResetCode,
   type Session,
   type SessionOptions,
@@ -107,6 +110,12 @@ export class TetherAgent {
   renewals = 0;
   /** Tells the server a new session of ours replaces our old one, not another replica's. */
   private readonly instance = randomUUID();
+  /**
+   * The last session's path estimate: the next session (a reconnect, a
+   * go-away) starts from it, and the server learns it from the connect header,
+   * so neither end ramps up from nothing on a path it just measured.
+   */
+  private readonly paths = new PathMemory();
 
   constructor(private readonly options: AgentOptions) {
     this.creds = { caPem: options.caPem, certPem: options.certPem, keyPem: options.keyPem };
@@ -156,6 +165,7 @@ export class TetherAgent {
     this.log.debug({}, "dialing");
     const creds = this.creds;
     const url = new URL(AGENT_PATH, this.options.server).toString().replace(/^http/, "ws");
+    const carried = this.paths.recall(url);
     const ws = new WebSocket(url, {
       ...WEBSOCKET_OPTIONS,
       ca: creds.caPem,
@@ -166,6 +176,7 @@ export class TetherAgent {
         [AGENT_VERSION_HEADER]: VERSION,
         [AGENT_FEATURES_HEADER]: HEAD_FEATURE,
         [AGENT_INSTANCE_HEADER]: this.instance,
+        ...(carried === undefined ? {} : { [PATH_ESTIMATE_HEADER]: formatPathEstimate(carried) }),
       },
       // ws hands this to https.request, which takes Node's asynchronous form (ws's types know only the other).
       ...(this.options.proxy
@@ -202,6 +213,7 @@ export class TetherAgent {
     });
     ws.once("open", () => {
       const session = sessionFromWebSocket(ws, {
+        ...(carried === undefined ? {} : { pathEstimate: carried }),
         ...this.options.tunnel,
         role: "client",
         accept: (req) => {
@@ -211,6 +223,7 @@ export class TetherAgent {
         },
       });
       sessionStarted = true;
+      this.paths.track(url, session);
       metrics?.dialed("connected");
       metrics?.sessionStarted(session);
       this.current = session;

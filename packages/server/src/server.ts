@@ -15,7 +15,15 @@ import {
   sendStatus,
   statusResponseHead,
 } from "@tether/common";
-import { type SessionOptions, sessionFromWebSocket, WEBSOCKET_OPTIONS } from "@tether/tunnel";
+import {
+  mirrorPathEstimate,
+  PATH_ESTIMATE_HEADER,
+  PathMemory,
+  parsePathEstimate,
+  type SessionOptions,
+  sessionFromWebSocket,
+  WEBSOCKET_OPTIONS,
+} from "@tether/tunnel";
 import { WebSocketServer } from "ws";
 import { ADMIN_API_PREFIX, AdminApi } from "./admin/admin-api.js";
 import { normalizeServerUrl } from "./admin/admin-input.js";
@@ -123,6 +131,8 @@ export class TetherServer {
   private readonly audit: AuditLog | undefined;
   private readonly store: Store;
   private readonly tunnel: Omit<SessionOptions, "role" | "accept">;
+  /** The last session's path estimate per cluster, for agents that do not announce theirs (older ones). */
+  private readonly paths = new PathMemory();
   private readonly join: JoinEndpoint;
   private readonly renewals: Renewals;
   private readonly admin: AdminApi;
@@ -470,8 +480,14 @@ export class TetherServer {
       );
       return;
     }
+    // The agent's own estimate of this path (seen from its end) if it sent one, else what this server last
+    // saw of the cluster: either only lets the session start where the last one left off (path-estimator.ts).
+    const announced = parsePathEstimate(req.headers[PATH_ESTIMATE_HEADER]);
+    const carried =
+      announced === undefined ? this.paths.recall(identity.cluster) : mirrorPathEstimate(announced);
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const session = sessionFromWebSocket(ws, {
+        ...(carried === undefined ? {} : { pathEstimate: carried }),
         maxStreams: this.limits.maxStreamsPerAgent,
         ...this.tunnel,
         role: "server",
@@ -479,6 +495,7 @@ export class TetherServer {
         accept: (open) => this.renewals.accept(session, open),
       });
       const cluster = identity.cluster;
+      this.paths.track(cluster, session);
       session.on("error", (err) => this.log.warn({ cluster, err: err.message }, "agent session error"));
       session.once("close", (err?: Error) => {
         this.log.info({ cluster, remoteAddress }, "agent disconnected");

@@ -9,6 +9,15 @@ export {
   type OpenRequest,
 } from "./open-header.js";
 export { type AcceptDecision, DEFAULT_OPTIONS, type SessionOptions } from "./options.js";
+export {
+  formatPathEstimate,
+  mirrorPathEstimate,
+  PATH_ESTIMATE_HEADER,
+  type PathEstimate,
+  parsePathEstimate,
+  sanitizePathEstimate,
+} from "./path-estimate.js";
+export { PATH_MEMORY_TTL_MS, PathMemory } from "./path-memory.js";
 export { Session, type SessionEvents, type Transport } from "./session.js";
 export { TunnelStream } from "./stream.js";
 export { sessionFromWebSocket, WEBSOCKET_OPTIONS } from "./websocket.js";

@@ -5,6 +5,7 @@
 
 import { MAX_FRAME_PAYLOAD } from "./frame.js";
 import type { OpenRequest } from "./open-header.js";
+import type { PathEstimate } from "./path-estimate.js";
 
 /**
  * What the accept hook may answer: `true` or `undefined` accepts, `false`
@@ -94,9 +95,21 @@ export interface SessionOptions {
    * one round trip.
    */
   transportHighWaterMark?: number;
+  /**
+   * What an earlier session over the same path learned (its `pathEstimate`),
+   * to start from instead of ramping up: new streams' receive windows are sized
+   * from its receive rate at once, and once the first pong shows about the same
+   * min RTT (within 3x) its send rate sets the in-flight cap; a ping slower than
+   * 2.5 min RTTs drops it again (path-estimator.ts). An estimate whose RTT is not
+   * a number in [0.1, 60000] ms, or with no positive rate, is ignored; rates are
+   * clamped to 4 GiB/s. Default none (the agent and server pass what
+   * path-memory.ts kept).
+   */
+  pathEstimate?: PathEstimate;
 }
 
-export type ResolvedOptions = Required<Omit<SessionOptions, "accept">> & Pick<SessionOptions, "accept">;
+export type ResolvedOptions = Required<Omit<SessionOptions, "accept" | "pathEstimate">> &
+  Pick<SessionOptions, "accept" | "pathEstimate">;
 
 export const DEFAULT_OPTIONS = {
   maxStreams: 1024,

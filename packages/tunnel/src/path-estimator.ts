@@ -19,8 +19,25 @@
  * in-flight at half the BDP until a ping sent with about that little in
  * flight comes back (or PROBE_RTT_MAX_MS passed); its RTT becomes the new
  * minimum.
+ *
+ * A carried estimate (a previous session's over the same path, path-estimate.ts)
+ * lets a new session skip startup. Its receive rate sizes new streams' windows at
+ * once (a window is memory the peer may fill, not a queue on the path). Its send
+ * rate, which sets how much goes out unproven, is trusted only once the session's
+ * first pong shows about the same min RTT (within CARRIED_RTT_RATIO: otherwise it
+ * is another path and the whole estimate is dropped); it then counts as one rate
+ * sample that ages out like the others, and steady's GAIN applies. It is dropped
+ * as soon as a ping sent after that took, or has been out, longer than
+ * QUEUE_RTT_FACTOR min RTTs (a queue grows: the path is slower than carried), and
+ * startup resumes from what the session measured itself: pings sent while it
+ * was in use each add what was in flight over their RTT plus one min RTT as a
+ * sample, a lower bound of the rate the path showed (first-round samples alone
+ * are far below it). Until that signal, a
+ * wrong carried rate can put up to one cap (GAIN carried BDPs) in front of a
+ * slower bottleneck once; the kernel's socket buffers bound it further.
  */
 
+import type { PathEstimate } from "./path-estimate.js";
 import { serialAtOrAfter } from "./pings.js";
 
 /** How long a min-RTT sample stays valid without being matched (BBR's 10 s). */
@@ -57,6 +74,10 @@ const FRAME_MS = 4;
 const FRAME_MIN = 16 * 1024;
 /** Pings remembered while unanswered; beyond that the oldest are forgotten. */
 const SENT_LIMIT = 64;
+/** A carried estimate applies only if the first measured min RTT is within this factor of its own (loaded hosts add to a first RTT). */
+export const CARRIED_RTT_RATIO = 3;
+/** A ping slower than this many min RTTs (plus PIPELINE_MS) while a carried rate is in use drops it. */
+export const QUEUE_RTT_FACTOR = 2.5;
 
 interface SentPing {
   value: number;
@@ -72,6 +93,8 @@ interface SentPing {
   inflight: number;
   /** Whether the cap, not the application, limited what was in flight then. */
   capLimited: boolean;
+  /** Whether a carried send rate was in use then (see pongReceived). */
+  carrying: boolean;
 }
 
 /** What a pong ended: one round, from its first ping to now. */
@@ -84,15 +107,38 @@ export interface Round {
 
 export type Phase = "startup" | "steady" | "probe-rtt";
 
-/** Max filter over the last RATE_SAMPLES samples. */
+/**
+ * Max filter over the last RATE_SAMPLES samples, and a carried sample that
+ * counts until RATE_SAMPLES measured ones followed it (or it is dropped).
+ */
 class MaxFilter {
   private readonly samples: number[] = [];
+  private measured = 0;
+  private carriedSample = 0;
+  private sinceCarried = 0;
   max = 0;
+
+  /** The filter's max over what the session measured itself. */
+  get measuredMax(): number {
+    return this.measured;
+  }
+
+  get carried(): number {
+    return this.carriedSample;
+  }
+
+  set carried(sample: number) {
+    this.carriedSample = sample;
+    this.sinceCarried = 0;
+    this.max = Math.max(this.measured, sample);
+  }
 
   add(sample: number): void {
     this.samples.push(sample);
     if (this.samples.length > RATE_SAMPLES) this.samples.shift();
-    this.max = Math.max(...this.samples);
+    this.measured = Math.max(...this.samples);
+    if (this.carriedSample > 0 && ++this.sinceCarried >= RATE_SAMPLES) this.carriedSample = 0;
+    this.max = Math.max(this.measured, this.carriedSample);
   }
 }
 
@@ -115,9 +161,29 @@ export class PathEstimator {
   /** Data bytes written and received as of the last ping. */
   private probedWritten = 0;
   private probedReceived = 0;
+  /** A carried estimate whose send rate waits for the first pong's check. */
+  private pendingCarried: PathEstimate | undefined;
+  /** When the carried send rate came into use; -1 while none is. */
+  private carriedSince = -1;
 
-  constructor(now: number) {
+  /** `carried` must be sanitized (sanitizePathEstimate). */
+  constructor(now: number, carried?: PathEstimate) {
     this.intervalStart = now;
+    if (carried !== undefined) {
+      this.pendingCarried = carried;
+      this.recvRate.carried = carried.receiveRate;
+    }
+  }
+
+  /** Whether a carried send rate is in use (adopted, not yet aged out or dropped). */
+  get carrying(): boolean {
+    return this.carriedSince >= 0 && this.sendRate.carried > 0;
+  }
+
+  /** What this session would hand a later one; undefined before the first pong. */
+  get estimate(): PathEstimate | undefined {
+    if (!Number.isFinite(this.minRtt)) return undefined;
+    return { sendRate: this.rate, receiveRate: this.receiveRate, minRtt: this.minRtt };
   }
 
   /** True while a ping is unanswered. */
@@ -135,9 +201,10 @@ export class PathEstimator {
     return this.recvRate.max;
   }
 
-  /** Min RTT as the estimates use it, ms (PIPELINE_MS before the first pong). */
+  /** Min RTT as the estimates use it, ms (before the first pong a carried one's, or PIPELINE_MS). */
   get effectiveMinRtt(): number {
-    return Number.isFinite(this.minRtt) ? Math.max(this.minRtt, PIPELINE_MS) : PIPELINE_MS;
+    const rtt = Number.isFinite(this.minRtt) ? this.minRtt : (this.pendingCarried?.minRtt ?? 0);
+    return Math.max(rtt, PIPELINE_MS);
   }
 
   /** Bandwidth-delay product toward the peer, bytes; 0 before a rate sample. */
@@ -227,6 +294,7 @@ export class PathEstimator {
       intervalStart: this.intervalStart,
       inflight: written - this.delivered,
       capLimited: this.capBlocked,
+      carrying: this.carrying,
     });
     this.capBlocked = false;
   }
@@ -250,24 +318,86 @@ export class PathEstimator {
     this.sent.splice(0, last + 1);
 
     this.sampleRtt(acked, now);
+    this.checkCarried(acked, now);
+    // What was in flight behind a carried rate arrived by now. Part of it may have arrived up to
+    // a min RTT before the ping went (its proof was still on the way back), so over the RTT plus
+    // one min RTT it is a lower bound of the path's rate (exact with no queue at a cap of 2 BDP).
+    // Where the carried rate was wrong (or was just dropped) it is the session's first sample of
+    // the real one, where the usual sample of a first round is far lower.
+    if (acked.carrying && acked.inflight > 0) {
+      this.sendRate.add(acked.inflight / (now - acked.sentAt + this.effectiveMinRtt));
+    }
     const elapsed = now - first.sentAt;
     if (elapsed > 0 && received > first.received) {
       this.recvRate.add((received - first.received) / elapsed);
-      this.recvGrowth.check(this.recvRate.max);
+      this.recvGrowth.check(this.recvRate.measuredMax);
     }
     if (acked.written > this.delivered) {
       const interval = now - acked.intervalStart;
       const rate = interval > 0 ? (acked.written - acked.delivered) / interval : 0;
-      if (acked.capLimited || rate > this.sendRate.max) this.sendRate.add(rate);
+      if (acked.capLimited || rate > this.sendRate.measuredMax) this.sendRate.add(rate);
       // Only rounds the cap limited tell whether the path is full (BBR ignores app-limited ones):
       // while the peer's window or the application limits, a larger cap adds no queue.
-      if (acked.capLimited && !this.sendGrowth.check(this.sendRate.max) && this.phase === "startup") {
+      if (acked.capLimited && !this.sendGrowth.check(this.sendRate.measuredMax) && this.phase === "startup") {
         this.phase = "steady";
       }
       this.delivered = acked.written;
       this.intervalStart = now;
     }
     return { minRtt: this.effectiveMinRtt, startup: this.recvGrowth.growing };
+  }
+
+  /**
+   * A carried estimate's send rate: adopted at the first pong if the min RTT
+   * matches, dropped when a ping sent after that came back (or, see
+   * overdue, is still out) later than a path at the carried rate allows.
+   */
+  private checkCarried(ping: SentPing, now: number): void {
+    const carried = this.pendingCarried;
+    if (carried !== undefined) {
+      this.pendingCarried = undefined;
+      const ratio = Math.max(this.minRtt, PIPELINE_MS) / Math.max(carried.minRtt, PIPELINE_MS);
+      if (ratio > CARRIED_RTT_RATIO || ratio < 1 / CARRIED_RTT_RATIO) {
+        // Another path: its rates say nothing about this one.
+        this.recvRate.carried = 0;
+        return;
+      }
+      if (carried.sendRate > 0) {
+        this.sendRate.carried = carried.sendRate;
+        this.carriedSince = now;
+        this.phase = "steady";
+      }
+      return;
+    }
+    if (this.carrying && ping.sentAt >= this.carriedSince && now - ping.sentAt > this.queueBound) {
+      this.dropCarried();
+    }
+  }
+
+  /** Longest a ping may take while a carried rate is in use. */
+  private get queueBound(): number {
+    return QUEUE_RTT_FACTOR * this.effectiveMinRtt + PIPELINE_MS;
+  }
+
+  /**
+   * Drops a carried send rate whose ping (sent after it came into use) has been
+   * unanswered longer than a path at that rate would take. The session calls
+   * this before it writes: on a slow path the pong it waits for comes late.
+   */
+  overdue(now: number): void {
+    if (!this.carrying) return;
+    for (const ping of this.sent) {
+      if (ping.sentAt < this.carriedSince) continue;
+      if (now - ping.sentAt > this.queueBound) this.dropCarried();
+      return;
+    }
+  }
+
+  private dropCarried(): void {
+    this.sendRate.carried = 0;
+    this.carriedSince = -1;
+    // Back to probing from what this session measured (rate 0: the initial cap).
+    this.phase = "startup";
   }
 
   private sampleRtt(ping: SentPing, now: number): void {

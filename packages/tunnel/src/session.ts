@@ -30,8 +30,9 @@ import { releaseFrame } from "./frame-pool.js";
 import { LivenessProbe } from "./liveness-probe.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
-import { Pings } from "./pings.js";
+import { type PathEstimate, sanitizePathEstimate } from "./path-estimate.js";
 import { INITIAL_CAP, PathEstimator } from "./path-estimator.js";
+import { Pings } from "./pings.js";
 import { RoundRobin } from "./scheduler.js";
 import { type StreamHost, TunnelStream } from "./stream.js";
 import { WindowBudget } from "./window-budget.js";
@@ -67,7 +68,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** @internal */
   readonly windowBudget: WindowBudget;
   /** @internal What pings taught about the path: the in-flight cap, the BDP, min RTT. */
-  readonly path = new PathEstimator(performance.now());
+  readonly path: PathEstimator;
 
   private readonly transport: Transport;
   private readonly options: ResolvedOptions;
@@ -118,6 +119,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.role = this.options.role;
     this.maxWindow = this.options.maxWindow;
     this.windowBudget = new WindowBudget(this.options.maxSessionWindow);
+    // Sanitized here too: the option is public, and the estimate may come from the peer.
+    this.path = new PathEstimator(performance.now(), sanitizePathEstimate(this.options.pathEstimate));
     this.nextLocalId = this.role === "client" ? 1 : 2;
     this.probe = this.livenessProbe();
     const { keepAliveInterval, deadPeerTimeout } = this.options;
@@ -151,6 +154,15 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   /** Smoothed round-trip time of pings in milliseconds; undefined before the first pong. */
   get rtt(): number | undefined {
     return this.pings.smoothed;
+  }
+
+  /**
+   * What the session learned about its path (delivery rate each way, min RTT),
+   * for a later session over the same path to start from (the `pathEstimate`
+   * option, path-memory.ts); undefined before the first pong.
+   */
+  get pathEstimate(): PathEstimate | undefined {
+    return sanitizePathEstimate(this.path.estimate);
   }
 
   /** True once goAway() was called or the peer sent a go-away: open() will fail. */
@@ -522,6 +534,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       const frameSize = this.path.frameSize(preferred);
       // Past the preferred size only to finish a chunk, and not where the path wants smaller frames.
       const stretch = frameSize === preferred ? this.options.maxFrameSize : frameSize;
+      // A carried rate whose probe is late is dropped before it lets more out.
+      this.path.overdue(performance.now());
       while (this.inFlight < limit && !this.ended) {
         if (this.control.length > 0 || this.pongValue !== undefined) {
           this.write(this.takeControlBatch());

@@ -6,6 +6,7 @@ import {
   MIN_RTT_WINDOW_MS,
   PathEstimator,
   PIPELINE_MS,
+  QUEUE_RTT_FACTOR,
   STARTUP_GAIN,
 } from "../src/path-estimator.js";
 
@@ -173,3 +174,72 @@ t.test(
     t.equal(p.phase, "steady", "rounds the cap held back at that rate end it");
   },
 );
+
+// ---- a carried estimate (a previous session's, path-estimate.ts) ----
+
+const carried = { sendRate: 200_000, receiveRate: 100_000, minRtt: 50 }; // 200 and 100 MB/s at 50 ms
+
+t.test(
+  "a carried receive rate sizes windows at once; its send rate waits for a matching first RTT",
+  async (t) => {
+    const p = new PathEstimator(0, carried);
+    t.equal(p.receiveRate, 100_000, "windows may start from it before any pong");
+    t.equal(p.effectiveMinRtt, 50, "with its min RTT");
+    t.equal(p.cap, INITIAL_CAP, "nothing goes out unproven on its word before the first pong");
+    t.notOk(p.carrying);
+    const c = { now: 0, written: 0, value: 0 };
+    round(p, c, 0, 60); // the session's first ping: about the same path
+    t.ok(p.carrying);
+    t.equal(p.phase, "steady", "no startup: the rate is known");
+    t.equal(p.cap, GAIN * 200_000 * 60, "GAIN x the carried rate x the measured min RTT");
+    t.same(p.estimate, { sendRate: 200_000, receiveRate: 100_000, minRtt: 60 }, "handed on as it is used");
+  },
+);
+
+t.test("a carried estimate from another path (its min RTT far off) is dropped whole", async (t) => {
+  for (const rtt of [20, 400]) {
+    const p = new PathEstimator(0, { ...carried, minRtt: 100 });
+    const c = { now: 0, written: 0, value: 0 };
+    round(p, c, 0, rtt);
+    t.notOk(p.carrying, `first RTT ${rtt} ms against 100`);
+    t.equal(p.rate, 0);
+    t.equal(p.receiveRate, 0);
+    t.equal(p.cap, INITIAL_CAP, "as a session that carried nothing");
+  }
+});
+
+t.test(
+  "a slow pong or one long overdue drops a carried rate; startup resumes from measurements",
+  async (t) => {
+    const p = new PathEstimator(0, carried);
+    const c = { now: 0, written: 0, value: 0 };
+    round(p, c, 0, 50);
+    t.ok(p.carrying);
+    // The path moves 1 MB/s now: a quarter cap takes seconds to come back.
+    const slow = round(p, c, p.cap / 4, 2000);
+    t.ok(slow, "the pong answered");
+    t.notOk(p.carrying, "dropped at its pong");
+    t.equal(p.phase, "startup");
+    t.ok(p.rate < 10_000, `only measured rates are left: ${p.rate}`);
+
+    const q = new PathEstimator(0, carried);
+    const d = { now: 0, written: 0, value: 0 };
+    round(q, d, 0, 50);
+    d.written += q.cap / 4;
+    q.pingSent(++d.value, d.written, 0, d.now);
+    q.overdue(d.now + QUEUE_RTT_FACTOR * 50);
+    t.ok(q.carrying, "not overdue yet");
+    q.overdue(d.now + QUEUE_RTT_FACTOR * 50 + PIPELINE_MS + 1);
+    t.notOk(q.carrying, "dropped before its pong");
+    t.equal(q.cap, INITIAL_CAP, "nothing measured: the initial cap");
+  },
+);
+
+t.test("a carried rate ages out once the session measured enough of its own", async (t) => {
+  const p = new PathEstimator(0, carried);
+  const c = { now: 0, written: 0, value: 0 };
+  round(p, c, 0, 50);
+  for (let i = 0; i < 12; i++) full(p, c, 150_000, 50); // the path moves 150 MB/s, a little less
+  t.notOk(p.carrying);
+  t.ok(Math.abs(p.rate - 150_000) / 150_000 < 0.1, `the measured rate: ${p.rate}`);
+});
