@@ -47,6 +47,8 @@ function record(session: Session): Message[] {
   return messages;
 }
 
+const noop = () => {};
+
 const finished = (s: TunnelStream) =>
   s.writableFinished ? Promise.resolve() : once(s, "finish").then(() => {});
 
@@ -165,9 +167,9 @@ t.test("a frame produced alone goes out in the same tick", async (t) => {
 t.test("large Data frames are never copied into a batch; small frames around them are", async (t) => {
   const link = pair();
   const toAgent = record(link.server);
-  link.client.on("stream", (s: TunnelStream) => s.resume());
-  const small = link.server.open("kube");
-  const bulk = link.server.open("kube");
+  link.client.on("stream", (s: TunnelStream) => s.resume().on("error", noop));
+  const small = link.server.open("kube").on("error", noop);
+  const bulk = link.server.open("kube").on("error", noop);
   // One turn: two opens, a small write, a 48 KiB write, another small write on the first stream.
   small.write(Buffer.alloc(100, 1));
   bulk.write(Buffer.alloc(48 * 1024, 2));
@@ -194,11 +196,11 @@ t.test("large Data frames are never copied into a batch; small frames around the
 t.test("a batch never exceeds the message size limit", async (t) => {
   const link = pair();
   const toAgent = record(link.server);
-  link.client.on("stream", (s: TunnelStream) => s.resume());
+  link.client.on("stream", (s: TunnelStream) => s.resume().on("error", noop));
   const streams: TunnelStream[] = [];
   // 40 streams with 3 KiB each in one turn: 120 KiB of small frames, more than one message holds.
   for (let i = 0; i < 40; i++) {
-    const s = link.server.open("kube");
+    const s = link.server.open("kube").on("error", noop);
     s.end(Buffer.alloc(3000, i));
     streams.push(s);
   }
