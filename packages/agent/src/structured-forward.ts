@@ -167,11 +167,16 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
     // The head waits a tick for the body bytes of the read that brought it: written together they
     // cross in one tunnel frame (not a frame each, one message after the other), and the server then
     // writes head and body to its caller at once. A watch's head, with nothing behind it, goes alone.
+    // A response that arrived whole by then ends with them too: its FIN rides on the same frame.
     process.nextTick(() => {
       if (stream.destroyed) return;
       stream.write(encoded);
       for (let chunk: Buffer | null = up.read(); chunk !== null; chunk = up.read()) stream.write(chunk);
-      up.pipe(stream);
+      if (up.complete && !up.destroyed && up.readableLength === 0) {
+        stream.end();
+        // Read to its end, so the connection goes back to the pool.
+        up.resume();
+      } else up.pipe(stream);
     });
   });
   let cut = false;

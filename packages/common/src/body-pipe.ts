@@ -22,6 +22,8 @@ export function pipeBody(
   onMismatch: (why: BodyMismatch) => void,
 ): void {
   let seen = 0;
+  /** Ended at its declared length: still listening, so that bytes past it are reported. */
+  let whole = false;
   const fail = (why: BodyMismatch) => {
     src.off("data", onData);
     src.off("end", onEnd);
@@ -34,6 +36,13 @@ export function pipeBody(
       fail("longer");
       return;
     }
+    // The chunk that completes a declared length ends the body with it: one write to the caller,
+    // not a write and then an empty one for end(). More bytes after it still fail, above.
+    if (seen === length) {
+      whole = true;
+      dest.end(chunk);
+      return;
+    }
     if (!dest.write(chunk)) {
       src.pause();
       dest.once("drain", () => src.resume());
@@ -41,7 +50,7 @@ export function pipeBody(
   };
   const onEnd = () => {
     if (length !== undefined && seen < length) fail("shorter");
-    else dest.end();
+    else if (!dest.writableEnded) dest.end();
   };
   // 'end' may have gone by already: a stream that ended with its head emits it while the head's reader returns.
   if (src.readableEnded) {
@@ -50,7 +59,9 @@ export function pipeBody(
   }
   src.on("data", onData);
   src.once("end", onEnd);
-  dest.once("close", () => src.off("data", onData));
+  dest.once("close", () => {
+    if (!whole) src.off("data", onData);
+  });
   // A paused stream (a head was read off it) stays paused for a new 'data' listener.
   src.resume();
 }

@@ -53,6 +53,15 @@ export function pooledFrame(capacity: number): Buffer {
   return Buffer.from(memory, HEADROOM, HEADER_SIZE + capacity);
 }
 
+/**
+ * A pooled buffer of `size` bytes (at most MAX_MESSAGE_SIZE) for a message
+ * joined from several small frames: pooled, the transport frames it in place
+ * (headroom, masking) instead of copying it once more.
+ */
+export function pooledMessage(size: number): Buffer {
+  return pooledFrame(size - HEADER_SIZE);
+}
+
 /** True if `message` lives in pool memory (so the sender may rewrite it until it is released). */
 export function isPooled(message: Buffer): boolean {
   return ours.has(message.buffer as ArrayBuffer);

@@ -8,6 +8,13 @@
  * transfers in our own queue; data frames are taken round-robin across streams.
  * Everything stops while the transport holds `transportHighWaterMark` bytes,
  * and data also while the path estimator's in-flight cap is reached.
+ *
+ * Small frames one pump pass produces leave together, as one message (the
+ * wire allows several whole frames per message): a GET's open, head and end
+ * cost one WebSocket message and one socket write, not three. The pass runs
+ * in the tick that queued the first frame, so batching delays nothing; a
+ * large Data frame (pooled, see frame-pool.ts) is never copied into a batch,
+ * it goes as its own message after what was batched before it.
  */
 
 import { EventEmitter } from "node:events";
@@ -26,7 +33,7 @@ import {
   parseFrames,
   payloadBytes,
 } from "./frame.js";
-import { releaseFrame } from "./frame-pool.js";
+import { isPooled, pooledMessage, releaseFrame } from "./frame-pool.js";
 import { LivenessProbe } from "./liveness-probe.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
@@ -76,6 +83,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private readonly scheduler = new RoundRobin<TunnelStream>();
   private control: Buffer[] = [];
   private controlBytes = 0;
+  /** Small frames of the running pump pass, sent as one message when it ends (flushBatch). */
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  /** Streams accepted during the running receive(): their ACK is decided when it returns. */
+  private accepted: TunnelStream[] = [];
   private pongValue: number | undefined;
   private inFlight = 0;
   private sentBytes = 0;
@@ -268,6 +280,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     else for (let i = 0; i < message.length; i++) this.receivedBytes += message[i]!.length;
     const problem = parseFrames(message, this.handleFrame);
     if (problem !== undefined && !this.ended) this.protocolError(problem);
+    if (this.accepted.length > 0) this.settleAcks();
     this.probePath();
   }
 
@@ -304,6 +317,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** @internal */
   sendReset(stream: TunnelStream, code: number): void {
+    // An accepted stream is acknowledged before it is reset: the code means what it says, not "never taken".
+    if (stream.ackPending) this.queueControl(this.takeAck(stream));
     this.queueControl(encodeControl(FrameType.WINDOW_UPDATE, Flag.RST, stream.id, code));
   }
 
@@ -415,11 +430,39 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
     const stream = new TunnelStream(this, id, header.service, header.metadata, "remote");
     this.streams.set(id, stream);
-    this.queueControl(
-      encodeControl(FrameType.WINDOW_UPDATE, Flag.ACK, id, stream.recvWindow.size - INITIAL_WINDOW),
-    );
+    // The ACK waits for the end of this receive(), which may bring the opener's FIN (settleAcks).
+    stream.ackPending = true;
+    this.accepted.push(stream);
     if ((frame.flags & Flag.FIN) !== 0) stream.onRemoteFin();
     this.emit("stream", stream);
+  }
+
+  /**
+   * The ACKs of the streams this receive() accepted. A stream whose opener is
+   * still writing gets its ACK (and the credit in it) at once. One whose
+   * opener already sent FIN (a GET: open, head and end in one message) needs
+   * neither now: its ACK goes with the stream's first frame, its answer, in
+   * the same message instead of one of its own. Whether the stream was taken
+   * never depends on the ACK: a go-away names the last stream id accepted.
+   */
+  private settleAcks(): void {
+    const accepted = this.accepted;
+    this.accepted = [];
+    for (const stream of accepted) {
+      if (stream.ackPending && !stream.remoteFin && this.streams.get(stream.id) === stream) {
+        this.queueControl(this.takeAck(stream));
+      }
+    }
+  }
+
+  private takeAck(stream: TunnelStream): Buffer {
+    stream.ackPending = false;
+    return encodeControl(
+      FrameType.WINDOW_UPDATE,
+      Flag.ACK,
+      stream.id,
+      stream.recvWindow.size - INITIAL_WINDOW,
+    );
   }
 
   /** 0 to accept, otherwise the reset code to refuse with. */
@@ -536,9 +579,9 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       const stretch = frameSize === preferred ? this.options.maxFrameSize : frameSize;
       // A carried rate whose probe is late is dropped before it lets more out.
       this.path.overdue(performance.now());
-      while (this.inFlight < limit && !this.ended) {
+      while (this.inFlight + this.batchBytes < limit && !this.ended) {
         if (this.control.length > 0 || this.pongValue !== undefined) {
-          this.write(this.takeControlBatch());
+          this.takeControl();
           continue;
         }
         // Control frames are never held; data waits in its stream's outbox until pongs prove
@@ -561,11 +604,13 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
         const frame = stream.takeFrame(frameSize, stretch);
         if (stream.sendable) this.scheduler.add(stream);
         if (frame !== undefined) {
+          if (stream.ackPending) this.batchFrame(this.takeAck(stream));
           this.writeData(frame);
           this.probePath();
         }
         if (stream.finished) this.retire(stream);
       }
+      if (!this.ended) this.flushBatch();
     } finally {
       this.pumping = false;
     }
@@ -577,6 +622,27 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
       this.requestPump();
     }
   };
+
+  /** Moves queued control frames (the pong first) into the pass's batch, a message's worth at most. */
+  private takeControl(): void {
+    if (this.pongValue !== undefined) {
+      this.batchFrame(encodeControl(FrameType.PING, Flag.ACK, 0, this.pongValue));
+      this.pongValue = undefined;
+    }
+    let taken = 0;
+    let takenBytes = 0;
+    let room = MAX_MESSAGE_SIZE;
+    while (taken < this.control.length) {
+      const next = this.control[taken]!;
+      if (next.length > room) break;
+      room -= next.length;
+      this.batchFrame(next);
+      takenBytes += next.length;
+      taken++;
+    }
+    this.control = taken === this.control.length ? [] : this.control.slice(taken);
+    this.controlBytes -= takenBytes;
+  }
 
   /** Packs queued control frames into one message, up to the message size limit. */
   private takeControlBatch(): Buffer {
@@ -600,6 +666,42 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.control = taken === this.control.length ? [] : this.control.slice(taken);
     this.controlBytes -= takenBytes;
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+  }
+
+  /**
+   * Adds a frame to the pass's batch. A pooled frame (a large Data frame)
+   * is not copied: what was batched before it leaves first, then the frame
+   * as its own message.
+   */
+  private batchFrame(frame: Buffer): void {
+    if (isPooled(frame)) {
+      this.flushBatch();
+      this.write(frame);
+      return;
+    }
+    if (this.batchBytes + frame.length > MAX_MESSAGE_SIZE) this.flushBatch();
+    this.batch.push(frame);
+    this.batchBytes += frame.length;
+  }
+
+  /** Sends the batch as one message: alone as it is, joined in a pooled buffer that the transport frames in place. */
+  private flushBatch(): void {
+    const parts = this.batch;
+    if (parts.length === 0) return;
+    const size = this.batchBytes;
+    this.batch = [];
+    this.batchBytes = 0;
+    if (parts.length === 1) {
+      this.write(parts[0]!);
+      return;
+    }
+    const message = pooledMessage(size);
+    let offset = 0;
+    for (const part of parts) {
+      message.set(part, offset);
+      offset += part.length;
+    }
+    this.write(message);
   }
 
   private write(message: Buffer): void {
@@ -701,7 +803,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
   private writeData(frame: Buffer): void {
     if (this.dataWritten === this.path.delivered) this.path.noteIdleWrite(performance.now());
     this.dataWritten += frame.length;
-    this.write(frame);
+    this.batchFrame(frame);
   }
 
   private checkLiveness(): void {
@@ -769,6 +871,11 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.keepAliveTimer !== undefined) clearInterval(this.keepAliveTimer);
     if (this.deadPeerTimer !== undefined) clearTimeout(this.deadPeerTimer);
     this.probe.stop();
+    // What the pass already counted as written goes first, or nowhere if the end is abrupt.
+    if (graceful) this.flushBatch();
+    else for (const part of this.batch) releaseFrame(part);
+    this.batch = [];
+    this.batchBytes = 0;
     if (goAwayCode !== undefined && !(this.goAwaySent && goAwayCode === GoAwayCode.NORMAL)) {
       // Bypasses the queue: the peer should learn why even if our queue is backed up.
       this.transport.send(encodeControl(FrameType.GO_AWAY, 0, this.highestRemoteId, goAwayCode), noop);

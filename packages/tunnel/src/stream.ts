@@ -69,6 +69,8 @@ export class TunnelStream extends Duplex {
   /** @internal */ localFin = false;
   /** @internal */ remoteFin = false;
   /** @internal */ acked: boolean;
+  /** @internal Accepted, and the ACK not yet sent: it goes with the stream's first frame (session.ts settleAcks). */
+  ackPending = false;
 
   private host: StreamHost | undefined;
   private readonly outbox: Outgoing[] = [];
@@ -304,15 +306,30 @@ export class TunnelStream extends Duplex {
         const frame =
           n >= POOLED_FRAME_MIN ? pooledDataFrame(0, this.id, payload) : encodeData(0, this.id, payload);
         this.advance(head, n);
-        return frame;
+        return this.finishWith(frame);
       }
-      return this.gatherFrame(limit, Math.max(limit, Math.min(stretch, this.sendWindow)));
+      return this.finishWith(this.gatherFrame(limit, Math.max(limit, Math.min(stretch, this.sendWindow))));
     }
     const finalDone = this.finalDone;
     if (finalDone === undefined) return undefined;
     this.finalDone = undefined;
     this.localFin = true;
     const frame = encodeData(Flag.FIN, this.id, undefined);
+    finalDone();
+    return frame;
+  }
+
+  /**
+   * The FIN rides on the last Data frame when the writer ended before it was
+   * taken (end() after the last write: finishing that write calls _final at
+   * once): a small response's end costs no frame of its own.
+   */
+  private finishWith(frame: Buffer): Buffer {
+    const finalDone = this.finalDone;
+    if (finalDone === undefined || this.outbox.length > 0) return frame;
+    this.finalDone = undefined;
+    this.localFin = true;
+    frame.writeUInt16BE(Flag.FIN, 2);
     finalDone();
     return frame;
   }

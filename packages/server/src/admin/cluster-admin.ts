@@ -300,7 +300,8 @@ export class StoreClusterAdmin implements ClusterAdmin {
         `no cluster named ${name}; "tether-server cluster list" shows them, "tether-server cluster add ${name}" adds it`,
       );
     }
-    return cluster;
+    // The store's copy is frozen; the admin commands work on their own.
+    return structuredClone(cluster) as ClusterRecord;
   }
 
   async #issueJoinToken(cluster: ClusterInput, server: string, ttlMs: number): Promise<JoinInfo> {

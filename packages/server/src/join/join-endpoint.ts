@@ -23,6 +23,7 @@ import {
   isValidClusterName,
 } from "../pki/pki.js";
 import { hashToken } from "../pki/tokens.js";
+import type { Frozen } from "../store/records.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 
 export class JoinError extends Error {
@@ -85,7 +86,7 @@ export class JoinEndpoint {
   }
 
   /** Issues a certificate for the current registration of a cluster, recording its serial before handing it out. */
-  async issue(cluster: ClusterRecord, publicKeyPem: string): Promise<IssuedForAgent> {
+  async issue(cluster: Frozen<ClusterRecord>, publicKeyPem: string): Promise<IssuedForAgent> {
     const cert = await this.deps.ca.issueClusterCertificate(cluster.name, {
       publicKeyPem,
       ttlMs: this.certTtlMs,

@@ -21,6 +21,7 @@ import type { Logger } from "../logger.js";
 import type { AuditLog } from "../observe/audit-log.js";
 import { foreignIncarnation } from "../pki/incarnation.js";
 import type { AgentSession } from "../proxy/agent-sessions.js";
+import type { Frozen } from "../store/records.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 import { type JoinEndpoint, JoinError } from "./join-endpoint.js";
 
@@ -112,7 +113,7 @@ export class Renewals {
    * The cluster's record if the session's certificate may be renewed now (and
    * then one renewal is taken from the cluster's bucket); a JoinError otherwise.
    */
-  private async check(entry: AgentSession): Promise<ClusterRecord> {
+  private async check(entry: AgentSession): Promise<Frozen<ClusterRecord>> {
     const { cluster } = entry;
     const record = await this.deps.store.getCluster(cluster);
     if (!record) throw new JoinError("Forbidden", `cluster "${cluster}" was removed`);

@@ -9,6 +9,7 @@ import type { TLSSocket } from "node:tls";
 import { identityFromPeerCertificate } from "../pki/identity.js";
 import { decodeJwt } from "jose";
 import { bearerToken, hashToken, TOKEN_PREFIX, tokenId } from "../pki/tokens.js";
+import type { Frozen } from "../store/records.js";
 import type { ClusterRecord, Store } from "../store/state-store.js";
 import type { Caller } from "./forwarded-headers.js";
 import { externalCaller, type IdentitySources } from "./identity/identity-sources.js";
@@ -61,9 +62,9 @@ export async function authenticate(
     if (record?.kind !== "user" || !record.user) return undefined;
     return {
       user: record.user,
-      groups: record.groups ?? [],
+      groups: record.groups === undefined ? [] : [...record.groups],
       via: "token",
-      clusters: record.clusters ?? [],
+      clusters: record.clusters === undefined ? [] : [...record.clusters],
       expiresAt: new Date(record.expiresAt),
       credentialId: TOKEN_CREDENTIAL + tokenId(record.hash),
     };
@@ -140,7 +141,7 @@ function expiredJwtAt(token: string): string | undefined {
  * account, OIDC) carries no scope: the allowed users and groups are what it
  * may reach, so it reaches no cluster that lists none.
  */
-export function mayUseCluster(caller: AuthenticatedCaller, cluster: ClusterRecord): boolean {
+export function mayUseCluster(caller: AuthenticatedCaller, cluster: Frozen<ClusterRecord>): boolean {
   const listed =
     cluster.allowedUsers.includes(caller.user) ||
     caller.groups.some((g) => cluster.allowedGroups.includes(g));

@@ -16,6 +16,7 @@ import {
 import { type Logger, loggablePath } from "../logger.js";
 import { isValidClusterName } from "../pki/pki.js";
 import type { AuditLog } from "../observe/audit-log.js";
+import type { Frozen } from "../store/records.js";
 import type { AuthMode, ClusterRecord, Store } from "../store/state-store.js";
 import type { AgentSession, AgentSessions } from "./agent-sessions.js";
 import {
@@ -301,7 +302,7 @@ export class ClusterProxy {
   private async admitArrival(
     req: IncomingMessage,
     arrival: Arrival,
-    cluster: ClusterRecord,
+    cluster: Frozen<ClusterRecord>,
     path: string,
   ): Promise<Admission> {
     const ownership = this.deps.replicas?.ownership;

@@ -26,6 +26,7 @@ import {
 import { isTetherError, ResetCode } from "@tether/tunnel";
 import { presentedCredential, sourceKey } from "../http/failure-rate-limit.js";
 import { isValidClusterName } from "../pki/pki.js";
+import type { Frozen } from "../store/records.js";
 import type { ClusterRecord } from "../store/state-store.js";
 import type { AgentSession } from "./agent-sessions.js";
 import { type AuthenticatedCaller, authenticate, unauthenticatedMessage } from "./authenticate.js";
@@ -54,7 +55,11 @@ function serviceNamed(url: string | undefined): string | undefined {
  * (by user or group), and a token must be scoped to the cluster as well. The
  * cluster's own allowed users and groups neither grant nor withhold it.
  */
-export function mayUseService(caller: AuthenticatedCaller, cluster: ClusterRecord, service: string): boolean {
+export function mayUseService(
+  caller: AuthenticatedCaller,
+  cluster: Frozen<ClusterRecord>,
+  service: string,
+): boolean {
   const access = cluster.services?.[service];
   if (!access) return false;
   if (caller.via === "token") {
@@ -96,7 +101,7 @@ type Admission =
   | {
       ok: true;
       caller: AuthenticatedCaller;
-      cluster: ClusterRecord;
+      cluster: Frozen<ClusterRecord>;
       entry: AgentSession;
       service: string;
       path: string;

@@ -36,6 +36,8 @@ import { isTokenHash } from "../pki/tokens.js";
 import { withStateLock } from "./file-lock.js";
 import {
   checkIsoDate,
+  deepFreeze,
+  type Frozen,
   invalid,
   isPlainObject,
   normalizeCluster,
@@ -272,13 +274,14 @@ export class FileStore implements Store {
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  async getCluster(name: string): Promise<ClusterRecord | undefined> {
+  async getCluster(name: string): Promise<Frozen<ClusterRecord> | undefined> {
     const doc = await this.#read(CLUSTERS);
-    return has(doc.clusters, name) ? structuredClone(doc.clusters[name]) : undefined;
+    // The cached document is frozen (#read): handed out as it is, not cloned per request.
+    return has(doc.clusters, name) ? (doc.clusters[name] as Frozen<ClusterRecord>) : undefined;
   }
 
-  async putCluster(record: ClusterInput): Promise<void> {
-    const r = normalizeCluster(record);
+  async putCluster(record: Frozen<ClusterInput>): Promise<void> {
+    const r = normalizeCluster(record as ClusterInput);
     await this.#mutate(CLUSTERS, (doc) => {
       const uid = has(doc.clusters, r.name) ? doc.clusters[r.name]!.uid : undefined;
       doc.clusters[r.name] = { ...r, uid: isIncarnation(uid) ? uid : newIncarnation() };
@@ -290,8 +293,8 @@ export class FileStore implements Store {
    * putCluster for many records in one write: registering a fleet one
    * cluster at a time rewrites the whole clusters document each time.
    */
-  async putClusters(records: ClusterInput[]): Promise<void> {
-    const rs = records.map(normalizeCluster);
+  async putClusters(records: Frozen<ClusterInput>[]): Promise<void> {
+    const rs = records.map((r) => normalizeCluster(r as ClusterInput));
     await this.#mutate(CLUSTERS, (doc) => {
       for (const r of rs) {
         const uid = has(doc.clusters, r.name) ? doc.clusters[r.name]!.uid : undefined;
@@ -301,8 +304,8 @@ export class FileStore implements Store {
     });
   }
 
-  async addCluster(record: ClusterInput): Promise<boolean> {
-    const r = normalizeCluster(record);
+  async addCluster(record: Frozen<ClusterInput>): Promise<boolean> {
+    const r = normalizeCluster(record as ClusterInput);
     return this.#mutate(CLUSTERS, (doc) => {
       if (has(doc.clusters, r.name)) return [false, false];
       doc.clusters[r.name] = { ...r, uid: newIncarnation() };
@@ -332,12 +335,12 @@ export class FileStore implements Store {
   async findToken(
     hash: string,
     options: { includeExpired?: boolean } = {},
-  ): Promise<TokenRecord | undefined> {
+  ): Promise<Frozen<TokenRecord> | undefined> {
     const doc = await this.#read(TOKENS);
     if (!has(doc.tokens, hash)) return undefined;
-    const r = doc.tokens[hash]!;
+    const r = doc.tokens[hash] as Frozen<TokenRecord>;
     const now = options.includeExpired ? Date.now() - EXPIRED_TOKENS_KEPT_MS : Date.now();
-    return expired(r.expiresAt, now) ? undefined : structuredClone(r);
+    return expired(r.expiresAt, now) ? undefined : r;
   }
 
   async consumeJoinToken(hash: string, cluster: string): Promise<TokenRecord | undefined> {
@@ -489,8 +492,9 @@ export class FileStore implements Store {
 
   /**
    * Reads a document. Without `fresh`, a parsed copy is reused while the file
-   * is unchanged (same inode, size, mtime and ctime). Callers must not mutate
-   * what this returns unless `fresh`.
+   * is unchanged (same inode, size, mtime and ctime), frozen so that no caller
+   * can change it (getCluster and findToken hand its records out as they are);
+   * a `fresh` read is the caller's own to change.
    */
   async #read<D>(spec: DocSpec<D>, fresh = false): Promise<D> {
     const path = this.#path(spec.file);
@@ -516,7 +520,7 @@ export class FileStore implements Store {
       const key = fileKey(await fh.stat({ bigint: true }));
       if (!fresh && cached?.key === key) return cached.doc as D;
       const doc = checkDoc(spec, path, parseJsonText<unknown>(path, await fh.readFile("utf8")));
-      if (!fresh) this.#cache.set(spec.file, { key, doc });
+      if (!fresh) this.#cache.set(spec.file, { key, doc: deepFreeze(doc) as D });
       return doc;
     } finally {
       await fh.close();

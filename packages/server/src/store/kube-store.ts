@@ -30,7 +30,15 @@ import {
 import type { ClusterStatus, ClusterStatusSink } from "./cluster-status.js";
 import { servingCertUsable } from "./file-store.js";
 import { type ApiAnswer, KubeApi, KubeApiError, type KubeConnection } from "./kube-api.js";
-import { checkIsoDate, normalizeCluster, normalizeSerial, normalizeToken, serialKey } from "./records.js";
+import {
+  checkIsoDate,
+  deepFreeze,
+  type Frozen,
+  normalizeCluster,
+  normalizeSerial,
+  normalizeToken,
+  serialKey,
+} from "./records.js";
 import {
   type ClusterInput,
   type ClusterRecord,
@@ -145,8 +153,8 @@ function resourceVersionOf(o: { metadata: ObjectMeta }): bigint | undefined {
 
 export class KubeStore implements Store, ClusterStatusSink {
   readonly namespace: string;
-  private readonly clusters = new Map<string, ClusterRecord>();
-  private readonly tokens = new Map<string, TokenRecord>();
+  private readonly clusters = new Map<string, Frozen<ClusterRecord>>();
+  private readonly tokens = new Map<string, Frozen<TokenRecord>>();
   private readonly revokedByCluster = new Map<string, Set<string>>();
   /** serial -> cluster, for isRevoked in O(1). */
   private readonly revoked = new Map<string, string>();
@@ -237,7 +245,7 @@ export class KubeStore implements Store, ClusterStatusSink {
       this.watch<DataObject>(this.secrets(), `${KIND_LABEL}=token`, {
         set: (o) => {
           const r = tokenFrom(o);
-          if (r) this.tokens.set(r.hash, r);
+          if (r) this.tokens.set(r.hash, deepFreeze(r));
         },
         delete: (o) => {
           const r = tokenFrom(o);
@@ -300,7 +308,7 @@ export class KubeStore implements Store, ClusterStatusSink {
   /** Status updates leave the generation alone: only a new, removed or re-registered cluster moves it. */
   private cacheCluster(c: ClusterRecord): void {
     if (this.clusters.get(c.name)?.uid !== c.uid) this.generation++;
-    this.clusters.set(c.name, c);
+    this.clusters.set(c.name, deepFreeze(c));
   }
 
   private uncacheCluster(name: string): void {
@@ -407,13 +415,13 @@ export class KubeStore implements Store, ClusterStatusSink {
 
   async listClusters(): Promise<ClusterRecord[]> {
     return [...this.clusters.values()]
-      .map((c) => structuredClone(c))
+      .map((c) => structuredClone(c) as ClusterRecord)
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  async getCluster(name: string): Promise<ClusterRecord | undefined> {
-    const c = this.clusters.get(name);
-    return c && structuredClone(c);
+  async getCluster(name: string): Promise<Frozen<ClusterRecord> | undefined> {
+    // Cached records are frozen and replaced, never changed (cacheCluster): no clone per request.
+    return this.clusters.get(name);
   }
 
   private clusterObject(record: ClusterInput, resourceVersion?: string): ClusterObject {
@@ -435,8 +443,8 @@ export class KubeStore implements Store, ClusterStatusSink {
     };
   }
 
-  async addCluster(record: ClusterInput): Promise<boolean> {
-    const r = normalizeCluster(record);
+  async addCluster(record: Frozen<ClusterInput>): Promise<boolean> {
+    const r = normalizeCluster(record as ClusterInput);
     const answer = await this.api.expect<ClusterObject>("POST", CLUSTERS_PATH, this.clusterObject(r), [409]);
     if (answer.status === 409) return false;
     this.cacheWritten(answer.body);
@@ -450,8 +458,8 @@ export class KubeStore implements Store, ClusterStatusSink {
     if (c) this.cacheCluster(c);
   }
 
-  async putCluster(record: ClusterInput): Promise<void> {
-    const r = normalizeCluster(record);
+  async putCluster(record: Frozen<ClusterInput>): Promise<void> {
+    const r = normalizeCluster(record as ClusterInput);
     for (let attempt = 0; attempt < RETRIES; attempt++) {
       const existing = await this.api.expect<ClusterObject>(
         "GET",
@@ -538,7 +546,7 @@ export class KubeStore implements Store, ClusterStatusSink {
     if (created.status === 409) {
       throw new KubeApiError("ERR_TETHER_INVALID_RECORD", "a token with this hash already exists");
     }
-    this.tokens.set(r.hash, r);
+    this.tokens.set(r.hash, deepFreeze(r));
     await this.pruneExpiredTokens();
   }
 
@@ -552,11 +560,11 @@ export class KubeStore implements Store, ClusterStatusSink {
   async findToken(
     hash: string,
     options: { includeExpired?: boolean } = {},
-  ): Promise<TokenRecord | undefined> {
+  ): Promise<Frozen<TokenRecord> | undefined> {
     const r = this.tokens.get(hash);
     const now = options.includeExpired ? Date.now() - EXPIRED_TOKENS_KEPT_MS : Date.now();
     if (!r || !(Date.parse(r.expiresAt) > now)) return undefined;
-    return structuredClone(r);
+    return r;
   }
 
   async consumeJoinToken(hash: string, cluster: string): Promise<TokenRecord | undefined> {
@@ -581,15 +589,15 @@ export class KubeStore implements Store, ClusterStatusSink {
       [409, 404],
     );
     if (answer.status !== 200) return undefined; // someone else consumed (or deleted) it first
-    this.tokens.set(hash, used);
-    return structuredClone(used);
+    this.tokens.set(hash, deepFreeze(structuredClone(used)));
+    return used;
   }
 
   async listTokens(): Promise<TokenRecord[]> {
     const now = Date.now();
     return [...this.tokens.values()]
       .filter((r) => Date.parse(r.expiresAt) > now)
-      .map((r) => structuredClone(r));
+      .map((r) => structuredClone(r) as TokenRecord);
   }
 
   async deleteToken(hash: string): Promise<boolean> {

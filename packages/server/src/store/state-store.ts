@@ -6,6 +6,7 @@
 // expectations against both.
 import { type AuthMode, ERR_TETHER_STATE_CORRUPT } from "@tether/common";
 import type { CertificateAuthority, KeyPairPem } from "../pki/pki.js";
+import type { Frozen } from "./records.js";
 
 export type { AuthMode };
 
@@ -61,18 +62,20 @@ export interface Store {
     ips: string[];
   }): Promise<KeyPairPem & { keyPem: string }>;
   listClusters(): Promise<ClusterRecord[]>;
-  getCluster(name: string): Promise<ClusterRecord | undefined>;
+  /** The store's own copy, frozen (records.ts Frozen): read it, never change it. */
+  getCluster(name: string): Promise<Frozen<ClusterRecord> | undefined>;
   /** Creates or updates; an update keeps the cluster's uid. */
-  putCluster(record: ClusterInput): Promise<void>;
+  putCluster(record: Frozen<ClusterInput>): Promise<void>;
   /** Registers a new cluster with a new uid; false (and nothing written) when the name is taken. Check and write are one step. */
-  addCluster(record: ClusterInput): Promise<boolean>;
+  addCluster(record: Frozen<ClusterInput>): Promise<boolean>;
   deleteCluster(name: string): Promise<boolean>;
   addToken(record: TokenRecord): Promise<void>;
   /**
    * Expired tokens are not returned, unless `includeExpired` (then one that
    * expired up to EXPIRED_TOKENS_KEPT_MS ago is, so a 401 can say it expired).
+   * Like getCluster's, the record is the store's own, frozen.
    */
-  findToken(hash: string, options?: { includeExpired?: boolean }): Promise<TokenRecord | undefined>;
+  findToken(hash: string, options?: { includeExpired?: boolean }): Promise<Frozen<TokenRecord> | undefined>;
   /** Atomically marks a join token used; a used, expired, unknown or wrong-cluster token returns undefined. */
   consumeJoinToken(hash: string, cluster: string): Promise<TokenRecord | undefined>;
   recordIssued(serial: string, cluster: string, notAfter: string): Promise<void>;

@@ -233,9 +233,17 @@ async function runTests(): Promise<void> {
     t.same(await fresh.getCluster("b"), await store.getCluster("b"));
     await store.putCluster({ ...b, labels: { env: "staging" } });
     t.same((await fresh.getCluster("b"))?.labels, { env: "staging" }, "another instance sees the update");
+    // Reads hand out the store's own copy, frozen (no clone per request): a caller cannot change it.
     const got = await store.getCluster("b");
-    got!.labels.env = "mutated";
-    t.same((await store.getCluster("b"))?.labels, { env: "staging" }, "callers get copies");
+    t.throws(() => {
+      (got!.labels as Record<string, string>).env = "mutated";
+    }, TypeError);
+    t.throws(() => (got!.allowedUsers as string[]).push("mallory"), TypeError);
+    t.throws(() => {
+      (got as { auth: string }).auth = "passthrough";
+    }, TypeError);
+    t.same((await store.getCluster("b"))?.labels, { env: "staging" }, "the store's copy is unchanged");
+    t.same((await store.getCluster("b"))?.allowedUsers, b.allowedUsers);
     t.equal(await store.deleteCluster("b"), true);
     t.equal(await store.deleteCluster("b"), false);
     t.equal(await store.getCluster("b"), undefined);
@@ -299,6 +307,9 @@ async function runTests(): Promise<void> {
     };
     await store.addToken(user);
     t.same(await store.findToken(hash), user);
+    const found = await store.findToken(hash);
+    t.throws(() => (found!.groups as string[]).push("system:masters"), TypeError, "a found token is frozen");
+    t.same((await store.findToken(hash))?.groups, ["dev"], "and the store's copy unchanged");
     t.equal(await store.findToken(hashToken("other")), undefined);
     const text = await readFile(join(dir, "tokens.json"), "utf8");
     t.notMatch(text, token, "the token itself is never written");

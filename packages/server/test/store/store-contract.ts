@@ -49,6 +49,10 @@ export async function storeContract(t: Test, open: () => Promise<Store>): Promis
     };
     t.equal(await store.addCluster(cluster("svc", { services })), true);
     t.same((await store.getCluster("svc"))?.services, services);
+    // Reads share the store's copy, frozen: a caller that tries to widen an access list fails, the store is unchanged.
+    const shared = await store.getCluster("svc");
+    t.throws(() => (shared!.services!.prometheus!.allowedUsers as string[]).push("mallory"), TypeError);
+    t.same((await store.getCluster("svc"))?.services, services, "the store's copy is unchanged");
     await store.putCluster(cluster("svc", { services: { prometheus: services.prometheus } }));
     t.same((await store.getCluster("svc"))?.services, { prometheus: services.prometheus }, "replaced");
     await store.putCluster(cluster("svc"));
@@ -86,6 +90,9 @@ export async function storeContract(t: Test, open: () => Promise<Store>): Promis
       expiresAt: later(),
     });
     t.match(await store.findToken(user.hash), { kind: "user", user: "alice", clusters: ["alpha"] });
+    const found = await store.findToken(user.hash);
+    t.throws(() => (found!.clusters as string[]).push("*"), TypeError, "a found token is frozen");
+    t.match(await store.findToken(user.hash), { clusters: ["alpha"] }, "and the store's copy unchanged");
     t.equal(await store.findToken(hashToken("unknown")), undefined);
     await t.rejects(
       store.addToken({ hash: user.hash, kind: "user", user: "mallory", expiresAt: later() }),
