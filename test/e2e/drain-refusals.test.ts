@@ -49,7 +49,7 @@ t.test("during a drain, open connections get 503 and new ones are refused", asyn
   await new Promise((r) => setTimeout(r, 200));
 
   let drained = false;
-  const shutdown = server.shutdown(30_000).then((cut) => {
+  const shutdown = server.shutdown(30_000, 0).then((cut) => {
     drained = true;
     return cut;
   });

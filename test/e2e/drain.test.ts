@@ -119,7 +119,8 @@ function get(path: string, accept = "application/json", reading = true): Promise
   });
 }
 
-async function startServer(log: string, grace: string): Promise<ManagedProcess> {
+/** `delay`: --shutdown-delay; 0 closes the listener at once, as the tests of the drain itself want. */
+async function startServer(log: string, grace: string, delay = "0"): Promise<ManagedProcess> {
   const proc = new ManagedProcess(
     "tether-server",
     process.execPath,
@@ -136,6 +137,8 @@ async function startServer(log: string, grace: string): Promise<ManagedProcess> 
       String(FAST_TIMING.deadPeerTimeoutSeconds),
       "--shutdown-grace",
       grace,
+      "--shutdown-delay",
+      delay,
     ],
     join(dir, log),
   );

@@ -13,7 +13,7 @@ import { performance } from "node:perf_hooks";
 import t, { type Test } from "tap";
 import type { Cluster } from "../kube/index.js";
 import { until } from "./fixture.js";
-import { lastFailure, median, type Replica, startFleet, status } from "./replica-fleet.js";
+import { get, median, type Replica, startFleet, status } from "./replica-fleet.js";
 import { signal } from "./tether-processes.js";
 
 const NAMESPACE = "roll";
@@ -240,7 +240,9 @@ function report(t: Test, failures: { at: number; name: string; code: number; wha
 
 t.test("rolling restart under load", async (t) => {
   const fleet = await startFleet(t, {
-    serverArgs: ["--shutdown-grace", "3s"],
+    // The delay outlasts HAProxy's three failed /readyz checks (250 ms apart), as the deployment's 5 s
+    // outlast its readiness probe; the grace leaves the drain after it 2 s.
+    serverArgs: ["--shutdown-grace", "4s", "--shutdown-delay", "2s"],
     // Shorter than the Lease (3 s): a request waits for a drained owner's next one that long at most.
     agentArgs: ["--reconnect-spread", "1.5"],
   });
@@ -261,13 +263,13 @@ t.test("rolling restart under load", async (t) => {
     while (!loopsStopped) {
       requests[phase] = (requests[phase] ?? 0) + 1;
       const during = phase;
-      const code = await status(`${lbUrl}/clusters/${name}/version`, {
+      const { code, what } = await get(`${lbUrl}/clusters/${name}/version`, {
         ca: ca.certPem,
         token: tokens[name]!,
       });
       // A request in flight when a replica was killed counts in that kill's window.
       const counted = phase.startsWith("kill-") ? phase : during;
-      if (code !== 200) failures.push({ at: Date.now(), phase: counted, name, code, what: lastFailure });
+      if (code !== 200) failures.push({ at: Date.now(), phase: counted, name, code, what });
       await sleep(20);
     }
   });
