@@ -63,7 +63,10 @@ t.test("the shutdown delay may be 0 and is counted within the grace", async (t) 
   ] as const) {
     t.throws(
       () => resolveLimits({ shutdownGraceMs: grace, shutdownDelayMs: delay }),
-      { code: ERR_TETHER_INVALID_LIMIT, message: /shutdown delay .* must be shorter than the shutdown grace/ },
+      {
+        code: ERR_TETHER_INVALID_LIMIT,
+        message: /shutdown delay .* must be shorter than the shutdown grace/,
+      },
       `delay ${delay} ms, grace ${grace} ms`,
     );
   }
@@ -75,7 +78,11 @@ t.test("the shutdown delay may be 0 and is counted within the grace", async (t) 
   for (const bad of [-1, 0.5, Number.NaN]) {
     t.throws(() => resolveLimits({ shutdownDelayMs: bad }), { code: ERR_TETHER_INVALID_LIMIT }, String(bad));
   }
-  t.throws(() => resolveLimits({ shutdownGraceMs: 0 }), { code: ERR_TETHER_INVALID_LIMIT }, "the grace may not be 0");
+  t.throws(
+    () => resolveLimits({ shutdownGraceMs: 0 }),
+    { code: ERR_TETHER_INVALID_LIMIT },
+    "the grace may not be 0",
+  );
 });
 
 t.test("durations read as Go and kubectl write them, or as seconds", async (t) => {
@@ -97,7 +104,11 @@ t.test("durations read as Go and kubectl write them, or as seconds", async (t) =
   // Where 0 is a value (--shutdown-delay): written as such, never a fraction rounded down to it.
   for (const zero of ["0", "0s", "0ms", "0.0"]) t.equal(parseDuration(zero, true), 0, zero);
   for (const bad of ["0.0001", "0.4ms", "-0", "", "5d"]) {
-    t.throws(() => parseDuration(bad, true), { code: ERR_TETHER_INVALID_LIMIT }, `zero allowed: ${JSON.stringify(bad)}`);
+    t.throws(
+      () => parseDuration(bad, true),
+      { code: ERR_TETHER_INVALID_LIMIT },
+      `zero allowed: ${JSON.stringify(bad)}`,
+    );
   }
   t.equal(formatDuration(0), "0s");
   t.equal(parseDuration(formatDuration(0), true), 0);
