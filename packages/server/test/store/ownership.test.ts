@@ -352,7 +352,11 @@ t.test("a resigning replica waits for the next owner itself, before its release 
   await a.o.resign();
   api.beforeWrite = undefined;
   t.equal(during.holds, false, "while its release is on its way it no longer serves m1");
-  t.equal(during.changing, true, "but m1 is changing hands: a request waits for the next owner (a 503 before)");
+  t.equal(
+    during.changing,
+    true,
+    "but m1 is changing hands: a request waits for the next owner (a 503 before)",
+  );
   t.ok(a.o.changingHands("m1"), "and once the release is written");
   a.advance(DURATION + 1);
   wall += DURATION + 1;
