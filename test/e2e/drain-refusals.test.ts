@@ -6,8 +6,9 @@
 // waited for, and the drain ends as soon as it is answered. Before the drain,
 // for --shutdown-delay, the listener stays open: /readyz answers 503 and
 // agents are refused, while callers' requests, on new connections and old,
-// are served with Connection: close.
+// are served with Connection: close (GOAWAY on h2).
 import { mkdtemp, rm } from "node:fs/promises";
+import { connect as http2Connect } from "node:http2";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -29,6 +30,27 @@ const server = await TetherServer.start({
 });
 t.teardown(() => server.close());
 const target: RawTarget = { url: server.url, caPem: server.ca.certPem };
+
+/** An h2 connection: GETs on it, and the server's GOAWAY. */
+function h2Client(url: string, caPem: string) {
+  const session = http2Connect(url, { ca: caPem, servername: "localhost" });
+  session.on("error", () => {});
+  const goaway = new Promise<void>((resolve) => session.once("goaway", () => resolve()));
+  return {
+    goaway,
+    close: () => session.destroy(),
+    get: (path: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const stream = session.request({ ":path": path });
+        let status = 0;
+        let body = "";
+        stream.on("response", (headers) => (status = Number(headers[":status"])));
+        stream.setEncoding("utf8").on("data", (d: string) => (body += d));
+        stream.once("end", () => resolve({ status, body }));
+        stream.once("error", reject);
+      }),
+  };
+}
 
 /** Everything the server sends on `socket` until it closes it. */
 function answer(socket: TLSSocket): Promise<string> {
@@ -113,6 +135,9 @@ t.test(
     before.write(get(JOIN_CA_PATH));
     await until("the first answer", () => /\r\n\r\n[\s\S]*-----END CERTIFICATE-----/.test(seen), 15_000);
     t.notMatch(seen, /\r\nconnection: close\r\n/i, "before the stop the connection is kept");
+    // And an h2 connection (client-go's) that carried a request.
+    const h2 = h2Client(leaving.url, at.caPem);
+    t.equal((await h2.get(JOIN_CA_PATH)).status, 200, "an h2 request before the stop");
 
     let stopped = false;
     const shutdown = leaving.shutdown().then((cut) => {
@@ -128,6 +153,14 @@ t.test(
     // As a probe asks: a health path leaves the connection to the caller.
     const probe = `GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
     t.match(await fresh(probe), /^HTTP\/1\.1 503 /, "/readyz answers 503 at once: the balancer takes it out");
+    await h2.goaway;
+    t.pass("the open h2 connection gets GOAWAY: its client sends its next request on a new connection");
+    const h2Fresh = h2Client(leaving.url, at.caPem);
+    t.equal((await h2Fresh.get(JOIN_CA_PATH)).status, 200, "a new h2 connection is served");
+    await h2Fresh.goaway;
+    t.pass("and gets GOAWAY after its request");
+    h2.close();
+    h2Fresh.close();
     const served = await fresh(get(JOIN_CA_PATH));
     t.match(served, /^HTTP\/1\.1 200 /, "a new connection is still accepted, and its request served");
     t.match(served, /-----BEGIN CERTIFICATE-----/, "the join endpoint's CA, as before the stop");

@@ -720,6 +720,8 @@ export class TetherServer {
     const started = performance.now();
     const elapsed = () => performance.now() - started;
     this.drain.leave();
+    // h2 clients move their next requests to a new connection now; HTTP/1.1 ones after their next response.
+    this.listener.goAway();
     // Their agents leave during the drain: the clusters' status must still say so at the end.
     const held = this.sessions.list().map((e) => e.cluster);
     // With no other replica to go to, a session sent away now would leave the delay's callers with no agent.

@@ -57,7 +57,7 @@ export class Drain {
       sendStatus(res, "ServiceUnavailable", REFUSAL, 1);
       return false;
     }
-    if (this.phase !== "serving") res.shouldKeepAlive = false;
+    if (this.phase !== "serving") closeAfter(req, res);
     this.track(req, res);
     return true;
   }
@@ -146,6 +146,18 @@ export class Drain {
   private check(): void {
     this.settled?.();
   }
+}
+
+/**
+ * The request's connection is to close once it is answered: `Connection:
+ * close` on HTTP/1.1, GOAWAY on h2 (the session's open streams run on; a new
+ * request goes on a new connection).
+ */
+function closeAfter(req: IncomingMessage, res: ServerResponse): void {
+  res.shouldKeepAlive = false;
+  const session = (req as { stream?: { session?: { closed: boolean; destroyed: boolean; close(): void } } })
+    .stream?.session;
+  if (session && !session.closed && !session.destroyed) session.close();
 }
 
 /** The connection a request came on: for HTTP/2 its session (each stream has a socket object of its own). */
