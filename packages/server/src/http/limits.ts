@@ -25,7 +25,7 @@ export interface Limits {
   /** On SIGTERM, how long requests and upgrades in flight may run before they are cut (lifecycle/drain.ts). */
   shutdownGraceMs: number;
   /**
-   * On SIGTERM, how long the server keeps serving callers (readiness false, agents sent away) before
+   * On SIGTERM, how long the server keeps serving callers (readiness false, new agents refused) before
    * it closes its listener, within shutdownGraceMs; 0 closes it at once.
    */
   shutdownDelayMs: number;
@@ -58,9 +58,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   authFailureWindowMs: 10_000,
   // Kubernetes' default terminationGracePeriodSeconds is 30: the rest is for closing the sessions and exiting.
   shutdownGraceMs: 25_000,
-  // A Service drops a terminating pod's endpoint once its readiness probe fails (the deployment's probe
-  // runs every 2 s) and kube-proxy or the load balancer take a moment more; until then they still send
-  // connections, which a closed listener would reset.
+  // A terminating pod leaves the Service's endpoints at once, but kube-proxy and load balancers take a
+  // moment to act on it (one with health checks of its own: until /readyz has failed them); until then
+  // they still send connections, which a closed listener would reset.
   shutdownDelayMs: 5_000,
   // Two agent replicas per member, each with room to replace its session while the old one drains.
   maxAgentsPerCluster: 4,
@@ -151,7 +151,7 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     key: "shutdownDelayMs",
     flag: "--shutdown-delay <duration>",
     kind: "duration",
-    help: "on SIGTERM, keep serving callers this long (readiness 503, agents sent away) before the listener closes; counted within --shutdown-grace, 0 for none",
+    help: "on SIGTERM, keep serving callers this long (readiness 503, new agents refused) before the listener closes; counted within --shutdown-grace, 0 for none",
     zero: true,
   },
   {
