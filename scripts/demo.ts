@@ -83,7 +83,8 @@ try {
   const server = new ManagedProcess(
     "tether-server",
     process.execPath,
-    [SERVER_BIN, "serve", "--state-dir", stateDir, "--listen", `127.0.0.1:${port}`],
+    // No load balancer in front to wait for: the stop at the end drains at once.
+    [SERVER_BIN, "serve", "--state-dir", stateDir, "--listen", `127.0.0.1:${port}`, "--shutdown-delay", "0"],
     join(dir, "tether-server.log"),
   );
   processes.push(server);

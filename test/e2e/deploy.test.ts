@@ -251,11 +251,18 @@ t.test("deploy/ and agent-manifest on a real apiserver", async (t) => {
     t.pass("readiness probe: 200");
     t.equal(await probe(probeUrl(container.livenessProbe)), 200, "liveness probe: 200");
     t.equal(await probe(probeUrl(container.startupProbe)), 200, "startup probe: 200");
-    const grace = Number(String(args[args.indexOf("--shutdown-grace") + 1]).replace(/s$/, ""));
-    const preStop = Number(container.lifecycle?.preStop?.sleep?.seconds ?? 0);
+    const seconds = (flag: string) =>
+      args.includes(flag) ? Number(String(args[args.indexOf(flag) + 1]).replace(/s$/, "")) : Number.NaN;
+    const grace = seconds("--shutdown-grace");
+    const delay = seconds("--shutdown-delay");
     t.ok(
-      grace > 0 && pod.terminationGracePeriodSeconds >= preStop + grace + 5,
-      `terminationGracePeriodSeconds (${pod.terminationGracePeriodSeconds}) covers the preStop sleep (${preStop} s), --shutdown-grace (${grace} s) and 5 s to exit`,
+      delay > 0 && delay < grace,
+      `--shutdown-delay (${delay} s) keeps serving while the endpoint's removal spreads, within --shutdown-grace (${grace} s)`,
+    );
+    t.notOk(container.lifecycle?.preStop, "no preStop sleep: the delay is the server's");
+    t.ok(
+      grace > 0 && pod.terminationGracePeriodSeconds >= grace + 5,
+      `terminationGracePeriodSeconds (${pod.terminationGracePeriodSeconds}) covers --shutdown-grace (${grace} s, the delay included) and 5 s to exit`,
     );
     const secrets = await m1.kubectl(["get", "secrets", "-n", "tether-system", "-o", "name"]);
     t.match(secrets.stdout, /secret\/tether-ca/, "the server keeps its CA in its namespace");

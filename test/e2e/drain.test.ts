@@ -4,7 +4,8 @@
 // chunked response made of whole events, a new connection is refused, the
 // agent hears the go-away before the socket closes, and the process exits 0.
 // A request still held when the grace period ends is cut and the process
-// exits anyway.
+// exits anyway. With --shutdown-delay the member is still served on new
+// connections, readiness false, until the listener closes.
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request as httpsRequest } from "node:https";
@@ -119,7 +120,8 @@ function get(path: string, accept = "application/json", reading = true): Promise
   });
 }
 
-async function startServer(log: string, grace: string): Promise<ManagedProcess> {
+/** `delay`: --shutdown-delay; 0 closes the listener at once, as the tests of the drain itself want. */
+async function startServer(log: string, grace: string, delay = "0"): Promise<ManagedProcess> {
   const proc = new ManagedProcess(
     "tether-server",
     process.execPath,
@@ -136,6 +138,8 @@ async function startServer(log: string, grace: string): Promise<ManagedProcess> 
       String(FAST_TIMING.deadPeerTimeoutSeconds),
       "--shutdown-grace",
       grace,
+      "--shutdown-delay",
+      delay,
     ],
     join(dir, log),
   );
@@ -252,3 +256,37 @@ t.test("a request still held at the end of the grace period is cut, and the proc
     `the held LIST was cut (${received} bytes of ${COUNT * filler.length} reached it)`,
   );
 });
+
+t.test(
+  "SIGTERM with --shutdown-delay: the member is served on new connections until the listener closes",
+  async (t) => {
+    const server = await startServer("server-delay.log", "20s", "5s");
+    const heardBefore = goAwaysHeard();
+    signal(server, "SIGTERM");
+    const readyz = () =>
+      new Promise<number>((resolve) => {
+        const req = httpsRequest(`${url}/readyz`, { ca: ca.certPem, agent: false }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.once("error", () => resolve(0));
+        req.end();
+      });
+    await until("/readyz answers 503", async () => (await readyz()) === 503);
+    t.pass("readiness goes false at once: a balancer takes the server out of its rotation");
+    const during = await get("/api");
+    t.equal(await during.ended, true, "a request for the member on a new connection is answered whole");
+    t.equal(
+      during.res.statusCode,
+      200,
+      "and served: one replica keeps its agent's session through the delay",
+    );
+    t.equal(goAwaysHeard(), heardBefore, "the agent has not been sent away yet: it has nowhere else to go");
+    await until("new connections are refused", connectionRefused);
+    t.pass("once the delay is over the listener is closed");
+    await server.exited;
+    t.equal(server.exitCode, 0, "the server drained and exited 0");
+    await until("the agent heard the go-away", () => goAwaysHeard() > heardBefore, 10_000);
+    t.pass("the go-away came with the drain");
+  },
+);

@@ -62,6 +62,9 @@ t.test("the Kubernetes store", async (t) => {
         String(FAST_TIMING.keepaliveSeconds),
         "--dead-peer-timeout",
         String(FAST_TIMING.deadPeerTimeoutSeconds),
+        // No balancer to wait for: a stop writes AgentConnected=False within ManagedProcess's 5 s.
+        "--shutdown-delay",
+        "0",
       ],
       join(dir, `server-${serverCount}.log`),
     );

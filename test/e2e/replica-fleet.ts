@@ -30,12 +30,26 @@ export interface Lease {
   spec?: { holderIdentity?: string; leaseTransitions?: number };
 }
 
-/** What the last failed status() saw, for a test's report. */
-export let lastFailure = "";
+/** What one GET got: its status code (0: no answer) and, when not 200, what it said or why it failed. */
+export interface Outcome {
+  code: number;
+  what: string;
+}
 
-/** The status code of a GET (0: no answer), a new connection unless `agent` is given. */
-export function status(url: string, o: { ca?: string; token?: string; agent?: Agent } = {}): Promise<number> {
+/**
+ * One GET, a new connection unless `agent` is given. Each call returns its
+ * own outcome: a failure record must hold that request's error, not the last
+ * one any concurrent call saw (a readiness poll's ECONNREFUSED once was
+ * reported as a GET loop's failure that way).
+ */
+export function get(url: string, o: { ca?: string; token?: string; agent?: Agent } = {}): Promise<Outcome> {
   return new Promise((resolve) => {
+    let settled = false;
+    const settle = (outcome: Outcome) => {
+      if (settled) return;
+      settled = true;
+      resolve(outcome);
+    };
     const req = request(
       url,
       {
@@ -50,19 +64,28 @@ export function status(url: string, o: { ca?: string; token?: string; agent?: Ag
           if (body.length < 300) body += c.toString();
         });
         res.on("end", () => {
-          if (res.statusCode !== 200) lastFailure = `${res.statusCode} ${body.slice(0, 200)}`;
-          resolve(res.statusCode ?? 0);
+          const code = res.statusCode ?? 0;
+          settle({ code, what: code === 200 ? "" : `${code} ${body.slice(0, 200)}` });
         });
-        res.on("error", () => resolve(0));
+        res.on("error", (err: NodeJS.ErrnoException) =>
+          settle({ code: 0, what: `response: ${err.code ?? ""} ${err.message}` }),
+        );
       },
     );
-    req.on("timeout", () => req.destroy());
-    req.on("error", (err) => {
-      lastFailure = err.message;
-      resolve(0);
-    });
+    req.on("timeout", () => req.destroy(new Error("no answer within 5 s")));
+    req.on("error", (err: NodeJS.ErrnoException) =>
+      settle({ code: 0, what: `${err.code ? `${err.code}: ` : ""}${err.message}` }),
+    );
     req.end();
   });
+}
+
+/** The status code of a GET (0: no answer), a new connection unless `agent` is given. */
+export async function status(
+  url: string,
+  o: { ca?: string; token?: string; agent?: Agent } = {},
+): Promise<number> {
+  return (await get(url, o)).code;
 }
 
 export const median = (xs: number[]) =>

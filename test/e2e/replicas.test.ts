@@ -18,7 +18,7 @@ import { cp } from "node:fs/promises";
 import t from "tap";
 import { until } from "./fixture.js";
 import { rawRequest } from "./raw-client.js";
-import { LEASE_SECONDS, lastFailure, median, type Replica, startFleet, status } from "./replica-fleet.js";
+import { get, LEASE_SECONDS, median, type Replica, startFleet, status } from "./replica-fleet.js";
 import { signal } from "./tether-processes.js";
 
 const TRIALS = 5;
@@ -212,12 +212,11 @@ t.test("several active replicas", async (t) => {
         for (const name of Object.keys(members)) {
           requests++;
           const during = outage;
-          const code = await status(`${lbUrl}/clusters/${name}/version`, {
+          const { code, what } = await get(`${lbUrl}/clusters/${name}/version`, {
             ca: ca.certPem,
             token: tokens[name]!,
           });
-          if (code !== 200)
-            failures.push({ at: Date.now(), code, name, outage: during || outage, what: lastFailure });
+          if (code !== 200) failures.push({ at: Date.now(), code, name, outage: during || outage, what });
         }
         await new Promise((r) => setTimeout(r, 50));
       }

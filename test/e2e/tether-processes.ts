@@ -68,6 +68,9 @@ export async function spawnServer(
       String(timing.keepaliveSeconds),
       "--dead-peer-timeout",
       String(timing.deadPeerTimeoutSeconds),
+      // No balancer to wait for: a stop (the teardown's SIGTERM) drains at once; extraArgs may set one.
+      "--shutdown-delay",
+      "0",
       ...extraArgs,
     ],
     logFile,

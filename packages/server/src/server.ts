@@ -4,6 +4,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { request as httpRequest } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import {
@@ -65,6 +66,7 @@ import { LiveCredentials } from "./proxy/live-credentials.js";
 import { ClusterProxy } from "./proxy/cluster-proxy.js";
 import { IDENTITY_PREFIX } from "./proxy/forwarded-headers.js";
 import { type HostRoute, hostRoute, toClusterPath } from "./proxy/host-routing.js";
+import type { ProxyEntry } from "./proxy/replica-hop.js";
 import { type Replicas, type ReplicaOptions, startReplicas } from "./proxy/replicas.js";
 import { closeWith } from "./proxy/upgrade-relay.js";
 import {
@@ -293,7 +295,7 @@ export class TetherServer {
       ? await startReplicas(options.replica, ca, options.log ?? createLogger())
       : undefined;
     const server = new TetherServer(options, ca, serving, names, replicas);
-    await replicas?.hop.start(server.proxy);
+    await replicas?.hop.start(server.hopEntry());
     await server.listener.listen(options.port ?? 8443, options.host ?? "0.0.0.0");
     server.listenedPort = (server.listener.server.address() as AddressInfo).port;
     server.log.info({ url: server.url }, "tether-server listening");
@@ -714,24 +716,67 @@ export class TetherServer {
   }
 
   /**
-   * The graceful stop of SIGTERM: readiness goes false, new callers and
-   * agents are refused and the listener closes, every session is sent
-   * go-away (its agent dials again, elsewhere), watches end between events;
-   * requests and upgrades in flight get `graceMs` (--shutdown-grace), then
-   * what is left is cut and the sessions close. Resolves with how many were cut.
+   * The graceful stop of SIGTERM. For `delayMs` (--shutdown-delay) the
+   * server leaves: readiness goes false and agents' tunnels are refused, but
+   * the listener stays open and callers are served as before, each
+   * connection closed after its response, while load balancers take the
+   * replica out of their rotation (a listener closed at once resets the
+   * connections they still send: the caller's "socket disconnected before
+   * secure TLS connection was established"). With replicas the clusters
+   * change hands meanwhile: the owner records are resigned and every session
+   * is sent go-away at once, and a caller's request waits for the next owner
+   * and goes to it over the hop. Then the drain: the listener closes, new
+   * callers and agents are refused, watches end between events; requests and
+   * upgrades in flight get what is left of `graceMs` (--shutdown-grace),
+   * then what is left is cut and the sessions close. Resolves with how many were cut.
    */
-  async shutdown(graceMs = this.limits.shutdownGraceMs): Promise<number> {
+  async shutdown(
+    graceMs = this.limits.shutdownGraceMs,
+    delayMs = this.limits.shutdownDelayMs,
+  ): Promise<number> {
+    const started = performance.now();
+    const elapsed = () => performance.now() - started;
+    this.drain.leave();
+    // h2 clients move their next requests to a new connection now; HTTP/1.1 ones after their next response.
+    this.listener.goAway();
+    // Their agents leave during the drain: the clusters' status must still say so at the end.
+    const held = this.sessions.list().map((e) => e.cluster);
+    // With no other replica to go to, a session sent away now would leave the delay's callers with no agent.
+    if (this.replicas) await this.goAway();
+    // The delay is the first part of the grace (limits.ts refuses a longer one from the flags).
+    const delay = Math.min(delayMs, graceMs) - elapsed();
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
     this.drain.begin();
     // No new connections; those open get 503 from the drain until they close.
     this.listener.server.close();
-    // Their agents leave during the drain: the clusters' status must still say so at the end.
-    const held = this.sessions.list().map((e) => e.cluster);
-    await this.replicas?.ownership.resign();
-    this.sessions.drainAll();
-    const cut = await this.drain.settle(graceMs, DRAIN_LINGER_MS);
+    if (!this.replicas) await this.goAway();
+    const cut = await this.drain.settle(Math.max(0, graceMs - elapsed()), DRAIN_LINGER_MS);
     this.log.info({ cut }, cut ? "grace period over: cutting what is left" : "drained");
     await this.close(held);
     return cut;
+  }
+
+  /** Gives up the owner records, then sends go-away on every session: its agent dials again, elsewhere. */
+  private async goAway(): Promise<void> {
+    await this.replicas?.ownership.resign();
+    this.sessions.drainAll();
+  }
+
+  /**
+   * The replica hop's way in: the cluster proxy, with what another replica
+   * forwards here counted in this replica's drain, which would cut it otherwise.
+   */
+  private hopEntry(): ProxyEntry {
+    return {
+      handleRequest: (req, res) => {
+        this.drain.track(req, res);
+        return this.proxy.handleRequest(req, res);
+      },
+      handleUpgrade: (req, socket, head) => {
+        this.drain.trackUpgrade(socket);
+        return this.proxy.handleUpgrade(req, socket, head);
+      },
+    };
   }
 
   /**

@@ -29,7 +29,7 @@ export function addLimitOptions(cmd: Command): Command {
     cmd.addOption(
       new Option(spec.flag, spec.help)
         .default(value, duration ? formatDuration(value) : String(value))
-        .argParser(asFlagValue(duration ? parseDuration : parseCount)),
+        .argParser(asFlagValue(duration ? (text) => parseDuration(text, spec.zero === true) : parseCount)),
     );
   }
   return cmd;

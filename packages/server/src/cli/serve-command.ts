@@ -149,7 +149,7 @@ export function addServe(program: Command): void {
         // The first signal drains (lifecycle/drain.ts), a second one stops at once. Installed
         // before server.json is written: whoever reads it may signal us right away.
         let stopping = false;
-        const stop = () => {
+        const stop = (signal: NodeJS.Signals) => {
           if (stopping) {
             log.info("stopping now");
             void server.close().then(() => process.exit(0));
@@ -157,8 +157,9 @@ export function addServe(program: Command): void {
           }
           stopping = true;
           log.info("stopping: draining");
+          // Ctrl-C is someone at a terminal, not a load balancer to wait for: no --shutdown-delay.
           void server
-            .shutdown()
+            .shutdown(undefined, signal === "SIGINT" ? 0 : undefined)
             .then(() => audit?.close())
             .then(() => process.exit(0));
         };

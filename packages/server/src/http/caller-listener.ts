@@ -57,6 +57,7 @@ export interface CallerListenerOptions {
 export class CallerListener {
   readonly server: Http2SecureServer;
   private readonly sockets = new Set<Socket>();
+  private readonly sessions = new Set<ServerHttp2Session>();
 
   constructor(private readonly options: CallerListenerOptions) {
     const limits = options.limits;
@@ -143,6 +144,8 @@ export class CallerListener {
     const { idleTimeoutMs, headersTimeoutMs } = this.options.limits;
     // The server-wide timeout counts bytes; a watch may send none for minutes.
     session.setTimeout(0);
+    this.sessions.add(session);
+    session.once("close", () => this.sessions.delete(session));
     let open = 0;
     let idle: NodeJS.Timeout | undefined;
     const arm = () => {
@@ -206,6 +209,16 @@ export class CallerListener {
         resolve();
       });
     });
+  }
+
+  /**
+   * GOAWAY on every h2 connection (a graceful stop): its streams run on, and
+   * the client sends new requests on a new connection, through the balancer
+   * to another replica. An HTTP/1.1 connection gets `Connection: close` on
+   * its next response instead (lifecycle/drain.ts).
+   */
+  goAway(): void {
+    for (const session of this.sessions) if (!session.closed && !session.destroyed) session.close();
   }
 
   /** Cuts every connection, h2 and HTTP/1.1, and waits for the listener to close. */

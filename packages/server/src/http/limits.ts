@@ -24,6 +24,11 @@ export interface Limits {
   authFailureWindowMs: number;
   /** On SIGTERM, how long requests and upgrades in flight may run before they are cut (lifecycle/drain.ts). */
   shutdownGraceMs: number;
+  /**
+   * On SIGTERM, how long the server keeps serving callers (readiness false, new agents refused) before
+   * it closes its listener, within shutdownGraceMs; 0 closes it at once.
+   */
+  shutdownDelayMs: number;
   /** Agent sessions one cluster may hold at once (redundant agents); the oldest beyond it is drained. */
   maxAgentsPerCluster: number;
   /** Concurrent streams one HTTP/2 connection may hold (its SETTINGS_MAX_CONCURRENT_STREAMS); more are refused. */
@@ -53,6 +58,10 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   authFailureWindowMs: 10_000,
   // Kubernetes' default terminationGracePeriodSeconds is 30: the rest is for closing the sessions and exiting.
   shutdownGraceMs: 25_000,
+  // A terminating pod leaves the Service's endpoints at once, but kube-proxy and load balancers take a
+  // moment to act on it (one with health checks of its own: until /readyz has failed them); until then
+  // they still send connections, which a closed listener would reset.
+  shutdownDelayMs: 5_000,
   // Two agent replicas per member, each with room to replace its session while the old one drains.
   maxAgentsPerCluster: 4,
   // Go's HTTP/2 server default, which kube-apiserver serves with: client-go opens a second connection beyond it.
@@ -66,6 +75,8 @@ export interface LimitFlag {
   flag: string;
   kind: "count" | "duration";
   help: string;
+  /** 0 is a value (off), not only positive numbers. */
+  zero?: true;
 }
 
 /** The `serve` flag of each limit, in the order `--help` and the docs list them. */
@@ -137,6 +148,13 @@ export const LIMIT_FLAGS: readonly LimitFlag[] = [
     help: "on SIGTERM, how long requests and upgrades in flight may finish before they are cut (watches end at once, cleanly)",
   },
   {
+    key: "shutdownDelayMs",
+    flag: "--shutdown-delay <duration>",
+    kind: "duration",
+    help: "on SIGTERM, keep serving callers this long (readiness 503, new agents refused) before the listener closes; counted within --shutdown-grace, 0 for none",
+    zero: true,
+  },
+  {
     key: "maxAgentsPerCluster",
     flag: "--max-agents-per-cluster <n>",
     kind: "count",
@@ -163,15 +181,22 @@ function invalid(message: string): never {
 // Node's timers hold at most 2^31-1 ms; a larger value would fire at once.
 const MAX_DURATION_MS = 2 ** 31 - 1;
 
-/** The defaults with `overrides` applied; every limit must be a positive integer (a duration in ms). */
+/** The limits that may be 0 (off). */
+const ZERO_ALLOWED: ReadonlySet<keyof Limits> = new Set(LIMIT_FLAGS.filter((f) => f.zero).map((f) => f.key));
+
+/**
+ * The defaults with `overrides` applied; every limit must be a positive
+ * integer (a duration in ms), or 0 where its flag says so.
+ */
 export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
   const limits = { ...DEFAULT_LIMITS };
   for (const [key, value] of Object.entries(overrides) as [keyof Limits, unknown][]) {
     if (!Object.hasOwn(DEFAULT_LIMITS, key)) invalid(`unknown limit ${JSON.stringify(key)}`);
     if (value === undefined) continue;
     const max = key.endsWith("Ms") ? MAX_DURATION_MS : Number.MAX_SAFE_INTEGER;
-    if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > max) {
-      invalid(`limit ${key} must be an integer from 1 to ${max}, not ${String(value)}`);
+    const min = ZERO_ALLOWED.has(key) ? 0 : 1;
+    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+      invalid(`limit ${key} must be an integer from ${min} to ${max}, not ${String(value)}`);
     }
     limits[key] = value;
   }
@@ -187,6 +212,12 @@ export function resolveLimits(overrides: Partial<Limits> = {}): Limits {
       `the headers timeout (${formatDuration(limits.headersTimeoutMs)}) may not exceed the request timeout (${formatDuration(limits.requestTimeoutMs)})`,
     );
   }
+  // The delay is the first part of the grace: a delay as long would leave the drain no time at all.
+  if (limits.shutdownDelayMs >= limits.shutdownGraceMs) {
+    invalid(
+      `the shutdown delay (${formatDuration(limits.shutdownDelayMs)}) must be shorter than the shutdown grace (${formatDuration(limits.shutdownGraceMs)}), which counts it: lower --shutdown-delay or raise --shutdown-grace`,
+    );
+  }
   return limits;
 }
 
@@ -194,9 +225,10 @@ const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3600_000
 
 /**
  * A duration as Go and kubectl write them ("90s", "4h", "1h30m", "500ms"), or
- * a bare number of seconds as the other `serve` flags take; returns ms.
+ * a bare number of seconds as the other `serve` flags take; returns ms. 0
+ * ("0", "0s") only with `allowZero`.
  */
-export function parseDuration(text: string): number {
+export function parseDuration(text: string, allowZero = false): number {
   const s = text.trim();
   let ms: number;
   if (/^\d+(\.\d+)?$/.test(s)) {
@@ -208,13 +240,17 @@ export function parseDuration(text: string): number {
     ms = 0;
     for (const [, n, unit] of s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) ms += Number(n) * UNIT_MS[unit!]!;
   }
+  // Zero written as such, not a fraction of a millisecond rounded down to it.
+  if (allowZero && ms === 0) return 0;
   ms = Math.round(ms);
-  if (ms < 1 || ms > MAX_DURATION_MS) invalid(`"${text.slice(0, 40)}" is out of range (1ms to 596h)`);
+  if (ms < 1 || ms > MAX_DURATION_MS)
+    invalid(`"${text.slice(0, 40)}" is out of range (${allowZero ? "0, " : ""}1ms to 596h)`);
   return ms;
 }
 
 /** `ms` in the largest unit that holds it whole ("4h", "90s", "500ms"); `parseDuration` reads it back. */
 export function formatDuration(ms: number): string {
+  if (ms === 0) return "0s";
   for (const [unit, size] of [
     ["h", 3600_000],
     ["m", 60_000],

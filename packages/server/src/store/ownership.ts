@@ -147,6 +147,14 @@ export class Ownership {
   private readonly durationMs: number;
   private readonly now: () => number;
   private readonly wallNow: () => number;
+  /**
+   * now() until when a cluster this replica resigned is changing hands, as
+   * its own view: from the moment it stops holding it, before its release
+   * is written and watched back. A request it still receives meanwhile (a
+   * balancer's, during --shutdown-delay) waits for the next owner rather
+   * than find neither a holder nor a handover mark (503 "no connected agent").
+   */
+  private readonly handingOver = new Map<string, number>();
   /** now() until which this replica may serve what it holds: its last renewal's start + 2/3 of the duration. */
   private liveUntil = Number.NEGATIVE_INFINITY;
   /** This replica's own Lease as last written or read. */
@@ -279,6 +287,7 @@ export class Ownership {
    * holder too — the agent's newest connection is where its tunnel is.
    */
   claim(cluster: string): Promise<void> {
+    this.handingOver.delete(cluster);
     this.wanted.add(cluster);
     this.pending.add(cluster);
     return this.serial(cluster, () => this.acquire(cluster, true));
@@ -288,6 +297,7 @@ export class Ownership {
   release(cluster: string, handover = false): Promise<void> {
     this.wanted.delete(cluster);
     this.pending.delete(cluster);
+    if (handover && this.held.has(cluster)) this.handingOver.set(cluster, this.now() + this.durationMs);
     return this.serial(cluster, async () => {
       const h = this.held.get(cluster);
       this.held.delete(cluster);
@@ -337,8 +347,11 @@ export class Ownership {
    * for a cluster whose agent was lost does not.
    */
   changingHands(cluster: string): boolean {
+    if (this.owner(cluster) || this.holds(cluster)) return false;
+    const mine = this.handingOver.get(cluster);
+    if (mine !== undefined && this.now() < mine) return true;
     const record = this.records.get(cluster);
-    if (!record || this.owner(cluster) || this.holds(cluster)) return false;
+    if (!record) return false;
     const until = Date.parse(record.metadata.annotations?.[HANDOVER_ANNOTATION] ?? "");
     return Number.isFinite(until) && this.wallNow() < until;
   }

@@ -339,6 +339,30 @@ t.test("a drain releases every record with a handover mark and the replica Lease
   t.notOk(b.o.changingHands("m1"));
 });
 
+t.test("a resigning replica waits for the next owner itself, before its release is written", async (t) => {
+  const api = new FakeApi();
+  const a = await replica(api, "a");
+  await a.o.claim("m1");
+  const during: { holds?: boolean; changing?: boolean } = {};
+  api.beforeWrite = (_method, name) => {
+    if (name !== "tether-owner-m1" || during.holds !== undefined) return;
+    during.holds = a.o.holds("m1");
+    during.changing = a.o.changingHands("m1");
+  };
+  await a.o.resign();
+  api.beforeWrite = undefined;
+  t.equal(during.holds, false, "while its release is on its way it no longer serves m1");
+  t.equal(
+    during.changing,
+    true,
+    "but m1 is changing hands: a request waits for the next owner (a 503 before)",
+  );
+  t.ok(a.o.changingHands("m1"), "and once the release is written");
+  a.advance(DURATION + 1);
+  wall += DURATION + 1;
+  t.notOk(a.o.changingHands("m1"), "a lease duration at most: then nobody is coming");
+});
+
 t.test("a fenced replica claims again what its sessions still want, as a new generation", async (t) => {
   const api = new FakeApi();
   const a = await replica(api, "a");
