@@ -13,15 +13,21 @@ import { join } from "node:path";
 import { bindTetherAdmins, prepareMember } from "../test/e2e/fixture.js";
 import { type Cluster, startClusters } from "../test/kube/index.js";
 import { startTetherPath } from "./e2e.js";
-import { profileFor } from "./inspector-profile.js";
+import { evaluateIn, profileFor } from "./inspector-profile.js";
 
 const TICK_MS = 1000 / 100; // USER_HZ on Linux
 
-/** utime + stime of a process in ms. */
-export function cpuMs(pid: number): number {
+/** utime and stime of a process in ms: its own code and the kernel's on its behalf (on loopback, much of TCP). */
+export function cpuTimes(pid: number): { user: number; system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
+  return { user: Number(fields[11]) * TICK_MS, system: Number(fields[12]) * TICK_MS };
+}
+
+/** utime + stime of a process in ms. */
+export function cpuMs(pid: number): number {
+  const { user, system } = cpuTimes(pid);
+  return user + system;
 }
 
 /** One way to the apiserver: a base URL, its bearer token and a keep-alive client of one connection. */
@@ -118,4 +124,36 @@ export async function profileUnderLoad(
     stop = true;
     await running;
   }
+}
+
+/** A process's garbage collections since gcCounter started counting: Mark-Compacts and Scavenges, and their main-thread ms. */
+export interface GcCount {
+  major: number;
+  minor: number;
+  majorMs: number;
+  minorMs: number;
+}
+
+/**
+ * Counts the GCs of process `pid` from now on (a PerformanceObserver put in
+ * it over the inspector); read() returns them so far. A large body's cost
+ * in the server and the agent is largely theirs: each Mark-Compact marks the
+ * whole heap, on the main thread and on helper threads whose CPU /proc counts
+ * but a CPU profile of the main thread does not show.
+ */
+export async function gcCounter(pid: number): Promise<{ read(): Promise<GcCount> }> {
+  await evaluateIn(
+    pid,
+    `(() => {
+      const { PerformanceObserver, constants } = process.getBuiltinModule("perf_hooks");
+      const c = (globalThis.__tetherBenchGc = { major: 0, minor: 0, majorMs: 0, minorMs: 0 });
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) {
+          if (e.detail.kind === constants.NODE_PERFORMANCE_GC_MAJOR) (c.major++, (c.majorMs += e.duration));
+          else if (e.detail.kind === constants.NODE_PERFORMANCE_GC_MINOR) (c.minor++, (c.minorMs += e.duration));
+        }
+      }).observe({ entryTypes: ["gc"] });
+    })()`,
+  );
+  return { read: async () => (await evaluateIn(pid, "globalThis.__tetherBenchGc")) as GcCount };
 }

@@ -2,14 +2,18 @@
  * `tsx --conditions=tether-source bench/list-cost.ts [--mib N] [--rounds N] [--profile DIR]`:
  * what one large LIST (N MiB of ConfigMaps, filled as bench/e2e.ts fills
  * them) costs each process per MiB, in CPU time: server, agent and the
- * kube-apiserver from /proc/<pid>/stat, direct and through Tether, rounds
- * interleaved so that drift on a shared machine hits both alike. Wall MB/s
+ * kube-apiserver from /proc/<pid>/stat (in all, and the kernel's part),
+ * direct and through Tether, rounds interleaved so that drift on a shared
+ * machine hits both alike. Wall MB/s
  * is printed beside it but moves with the load; CPU per MiB barely does.
+ * The Mark-Compacts and Scavenges of server and agent are counted too (their
+ * main-thread time, wall, and Mark-Compacts per 64 MiB): much of a large
+ * body's cost is theirs, on helper threads a CPU profile does not show.
  * With --profile, CPU profiles of the server and then of the agent while
  * LISTs run through Tether (summarise with cpu-profile-summary.ts).
  */
 import { parseArgs } from "node:util";
-import { cpuMs, get, profileUnderLoad, withCostSetup } from "./cost-harness.js";
+import { cpuTimes, gcCounter, get, profileUnderLoad, withCostSetup } from "./cost-harness.js";
 import { fillList, LIST_NAMESPACE } from "./e2e.js";
 
 const { values } = parseArgs({
@@ -32,37 +36,56 @@ const round1 = (x: number) => Math.round(x * 10) / 10;
 await withCostSetup("list-cost", async ({ member, direct, tether, pids }) => {
   await fillList(member, Number(values.mib));
   const paths = { direct, tether };
-  const cpu = { direct: { apiserver: 0 }, tether: { apiserver: 0, server: 0, agent: 0 } };
+  // The processes each path crosses; the apiserver serves both.
+  const crossed = { direct: ["apiserver"], tether: ["apiserver", "server", "agent"] } as const;
+  const cpu = new Map<string, { user: number; system: number }>();
   const rates = { direct: [] as number[], tether: [] as number[] };
   let bytes = 0;
-  // Round 0 warms both paths (the apiserver's watch cache, the connections) and is not counted.
+  let gcs:
+    | { server: Awaited<ReturnType<typeof gcCounter>>; agent: Awaited<ReturnType<typeof gcCounter>> }
+    | undefined;
+  // Round 0 warms both paths (the apiserver's caches, the connections) and is not counted.
   for (let round = 0; round <= rounds; round++) {
     for (const name of ["direct", "tether"] as const) {
-      const before = { server: cpuMs(pids.server), agent: cpuMs(pids.agent), apiserver: cpuMs(pids.apiserver) };
+      const before = crossed[name].map((p) => cpuTimes(pids[p]));
       const t0 = performance.now();
       const res = await get(paths[name], list);
       const s = (performance.now() - t0) / 1000;
       if (res.status !== 200) throw new Error(`${name}: LIST → ${res.status}`);
-      if (round === 0) continue;
+      if (round === 0) {
+        // Counted from the first measured round on (the Tether rounds only cross server and agent).
+        if (name === "tether")
+          gcs = { server: await gcCounter(pids.server), agent: await gcCounter(pids.agent) };
+        continue;
+      }
       bytes = res.bytes;
       rates[name].push(res.bytes / s / 1e6);
-      const c = cpu[name] as Record<string, number>;
-      for (const p of Object.keys(c)) c[p]! += cpuMs(pids[p as keyof typeof pids]) - before[p as keyof typeof before];
+      crossed[name].forEach((p, i) => {
+        const now = cpuTimes(pids[p]);
+        const sum = cpu.get(`${name}_${p}`) ?? { user: 0, system: 0 };
+        sum.user += now.user - before[i]!.user;
+        sum.system += now.system - before[i]!.system;
+        cpu.set(`${name}_${p}`, sum);
+      });
     }
   }
   const mib = (bytes / 2 ** 20) * rounds;
-  const result = {
-    list_mib: round1(bytes / 2 ** 20),
-    rounds,
-    direct_apiserver_cpu_ms_per_mib: round1(cpu.direct.apiserver / mib),
-    tether_apiserver_cpu_ms_per_mib: round1(cpu.tether.apiserver / mib),
-    tether_server_cpu_ms_per_mib: round1(cpu.tether.server / mib),
-    tether_agent_cpu_ms_per_mib: round1(cpu.tether.agent / mib),
-    direct_mbps: round1(median(rates.direct)),
-    tether_mbps: round1(median(rates.tether)),
-  };
+  const result: Record<string, number> = { list_mib: round1(bytes / 2 ** 20), rounds };
+  for (const [key, { user, system }] of cpu) {
+    result[`${key}_cpu_ms_per_mib`] = round1((user + system) / mib);
+    result[`${key}_system_ms_per_mib`] = round1(system / mib);
+  }
+  for (const p of ["server", "agent"] as const) {
+    const gc = await gcs![p].read();
+    result[`tether_${p}_major_gcs_per_64mib`] = round1((gc.major * 64) / mib);
+    result[`tether_${p}_gc_ms_per_mib`] = round1((gc.majorMs + gc.minorMs) / mib);
+  }
+  result.direct_mbps = round1(median(rates.direct));
+  result.tether_mbps = round1(median(rates.tether));
   console.log(JSON.stringify(result));
   if (values.profile) {
-    await profileUnderLoad(values.profile, { server: pids.server, agent: pids.agent }, () => get(tether, list));
+    await profileUnderLoad(values.profile, { server: pids.server, agent: pids.agent }, () =>
+      get(tether, list),
+    );
   }
 });
