@@ -21,6 +21,7 @@ import {
   statusBody,
   statusCodeOf,
 } from "@tether/common";
+import { relayCoalesced } from "./coalesced-relay.js";
 import type { KubeTarget } from "./kube-target.js";
 
 export interface StructuredDeps {
@@ -171,7 +172,7 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
       if (stream.destroyed) return;
       stream.write(encoded);
       for (let chunk: Buffer | null = up.read(); chunk !== null; chunk = up.read()) stream.write(chunk);
-      up.pipe(stream);
+      relayCoalesced(up, stream);
     });
   });
   let cut = false;
