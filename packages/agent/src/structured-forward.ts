@@ -21,7 +21,6 @@ import {
   statusBody,
   statusCodeOf,
 } from "@tether/common";
-import { relayCoalesced } from "./coalesced-relay.js";
 import type { KubeTarget } from "./kube-target.js";
 
 export interface StructuredDeps {
@@ -172,7 +171,7 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
       if (stream.destroyed) return;
       stream.write(encoded);
       for (let chunk: Buffer | null = up.read(); chunk !== null; chunk = up.read()) stream.write(chunk);
-      relayCoalesced(up, stream);
+      up.pipe(stream);
     });
   });
   let cut = false;
