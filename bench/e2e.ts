@@ -44,7 +44,7 @@ const PLAIN_SERVER_ARGS = ["--no-metrics", "--max-streams-per-caller", String(2 
 function observedServerArgs(dir: string): string[] {
   return ["--metrics-token-file", join(dir, "metrics-token"), "--audit-log", join(dir, "audit.log")];
 }
-const LIST_NAMESPACE = "bench-data";
+export const LIST_NAMESPACE = "bench-data";
 
 function get(path: Path, url: string): Promise<{ bytes: number; status: number }> {
   return new Promise((resolve, reject) => {
@@ -175,7 +175,8 @@ async function startSshTunnel(
   };
 }
 
-async function fillList(member: Cluster, mib: number): Promise<void> {
+/** `mib` ConfigMaps of 1 MiB of incompressible text each in LIST_NAMESPACE: what one large LIST reads. */
+export async function fillList(member: Cluster, mib: number): Promise<void> {
   await member.api("POST", "/api/v1/namespaces", { metadata: { name: LIST_NAMESPACE } }, [409]);
   const value = randomBytes(768 * 1024).toString("base64"); // 1 MiB of incompressible text
   const names = Array.from({ length: mib }, (_, i) => `blob-${i}`);
