@@ -5,6 +5,7 @@
 // port-forward and logs go through the apiserver's real proxy and upgrade path.
 // control-plane.ts holds each process's configuration.
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
@@ -85,11 +86,52 @@ export interface StartOptions {
   selfIssuer?: boolean;
 }
 
+/**
+ * A port free to listen on, for a process started after this returns. It is
+ * drawn below the kernel's ephemeral range: a port the kernel hands out
+ * (listen(0)) is also the source port of the next outgoing connections, and
+ * with tests running side by side one of them took such a port before the
+ * apiserver bound it ("bind: address already in use"). Below the range only
+ * another listener can take it, and each candidate is test-bound first.
+ */
 export async function freePort(): Promise<number> {
+  const [low] = ephemeralRange();
+  const floor = Math.max(1024, low - FREE_PORT_SPAN);
+  for (let attempt = 0; attempt < 64 && floor < low; attempt++) {
+    const port = floor + Math.floor(Math.random() * (low - floor));
+    if (await canListen(port)) return port;
+  }
+  return listenOn(0);
+}
+
+/** How far below the ephemeral range freePort draws its ports. */
+const FREE_PORT_SPAN = 12_000;
+
+function ephemeralRange(): [number, number] {
+  try {
+    const [low, high] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8")
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high)) return [low!, high!];
+  } catch {
+    // Not Linux: fall through to the IANA default.
+  }
+  return [49152, 65535];
+}
+
+async function canListen(port: number): Promise<boolean> {
+  return listenOn(port).then(
+    () => true,
+    () => false,
+  );
+}
+
+function listenOn(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
+    srv.listen(port, "127.0.0.1", () => {
       const addr = srv.address();
       srv.close(() => (typeof addr === "object" && addr ? resolve(addr.port) : reject(new Error("no port"))));
     });
