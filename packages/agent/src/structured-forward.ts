@@ -11,6 +11,7 @@ import { request as httpsRequest } from "node:https";
 import type { OutgoingHttpHeaders } from "node:http";
 import type { Duplex } from "node:stream";
 import {
+  arrivedWhole,
   CONNECTION_HEADERS,
   declaredLength,
   encodeResponseHead,
@@ -172,7 +173,7 @@ export async function forwardStructured(stream: Duplex, deps: StructuredDeps): P
       if (stream.destroyed) return;
       stream.write(encoded);
       for (let chunk: Buffer | null = up.read(); chunk !== null; chunk = up.read()) stream.write(chunk);
-      if (up.complete && !up.destroyed && up.readableLength === 0) {
+      if (arrivedWhole(up)) {
         stream.end();
         // Read to its end, so the connection goes back to the pool.
         up.resume();

@@ -4,6 +4,7 @@
 // it would be read there as the start of the next message, and a body cut
 // short would leave that connection waiting. Node's strictContentLength would
 // catch both but throws from end(), which a pipe calls where nobody catches.
+import { IncomingMessage } from "node:http";
 import type { Readable, Writable } from "node:stream";
 
 /** What went wrong with a body, for the caller to turn into a reset or a Status. */
@@ -70,4 +71,14 @@ export function pipeBody(
 export function declaredLength(value: string | string[] | undefined): number | undefined {
   if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return undefined;
   return Number(value);
+}
+
+/**
+ * Whether all of an HTTP/1.1 message body has arrived and was read: the
+ * parser sets `complete` only once the message ended whole (never for an
+ * aborted one). HTTP/2's compat request says `complete` for an aborted or
+ * destroyed stream too, so it never counts here.
+ */
+export function arrivedWhole(body: Readable): boolean {
+  return body instanceof IncomingMessage && body.complete && !body.destroyed && body.readableLength === 0;
 }

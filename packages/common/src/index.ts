@@ -6,7 +6,7 @@ export {
   removeStaleTempFiles,
   writeFileAtomic,
 } from "./atomic-file.js";
-export { type BodyMismatch, declaredLength, pipeBody } from "./body-pipe.js";
+export { arrivedWhole, type BodyMismatch, declaredLength, pipeBody } from "./body-pipe.js";
 export { caHashOf } from "./ca-hash.js";
 export { codedError, formatError, TetherError } from "./coded-error.js";
 export {

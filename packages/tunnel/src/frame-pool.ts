@@ -22,6 +22,8 @@ import { FrameType, HEADER_SIZE, MAX_MESSAGE_SIZE, writeHeader } from "./frame.j
 import { CARRY_MAX } from "./record-carry.js";
 
 const POOL_LIMIT = 64; // 4 MiB idle at most
+/** Messages from this size up go in pooled buffers (Buffer.allocUnsafe pools only below 4 KiB). */
+export const POOLED_FRAME_MIN = 4096;
 /**
  * Free bytes in front of a pooled frame: room for a carried tail and a masked
  * WebSocket header for 64 KiB and more (2 + 8 + 4), rounded up so the frame

@@ -33,7 +33,7 @@ import {
   parseFrames,
   payloadBytes,
 } from "./frame.js";
-import { isPooled, pooledMessage, releaseFrame } from "./frame-pool.js";
+import { isPooled, POOLED_FRAME_MIN, pooledMessage, releaseFrame } from "./frame-pool.js";
 import { LivenessProbe } from "./liveness-probe.js";
 import { decodeOpenHeader, encodeOpenHeader, MAX_OPEN_HEADER, type Metadata } from "./open-header.js";
 import { type ResolvedOptions, resolveOptions, type SessionOptions } from "./options.js";
@@ -625,27 +625,17 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
 
   /** Moves queued control frames (the pong first) into the pass's batch, a message's worth at most. */
   private takeControl(): void {
-    if (this.pongValue !== undefined) {
-      this.batchFrame(encodeControl(FrameType.PING, Flag.ACK, 0, this.pongValue));
-      this.pongValue = undefined;
-    }
-    let taken = 0;
-    let takenBytes = 0;
-    let room = MAX_MESSAGE_SIZE;
-    while (taken < this.control.length) {
-      const next = this.control[taken]!;
-      if (next.length > room) break;
-      room -= next.length;
-      this.batchFrame(next);
-      takenBytes += next.length;
-      taken++;
-    }
-    this.control = taken === this.control.length ? [] : this.control.slice(taken);
-    this.controlBytes -= takenBytes;
+    for (const frame of this.takeControlFrames()) this.batchFrame(frame);
   }
 
   /** Packs queued control frames into one message, up to the message size limit. */
   private takeControlBatch(): Buffer {
+    const parts = this.takeControlFrames();
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  /** Takes the pong and the queued control frames, in order, a message's worth at most. */
+  private takeControlFrames(): Buffer[] {
     const parts: Buffer[] = [];
     let size = 0;
     if (this.pongValue !== undefined) {
@@ -665,7 +655,7 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     }
     this.control = taken === this.control.length ? [] : this.control.slice(taken);
     this.controlBytes -= takenBytes;
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+    return parts;
   }
 
   /**
@@ -693,6 +683,12 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     this.batchBytes = 0;
     if (parts.length === 1) {
       this.write(parts[0]!);
+      return;
+    }
+    // A pool buffer is 66 KiB whatever it holds: small batches (a pong and an update, an ACK and a short
+    // reply) are joined in a buffer of their own size, as small Data frames are (stream.ts).
+    if (size < POOLED_FRAME_MIN) {
+      this.write(Buffer.concat(parts, size));
       return;
     }
     const message = pooledMessage(size);
@@ -872,8 +868,8 @@ export class Session extends EventEmitter<SessionEvents> implements StreamHost {
     if (this.deadPeerTimer !== undefined) clearTimeout(this.deadPeerTimer);
     this.probe.stop();
     // What the pass already counted as written goes first, or nowhere if the end is abrupt.
+    // (The batch never holds a pooled frame: batchFrame sends those on their own.)
     if (graceful) this.flushBatch();
-    else for (const part of this.batch) releaseFrame(part);
     this.batch = [];
     this.batchBytes = 0;
     if (goAwayCode !== undefined && !(this.goAwaySent && goAwayCode === GoAwayCode.NORMAL)) {

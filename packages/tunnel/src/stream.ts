@@ -12,7 +12,7 @@ import { Duplex } from "node:stream";
 import { ResetCode, resetCodeName } from "./codes.js";
 import { ErrorCode, type TetherError, tetherError } from "./errors.js";
 import { encodeData, Flag, FrameType, HEADER_SIZE, INITIAL_WINDOW, writeHeader } from "./frame.js";
-import { pooledDataFrame, pooledFrame, releaseFrame } from "./frame-pool.js";
+import { POOLED_FRAME_MIN, pooledDataFrame, pooledFrame, releaseFrame } from "./frame-pool.js";
 import type { Metadata } from "./open-header.js";
 import { ReceiveWindow } from "./window.js";
 import type { WindowBudget } from "./window-budget.js";
@@ -43,8 +43,6 @@ function detached(piece: Buffer): Buffer {
   return piece.length * MAX_HELD_RATIO < piece.buffer.byteLength ? Buffer.from(piece) : piece;
 }
 
-/** Payloads from this size up are framed in pooled buffers (Buffer.allocUnsafe pools only below 4 KiB). */
-const POOLED_FRAME_MIN = 4096;
 /** A write up to this size counts as small (see SMALL_ALLOWANCE in path-estimator.ts). */
 const SMALL_SEND = 4096;
 

@@ -11,6 +11,7 @@ import { WebSocket } from "ws";
 import { ErrorCode, tetherError } from "./errors.js";
 import { HEADER_SIZE, MAX_FRAME_PAYLOAD, MAX_MESSAGE_SIZE } from "./frame.js";
 import type { SessionOptions } from "./options.js";
+import { TLS_RECORD } from "./record-carry.js";
 import { Session, type Transport } from "./session.js";
 import { divertDataFrames } from "./ws-receive.js";
 import { socketSender } from "./ws-send.js";
@@ -36,7 +37,6 @@ export const WEBSOCKET_OPTIONS = {
  * agent) adds. Frames still reach 65,536 to finish a stream's last queued
  * chunk (preferredFrameSize, stream.ts takeFrame).
  */
-const TLS_RECORD = 16 * 1024;
 export function recordFittingFrameSize(role: "client" | "server"): number {
   return 4 * TLS_RECORD - HEADER_SIZE - (role === "client" ? 8 : 4);
 }

@@ -4,8 +4,8 @@
 // another session of the cluster — if the body it carried can be given again.
 // What was read of it is held, up to a bound, until the member answers; a
 // body that outgrew the bound can only be sent once.
-import { IncomingMessage } from "node:http";
 import type { Readable, Writable } from "node:stream";
+import { arrivedWhole } from "@tether/common";
 import { ErrorCode, isTetherError, ResetCode } from "@tether/tunnel";
 
 /** Bytes of a body held for a resend: a kubectl apply's manifest fits, an upload does not. */
@@ -17,16 +17,6 @@ export function neverAccepted(err: unknown): boolean {
     isTetherError(err, ErrorCode.GOING_AWAY) ||
     (isTetherError(err, ErrorCode.STREAM_RESET) && err.resetCode === ResetCode.GOING_AWAY)
   );
-}
-
-/**
- * Whether all of an HTTP/1.1 request body has arrived and was read: the
- * parser sets `complete` only once the message ended whole (never for an
- * aborted one). HTTP/2's compat request says `complete` for an aborted or
- * destroyed stream too, so it is left to its 'end', as before.
- */
-function complete(body: Readable): boolean {
-  return body instanceof IncomingMessage && body.complete && !body.destroyed && body.readableLength === 0;
 }
 
 export class ReplayableBody {
@@ -49,7 +39,7 @@ export class ReplayableBody {
     if (first && this.body.readableEnded) this.ended = true;
     // A body the parser has seen to its end with nothing left unread (a GET's) ends now, not a few
     // ticks later on 'end': the request's end then leaves with its head, in one tunnel message.
-    if (first && !this.ended && complete(this.body)) {
+    if (first && !this.ended && arrivedWhole(this.body)) {
       this.ended = true;
       this.body.resume();
     }
